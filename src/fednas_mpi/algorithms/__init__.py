@@ -1,0 +1,20 @@
+"""Federated methods behind one interface, selected by ``algorithm.name``."""
+
+from __future__ import annotations
+
+from .base import (Algorithm, ClientData, ClientResult, DataInfo, GlobalModel,
+                   RoundContext)
+from .fedavg import FedAvg
+
+REGISTRY: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedAvg,)}
+
+
+def get_algorithm(name: str) -> type[Algorithm]:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown algorithm.name {name!r}; known: {sorted(REGISTRY)}") from None
+
+
+__all__ = ["Algorithm", "ClientData", "ClientResult", "DataInfo", "GlobalModel",
+           "RoundContext", "REGISTRY", "get_algorithm"]

@@ -1,0 +1,91 @@
+"""FedAvg arithmetic (Algorithm 1, lines 7-8): sample-weighted means of named tensors.
+
+Weighted sums are accumulated in float64 on flat buffers. A worker folds its
+clients into one partial sum, the server adds the partial sums in rank order
+and divides once; the products n_k * w_k are exact in float64, so the result
+does not depend on how clients were spread over ranks beyond float64 rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..flat import Layout, State
+
+
+def accumulate(total: np.ndarray, layout: Layout, state: Mapping[str, torch.Tensor],
+               weight: float) -> None:
+    """total[:layout.size] += weight * flat(state), in float64."""
+    if total.dtype != np.float64:
+        raise TypeError("accumulate into a float64 buffer")
+    total[: layout.size] += weight * layout.pack(state, dtype=np.dtype(np.float64))
+
+
+def finish(total: np.ndarray, layout: Layout, weight_sum: float) -> State:
+    """Divide an accumulated weighted sum by the total weight and unpack it."""
+    if weight_sum <= 0:
+        raise ValueError("FedAvg needs a positive total weight (no client reported samples)")
+    return layout.unpack(total[: layout.size] / weight_sum)
+
+
+def weighted_average(states: Sequence[Mapping[str, torch.Tensor]],
+                     weights: Sequence[float]) -> State:
+    """sum_k (n_k / N) * state_k for every named tensor; N = sum_k n_k."""
+    if len(states) != len(weights) or not states:
+        raise ValueError("need one weight per state and at least one state")
+    layout = Layout.of(states[0])
+    total = np.zeros(layout.size, dtype=np.float64)
+    for s, w in zip(states, weights):
+        accumulate(total, layout, s, float(w))
+    return finish(total, layout, float(sum(weights)))
+
+
+class ClientSums:
+    """Pre-reduced FedAvg sums of several client results in one float64 buffer.
+
+    Buffer: [sum w*state | sum w | per metric: sum w*m, sum w*m^2, sum w over
+    finite m | number of clients]. A worker adds its clients and sends the
+    buffer once; the server adds the buffers (``combine``) and calls ``finish``.
+    Metrics that are NaN for a client (e.g. an empty eval split) are left out
+    of that metric's mean rather than poisoning it.
+    """
+
+    def __init__(self, layout: Layout, metric_names: Sequence[str]):
+        self.layout = layout
+        self.metric_names = tuple(metric_names)
+        self.size = layout.size + 2 + 3 * len(self.metric_names)
+        self.buffer = np.zeros(self.size, dtype=np.float64)
+
+    def add(self, state: Mapping[str, torch.Tensor], weight: float,
+            metrics: Mapping[str, float]) -> None:
+        s = self.layout.size
+        accumulate(self.buffer, self.layout, state, weight)
+        self.buffer[s] += weight
+        for i, name in enumerate(self.metric_names):
+            m = float(metrics[name])
+            if np.isfinite(m):
+                self.buffer[s + 1 + 3 * i: s + 4 + 3 * i] += (weight * m, weight * m * m, weight)
+        self.buffer[-1] += 1
+
+    def combine(self, buffers: Sequence[np.ndarray]) -> np.ndarray:
+        """Sum partial buffers in the given order (the caller fixes a deterministic one)."""
+        total = np.zeros(self.size, dtype=np.float64)
+        for b in buffers:
+            total += b
+        return total
+
+    def finish(self, total: np.ndarray) -> tuple[State, dict[str, float]]:
+        """(averaged state, metrics) where metrics has NAME and NAME_std per client metric."""
+        s = self.layout.size
+        weight = float(total[s])
+        averaged = finish(total, self.layout, weight)
+        metrics = {"clients": float(total[-1]), "client_weight": weight}
+        for i, name in enumerate(self.metric_names):
+            wm, wm2, w = total[s + 1 + 3 * i: s + 4 + 3 * i]
+            mean = wm / w if w > 0 else float("nan")
+            var = max(wm2 / w - mean * mean, 0.0) if w > 0 else float("nan")
+            metrics[name], metrics[name + "_std"] = float(mean), float(np.sqrt(var))
+        return averaged, metrics

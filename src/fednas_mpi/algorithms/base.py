@@ -1,0 +1,105 @@
+"""The interface every federated method implements; pure of MPI.
+
+A one-process run and an N-rank run call exactly the same methods: the
+runtime only decides where ``client_update`` runs and how results travel.
+
+- ``GlobalModel`` is what the server owns between rounds: ``spec`` (small,
+  JSON-able: e.g. a genotype after pruning), ``state`` (named tensors sent to
+  clients and averaged back; architecture parameters are ordinary entries) and
+  ``server_state`` (server-only tensors such as a reward baseline).
+- ``client_update`` maps (global model, client data, round context, the
+  client's persistent state) to a ``ClientResult``.
+- ``server_step`` maps the FedAvg-averaged state (and averaged client metrics)
+  to the next global model; a method may switch stage there (search ->
+  retrain) by returning a new ``spec`` and a state of a new layout.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from ..config import Config
+from ..flat import State
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    input_shape: tuple[int, int, int]
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    round: int  # 0-based index of the round being run
+    rounds: int  # rounds planned in total
+    seed: int
+    stage: str
+
+
+@dataclass(frozen=True)
+class ClientData:
+    client_id: int
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    eval_x: torch.Tensor
+    eval_y: torch.Tensor
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_y.shape[0])
+
+
+@dataclass
+class GlobalModel:
+    spec: dict
+    state: State
+    server_state: State = field(default_factory=dict)
+
+    def spec_json(self) -> str:
+        return json.dumps(self.spec, sort_keys=True)
+
+
+@dataclass
+class ClientResult:
+    state: State  # averaged by the server, weighted by ``weight``
+    weight: float  # FedAvg weight: the client's number of training samples
+    metrics: dict[str, float]  # one value per name in Algorithm.client_metrics
+    client_state: State | None = None  # kept for this client until it is next sampled
+
+
+class Algorithm(ABC):
+    name: ClassVar[str]
+    #: Scalars every client reports; the server logs their weighted mean and std.
+    client_metrics: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg: Config, info: DataInfo):
+        self.cfg = cfg
+        self.info = info
+
+    def stage(self, round_: int) -> str:
+        """Name of the stage a round belongs to (e.g. 'search', 'retrain')."""
+        return "train"
+
+    @abstractmethod
+    def init_global(self) -> GlobalModel:
+        """The round-0 global model; draws only from seeded generators."""
+
+    @abstractmethod
+    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
+                      client_state: State | None) -> ClientResult:
+        """Local work of one client on a copy of the global model."""
+
+    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
+                    ctx: RoundContext) -> GlobalModel:
+        """Next global model from the FedAvg average; plain FedAvg keeps it as is."""
+        return GlobalModel(model.spec, averaged, model.server_state)
+
+    @abstractmethod
+    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[float, float]:
+        """(mean loss, accuracy) of the global model on (x, y)."""

@@ -1,0 +1,44 @@
+"""Small training and evaluation loops shared by the methods."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def minibatches(n: int, batch_size: int, generator: torch.Generator):
+    """Index tensors of a seeded shuffle of range(n), the last batch possibly smaller."""
+    order = torch.randperm(n, generator=generator)
+    return order.split(batch_size)
+
+
+def sgd_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+               batch_size: int, epochs: int, generator: torch.Generator) -> float:
+    """Plain supervised epochs; returns the sample-weighted mean training loss."""
+    model.train()
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        for idx in minibatches(len(y), batch_size, generator):
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             batch_size: int = 1024) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy); (nan, nan) on an empty set."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(y), batch_size):
+        out = model(x[i:i + batch_size])
+        loss += float(F.cross_entropy(out, y[i:i + batch_size], reduction="sum"))
+        correct += int((out.argmax(1) == y[i:i + batch_size]).sum())
+    return loss / len(y), correct / len(y)

@@ -1,0 +1,236 @@
+"""``fednas-mpi CFG.yaml [--out RUN_DIR] [--set section.key=value ...] [--resume RUN_DIR]``.
+
+Rank 0 validates the command line, the configuration and the run directory
+and broadcasts its verdict; every rank then loads the data and the collective
+``agree`` makes sure a failure on any rank stops all of them. Bad input is
+reported once, by rank 0, and every rank exits with status 2 before round 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from . import config as config_mod
+from .config import Config, ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """A problem with the command line, the run directory or a checkpoint."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *a, rank: int = 0, **kw):
+        super().__init__(*a, **kw)
+        self.rank = rank
+
+    def _print_message(self, message, file=None):
+        if self.rank == 0:
+            super()._print_message(message, file)
+
+
+def build_parser(rank: int = 0) -> argparse.ArgumentParser:
+    p = _Parser(prog="fednas-mpi", rank=rank,
+                description="Federated neural architecture search simulator; launch with "
+                            "`mpirun -n N fednas-mpi CFG.yaml` (rank 0 aggregates, ranks 1..N-1 "
+                            "simulate clients; -n 1 runs everything in one process).")
+    p.add_argument("config", nargs="?", help="YAML run configuration (optional with --resume)")
+    p.add_argument("--out", metavar="RUN_DIR",
+                   help="run directory for the checkpoints (default runs/NAME-TIMESTAMP); "
+                        "must be new or empty")
+    p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                   dest="overrides", help="override one config value (repeatable)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its newest valid checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow --out to name a directory holding an earlier run; its "
+                        "checkpoints are deleted")
+    p.add_argument("--version", action="version", version=f"fednas-mpi {__version__}")
+    return p
+
+
+@dataclass
+class Decision:
+    """Rank 0's verdict on the inputs, broadcast to every rank."""
+
+    error: str | None = None
+    done_message: str | None = None  # nothing to run (e.g. resumed run already complete)
+    config: dict | None = None
+    run_dir: str | None = None
+    resume: bool = False
+
+
+_OURS = ("round_", ".round_", "config.yaml")
+
+
+def _check_new_run_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path}: exists and is not a directory; choose another --out")
+    if path.is_dir():
+        entries = sorted(os.listdir(path))
+        if entries and not overwrite:
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise UsageError(
+                f"--out {path}: directory is not empty ({shown}); pass --resume {path} to "
+                f"continue that run, --overwrite to replace it, or choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"--out {path}: cannot write there ({e.strerror}); choose a "
+                         f"writable --out") from None
+    if overwrite:
+        for name in os.listdir(path):
+            if name.startswith(_OURS):
+                (path / name).unlink()
+
+
+def decide(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
+    """Validate everything rank 0 can check before training. Raises ConfigError/UsageError."""
+    from .store import find_latest
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not run_dir.is_dir():
+            raise UsageError(f"--resume {run_dir}: no such directory")
+        if args.out and Path(args.out) != run_dir:
+            raise UsageError("--out and --resume name different directories; a resumed run "
+                             "continues in its own directory, so drop --out")
+        ckpt, skipped = find_latest(run_dir)
+        if ckpt is None:
+            why = "".join(f"\n    skipped: {s}" for s in skipped)
+            raise UsageError(f"--resume {run_dir}: no valid checkpoint (round_NNNNN.h5) "
+                             f"found{why}")
+        stored = config_mod.from_dict(yaml.safe_load(ckpt.config_yaml), args.overrides)
+        cfg = stored
+        if args.config:
+            given = config_mod.load(args.config, args.overrides)
+            diffs = config_mod.result_affecting_differences(given, stored)
+            if diffs:
+                flat_g = config_mod.flatten(config_mod.to_dict(given))
+                flat_s = config_mod.flatten(config_mod.to_dict(stored))
+                lines = [f"{k}: run has {flat_s[k]!r}, {args.config} has {flat_g[k]!r}"
+                         for k in diffs]
+                raise ConfigError([f"--resume {run_dir}: the config differs from the run's in "
+                                   f"fields that change results; resume without {args.config} "
+                                   f"or fix them:"] + lines)
+            cfg = given
+        for line in skipped:
+            print(f"fednas-mpi: warning: {line}", file=sys.stderr)
+        return cfg, run_dir, ckpt
+    if not args.config:
+        raise UsageError("missing config file: fednas-mpi CFG.yaml (or --resume RUN_DIR)")
+    cfg = config_mod.load(args.config, args.overrides)
+    run_dir = Path(args.out) if args.out else \
+        Path("runs") / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _check_new_run_dir(run_dir, args.overwrite)
+    (run_dir / "config.yaml").write_text(config_mod.to_yaml(cfg))
+    return cfg, run_dir, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    from .runtime.comm import install_abort_hooks
+
+    install_abort_hooks(comm)
+    args = build_parser(rank).parse_args(argv)
+
+    ckpt = None
+    decision = Decision()
+    if rank == 0:
+        try:
+            cfg, run_dir, ckpt = decide(args)
+            decision = Decision(config=config_mod.to_dict(cfg), run_dir=str(run_dir),
+                                resume=ckpt is not None)
+            if ckpt is not None and ckpt.round >= cfg.run.rounds:
+                decision.done_message = (f"{run_dir}: all {cfg.run.rounds} rounds are done "
+                                         f"(checkpoint round {ckpt.round}); nothing to resume. "
+                                         f"Raise run.rounds with --set to extend the run.")
+        except (ConfigError, UsageError) as e:
+            decision = Decision(error=str(e))
+    decision = comm.bcast(decision, root=0)
+    if decision.error:
+        if rank == 0:
+            print(f"fednas-mpi: error: {decision.error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if decision.done_message:
+        if rank == 0:
+            print(decision.done_message)
+        return 0
+    cfg = config_mod.from_dict(decision.config)
+    return run(cfg, comm, Path(decision.run_dir), ckpt)
+
+
+def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
+    import torch
+
+    from .algorithms import DataInfo, get_algorithm
+    from .data import DataError, load_dataset, make_partition
+    from .runtime.comm import agree, default_threads
+    from .runtime.progress import Progress
+    from .runtime.simulation import Simulation
+
+    rank = comm.Get_rank()
+    torch.set_num_threads(cfg.runtime.threads_per_rank or default_threads(comm))
+    error = None
+    try:
+        dataset = load_dataset(cfg.data, cfg.run.seed)
+        partition = make_partition(dataset.train_y.numpy(), cfg.partition, cfg.run.seed)
+    except DataError as e:
+        error = f"[rank {rank}] {e}"
+    error = agree(comm, error)
+    if error:
+        if rank == 0:
+            print(f"fednas-mpi: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    algorithm = get_algorithm(cfg.algorithm.name)(
+        cfg, DataInfo(dataset.input_shape, dataset.num_classes))
+    sim = Simulation(cfg, comm, dataset, partition, algorithm)
+    if rank != 0:
+        sim.work_loop()
+        return 0
+    start = ckpt.round if ckpt is not None else 0
+    print(f"fednas-mpi {__version__}: {cfg.algorithm.name} on {cfg.data.name}, "
+          f"{cfg.partition.num_clients} clients ({cfg.partition.scheme}), "
+          f"{cfg.federation.clients_per_round} per round, {comm.Get_size()} rank(s); "
+          f"{'resuming at round ' + str(start + 1) if ckpt else 'starting'} -> {run_dir}",
+          flush=True)
+    progress = Progress(cfg.run.rounds, start)
+    sim.serve(run_dir, ckpt, on_round=progress.update)
+    accs = _final_accuracies(run_dir)
+    if accs:
+        final, best = accs
+        print(f"done: final global accuracy {final:.4f}, best {best:.4f}; "
+              f"checkpoints in {run_dir}", flush=True)
+    return 0
+
+
+def _final_accuracies(run_dir: Path) -> tuple[float, float] | None:
+    import numpy as np
+
+    from .store import list_checkpoints, read_checkpoint
+
+    files = list_checkpoints(run_dir)
+    if not files:
+        return None
+    ckpt = read_checkpoint(files[-1][1], tensors=False)
+    if "global_acc" not in ckpt.metrics:
+        return None
+    acc = ckpt.metrics["global_acc"]
+    acc = acc[np.isfinite(acc)]
+    return (float(acc[-1]), float(acc.max())) if acc.size else None

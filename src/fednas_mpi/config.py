@@ -1,0 +1,341 @@
+"""Typed run configuration: YAML into nested keyword-only dataclasses.
+
+Every field carries its type and, where it matters, its allowed range in the
+field metadata.  Loading walks the dataclasses, so an unknown key, a wrong type
+or an out-of-range value is reported with its dotted path, the bad value and
+what is allowed.  All problems of a file are reported together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """One or more problems in a configuration; ``problems`` holds one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __str__(self) -> str:
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        return f"invalid configuration ({len(self.problems)} problem(s)):\n{lines}"
+
+
+def _f(default: Any, help: str, **limits: Any) -> Any:
+    """A config field with a default, a one-line description and optional limits.
+
+    Limits: ``ge``, ``gt``, ``le``, ``lt`` for numbers, ``min_len`` for lists.
+    """
+    meta = {"help": help, **limits}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    name: str = _f("run", "Name of the run; the default output directory is runs/NAME-TIMESTAMP.")
+    seed: int = _f(0, "Root seed; every random draw derives from (seed, round, client, purpose).")
+    rounds: int = _f(10, "Number of communication rounds.", ge=1)
+    eval_every: int = _f(1, "Evaluate the global model on the server test set every N rounds "
+                            "(the last round is always evaluated).", ge=1)
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    name: Literal["digits"] = _f("digits", "Dataset. digits: scikit-learn's bundled 8x8 digits.")
+    root: str = _f("data", "Directory holding downloaded datasets (unused by digits).")
+    test_fraction: float = _f(
+        0.2, "Digits has no test split: this fraction, drawn per class, is the server test set.",
+        gt=0.0, lt=1.0)
+
+
+@dataclass(kw_only=True)
+class PartitionConfig:
+    scheme: Literal["iid", "dirichlet"] = _f(
+        "dirichlet", "How the training pool is spread over clients.")
+    num_clients: int = _f(10, "Number of clients M.", ge=1)
+    alpha: float = _f(0.5, "Dirichlet concentration (smaller = more skewed); scheme=dirichlet.",
+                      gt=0.0)
+    eval_fraction: float = _f(0.2, "Fraction of each client's data held out as its eval split.",
+                              ge=0.0, lt=1.0)
+    min_train: int = _f(8, "Smallest acceptable train split per client; Dirichlet draws are "
+                           "repeated until every client has at least this many.", ge=1)
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    name: Literal["cnn"] = _f("cnn", "Model. cnn: small fixed convolutional network.")
+    channels: list[int] = _f([16, 32], "Output channels of the conv blocks.", min_len=1)
+    hidden: int = _f(64, "Width of the hidden fully connected layer.", ge=1)
+
+
+@dataclass(kw_only=True)
+class AlgorithmConfig:
+    name: Literal["fedavg"] = _f("fedavg", "Federated method.")
+    local_epochs: int = _f(1, "Local epochs E per client and round.", ge=1)
+    batch_size: int = _f(32, "Local minibatch size.", ge=1)
+    lr: float = _f(0.05, "Client SGD learning rate.", gt=0.0)
+    momentum: float = _f(0.9, "Client SGD momentum.", ge=0.0, lt=1.0)
+    weight_decay: float = _f(0.0, "Client SGD weight decay.", ge=0.0)
+
+
+@dataclass(kw_only=True)
+class FederationConfig:
+    clients_per_round: int = _f(5, "Clients K sampled (without replacement) each round.", ge=1)
+
+
+@dataclass(kw_only=True)
+class RuntimeConfig:
+    threads_per_rank: int = _f(
+        0, "Torch intra-op threads per rank; 0 = available cores / ranks on the node.", ge=0)
+    poll_interval_ms: float = _f(
+        1.0, "Idle ranks poll MPI requests with this sleep between tests, so oversubscribed "
+             "ranks do not steal cores from busy ones; 0 = block (busy-wait) in MPI.", ge=0.0)
+
+
+@dataclass(kw_only=True)
+class StoreConfig:
+    keep: int = _f(0, "Keep only the newest N round checkpoints; 0 keeps all.", ge=0)
+
+
+@dataclass(kw_only=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+
+# Fields that change how a run executes but not what it computes: they may
+# differ between a run and its resumption.
+EXECUTION_ONLY = ("runtime.", "store.", "run.name", "run.rounds")
+
+
+def _cross_checks(cfg: Config) -> list[str]:
+    problems = []
+    k, m = cfg.federation.clients_per_round, cfg.partition.num_clients
+    if k > m:
+        problems.append(
+            f"federation.clients_per_round = {k}: cannot sample more clients than "
+            f"partition.num_clients = {m}; use a value in [1, {m}]")
+    return problems
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check_limits(value: Any, meta: dict, path: str) -> str | None:
+    bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
+              ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
+    for key, sym, ok in bounds:
+        if key in meta and not ok(value, meta[key]):
+            allowed = " and ".join(f"{s} {meta[k]}" for k, s, _ in bounds if k in meta)
+            return f"{path} = {value!r}: out of range; allowed: {allowed}"
+    if "min_len" in meta and len(value) < meta["min_len"]:
+        return f"{path} = {value!r}: needs at least {meta['min_len']} element(s)"
+    return None
+
+
+def _coerce(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+    """Convert a YAML value to ``tp`` or record a problem (and return None)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, problems)
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) is type(typing.get_args(tp)[0]):
+            return value
+    elif origin is list:
+        if isinstance(value, list):
+            (item_tp,) = typing.get_args(tp)
+            out = [_coerce(v, item_tp, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+            return out
+    elif origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], path, problems)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    problems.append(f"{path} = {value!r}: expected {_type_name(tp)}")
+    return None
+
+
+def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
+    where = path or "the top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a mapping of keys, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            problems.append(f"{path + '.' if path else ''}{key}: unknown key; "
+                            f"known keys {'in ' + path if path else 'at the top level'}: {known}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        sub = f"{path}.{name}" if path else name
+        before = len(problems)
+        value = _coerce(raw[name], hints[name], sub, problems)
+        if len(problems) == before and not dataclasses.is_dataclass(hints[name]):
+            problem = _check_limits(value, dict(f.metadata), sub)
+            if problem:
+                problems.append(problem)
+        if len(problems) == before or dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = raw
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError([f"--set {dotted}: {k} is not a section"])
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``section.key=value``; the value is parsed as YAML (so 3, 0.5, true, [1,2])."""
+    if "=" not in text:
+        raise ConfigError([f"--set {text!r}: expected section.key=value, e.g. run.rounds=20"])
+    key, _, val = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError([f"--set {text!r}: expected section.key=value, e.g. run.rounds=20"])
+    try:
+        value = yaml.safe_load(val) if val.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError([f"--set {text!r}: value is not valid YAML ({e})"]) from None
+    return key, value
+
+
+def from_dict(raw: Any, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build and validate a Config from a parsed mapping plus ``--set`` overrides."""
+    raw = {} if raw is None else raw
+    if isinstance(raw, dict):
+        raw = _deepcopy_plain(raw)
+        for text in overrides:
+            key, value = parse_override(text)
+            _set_dotted(raw, key, value)
+    problems: list[str] = []
+    cfg = _build(Config, raw, "", problems)
+    if not problems:
+        problems += _cross_checks(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file and validate it; errors name the file and the key path."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError([f"cannot read config file {path}: {e.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path} is not valid YAML: {e}"]) from None
+    return from_dict(raw, overrides)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def result_affecting_differences(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ and that change what a run computes."""
+    fa, fb = flatten(to_dict(a)), flatten(to_dict(b))
+    return [k for k in fa if fa[k] != fb[k]
+            and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in EXECUTION_ONLY)]
+
+
+def reference() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every field; used to render the README reference."""
+    rows = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, f"{prefix}{f.name}.")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            limits = [f"{s} {f.metadata[k]}" for k, s in
+                      (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if k in f.metadata]
+            help_ = f.metadata.get("help", "")
+            if limits:
+                help_ += f" ({', '.join(limits)})"
+            rows.append((prefix + f.name, _type_name(tp), repr(default), help_))
+
+    walk(Config, "")
+    return rows
+
+
+def _deepcopy_plain(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy_plain(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy_plain(v) for v in d]
+    return d

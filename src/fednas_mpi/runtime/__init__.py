@@ -1,0 +1,1 @@
+"""MPI roles (server and workers), client scheduling, transport helpers, progress."""

@@ -1,0 +1,250 @@
+"""Server and worker loops of one federated run.
+
+Rank 0 is the server. Ranks 1..N-1 are workers that each simulate the clients
+assigned to them; with one rank, rank 0 also runs the clients, through the
+same ``run_clients`` code. Per round:
+
+    server: sample K clients (seeded), assign them to workers by work,
+            broadcast the plan and the global state (one flat buffer),
+            send stored per-client state to the workers that need it
+    worker: run the method's client update for each assigned client and fold
+            the results into one pre-reduced buffer; send it, then any
+            updated per-client state
+    server: add the partial sums in worker order, average, server step,
+            evaluate on the server test set, checkpoint, report progress
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import h5py
+import mpi4py
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from .. import __version__
+from ..algorithms import Algorithm, ClientData, GlobalModel, RoundContext
+from ..algorithms.aggregate import ClientSums
+from ..config import Config, to_yaml
+from ..data import Dataset, Partition
+from ..flat import Layout, State
+from ..store import Checkpoint, write_checkpoint
+from ..store.checkpoint import prune_old
+from . import comm as mpi
+from .schedule import assign, sample_clients
+
+TAG_PARTIAL, TAG_STATES_META, TAG_STATES_OUT, TAG_STATES_IN = 11, 12, 13, 14
+
+
+@dataclass
+class Plan:
+    """What the server broadcasts at the start of a round (small; pickled)."""
+
+    round: int | None  # None tells workers to stop
+    stage: str = ""
+    assignment: list[list[int]] = field(default_factory=list)  # per worker, client ids
+    spec_json: str | None = None  # set when the model spec or layout changed
+    layout_meta: list | None = None
+    incoming: dict[int, list] = field(default_factory=dict)  # worker -> [(client, layout)]
+
+
+def versions() -> str:
+    return json.dumps({
+        "fednas_mpi": __version__, "python": platform.python_version(),
+        "torch": torch.__version__, "numpy": np.__version__, "h5py": h5py.__version__,
+        "mpi4py": mpi4py.__version__, "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+    })
+
+
+def _concat(states: list[tuple[int, State]]) -> tuple[list, np.ndarray]:
+    meta = [(cid, Layout.of(s).to_meta()) for cid, s in states]
+    parts = [Layout.of(s).pack(s, dtype=np.dtype(np.float64)) for _, s in states]
+    return meta, (np.concatenate(parts) if parts else np.empty(0))
+
+
+def _split(meta: list, buf: np.ndarray) -> dict[int, State]:
+    out, pos = {}, 0
+    for cid, lm in meta:
+        layout = Layout.from_meta(lm)
+        out[int(cid)] = layout.unpack(buf[pos:pos + layout.size])
+        pos += layout.size
+    return out
+
+
+class Simulation:
+    def __init__(self, cfg: Config, comm: MPI.Comm, dataset: Dataset, partition: Partition,
+                 algorithm: Algorithm):
+        self.cfg, self.comm = cfg, comm
+        self.dataset, self.partition, self.algorithm = dataset, partition, algorithm
+        self.poll = cfg.runtime.poll_interval_ms / 1000.0
+        self.num_workers = max(comm.Get_size() - 1, 1)
+        # Work of a client ~ the samples it trains on; used to balance ranks.
+        self.work = partition.train_sizes().astype(np.float64)
+
+    # ------------------------------------------------------------ shared
+    def client_data(self, cid: int) -> ClientData:
+        split = self.partition.clients[cid]
+        d = self.dataset
+        return ClientData(cid, d.train_x[split.train], d.train_y[split.train],
+                          d.train_x[split.eval], d.train_y[split.eval])
+
+    def run_clients(self, model: GlobalModel, clients: list[int], ctx: RoundContext,
+                    states_in: dict[int, State]) -> tuple[ClientSums, dict[int, State], float]:
+        """Run the client update of each client in turn; pre-reduce the results."""
+        t0 = time.perf_counter()
+        sums = ClientSums(Layout.of(model.state), self.algorithm.client_metrics)
+        states_out: dict[int, State] = {}
+        for cid in clients:
+            res = self.algorithm.client_update(model, self.client_data(cid), ctx,
+                                               states_in.get(cid))
+            sums.add(res.state, res.weight, res.metrics)
+            if res.client_state is not None:
+                states_out[cid] = res.client_state
+        return sums, states_out, time.perf_counter() - t0
+
+    def context(self, round_: int, stage: str | None = None) -> RoundContext:
+        return RoundContext(round_, self.cfg.run.rounds, self.cfg.run.seed,
+                            stage if stage is not None else self.algorithm.stage(round_))
+
+    # ------------------------------------------------------------ server
+    def serve(self, run_dir, resume: Checkpoint | None = None,
+              on_round: Callable[[int, dict[str, float]], None] | None = None) -> GlobalModel:
+        cfg = self.cfg
+        if resume is None:
+            model, client_states, start = self.algorithm.init_global(), {}, 0
+            history: dict[str, list[float]] = {}
+            stages: list[str] = []
+        else:
+            model = GlobalModel(resume.spec, resume.state, resume.server_state)
+            client_states, start = dict(resume.client_states), resume.round
+            history = {k: list(v) for k, v in resume.metrics.items()}
+            stages = list(resume.stages)
+            if resume.rng_torch_cpu is not None:
+                torch.set_rng_state(resume.rng_torch_cpu)
+        labels = self.dataset.train_y.numpy()
+        partition_info = {
+            "train_sizes": self.partition.train_sizes(),
+            "eval_sizes": np.array([len(c.eval) for c in self.partition.clients]),
+            "train_hist": self.partition.histograms(labels, "train"),
+            "eval_hist": self.partition.histograms(labels, "eval"),
+        }
+        attrs = {"rounds_planned": cfg.run.rounds, "world_size": self.comm.Get_size(),
+                 "seed": cfg.run.seed, "algorithm": cfg.algorithm.name,
+                 "dataset": cfg.data.name, "versions": versions()}
+        config_yaml = to_yaml(cfg)
+        sent_spec = None
+        for r in range(start, cfg.run.rounds):
+            t_round = time.perf_counter()
+            ctx = self.context(r)
+            clients = sample_clients(cfg.run.seed, r, cfg.partition.num_clients,
+                                     cfg.federation.clients_per_round)
+            assignment = assign(clients, self.work[clients], self.num_workers)
+            layout = Layout.of(model.state)
+            spec_key = (model.spec_json(), layout)
+            partials, new_states, compute = self._dispatch(
+                r, ctx, model, layout, assignment, client_states,
+                spec_changed=spec_key != sent_spec)
+            sent_spec = spec_key
+            t_agg = time.perf_counter()
+            sums = ClientSums(layout, self.algorithm.client_metrics)
+            averaged, metrics = sums.finish(sums.combine(partials))
+            client_states.update(new_states)
+            model = self.algorithm.server_step(model, averaged, metrics, ctx)
+            metrics["aggregate_time"] = time.perf_counter() - t_agg
+            metrics["compute_time"] = compute
+            t_eval = time.perf_counter()
+            loss = acc = float("nan")
+            if (r + 1) % cfg.run.eval_every == 0 or r + 1 == cfg.run.rounds:
+                loss, acc = self.algorithm.evaluate(model, self.dataset.test_x,
+                                                    self.dataset.test_y)
+            metrics.update(global_loss=loss, global_acc=acc,
+                           eval_time=time.perf_counter() - t_eval,
+                           round_time=time.perf_counter() - t_round)
+            for name in set(history) | set(metrics):
+                history.setdefault(name, [float("nan")] * len(stages))
+                history[name].append(metrics.get(name, float("nan")))
+            stages.append(ctx.stage)
+            write_checkpoint(
+                run_dir, r + 1, config_yaml=config_yaml, spec=model.spec, state=model.state,
+                server_state=model.server_state, client_states=client_states,
+                metrics={k: np.asarray(v) for k, v in history.items()}, stages=stages,
+                partition=partition_info, attrs={**attrs, "stage": ctx.stage})
+            prune_old(run_dir, cfg.store.keep)
+            if on_round is not None:
+                on_round(r, metrics)
+        if self.comm.Get_size() > 1:
+            mpi.bcast_object(self.comm, Plan(round=None), self.poll)
+        return model
+
+    def _dispatch(self, r: int, ctx: RoundContext, model: GlobalModel, layout: Layout,
+                  assignment: list[list[int]], client_states: dict[int, State],
+                  spec_changed: bool) -> tuple[list[np.ndarray], dict[int, State], float]:
+        """Run a round's clients (here or on the workers); partial sums in worker order."""
+        if self.comm.Get_size() == 1:
+            sums, states, seconds = self.run_clients(model, assignment[0], ctx, client_states)
+            return [sums.buffer], states, seconds
+        comm, poll = self.comm, self.poll
+        incoming = {w: [(c, client_states[c]) for c in cs if c in client_states]
+                    for w, cs in enumerate(assignment)}
+        incoming = {w: v for w, v in incoming.items() if v}
+        packed = {w: _concat(v) for w, v in incoming.items()}
+        plan = Plan(round=r, stage=ctx.stage, assignment=assignment,
+                    spec_json=model.spec_json() if spec_changed else None,
+                    layout_meta=layout.to_meta() if spec_changed else None,
+                    incoming={w: meta for w, (meta, _) in packed.items()})
+        mpi.bcast_object(comm, plan, poll)
+        mpi.bcast_array(comm, layout.pack(model.state), poll)
+        for w, (_, buf) in packed.items():
+            mpi.send_array(comm, buf, w + 1, TAG_STATES_IN, poll)
+        size = ClientSums(layout, self.algorithm.client_metrics).size + 1
+        busy = [w for w, cs in enumerate(assignment) if cs]
+        bufs = {w: np.empty(size, dtype=np.float64) for w in busy}
+        reqs = [comm.Irecv(bufs[w], source=w + 1, tag=TAG_PARTIAL) for w in busy]
+        mpi.wait_all(reqs, poll)
+        states: dict[int, State] = {}
+        for w in busy:
+            meta = mpi.recv_object(comm, w + 1, TAG_STATES_META, poll)
+            if meta:
+                buf = np.empty(sum(Layout.from_meta(m).size for _, m in meta))
+                mpi.recv_array(comm, buf, w + 1, TAG_STATES_OUT, poll)
+                states.update(_split(meta, buf))
+        compute = max((float(bufs[w][-1]) for w in busy), default=0.0)
+        return [bufs[w][:-1] for w in busy], states, compute
+
+    # ------------------------------------------------------------ worker
+    def work_loop(self) -> None:
+        comm, poll, me = self.comm, self.poll, self.comm.Get_rank() - 1
+        spec: dict = {}
+        layout: Layout | None = None
+        while True:
+            plan: Plan = mpi.bcast_object(comm, None, poll)
+            if plan.round is None:
+                return
+            if plan.spec_json is not None:
+                spec, layout = json.loads(plan.spec_json), Layout.from_meta(plan.layout_meta)
+            assert layout is not None, "first plan of a run must carry the layout"
+            buf = np.empty(layout.size, dtype=layout.wire_dtype())
+            mpi.bcast_array(comm, buf, poll)
+            states_in: dict[int, State] = {}
+            if me in plan.incoming:
+                meta = plan.incoming[me]
+                sbuf = np.empty(sum(Layout.from_meta(m).size for _, m in meta))
+                mpi.recv_array(comm, sbuf, 0, TAG_STATES_IN, poll)
+                states_in = _split(meta, sbuf)
+            mine = plan.assignment[me]
+            if not mine:
+                continue
+            model = GlobalModel(spec, layout.unpack(buf))
+            sums, states_out, seconds = self.run_clients(model, mine, self.context(plan.round, plan.stage),
+                                                         states_in)
+            mpi.send_array(comm, np.append(sums.buffer, seconds), 0, TAG_PARTIAL, poll)
+            meta, out = _concat(sorted(states_out.items()))
+            mpi.send_object(comm, meta, 0, TAG_STATES_META, poll)
+            if meta:
+                mpi.send_array(comm, out, 0, TAG_STATES_OUT, poll)

@@ -1,0 +1,215 @@
+"""One self-contained HDF5 file per round, written atomically.
+
+Layout of ``RUN_DIR/round_NNNNN.h5`` (NNNNN = rounds completed):
+
+    /                      attrs: format, format_version, round, rounds_planned, stage,
+                                  config (resolved YAML), spec (JSON), versions (JSON),
+                                  world_size, seed, created
+    /state/<name>          global model tensors (weights and architecture parameters)
+    /server_state/<name>   server-only tensors of the method (may be empty)
+    /clients/<id>/<name>   persistent per-client state (personalised methods)
+    /metrics/<name>        1-D float64, entry i = round i+1 (NaN where not measured)
+    /metrics/stage         1-D strings, the stage of each round
+    /partition/train_sizes, eval_sizes (clients,), train_hist, eval_hist (clients, classes)
+    /rng                   attrs: seed, scheme; dataset torch_cpu (rank 0 generator state)
+
+Tensors keep their dtype; each dataset has an attribute ``dtype`` with the torch
+dtype name. A file is written as ``.round_NNNNN.h5.tmp-PID``, flushed, fsynced
+and renamed: it is complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from ..flat import State
+
+FORMAT = "fednas-mpi-checkpoint"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^round_(\d{5,})\.h5$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    config_yaml: str
+    spec: dict
+    state: State
+    server_state: State = field(default_factory=dict)
+    client_states: dict[int, State] = field(default_factory=dict)
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    stages: list[str] = field(default_factory=list)
+    rng_torch_cpu: torch.Tensor | None = None
+    attrs: dict = field(default_factory=dict)
+    path: Path | None = None
+
+
+def checkpoint_path(run_dir: str | Path, round_: int) -> Path:
+    return Path(run_dir) / f"round_{round_:05d}.h5"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(round, path) of files named like checkpoints, oldest first (not validated)."""
+    out = []
+    for p in Path(run_dir).iterdir():
+        m = _NAME.match(p.name)
+        if m and p.is_file():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def _write_tensors(group: h5py.Group, tensors: State) -> None:
+    for name, t in tensors.items():
+        arr = t.detach().cpu()
+        if arr.dtype == torch.bfloat16:
+            arr = arr.float()  # HDF5 has no bfloat16; the dtype attr restores it
+        ds = group.create_dataset(name, data=arr.numpy())
+        ds.attrs["dtype"] = str(t.dtype).removeprefix("torch.")
+
+
+def _read_tensors(group: h5py.Group) -> State:
+    out = {}
+    # h5py iterates in name order; the writer's order (the layout's) is kept in "order".
+    for name in group.attrs.get("order", list(group)):
+        ds = group[name]
+        t = torch.from_numpy(np.asarray(ds[()]))
+        out[name] = t.to(getattr(torch, ds.attrs.get("dtype", str(t.dtype)[6:])))
+    return out
+
+
+def _tensor_group(parent: h5py.Group, name: str, tensors: State) -> None:
+    g = parent.create_group(name)
+    g.attrs["order"] = list(tensors)
+    _write_tensors(g, tensors)
+
+
+def write_checkpoint(run_dir: str | Path, round_: int, *, config_yaml: str, spec: dict,
+                     state: State, server_state: State, client_states: dict[int, State],
+                     metrics: dict[str, np.ndarray], stages: list[str],
+                     partition: dict[str, np.ndarray], attrs: dict) -> Path:
+    """Write round ``round_``'s checkpoint atomically and return its path."""
+    final = checkpoint_path(run_dir, round_)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["round"] = int(round_)
+            f.attrs["config"] = config_yaml
+            f.attrs["spec"] = json.dumps(spec, sort_keys=True)
+            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            _tensor_group(f, "state", state)
+            _tensor_group(f, "server_state", server_state)
+            clients = f.create_group("clients")
+            for cid in sorted(client_states):
+                _tensor_group(clients, str(cid), client_states[cid])
+            m = f.create_group("metrics")
+            for name, values in metrics.items():
+                m.create_dataset(name, data=np.asarray(values, dtype=np.float64))
+            m.create_dataset("stage", data=np.array(stages, dtype=h5py.string_dtype()))
+            p = f.create_group("partition")
+            for name, values in partition.items():
+                p.create_dataset(name, data=values)
+            rng = f.create_group("rng")
+            rng.attrs["seed"] = attrs.get("seed", 0)
+            rng.attrs["scheme"] = "every draw seeded from (seed, round, client, purpose)"
+            rng.create_dataset("torch_cpu", data=torch.get_rng_state().numpy())
+            f.flush()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on directories
+    finally:
+        os.close(fd)
+
+
+def read_checkpoint(path: str | Path, *, tensors: bool = True) -> Checkpoint:
+    """Load a checkpoint; any defect raises CheckpointError naming the file."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise CheckpointError(f"{path}: not a fednas-mpi checkpoint (no format attribute "
+                                      f"{FORMAT!r})")
+            version = int(f.attrs["format_version"])
+            if version > FORMAT_VERSION:
+                raise CheckpointError(f"{path}: format version {version} is newer than this "
+                                      f"fednas-mpi reads ({FORMAT_VERSION}); upgrade fednas-mpi")
+            ck = Checkpoint(
+                round=int(f.attrs["round"]),
+                config_yaml=str(f.attrs["config"]),
+                spec=json.loads(f.attrs["spec"]),
+                state={}, attrs={k: _plain(v) for k, v in f.attrs.items()}, path=path)
+            ck.metrics = {k: np.asarray(v[()]) for k, v in f["metrics"].items() if k != "stage"}
+            ck.stages = [s.decode() if isinstance(s, bytes) else str(s)
+                         for s in f["metrics/stage"][()]]
+            if tensors:
+                ck.state = _read_tensors(f["state"])
+                ck.server_state = _read_tensors(f["server_state"])
+                ck.client_states = {int(c): _read_tensors(g) for c, g in f["clients"].items()}
+                ck.rng_torch_cpu = torch.from_numpy(np.asarray(f["rng/torch_cpu"][()]))
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: unreadable or incomplete checkpoint ({e})") from None
+    return ck
+
+
+def _plain(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, bytes):
+        return v.decode()
+    return v
+
+
+def find_latest(run_dir: str | Path) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint that reads back whole, and a note for each newer one skipped."""
+    skipped = []
+    for _, path in reversed(list_checkpoints(run_dir)):
+        try:
+            return read_checkpoint(path), skipped
+        except CheckpointError as e:
+            skipped.append(str(e))
+    return None, skipped
+
+
+def prune_old(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` round files (keep=0 keeps everything)."""
+    if keep <= 0:
+        return
+    for _, path in list_checkpoints(run_dir)[:-keep]:
+        path.unlink(missing_ok=True)
