@@ -135,7 +135,6 @@ def decide(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
     run_dir = Path(args.out) if args.out else \
         Path("runs") / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_new_run_dir(run_dir, args.overwrite)
-    (run_dir / "config.yaml").write_text(config_mod.to_yaml(cfg))
     return cfg, run_dir, None
 
 
@@ -205,6 +204,8 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
         sim.work_loop()
         return 0
     start = ckpt.round if ckpt is not None else 0
+    if ckpt is None:
+        (run_dir / "config.yaml").write_text(config_mod.to_yaml(cfg))
     print(f"fednas-mpi {__version__}: {cfg.algorithm.name} on {cfg.data.name}, "
           f"{cfg.partition.num_clients} clients ({cfg.partition.scheme}), "
           f"{cfg.federation.clients_per_round} per round, {comm.Get_size()} rank(s); "

@@ -9,6 +9,7 @@ what is allowed.  All problems of a file are reported together.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 class ConfigError(ValueError):
@@ -75,7 +78,8 @@ class PartitionConfig:
 @dataclass(kw_only=True)
 class ModelConfig:
     name: Literal["cnn"] = _f("cnn", "Model. cnn: small fixed convolutional network.")
-    channels: list[int] = _f([16, 32], "Output channels of the conv blocks.", min_len=1)
+    channels: list[int] = _f([16, 32], "Output channels of the conv blocks.", min_len=1,
+                            item_ge=1)
     hidden: int = _f(64, "Width of the hidden fully connected layer.", ge=1)
 
 
@@ -153,12 +157,16 @@ def _type_name(tp: Any) -> str:
 def _check_limits(value: Any, meta: dict, path: str) -> str | None:
     bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
               ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
-    for key, sym, ok in bounds:
+    for key, _, ok in bounds:
         if key in meta and not ok(value, meta[key]):
             allowed = " and ".join(f"{s} {meta[k]}" for k, s, _ in bounds if k in meta)
             return f"{path} = {value!r}: out of range; allowed: {allowed}"
     if "min_len" in meta and len(value) < meta["min_len"]:
         return f"{path} = {value!r}: needs at least {meta['min_len']} element(s)"
+    if "item_ge" in meta:
+        for i, v in enumerate(value):
+            if v < meta["item_ge"]:
+                return f"{path}[{i}] = {v!r}: out of range; allowed: >= {meta['item_ge']}"
     return None
 
 
@@ -190,6 +198,8 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT.match(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -231,7 +241,9 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = raw
     for k in keys[:-1]:
-        nxt = node.setdefault(k, {})
+        if node.get(k) is None:  # absent, or an empty section in the file ("run:")
+            node[k] = {}
+        nxt = node[k]
         if not isinstance(nxt, dict):
             raise ConfigError([f"--set {dotted}: {k} is not a section"])
         node = nxt

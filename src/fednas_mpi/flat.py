@@ -48,7 +48,10 @@ class Layout:
             out = np.empty(self.size, dtype=dtype or self.wire_dtype())
         pos = 0
         for t, n in zip(state.values(), self.sizes):
-            out[pos:pos + n] = t.detach().reshape(-1).cpu().numpy()
+            flat = t.detach().reshape(-1).cpu()
+            if flat.dtype == torch.bfloat16:
+                flat = flat.float()  # numpy has no bfloat16; the layout keeps the dtype
+            out[pos:pos + n] = flat.numpy()
             pos += n
         return out
 

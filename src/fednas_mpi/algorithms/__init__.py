@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from .base import (Algorithm, ClientData, ClientResult, DataInfo, GlobalModel,
-                   RoundContext)
+from .base import Algorithm, ClientData, ClientResult, DataInfo, GlobalModel, RoundContext
 from .fedavg import FedAvg
 
 REGISTRY: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedAvg,)}

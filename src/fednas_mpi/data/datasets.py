@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from ..seeding import SETUP, SERVER, numpy_rng
+from ..seeding import SERVER, SETUP, numpy_rng
 
 
 class DataError(ValueError):

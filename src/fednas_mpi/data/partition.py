@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import PartitionConfig
-from ..seeding import SETUP, SERVER, numpy_rng
+from ..seeding import SERVER, SETUP, numpy_rng
 from .datasets import DataError
 
 
@@ -57,8 +57,8 @@ def split_dirichlet(labels: np.ndarray, num_clients: int, alpha: float,
 def stratified_eval_split(indices: np.ndarray, labels: np.ndarray, eval_fraction: float,
                           rng: np.random.Generator) -> ClientSplit:
     """Hold out ``eval_fraction`` of every class the client has (rounded down)."""
-    if eval_fraction == 0.0:
-        return ClientSplit(np.sort(indices), np.empty(0, dtype=np.int64))
+    if eval_fraction == 0.0 or len(indices) == 0:
+        return ClientSplit(np.sort(indices).astype(np.int64), np.empty(0, dtype=np.int64))
     train, held = [], []
     for c in np.unique(labels[indices]):
         idx = rng.permutation(indices[labels[indices] == c])

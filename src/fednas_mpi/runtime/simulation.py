@@ -241,8 +241,8 @@ class Simulation:
             if not mine:
                 continue
             model = GlobalModel(spec, layout.unpack(buf))
-            sums, states_out, seconds = self.run_clients(model, mine, self.context(plan.round, plan.stage),
-                                                         states_in)
+            ctx = self.context(plan.round, plan.stage)
+            sums, states_out, seconds = self.run_clients(model, mine, ctx, states_in)
             mpi.send_array(comm, np.append(sums.buffer, seconds), 0, TAG_PARTIAL, poll)
             meta, out = _concat(sorted(states_out.items()))
             mpi.send_object(comm, meta, 0, TAG_STATES_META, poll)

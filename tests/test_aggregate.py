@@ -1,0 +1,87 @@
+"""FedAvg arithmetic against hand-computed values."""
+
+import numpy as np
+import pytest
+import torch
+
+from fednas_mpi.algorithms.aggregate import ClientSums, weighted_average
+from fednas_mpi.flat import Layout
+
+
+def test_weighted_average_hand_computed():
+    # Two clients with 1 and 3 samples: w = (1*a + 3*b) / 4.
+    a = {"w": torch.tensor([1.0, 2.0]), "alpha": torch.tensor([[0.0, 4.0]])}
+    b = {"w": torch.tensor([5.0, -2.0]), "alpha": torch.tensor([[8.0, 0.0]])}
+    out = weighted_average([a, b], [1, 3])
+    assert list(out) == ["w", "alpha"]
+    assert torch.equal(out["w"], torch.tensor([4.0, -1.0]))
+    assert torch.equal(out["alpha"], torch.tensor([[6.0, 1.0]]))
+    assert out["w"].dtype == torch.float32
+
+
+def test_weighted_average_three_clients_and_dtypes():
+    states = [{"x": torch.tensor([0.5], dtype=torch.float64)},
+              {"x": torch.tensor([1.5], dtype=torch.float64)},
+              {"x": torch.tensor([3.0], dtype=torch.float64)}]
+    out = weighted_average(states, [2, 2, 4])
+    # (2*0.5 + 2*1.5 + 4*3) / 8 = 16 / 8 = 2
+    assert out["x"].dtype == torch.float64 and out["x"].item() == 2.0
+
+
+def test_single_client_is_identity():
+    s = {"k": torch.randn(3, 4)}
+    assert torch.equal(weighted_average([s], [7])["k"], s["k"])
+
+
+def test_errors():
+    with pytest.raises(ValueError):
+        weighted_average([], [])
+    with pytest.raises(ValueError):
+        weighted_average([{"a": torch.ones(1)}], [0])
+
+
+def _results(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [({"w": torch.randn(5, 3, generator=g), "b": torch.randn(3, generator=g)},
+             float(torch.randint(1, 50, (1,), generator=g)),
+             {"loss": float(torch.rand(1, generator=g)), "acc": float(torch.rand(1, generator=g))})
+            for _ in range(n)]
+
+
+def test_client_sums_match_weighted_average_for_any_grouping():
+    results = _results(7)
+    layout = Layout.of(results[0][0])
+    ref = weighted_average([r[0] for r in results], [r[1] for r in results])
+    outs = []
+    for groups in ([7], [3, 4], [1, 1, 1, 1, 1, 1, 1], [2, 0, 5]):
+        partials, i = [], 0
+        for g in groups:
+            cs = ClientSums(layout, ("loss", "acc"))
+            for state, w, m in results[i:i + g]:
+                cs.add(state, w, m)
+            partials.append(cs.buffer)
+            i += g
+        cs = ClientSums(layout, ("loss", "acc"))
+        averaged, metrics = cs.finish(cs.combine(partials))
+        outs.append((averaged, metrics))
+        for k in ref:
+            torch.testing.assert_close(averaged[k], ref[k], rtol=0, atol=1e-6)
+    # every grouping gives the same float32 result
+    for averaged, _ in outs[1:]:
+        for k in ref:
+            assert torch.equal(averaged[k], outs[0][0][k])
+
+
+def test_client_sums_metrics_weighted_mean_std_and_nan():
+    layout = Layout.of({"w": torch.zeros(1)})
+    cs = ClientSums(layout, ("acc",))
+    cs.add({"w": torch.zeros(1)}, 1.0, {"acc": 0.0})
+    cs.add({"w": torch.ones(1)}, 3.0, {"acc": 1.0})
+    cs.add({"w": torch.ones(1)}, 4.0, {"acc": float("nan")})  # no eval data: left out
+    state, metrics = cs.finish(cs.buffer)
+    # weighted over the finite ones: mean = 3/4, var = 3/4 - 9/16 = 3/16
+    assert metrics["acc"] == pytest.approx(0.75)
+    assert metrics["acc_std"] == pytest.approx(np.sqrt(3 / 16))
+    assert metrics["clients"] == 3 and metrics["client_weight"] == 8
+    # the state average still uses all three: (0 + 3 + 4) / 8
+    assert state["w"].item() == pytest.approx(7 / 8)
