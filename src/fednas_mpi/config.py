@@ -351,3 +351,15 @@ def _deepcopy_plain(d: Any) -> Any:
     if isinstance(d, list):
         return [_deepcopy_plain(v) for v in d]
     return d
+
+
+def reference_markdown() -> str:
+    """The config reference table as it appears in the README."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, tp, default, help_ in reference():
+        lines.append(f"| `{key}` | {tp} | `{default}` | {help_} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

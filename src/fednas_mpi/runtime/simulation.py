@@ -21,6 +21,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import h5py
 import mpi4py
@@ -116,6 +117,7 @@ class Simulation:
     def serve(self, run_dir, resume: Checkpoint | None = None,
               on_round: Callable[[int, dict[str, float]], None] | None = None) -> GlobalModel:
         cfg = self.cfg
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
         if resume is None:
             model, client_states, start = self.algorithm.init_global(), {}, 0
             history: dict[str, list[float]] = {}
