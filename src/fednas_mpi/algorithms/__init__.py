@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from .base import Algorithm, ClientData, ClientResult, DataInfo, GlobalModel, RoundContext
 from .fedavg import FedAvg
+from .fedmetanas import FedMetaNAS
 
-REGISTRY: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedAvg,)}
+REGISTRY: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedAvg, FedMetaNAS)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -48,6 +49,8 @@ class ClientData:
     train_y: torch.Tensor
     eval_x: torch.Tensor
     eval_y: torch.Tensor
+    #: train-time augmentation of a minibatch, drawing only from the generator it is given
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     @property
     def num_train(self) -> int:

@@ -36,7 +36,7 @@ class FedAvg(Algorithm):
                               weight_decay=a.weight_decay)
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "fedavg.batches")
         train_loss = sgd_epochs(net, data.train_x, data.train_y, opt, a.batch_size,
-                                a.local_epochs, g)
+                                a.local_epochs, g, augment=data.augment)
         _, local_acc = evaluate(net, data.eval_x, data.eval_y)
         state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         return ClientResult(state, float(data.num_train),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -14,14 +16,21 @@ def minibatches(n: int, batch_size: int, generator: torch.Generator):
 
 
 def sgd_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
-               batch_size: int, epochs: int, generator: torch.Generator) -> float:
-    """Plain supervised epochs; returns the sample-weighted mean training loss."""
+               batch_size: int, epochs: int, generator: torch.Generator,
+               augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+               ) -> float:
+    """Plain supervised epochs; returns the sample-weighted mean training loss.
+
+    ``augment`` (if given) transforms each minibatch, drawing from ``generator``
+    after the epoch's shuffle, so the run stays a function of the seed.
+    """
     model.train()
     total, count = 0.0, 0
     for _ in range(epochs):
         for idx in minibatches(len(y), batch_size, generator):
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            xb = x[idx] if augment is None else augment(x[idx], generator)
+            loss = F.cross_entropy(model(xb), y[idx])
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)

@@ -92,8 +92,9 @@ class Simulation:
     def client_data(self, cid: int) -> ClientData:
         split = self.partition.clients[cid]
         d = self.dataset
-        return ClientData(cid, d.train_x[split.train], d.train_y[split.train],
-                          d.train_x[split.eval], d.train_y[split.eval])
+        # train_inputs normalises only this client's images (the pool may be stored as uint8)
+        return ClientData(cid, d.train_inputs(split.train), d.train_y[split.train],
+                          d.train_inputs(split.eval), d.train_y[split.eval], augment=d.augment)
 
     def run_clients(self, model: GlobalModel, clients: list[int], ctx: RoundContext,
                     states_in: dict[int, State]) -> tuple[ClientSums, dict[int, State], float]:
@@ -157,12 +158,20 @@ class Simulation:
             sums = ClientSums(layout, self.algorithm.client_metrics)
             averaged, metrics = sums.finish(sums.combine(partials))
             client_states.update(new_states)
+            old_spec = model.spec
             model = self.algorithm.server_step(model, averaged, metrics, ctx)
             metrics["aggregate_time"] = time.perf_counter() - t_agg
             metrics["compute_time"] = compute
             t_eval = time.perf_counter()
             loss = acc = float("nan")
-            if (r + 1) % cfg.run.eval_every == 0 or r + 1 == cfg.run.rounds:
+            changed = model.spec != old_spec
+            if changed:
+                # The server step changed the architecture (e.g. pruning): record the
+                # accuracy of the averaged model just before, to measure what it cost.
+                before = GlobalModel(old_spec, averaged, model.server_state)
+                _, metrics["acc_before_prune"] = self.algorithm.evaluate(
+                    before, self.dataset.test_x, self.dataset.test_y)
+            if changed or (r + 1) % cfg.run.eval_every == 0 or r + 1 == cfg.run.rounds:
                 loss, acc = self.algorithm.evaluate(model, self.dataset.test_x,
                                                     self.dataset.test_y)
             metrics.update(global_loss=loss, global_acc=acc,
@@ -182,6 +191,9 @@ class Simulation:
                 on_round(r, metrics)
         if self.comm.Get_size() > 1:
             mpi.bcast_object(self.comm, Plan(round=None), self.poll)
+        if model.spec.get("genotype"):
+            (Path(run_dir) / "genotype.json").write_text(
+                json.dumps(model.spec["genotype"], indent=2) + "\n")
         return model
 
     def _dispatch(self, r: int, ctx: RoundContext, model: GlobalModel, layout: Layout,

@@ -1,0 +1,241 @@
+"""FedMetaNAS (Algorithm 1): federated first-order MAML search over a Gumbel-softmax
+relaxed DARTS space, with soft pruning and no retraining.
+
+Client (lines 10-21): for each local epoch, support/query task pairs are drawn from
+the client's train split; the task learner adapts (w, alpha) jointly with M SGD steps
+on the support task (eq. 9), the meta learner applies the query gradient at the
+adapted point to the original (w, alpha) (first-order eq. 10).
+Server (lines 7-8): FedAvg of w and alpha (the runtime), then soft pruning.
+
+Where pruning happens. Algorithm 1 prunes inside the client loop. Here the server
+prunes, after averaging, on the averaged architecture logits: the masks are part of
+the global model's spec and identical on every client. So every client's alphas
+have the same support, a masked entry takes no part in any softmax and gets no
+gradient, all clients return the same (unchanged) value for it and its average is
+that value - averaging never mixes a pruned entry with a live one, and pruning
+never removes an op some clients still use. Pruned ops' weights leave the state,
+so pruned ops are neither computed nor communicated.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import torch
+from torch.nn import functional as F
+
+from ..flat import State
+from ..nas import CellSpace, SearchNetwork, finalize, genotype_str, prune, temperature_at
+from ..nas.mixing import relaxed_weights
+from ..nas.space import entropy
+from ..seeding import SERVER, SETUP, derive_seed, torch_rng
+from .base import Algorithm, ClientData, ClientResult, GlobalModel, RoundContext
+from .maml import MetaLearner, TaskLearner
+from .training import evaluate
+
+CELLS = ("normal", "reduce")
+
+
+def state_of(net: torch.nn.Module) -> State:
+    """Named tensors that define the model (BN step counters are not: momentum is fixed)."""
+    return {k: v.detach().clone() for k, v in net.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+
+
+def task_pairs(n: int, batch: int, pairs: int, generator: torch.Generator
+               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Disjoint (support, query) index batches from seeded permutations of range(n).
+
+    pairs=0: as many disjoint pairs as one permutation holds (at least one; a client
+    with fewer than 2*batch samples splits what it has in half).
+    """
+    size = min(batch, max(n // 2, 1))
+    per_perm = max(n // (2 * size), 1)
+    want = pairs or per_perm
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    while len(out) < want:
+        perm = torch.randperm(n, generator=generator)
+        for p in range(min(per_perm, want - len(out))):
+            s = perm[2 * p * size:(2 * p + 1) * size]
+            q = perm[(2 * p + 1) * size:(2 * p + 2) * size]
+            out.append((s, q if len(q) else s))
+    return out
+
+
+class FedMetaNAS(Algorithm):
+    name = "fedmetanas"
+    client_metrics = ("train_loss", "support_loss", "local_acc")
+
+    # ------------------------------------------------------------ model
+    @property
+    def space(self) -> CellSpace:
+        d = self.cfg.model.darts
+        return CellSpace(d.nodes, d.input_k, tuple(d.primitives))
+
+    def initial_spec(self) -> dict:
+        ops, combos = self.space.full_masks()
+        return {"masks": {c: {"ops": ops, "combos": combos} for c in CELLS}, "genotype": None}
+
+    def build(self, spec: dict) -> SearchNetwork:
+        """The network a spec describes, freshly initialised from the run's seed."""
+        return _build(json.dumps(spec, sort_keys=True), self._model_key())
+
+    def _model_key(self) -> str:
+        d = self.cfg.model.darts
+        return json.dumps({"in": self.info.input_shape, "classes": self.info.num_classes,
+                           "C": d.init_channels, "layers": d.layers, "nodes": d.nodes,
+                           "k": d.input_k, "stem": d.stem_multiplier,
+                           "prims": list(d.primitives), "seed": self.cfg.run.seed})
+
+    def _net(self, model: GlobalModel) -> SearchNetwork:
+        net = self.build(model.spec)
+        missing, unexpected = net.load_state_dict(model.state, strict=False)
+        bad = [k for k in missing if not k.endswith("num_batches_tracked")] + list(unexpected)
+        if bad:
+            raise ValueError(f"global state does not fit the network of its spec: {bad[:4]}")
+        return net
+
+    def temperature(self, round_: int) -> float:
+        f = self.cfg.algorithm.fedmetanas
+        return temperature_at(round_, self.cfg.run.rounds, f.temperature_start,
+                              f.temperature_end, f.temperature_schedule, f.temperature_floor)
+
+    def init_global(self) -> GlobalModel:
+        spec = self.initial_spec()
+        net = _build.__wrapped__(json.dumps(spec, sort_keys=True), self._model_key())
+        temp = torch.tensor(self.temperature(0), dtype=torch.float64)
+        return GlobalModel(spec, state_of(net), {"temperature": temp})
+
+    # ------------------------------------------------------------ client
+    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
+                      client_state: State | None) -> ClientResult:
+        f, a = self.cfg.algorithm.fedmetanas, self.cfg.algorithm
+        net = self._net(model)
+        net.train()
+        net.set_sampling(self.temperature(ctx.round),
+                         torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.gumbel"))
+        weights, arch = net.weight_parameters(), net.arch_parameters()
+        task = TaskLearner([(weights, f.task_lr_w), (arch, f.task_lr_alpha)], f.inner_steps,
+                           f.grad_clip)
+        groups = [{"params": weights, "lr": f.meta_lr_w, "weight_decay": f.weight_decay},
+                  {"params": arch, "lr": f.meta_lr_alpha, "weight_decay": 0.0}]
+        if f.meta_optimizer == "adam":
+            opt = torch.optim.Adam(groups, betas=(f.meta_momentum, 0.999))
+        else:
+            opt = torch.optim.SGD(groups, momentum=f.meta_momentum)
+        meta = MetaLearner(weights + arch, opt, f.grad_clip)
+        g_tasks = torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.tasks")
+        g_aug = torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.augment")
+        augment = getattr(data, "augment", None)
+        x, y = data.train_x, data.train_y
+
+        def batch(idx):
+            xb = x[idx]
+            return (augment(xb, g_aug) if augment is not None else xb), y[idx]
+
+        s_sum = q_sum = 0.0
+        steps = 0
+        for _ in range(a.local_epochs):
+            for s_idx, q_idx in task_pairs(len(y), a.batch_size, f.tasks_per_epoch, g_tasks):
+                xs, ys = batch(s_idx)
+                xq, yq = batch(q_idx)
+                s_loss, q_loss = meta.step(task, lambda: F.cross_entropy(net(xs), ys),
+                                           lambda: F.cross_entropy(net(xq), yq))
+                s_sum, q_sum, steps = s_sum + s_loss, q_sum + q_loss, steps + 1
+        local_acc = float("nan")
+        if (ctx.round + 1) % f.local_eval_every == 0 or ctx.round + 1 == ctx.rounds:
+            _, local_acc = evaluate(net, data.eval_x, data.eval_y)
+        return ClientResult(state_of(net), float(data.num_train),
+                            {"train_loss": q_sum / steps, "support_loss": s_sum / steps,
+                             "local_acc": local_acc})
+
+    # ------------------------------------------------------------ server
+    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
+                    ctx: RoundContext) -> GlobalModel:
+        f = self.cfg.algorithm.fedmetanas
+        done = ctx.round + 1
+        lam = self.temperature(ctx.round)
+        spec = model.spec
+        final = f.final_round or self.cfg.run.rounds
+        if spec.get("genotype") is None:
+            if done >= final:
+                spec = self._finalize(spec, averaged)
+            elif f.prune_every and done >= f.prune_start and \
+                    (done - f.prune_start) % f.prune_every == 0:
+                spec = self._prune(spec, averaged, lam)
+        state = averaged
+        if spec is not model.spec:
+            keep = state_of(self.build(spec))
+            state = {k: averaged[k] for k in keep}
+        metrics.update(self.arch_metrics(spec, state, lam))
+        return GlobalModel(spec, state,
+                           {"temperature": torch.tensor(lam, dtype=torch.float64)})
+
+    def _prune(self, spec: dict, state: State, lam: float) -> dict:
+        f = self.cfg.algorithm.fedmetanas
+        masks = {}
+        for c in CELLS:
+            ops, combos = prune(self.space, state[f"alpha_{c}"], state[f"beta_{c}"],
+                                spec["masks"][c]["ops"], spec["masks"][c]["combos"], lam,
+                                f.op_threshold, f.combo_threshold)
+            masks[c] = {"ops": ops, "combos": combos}
+        if masks == spec["masks"]:
+            return spec
+        return {**spec, "masks": masks}
+
+    def _finalize(self, spec: dict, state: State) -> dict:
+        masks, genotype = {}, {}
+        for c in CELLS:
+            genotype[c], ops, combos = finalize(
+                self.space, state[f"alpha_{c}"], state[f"beta_{c}"], spec["masks"][c]["ops"],
+                spec["masks"][c]["combos"])
+            masks[c] = {"ops": ops, "combos": combos}
+        genotype["text"] = genotype_str(genotype)
+        return {**spec, "masks": masks, "genotype": genotype}
+
+    def arch_metrics(self, spec: dict, state: State, lam: float) -> dict[str, float]:
+        """Temperature, surviving ops/combinations on live edges, entropy of the mixing."""
+        ops_alive = combos_alive = 0
+        ent_ops, ent_inputs = [], []
+        space = self.space
+        for c in CELLS:
+            om = torch.tensor(spec["masks"][c]["ops"])
+            cm = torch.tensor(spec["masks"][c]["combos"])
+            live = space.live_edges(spec["masks"][c]["combos"])
+            edges = [space.edge(j, i) for j in range(space.nodes) for i in sorted(live[j])]
+            w = relaxed_weights(state[f"alpha_{c}"].double(), lam, None, om)
+            ops_alive += int(om[edges].sum())
+            ent_ops.append(entropy(w[edges]))
+            combos_alive += int(cm.sum())
+            for j, combos in enumerate(space.combos):
+                lo = space.combo_offsets[j]
+                seg = slice(lo, lo + len(combos))
+                q = relaxed_weights(state[f"beta_{c}"][seg].double(), lam, None, cm[seg])
+                ent_inputs.append(entropy(q[None]))
+        return {"temperature": lam, "ops_alive": float(ops_alive),
+                "combos_alive": float(combos_alive),
+                "arch_entropy_ops": sum(ent_ops) / len(ent_ops),
+                "arch_entropy_inputs": sum(ent_inputs) / len(ent_inputs)}
+
+    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[float, float]:
+        net = self._net(model)
+        net.set_sampling(float(model.server_state.get("temperature", 1.0)), None)
+        return evaluate(net, x, y)
+
+
+@lru_cache(maxsize=4)
+def _build(spec_json: str, model_key: str) -> SearchNetwork:
+    """Networks are cached per (spec, model shape): each client reloads the state into the
+    same module instead of rebuilding it. Init is seeded and leaves the global RNG alone."""
+    spec, key = json.loads(spec_json), json.loads(model_key)
+    space = CellSpace(key["nodes"], key["k"], tuple(key["prims"]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(key["seed"], SETUP, SERVER, "model.init"))
+        net = SearchNetwork(key["in"][0], key["classes"], key["C"], key["layers"], space,
+                            key["stem"], spec["masks"])
+        with torch.no_grad():
+            for p in net.arch_parameters():
+                p.normal_(0.0, 1e-3)
+    return net

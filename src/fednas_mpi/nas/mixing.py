@@ -1,0 +1,51 @@
+"""Every Gumbel-softmax mix of the search space goes through this module.
+
+Eq. 1:  Z_k = softmax_k((log alpha_k + G_k) / lambda),  G_k ~ Gumbel(0, 1)
+Eq. 2:  x_j = sum_i sum_k Z^{ij}_k o_k(x_i)
+
+``relaxed_weights`` computes Z over the entries a mask keeps (pruned entries get
+exactly 0 and take no part in the normalisation); with ``noise=None`` it is the
+deterministic softmax(log alpha / lambda) used for evaluation.
+``weighted_sum`` forms sum_k w_k * o_k over the outputs that exist (pruned ops
+and ``none`` are ``None`` and are never read). The fused kernels replace these
+two functions; this file is their plain PyTorch reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+                 ) -> torch.Tensor:
+    """Standard Gumbel samples -log(-log U), with U clamped so every sample is finite."""
+    u = torch.rand(shape, generator=generator, dtype=dtype, device=device)
+    info = torch.finfo(dtype)
+    u = u.clamp(min=info.tiny, max=1.0 - info.eps)
+    return -torch.log(-torch.log(u))
+
+
+def relaxed_weights(logits: torch.Tensor, temperature: float, noise: torch.Tensor | None = None,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 1 along the last dimension; masked-out entries are exactly zero."""
+    z = logits if noise is None else logits + noise
+    z = z / temperature
+    if mask is not None:
+        z = z.masked_fill(~mask, float("-inf"))
+    return torch.softmax(z, dim=-1)
+
+
+def weighted_sum(outputs: Sequence[torch.Tensor | None], weights: torch.Tensor) -> torch.Tensor:
+    """sum_k weights[k] * outputs[k] over the outputs that are not None."""
+    total = None
+    for k, out in enumerate(outputs):
+        if out is None:
+            continue
+        term = weights[k] * out
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("weighted_sum over no outputs: every input was pruned")
+    return total

@@ -1,0 +1,131 @@
+"""The DARTS-style search network with Gumbel-softmax ops and input combinations.
+
+Architecture parameters are registered parameters (``alpha_normal``,
+``alpha_reduce``: edges x ops, the learned log alpha of eq. 1; ``beta_normal``,
+``beta_reduce``: one logit per input combination of eq. 8), so they travel with
+the weights in the flat state buffer and FedAvg averages them.
+
+Pruned ops and edges that no surviving combination uses have no module at all:
+they are neither computed nor sent. A network whose masks keep one op per edge
+and one combination per node is the discrete (derived) network; its mixing
+weights are exactly 1 and it inherits the searched weights unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .mixing import gumbel_noise, weighted_sum
+from .operations import OPS, FactorizedReduce, ReLUConvBN
+from .space import CellSpace
+
+
+class SearchCell(nn.Module):
+    def __init__(self, space: CellSpace, c_pp: int, c_p: int, c: int, reduction: bool,
+                 reduction_prev: bool, op_mask: list[list[bool]], combo_mask: list[bool]):
+        super().__init__()
+        self.space, self.reduction = space, reduction
+        self.pre0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
+        self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0)
+        live = space.live_edges(combo_mask)
+        self.edges = nn.ModuleDict()
+        for j in range(space.nodes):
+            for i in sorted(live[j]):
+                e = space.edge(j, i)
+                stride = 2 if reduction and i < 2 else 1
+                ops = nn.ModuleDict()
+                for k, name in enumerate(space.primitives):
+                    if op_mask[e][k] and OPS[name] is not None:
+                        ops[name] = OPS[name](c, stride)
+                self.edges[f"{j}_{i}"] = ops
+
+    def forward(self, s0, s1, op_w: torch.Tensor, coefs: list[torch.Tensor]) -> torch.Tensor:
+        states = [self.pre0(s0), self.pre1(s1)]
+        for j in range(self.space.nodes):
+            outs, ws = [], []
+            for i in range(self.space.inputs_of(j)):
+                ops = self.edges[f"{j}_{i}"] if f"{j}_{i}" in self.edges else None
+                if ops is None:
+                    continue
+                e = self.space.edge(j, i)
+                for k, name in enumerate(self.space.primitives):
+                    if name in ops:
+                        outs.append(ops[name](states[i]))
+                        ws.append(coefs[j][i] * op_w[e, k])
+            # A node-level weighted sum over all its (edge, op) outputs: one mix per node.
+            states.append(weighted_sum(outs, torch.stack(ws)))
+        return torch.cat(states[2:], dim=1)
+
+
+class SearchNetwork(nn.Module):
+    """Stem, ``layers`` cells (reductions at 1/3 and 2/3 of the depth), classifier."""
+
+    def __init__(self, in_channels: int, num_classes: int, init_channels: int, layers: int,
+                 space: CellSpace, stem_multiplier: int, masks: dict):
+        super().__init__()
+        self.space = space
+        self.masks = masks  # {"normal"|"reduce": {"ops": [[bool]], "combos": [bool]}}
+        e, k, n = space.num_edges, len(space.primitives), space.num_combos
+        self.alpha_normal = nn.Parameter(torch.zeros(e, k))
+        self.alpha_reduce = nn.Parameter(torch.zeros(e, k))
+        self.beta_normal = nn.Parameter(torch.zeros(n))
+        self.beta_reduce = nn.Parameter(torch.zeros(n))
+        for cell in ("normal", "reduce"):
+            self.register_buffer(f"op_mask_{cell}", torch.tensor(masks[cell]["ops"]),
+                                 persistent=False)
+            self.register_buffer(f"combo_mask_{cell}", torch.tensor(masks[cell]["combos"]),
+                                 persistent=False)
+        c_cur = stem_multiplier * init_channels
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_cur, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(c_cur))
+        c_pp, c_p, c = c_cur, c_cur, init_channels
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        reductions = {layers // 3, 2 * layers // 3}
+        for layer in range(layers):
+            reduction = layer in reductions
+            if reduction:
+                c *= 2
+            kind = "reduce" if reduction else "normal"
+            self.cells.append(SearchCell(space, c_pp, c_p, c, reduction, reduction_prev,
+                                         masks[kind]["ops"], masks[kind]["combos"]))
+            reduction_prev = reduction
+            c_pp, c_p = c_p, space.nodes * c
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_p, num_classes)
+        self.temperature = 1.0
+        self.generator: torch.Generator | None = None
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha_normal, self.alpha_reduce, self.beta_normal, self.beta_reduce]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def set_sampling(self, temperature: float, generator: torch.Generator | None) -> None:
+        """Gumbel noise from ``generator`` in each forward; None = deterministic weights."""
+        self.temperature, self.generator = float(temperature), generator
+
+    def mixing_weights(self, cell: str, noisy: bool = False):
+        """(op weights (edges, ops), input coefficients per node) of a cell type."""
+        alpha, beta = getattr(self, f"alpha_{cell}"), getattr(self, f"beta_{cell}")
+        op_noise = combo_noise = None
+        if noisy and self.generator is not None:
+            op_noise = gumbel_noise(alpha.shape, self.generator, alpha.dtype)
+            combo_noise = gumbel_noise(beta.shape, self.generator, beta.dtype)
+        op_w = self.space.op_weights(alpha, self.temperature, op_noise,
+                                     getattr(self, f"op_mask_{cell}"))
+        coefs = self.space.input_coefficients(beta, self.temperature, combo_noise,
+                                              getattr(self, f"combo_mask_{cell}"))
+        return op_w, coefs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noisy = self.training
+        weights = {c: self.mixing_weights(c, noisy) for c in ("normal", "reduce")}
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            op_w, coefs = weights["reduce" if cell.reduction else "normal"]
+            s0, s1 = s1, cell(s0, s1, op_w, coefs)
+        return self.classifier(self.pool(s1).flatten(1))

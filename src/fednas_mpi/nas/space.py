@@ -1,0 +1,190 @@
+"""Structure of a searched cell: edges, input combinations, masks, pruning and genotypes.
+
+A cell has two inputs (the previous two cells' outputs, states 0 and 1) and
+``nodes`` intermediate nodes; node j (0-based) reads states 0..j+1, one edge
+each, so the cell has sum_j (j+2) edges, each with one logit per primitive
+(``alpha``). Eq. 8: node j mixes all k-combinations of its inputs with a second
+set of logits (``beta``, one per combination). Because
+sum_c Z_c * sum_{i in c} e_i = sum_i (sum_{c containing i} Z_c) * e_i,
+every edge output is computed once and weighted by its combination coefficient.
+
+Masks record what soft pruning removed (for good): ``op_mask`` (edges x ops) and
+``combo_mask`` (all combinations of all nodes, flattened). They are part of the
+global model's spec, identical for every client.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from .mixing import relaxed_weights
+from .operations import PRIMITIVES
+
+
+@dataclass(frozen=True)
+class CellSpace:
+    nodes: int
+    k: int
+    primitives: tuple[str, ...] = PRIMITIVES
+
+    def inputs_of(self, j: int) -> int:
+        return j + 2
+
+    def k_of(self, j: int) -> int:
+        return min(self.k, self.inputs_of(j))
+
+    @cached_property
+    def edge_offsets(self) -> list[int]:
+        return [sum(self.inputs_of(t) for t in range(j)) for j in range(self.nodes)]
+
+    @property
+    def num_edges(self) -> int:
+        return sum(self.inputs_of(j) for j in range(self.nodes))
+
+    def edge(self, j: int, i: int) -> int:
+        return self.edge_offsets[j] + i
+
+    @cached_property
+    def combos(self) -> list[list[tuple[int, ...]]]:
+        """Per node, its k-combinations of input states, in lexicographic order."""
+        return [list(itertools.combinations(range(self.inputs_of(j)), self.k_of(j)))
+                for j in range(self.nodes)]
+
+    @cached_property
+    def combo_offsets(self) -> list[int]:
+        return [sum(len(c) for c in self.combos[:j]) for j in range(self.nodes)]
+
+    @property
+    def num_combos(self) -> int:
+        return sum(len(c) for c in self.combos)
+
+    def full_masks(self) -> tuple[list[list[bool]], list[bool]]:
+        return ([[True] * len(self.primitives) for _ in range(self.num_edges)],
+                [True] * self.num_combos)
+
+    # ---------------------------------------------------------- weights
+    def op_weights(self, alpha: torch.Tensor, temperature: float, noise, op_mask) -> torch.Tensor:
+        """Eq. 1 per edge: (edges, ops)."""
+        return relaxed_weights(alpha, temperature, noise, op_mask)
+
+    def input_coefficients(self, beta: torch.Tensor, temperature: float, noise,
+                           combo_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Eq. 8 per node: coefficient of each input = sum of Z over combinations holding it."""
+        out = []
+        z_all = beta if noise is None else beta + noise
+        for j, combos in enumerate(self.combos):
+            lo = self.combo_offsets[j]
+            seg = slice(lo, lo + len(combos))
+            z = relaxed_weights(z_all[seg], temperature, None, combo_mask[seg])
+            incidence = self.incidence(j).to(z.dtype)
+            out.append(incidence @ z)
+        return out
+
+    def incidence(self, j: int) -> torch.Tensor:
+        """(inputs, combinations) 0/1 matrix: input i belongs to combination c."""
+        m = torch.zeros(self.inputs_of(j), len(self.combos[j]))
+        for c, combo in enumerate(self.combos[j]):
+            m[list(combo), c] = 1.0
+        return m
+
+    def live_edges(self, combo_mask: list[bool]) -> list[set[int]]:
+        """Per node, the inputs that still appear in a surviving combination."""
+        live = []
+        for j, combos in enumerate(self.combos):
+            lo = self.combo_offsets[j]
+            live.append({i for c, combo in enumerate(combos) if combo_mask[lo + c]
+                         for i in combo})
+        return live
+
+
+# ------------------------------------------------------------------ pruning
+
+
+def _masked_probs(logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    return relaxed_weights(logits.detach().double(), temperature, None, mask)
+
+
+def prune(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor, op_mask: list[list[bool]],
+          combo_mask: list[bool], temperature: float, op_threshold: float,
+          combo_threshold: float) -> tuple[list[list[bool]], list[bool]]:
+    """Soft pruning: drop ops and input combinations whose deterministic mixing weight
+    (softmax(log alpha / lambda) over the survivors) is below the threshold.
+
+    Never drops an edge's strongest op other than ``none`` (so every edge keeps a real
+    op) nor a node's strongest combination.
+    """
+    none = space.primitives.index("none") if "none" in space.primitives else -1
+    om = torch.tensor(op_mask)
+    p = _masked_probs(alpha, om, temperature)
+    keep = om & (p >= op_threshold)
+    real = p.clone()
+    if none >= 0:
+        real[:, none] = -1.0
+    best = real.masked_fill(~om, -1.0).argmax(dim=1)
+    keep[torch.arange(len(best)), best] = True
+    cm = torch.tensor(combo_mask)
+    ckeep = cm.clone()
+    for j, combos in enumerate(space.combos):
+        seg = slice(space.combo_offsets[j], space.combo_offsets[j] + len(combos))
+        q = _masked_probs(beta[seg], cm[seg], temperature)
+        node_keep = cm[seg] & (q >= combo_threshold)
+        node_keep[int(q.argmax())] = True
+        ckeep[seg] = node_keep
+    return keep.tolist(), ckeep.tolist()
+
+
+def finalize(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor,
+             op_mask: list[list[bool]], combo_mask: list[bool]) -> tuple[dict, list, list]:
+    """The genotype (strongest surviving combination per node, strongest real op per
+    edge in it, from probabilities softmax(log alpha) and softmax(beta) over the
+    survivors) and the masks that keep exactly that."""
+    om, cm = torch.tensor(op_mask), torch.tensor(combo_mask)
+    p_ops = _masked_probs(alpha, om, 1.0)
+    real = p_ops.clone()
+    if "none" in space.primitives:
+        real[:, space.primitives.index("none")] = -1.0
+    new_op = torch.zeros_like(om)
+    new_combo = torch.zeros_like(cm)
+    nodes = []
+    for j, combos in enumerate(space.combos):
+        lo = space.combo_offsets[j]
+        q = _masked_probs(beta[lo:lo + len(combos)], cm[lo:lo + len(combos)], 1.0)
+        c = int(q.argmax())
+        new_combo[lo + c] = True
+        chosen = []
+        for i in combos[c]:
+            e = space.edge(j, i)
+            k = int(real[e].masked_fill(~om[e], -1.0).argmax())
+            new_op[e, k] = True
+            chosen.append({"op": space.primitives[k], "input": i,
+                           "p_op": round(float(p_ops[e, k]), 4)})
+        nodes.append({"inputs": chosen, "p_combo": round(float(q[c]), 4)})
+    return {"nodes": nodes, "concat": list(range(2, space.nodes + 2))}, \
+        new_op.tolist(), new_combo.tolist()
+
+
+def genotype_str(genotype: dict) -> str:
+    """Compact text: per cell type, per node its (op <- input) pairs."""
+    lines = []
+    for cell in ("normal", "reduce"):
+        if cell not in genotype:
+            continue
+        nodes = [" + ".join(f"{x['op']}(s{x['input']})" for x in n["inputs"])
+                 for n in genotype[cell]["nodes"]]
+        lines.append(f"{cell}: " + "; ".join(f"s{j + 2} = {n}" for j, n in enumerate(nodes)))
+    return "\n".join(lines)
+
+
+def entropy(weights: torch.Tensor) -> float:
+    """Mean Shannon entropy (nats) of the rows of a probability matrix."""
+    w = weights.clamp_min(1e-30)
+    return float(-(weights * w.log()).sum(-1).mean())
+
+
+def max_entropy(n: int) -> float:
+    return math.log(n) if n > 0 else 0.0
