@@ -21,12 +21,22 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 # Every leaf key, in declaration order, written out by hand from config.py.
 ALL_KEYS = [
     "run.name", "run.seed", "run.rounds", "run.eval_every",
-    "data.name", "data.root", "data.test_fraction",
-    "partition.scheme", "partition.num_clients", "partition.alpha",
+    "data.name", "data.root", "data.download", "data.resize", "data.augment",
+    "data.test_fraction",
+    "partition.scheme", "partition.num_clients", "partition.alpha", "partition.tau",
+    "partition.train_size", "partition.eval_size", "partition.overlap",
     "partition.eval_fraction", "partition.min_train",
     "model.name", "model.channels", "model.hidden",
+    "model.darts.init_channels", "model.darts.layers", "model.darts.nodes", "model.darts.input_k",
+    "model.darts.stem_multiplier", "model.darts.primitives",
     "algorithm.name", "algorithm.local_epochs", "algorithm.batch_size", "algorithm.lr",
     "algorithm.momentum", "algorithm.weight_decay",
+    *(f"algorithm.fedmetanas.{k}" for k in (
+        "inner_steps", "tasks_per_epoch", "task_lr_w", "task_lr_alpha", "meta_optimizer",
+        "meta_lr_w", "meta_lr_alpha", "meta_momentum", "weight_decay", "grad_clip",
+        "temperature_start", "temperature_end", "temperature_schedule", "temperature_floor",
+        "anneal_fraction", "arch_warmup_rounds", "prune_start", "prune_every", "op_threshold",
+        "combo_threshold", "final_round", "local_eval_every")),
     "federation.clients_per_round",
     "runtime.threads_per_rank", "runtime.poll_interval_ms",
     "store.keep",
@@ -62,7 +72,7 @@ def test_defaults_from_empty_mapping():
     assert (a.name, a.local_epochs, a.batch_size, a.lr, a.momentum, a.weight_decay) == (
         "fedavg", 1, 32, 0.05, 0.9, 0.0)
     assert cfg.federation.clients_per_round == 5
-    assert (cfg.runtime.threads_per_rank, cfg.runtime.poll_interval_ms) == (0, 1.0)
+    assert (cfg.runtime.threads_per_rank, cfg.runtime.poll_interval_ms) == (1, 1.0)
     assert cfg.store.keep == 0
 
 
@@ -78,11 +88,12 @@ def test_load_quickstart():
     assert cfg.run.name == "quickstart"
     assert cfg.run.rounds == 30
     assert cfg.partition.scheme == "dirichlet"
-    assert cfg.partition.num_clients == 20
+    assert cfg.partition.num_clients == 10
     assert cfg.federation.clients_per_round == 5
     assert cfg.algorithm.local_epochs == 2
     assert cfg.algorithm.batch_size == 16
-    assert cfg.model.channels == [16, 32]
+    assert cfg.model.name == "darts" and cfg.model.darts.nodes == 3
+    assert cfg.data.name == "digits"  # from its base: data/digits.yaml
     # keys the file leaves out keep their defaults
     assert cfg.run.eval_every == 1
     assert cfg.algorithm.weight_decay == 0.0
@@ -145,7 +156,8 @@ def test_unknown_top_level_key():
 def test_unknown_nested_key():
     msg = only_problem({"partition": {"alfa": 0.3}})
     assert msg.startswith("partition.alfa: unknown key")
-    assert "known keys in partition: alpha, eval_fraction, min_train, num_clients, scheme" in msg
+    assert ("known keys in partition: alpha, eval_fraction, eval_size, min_train, num_clients, "
+            "overlap, scheme, tau, train_size") in msg
 
 
 def test_unknown_key_does_not_hide_valid_siblings():
@@ -170,9 +182,10 @@ def test_unknown_key_does_not_hide_valid_siblings():
          "expected an integer"),
         ({"model": {"channels": [16, 2.5]}}, "model.channels[1]", "2.5",
          "expected an integer"),
-        ({"data": {"name": "cifar11"}}, "data.name", "'cifar11'", "expected one of 'digits'"),
+        ({"data": {"name": "cifar11"}}, "data.name", "'cifar11'",
+         "expected one of 'digits', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100'"),
         ({"partition": {"scheme": "pathological"}}, "partition.scheme", "'pathological'",
-         "expected one of 'iid', 'dirichlet'"),
+         "expected one of 'iid', 'dirichlet', 'label_skew'"),
     ],
 )
 def test_wrong_type_names_path_value_and_expectation(raw, path, shown, allowed):
@@ -442,7 +455,8 @@ def test_reference_rows_carry_type_default_and_limits():
     assert rows["run.rounds"][3].endswith("(>= 1)")
     assert rows["algorithm.lr"][1:3] == ("a number", "0.05")
     assert rows["algorithm.momentum"][3].endswith("(>= 0.0, < 1.0)")
-    assert rows["data.name"][1:3] == ("one of 'digits'", "'digits'")
-    assert rows["partition.scheme"][1] == "one of 'iid', 'dirichlet'"
+    assert rows["data.name"][1:3] == (
+        "one of 'digits', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100'", "'digits'")
+    assert rows["partition.scheme"][1] == "one of 'iid', 'dirichlet', 'label_skew'"
     assert rows["model.channels"][2] == "[16, 32]"
     assert rows["run.name"][1:3] == ("a string", "'run'")

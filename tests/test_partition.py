@@ -1,7 +1,8 @@
-"""Client partitions (IID and Dirichlet) and the digits dataset."""
+"""Client partitions (IID, Dirichlet, label skew; whole pool or fixed sizes) and digits."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -9,9 +10,14 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from fednas_mpi.config import DataConfig, PartitionConfig
+from fednas_mpi.config import ConfigError, DataConfig, PartitionConfig, from_dict
 from fednas_mpi.data import DataError, Partition, load_dataset, make_partition
-from fednas_mpi.data.partition import stratified_eval_split
+from fednas_mpi.data.partition import (
+    apportion,
+    choose_classes,
+    draw_counts,
+    stratified_eval_split,
+)
 
 # 403 synthetic labels over 5 classes, in a fixed shuffled order.
 CLASS_COUNTS = [40, 61, 80, 101, 121]
@@ -338,3 +344,262 @@ def test_infeasible_digits_raises(digits):
     cfg = PartitionConfig(num_clients=100, min_train=12)
     with pytest.raises(DataError, match=r"partition\.min_train"):
         make_partition(labels, cfg, 0)
+
+
+# ---------------------------------------------------------------- label skew, whole pool
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_label_skew_whole_pool_invariants(seed):
+    cfg = pcfg(scheme="label_skew", tau=2)
+    part = make_partition(SYNTH, cfg, seed)
+    check_partition(part, SYNTH, cfg, 1, 4)  # 8 clients x 2 classes cover all 5 classes
+    for c in part.clients:
+        assert len(np.unique(SYNTH[np.concatenate([c.train, c.eval])])) == 2
+
+
+def test_label_skew_whole_pool_shares_a_class_equally():
+    part = make_partition(SYNTH, pcfg(scheme="label_skew", tau=2, eval_fraction=0.0), 1)
+    hist = part.histograms(SYNTH)
+    for cls in range(5):
+        counts = hist[:, cls][hist[:, cls] > 0]
+        assert counts.max() - counts.min() <= 1  # np.array_split among its holders
+
+
+def test_label_skew_that_never_satisfies_min_train_raises():
+    # 40 clients x 1 class over 5 classes: class 0 (40 images) is cut 8 ways = 5 each
+    cfg = PartitionConfig(scheme="label_skew", tau=1, num_clients=40, min_train=6,
+                          eval_fraction=0.0)
+    with pytest.raises(DataError) as info:
+        make_partition(SYNTH, cfg, 0, max_tries=3)
+    assert "label_skew (tau=1)" in str(info.value) and "partition.min_train" in str(info.value)
+
+
+# ---------------------------------------------------------------- fixed sizes
+
+# 10 classes x 300 images, shuffled
+BIG = np.random.default_rng(7).permutation(np.repeat(np.arange(10), 300))
+
+
+def fixed(scheme: str, **kw) -> PartitionConfig:
+    base = dict(scheme=scheme, num_clients=8, train_size=60, eval_size=30, alpha=0.3, tau=4)
+    base.update(kw)
+    return PartitionConfig(**base)
+
+
+def replace_cfg(cfg: PartitionConfig, **kw) -> PartitionConfig:
+    return dataclasses.replace(cfg, **kw)
+
+
+def check_fixed(part: Partition, labels: np.ndarray, cfg: PartitionConfig) -> None:
+    """Exact sizes, sorted integer indices, train and eval disjoint within every client,
+    and disjoint across clients unless cfg.overlap."""
+    assert len(part.clients) == cfg.num_clients
+    for c in part.clients:
+        assert len(c.train) == cfg.train_size and len(c.eval) == cfg.eval_size
+        for idx in (c.train, c.eval):
+            assert idx.dtype == np.int64 and np.array_equal(idx, np.unique(idx))
+        assert len(np.intersect1d(c.train, c.eval)) == 0
+    everything = np.concatenate([np.concatenate([c.train, c.eval]) for c in part.clients])
+    assert everything.min() >= 0 and everything.max() < len(labels)
+    if not cfg.overlap:
+        assert len(np.unique(everything)) == len(everything)
+
+
+SCHEMES = ["iid", "dirichlet", "label_skew"]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("seed", [0, 3])
+def test_fixed_sizes_disjoint(scheme, seed):
+    cfg = fixed(scheme)
+    check_fixed(make_partition(BIG, cfg, seed), BIG, cfg)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_fixed_sizes_disjoint_can_use_the_whole_pool(scheme):
+    # 10 x (200 + 100) = 3000: every image, once
+    cfg = fixed(scheme, num_clients=10, train_size=200, eval_size=100, tau=10)
+    part = make_partition(BIG, cfg, 0)
+    check_fixed(part, BIG, cfg)
+    everything = np.concatenate([np.concatenate([c.train, c.eval]) for c in part.clients])
+    assert np.array_equal(np.sort(everything), np.arange(3000))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_fixed_sizes_with_overlap(scheme):
+    # 20 x (150 + 150) = 6000 > 3000: only possible when clients may share images
+    cfg = fixed(scheme, num_clients=20, train_size=150, eval_size=150, overlap=True)
+    part = make_partition(BIG, cfg, 0)
+    check_fixed(part, BIG, cfg)
+    everything = np.concatenate([np.concatenate([c.train, c.eval]) for c in part.clients])
+    assert len(np.unique(everything)) < len(everything)
+    with pytest.raises(DataError, match="partition.overlap: true"):
+        make_partition(BIG, replace_cfg(cfg, overlap=False), 0)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("overlap", [False, True])
+def test_fixed_sizes_same_seed_same_partition(scheme, overlap):
+    cfg = fixed(scheme, overlap=overlap)
+    a, b, c = (make_partition(BIG, cfg, s) for s in (4, 4, 5))
+    assert same(a, b)
+    assert not same(a, c)
+
+
+@pytest.mark.parametrize("tau", [1, 4, 8])
+@pytest.mark.parametrize("overlap", [False, True])
+def test_label_skew_exactly_tau_classes_with_about_equal_counts(tau, overlap):
+    cfg = fixed("label_skew", tau=tau, num_clients=10, train_size=80, eval_size=40,
+                overlap=overlap)
+    part = make_partition(BIG, cfg, 2)
+    check_fixed(part, BIG, cfg)
+    train, held = part.histograms(BIG, "train"), part.histograms(BIG, "eval")
+    both = train + held
+    for k in range(10):
+        present = np.flatnonzero(both[k])
+        assert len(present) == tau
+        assert both[k, present].max() - both[k, present].min() <= 1  # 120 / tau each
+        # the eval split holds the same classes in the same proportions
+        assert np.array_equal(np.flatnonzero(held[k]), present)
+        assert np.array_equal(np.flatnonzero(train[k]), present)
+    usage = (both > 0).sum(axis=0)
+    assert usage.max() - usage.min() <= 1  # every class used about equally
+    assert usage.sum() == 10 * tau
+
+
+def test_choose_classes_balances_usage():
+    for m, tau, c in [(10, 4, 10), (7, 3, 5), (100, 8, 10), (3, 5, 100)]:
+        chosen = choose_classes(m, tau, c, np.random.default_rng(0))
+        assert all(len(x) == tau == len(np.unique(x)) for x in chosen)
+        usage = np.bincount(np.concatenate(chosen), minlength=c)
+        assert usage.max() - usage.min() <= 1
+
+
+def test_smaller_alpha_is_measurably_more_skewed_fixed_sizes():
+    shares, present = [], []
+    for alpha in (10.0, 1.0, 0.3, 0.1):
+        cfg = fixed("dirichlet", alpha=alpha, num_clients=50, train_size=60, eval_size=60,
+                    overlap=True)
+        hist = make_partition(BIG, cfg, 0).histograms(BIG)
+        shares.append(float((hist.max(axis=1) / 60).mean()))
+        present.append(float((hist > 0).sum(axis=1).mean()))
+    assert shares == sorted(shares) and present == sorted(present, reverse=True)
+    assert shares[0] < 0.3 and shares[-1] > 0.6
+    assert shares[-1] > shares[-2] + 0.1  # Dir(0.1) vs Dir(0.3): the paper's two settings
+    assert present[0] > 9 and present[-1] < 4
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_eval_follows_the_clients_own_distribution(scheme):
+    cfg = fixed(scheme)  # 60 train + 30 eval: one third of every class is held out
+    part = make_partition(BIG, cfg, 1)
+    train, held = part.histograms(BIG, "train"), part.histograms(BIG, "eval")
+    total = train + held
+    assert np.all(np.abs(held - total * 30 / 90) < 1)
+    assert np.all(held[total == 0] == 0)
+
+
+def test_iid_fixed_sizes_follow_the_pool_mix():
+    labels = SYNTH  # classes of 40, 61, 80, 101, 121 images
+    cfg = PartitionConfig(scheme="iid", num_clients=6, train_size=50, eval_size=50,
+                          overlap=True)
+    hist = make_partition(labels, cfg, 0).histograms(labels, "train")
+    expected = np.array(CLASS_COUNTS) / len(labels) * 50
+    assert np.all(np.abs(hist - expected) < 1)
+
+
+def test_zero_eval_size_keeps_nothing_for_eval():
+    cfg = fixed("dirichlet", eval_size=0)
+    part = make_partition(BIG, cfg, 0)
+    check_fixed(part, BIG, cfg)
+
+
+def test_apportion_and_draw_counts_by_hand():
+    assert apportion(np.array([1, 1, 1]), 10).tolist() == [4, 3, 3]
+    assert apportion(np.array([0.0, 0.25, 0.75]), 6).tolist() == [0, 2, 4]  # 1.5, 4.5
+    assert apportion(np.array([2, 1]), 0).tolist() == [0, 0]
+    # class 0 runs out after 2: the rest goes to class 1, the other class the client has
+    assert draw_counts(np.array([0.5, 0.5, 0.0]), 10, np.array([2, 20, 5])).tolist() == [2, 8, 0]
+    # all of the client's classes run out: the rest is spread over what is left (3 : 5)
+    assert draw_counts(np.array([1.0, 0, 0]), 6, np.array([2, 3, 5])).tolist() == [2, 2, 2]
+
+
+# ---------------------------------------------------------------- infeasible requests
+
+
+def test_disjoint_request_larger_than_the_pool():
+    cfg = fixed("dirichlet", num_clients=30, train_size=60, eval_size=41)
+    with pytest.raises(DataError) as info:
+        make_partition(BIG, cfg, 0)
+    msg = str(info.value)
+    for text in ("partition.num_clients", "partition.train_size=60", "partition.eval_size=41",
+                 "3030 images", "holds 3000", "partition.overlap: true"):
+        assert text in msg, text
+
+
+def test_overlapping_request_larger_than_the_pool():
+    cfg = fixed("iid", train_size=2500, eval_size=501, overlap=True)
+    with pytest.raises(DataError) as info:
+        make_partition(BIG, cfg, 0)
+    assert "partition.train_size=2500" in str(info.value) and "3001" in str(info.value)
+
+
+def test_tau_larger_than_the_number_of_classes():
+    with pytest.raises(DataError, match=r"partition.tau = 6: .* has 5; use a value in \[1, 5\]"):
+        make_partition(SYNTH, pcfg(scheme="label_skew", tau=6), 0)
+    with pytest.raises(DataError, match="partition.tau = 11"):
+        make_partition(BIG, fixed("label_skew", tau=11), 0)
+
+
+@pytest.mark.parametrize("alpha", [0.0, -0.5])
+def test_alpha_must_be_positive(alpha):
+    # the config loader rejects it already; the partitioner does not rely on that
+    with pytest.raises(DataError, match="partition.alpha"):
+        make_partition(SYNTH, pcfg(alpha=alpha), 0)
+    with pytest.raises(ConfigError, match="partition.alpha"):
+        from_dict({"partition": {"alpha": alpha}})
+
+
+def test_label_skew_running_out_of_a_class():
+    # 10 clients x 1 class over 5 classes: each class feeds 2 clients x 40 = 80, but class 0
+    # has 40 images
+    cfg = PartitionConfig(scheme="label_skew", tau=1, num_clients=10, train_size=30,
+                          eval_size=10)
+    with pytest.raises(DataError) as info:
+        make_partition(SYNTH, cfg, 0)
+    msg = str(info.value)
+    assert "80 images of class 0" in msg and "holds 40" in msg
+    assert "partition.overlap: true" in msg and "partition.tau" in msg
+    # with overlap each client needs only 40 of class 0's 40
+    make_partition(SYNTH, replace_cfg(cfg, overlap=True), 0)
+    with pytest.raises(DataError, match="41 images of class 0 from one client"):
+        make_partition(SYNTH, replace_cfg(cfg, overlap=True, eval_size=11), 0)
+
+
+@pytest.mark.parametrize(("raw", "key"), [
+    ({"partition": {"eval_size": 10}}, "partition.eval_size = 10: needs partition.train_size"),
+    ({"partition": {"overlap": True}}, "partition.overlap = True: only applies"),
+    ({"data": {"name": "mnist", "augment": True}}, "data.augment = True"),
+    ({"partition": {"tau": 0}}, "partition.tau = 0: out of range"),
+    ({"partition": {"train_size": -1}}, "partition.train_size = -1: out of range"),
+])
+def test_config_rejects_inconsistent_partition_and_data_fields(raw, key):
+    with pytest.raises(ConfigError) as info:
+        from_dict(raw)
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith(key)
+
+
+def test_paper_setup_config_values():
+    cfg = from_dict({"data": {"name": "cifar10", "augment": True},
+                     "partition": {"scheme": "label_skew", "tau": 8, "num_clients": 100,
+                                   "train_size": 600, "eval_size": 600, "overlap": True}})
+    assert (cfg.partition.tau, cfg.partition.train_size, cfg.partition.overlap) == (8, 600, True)
+
+
+def test_num_classes_of_the_dataset_sets_the_histogram_width():
+    labels = np.arange(40) % 4  # classes 0..3 of a 6-class dataset
+    part = make_partition(labels, pcfg(scheme="iid", num_clients=2), 0, num_classes=6)
+    assert part.num_classes == 6 and part.histograms(labels).shape == (2, 6)
+    with pytest.raises(DataError, match=r"partition.tau = 7: .* has 6"):
+        make_partition(labels, pcfg(scheme="label_skew", tau=7), 0, num_classes=6)

@@ -4,6 +4,8 @@ Rank 0 validates the command line, the configuration and the run directory
 and broadcasts its verdict; every rank then loads the data and the collective
 ``agree`` makes sure a failure on any rank stops all of them. Bad input is
 reported once, by rank 0, and every rank exits with status 2 before round 1.
+
+``fednas-mpi data stats|download ...`` are dataset tools without MPI (``data/cli.py``).
 """
 
 from __future__ import annotations
@@ -139,6 +141,11 @@ def decide(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["data"]:  # dataset tools: no MPI, no run
+        from .data.cli import main as data_main
+
+        return data_main(argv[1:])
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
@@ -186,12 +193,17 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     rank = comm.Get_rank()
     torch.set_num_threads(cfg.runtime.threads_per_rank or default_threads(comm))
     error = None
-    try:
-        dataset = load_dataset(cfg.data, cfg.run.seed)
-        partition = make_partition(dataset.train_y.numpy(), cfg.partition, cfg.run.seed)
-    except DataError as e:
-        error = f"[rank {rank}] {e}"
-    error = agree(comm, error)
+    if cfg.data.download:
+        # Rank 0 alone downloads (ranks would race on the same files); agree() waits for it.
+        error = agree(comm, _prefetch(cfg) if rank == 0 else None)
+    if error is None:
+        try:
+            dataset = load_dataset(cfg.data, cfg.run.seed)
+            partition = make_partition(dataset.train_y.numpy(), cfg.partition, cfg.run.seed,
+                                       num_classes=dataset.num_classes)
+        except DataError as e:
+            error = f"[rank {rank}] {e}"
+        error = agree(comm, error)
     if error:
         if rank == 0:
             print(f"fednas-mpi: error: {error}", file=sys.stderr)
@@ -219,6 +231,17 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
         print(f"done: final global accuracy {final:.4f}, best {best:.4f}; "
               f"checkpoints in {run_dir}", flush=True)
     return 0
+
+
+def _prefetch(cfg: Config) -> str | None:
+    """Download the configured dataset if its files are missing; the error, or None."""
+    from .data import DataError, prefetch
+
+    try:
+        prefetch(cfg.data)
+    except DataError as e:
+        return f"[rank 0] {e}"
+    return None
 
 
 def _final_accuracies(run_dir: Path) -> tuple[float, float] | None:

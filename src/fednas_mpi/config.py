@@ -156,6 +156,14 @@ class FedMetaNASConfig:
         "exponential", "How lambda anneals over the rounds.")
     temperature_floor: float = _f(0.01, "lambda never goes below this (numerical safety).",
                                   ge=1e-3)
+    anneal_fraction: float = _f(
+        0.8, "lambda reaches temperature_end after this fraction of the rounds and stays "
+             "there, so pruning settles and the weights adapt before the final derivation.",
+        gt=0.0, le=1.0)
+    arch_warmup_rounds: int = _f(
+        0, "Rounds at the start in which only the weights learn (alphas and betas frozen), "
+           "so parameter-free ops do not win merely because convolutions are untrained.",
+        ge=0)
     prune_start: int = _f(1, "First round (1-based) after which soft pruning may run.", ge=1)
     prune_every: int = _f(1, "Soft-prune every N rounds from prune_start (0 = never; the "
                              "final derivation still runs).", ge=0)

@@ -1,6 +1,7 @@
 """Datasets and per-client partitions. No training code lives here."""
 
-from .datasets import DataError, Dataset, load_dataset
+from .datasets import DataError, Dataset, load_dataset, prefetch
 from .partition import ClientSplit, Partition, make_partition
 
-__all__ = ["DataError", "Dataset", "load_dataset", "ClientSplit", "Partition", "make_partition"]
+__all__ = ["DataError", "Dataset", "load_dataset", "prefetch", "ClientSplit", "Partition",
+           "make_partition"]
