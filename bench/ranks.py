@@ -1,6 +1,6 @@
-"""Wall time of the quickstart FedAvg run against the rank count and the idle-wait policy.
+"""Wall time of a FedAvg digits run against the rank count and the idle-wait policy.
 
-    python bench/ranks.py [--rounds 30] [--ranks 1 2 3 5] [--config configs/quickstart.yaml]
+    python bench/ranks.py [--rounds 30] [--ranks 1 2 3 5] [--config configs/fedavg_digits.yaml]
 
 For each rank count it runs ``mpirun -n N fednas-mpi CFG`` twice: with idle ranks polling
 MPI requests with a 1 ms sleep (``runtime.poll_interval_ms=1``, the default) and blocking in
@@ -41,7 +41,7 @@ def run(n: int, cfg: str, rounds: int, poll: float, out: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(ROOT / "configs/quickstart.yaml"))
+    p.add_argument("--config", default=str(ROOT / "configs/fedavg_digits.yaml"))
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3, 5])
     a = p.parse_args()
@@ -51,7 +51,7 @@ def main() -> None:
             for poll in ((1.0,) if n == 1 else (1.0, 0.0)):
                 rows.append(run(n, a.config, a.rounds, poll, Path(tmp) / f"n{n}-{poll}"))
     base = rows[0]
-    print(f"| ranks | idle wait | mean round (s) | x vs -n 1 | wall (s) | final acc |")
+    print("| ranks | idle wait | mean round (s) | x vs -n 1 | wall (s) | final acc |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         wait = "poll 1 ms" if r["poll"] else "block (spin)"

@@ -29,4 +29,14 @@ def test_quickstart_config_is_valid():
     from fednas_mpi.config import load
 
     cfg = load(ROOT / "configs/quickstart.yaml")
-    assert cfg.data.name == "digits" and cfg.algorithm.name == "fedavg"
+    assert cfg.data.name == "digits" and cfg.algorithm.name == "fedmetanas"
+
+
+def test_every_shipped_config_loads():
+    from fednas_mpi.config import load
+
+    files = sorted((ROOT / "configs").rglob("*.yaml"))
+    assert len(files) > 20
+    for f in files:
+        load(f)  # raises ConfigError naming the file's bad key
+    assert load(ROOT / "configs/fedmetanas_cifar10.yaml").model.darts.layers == 8

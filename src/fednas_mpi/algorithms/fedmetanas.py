@@ -98,8 +98,9 @@ class FedMetaNAS(Algorithm):
 
     def temperature(self, round_: int) -> float:
         f = self.cfg.algorithm.fedmetanas
-        return temperature_at(round_, self.cfg.run.rounds, f.temperature_start,
-                              f.temperature_end, f.temperature_schedule, f.temperature_floor)
+        span = max(1, round(f.anneal_fraction * self.cfg.run.rounds))
+        return temperature_at(round_, span, f.temperature_start, f.temperature_end,
+                              f.temperature_schedule, f.temperature_floor)
 
     def init_global(self) -> GlobalModel:
         spec = self.initial_spec()
@@ -116,10 +117,12 @@ class FedMetaNAS(Algorithm):
         net.set_sampling(self.temperature(ctx.round),
                          torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.gumbel"))
         weights, arch = net.weight_parameters(), net.arch_parameters()
-        task = TaskLearner([(weights, f.task_lr_w), (arch, f.task_lr_alpha)], f.inner_steps,
+        warm = ctx.round < f.arch_warmup_rounds
+        task_lr_a, meta_lr_a = (0.0, 0.0) if warm else (f.task_lr_alpha, f.meta_lr_alpha)
+        task = TaskLearner([(weights, f.task_lr_w), (arch, task_lr_a)], f.inner_steps,
                            f.grad_clip)
         groups = [{"params": weights, "lr": f.meta_lr_w, "weight_decay": f.weight_decay},
-                  {"params": arch, "lr": f.meta_lr_alpha, "weight_decay": 0.0}]
+                  {"params": arch, "lr": meta_lr_a, "weight_decay": 0.0}]
         if f.meta_optimizer == "adam":
             opt = torch.optim.Adam(groups, betas=(f.meta_momentum, 0.999))
         else:
@@ -140,8 +143,7 @@ class FedMetaNAS(Algorithm):
             for s_idx, q_idx in task_pairs(len(y), a.batch_size, f.tasks_per_epoch, g_tasks):
                 xs, ys = batch(s_idx)
                 xq, yq = batch(q_idx)
-                s_loss, q_loss = meta.step(task, lambda: F.cross_entropy(net(xs), ys),
-                                           lambda: F.cross_entropy(net(xq), yq))
+                s_loss, q_loss = meta.step(task, _loss(net, xs, ys), _loss(net, xq, yq))
                 s_sum, q_sum, steps = s_sum + s_loss, q_sum + q_loss, steps + 1
         local_acc = float("nan")
         if (ctx.round + 1) % f.local_eval_every == 0 or ctx.round + 1 == ctx.rounds:
@@ -223,6 +225,10 @@ class FedMetaNAS(Algorithm):
         net = self._net(model)
         net.set_sampling(float(model.server_state.get("temperature", 1.0)), None)
         return evaluate(net, x, y)
+
+
+def _loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+    return lambda: F.cross_entropy(net(x), y)
 
 
 @lru_cache(maxsize=4)

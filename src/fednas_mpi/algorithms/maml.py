@@ -57,7 +57,8 @@ class MetaLearner:
     def step(self, task: TaskLearner, support_loss: Loss, query_loss: Loss) -> tuple[float, float]:
         """Adapt on the support task, take the query gradient there, update the originals.
 
-        Returns (support loss, query loss) at the adapted parameters.
+        Returns (the last inner step's support loss, taken before that step's update;
+        the query loss at the adapted parameters).
         """
         original = [p.detach().clone() for p in self.params]
         s_loss = task.adapt(support_loss)

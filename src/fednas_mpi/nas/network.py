@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .mixing import gumbel_noise, weighted_sum
-from .operations import OPS, FactorizedReduce, ReLUConvBN
+from .operations import OPS, FactorizedReduce, ReLUConvBN, batch_norm
 from .space import CellSpace
 
 
@@ -78,7 +78,7 @@ class SearchNetwork(nn.Module):
                                  persistent=False)
         c_cur = stem_multiplier * init_channels
         self.stem = nn.Sequential(nn.Conv2d(in_channels, c_cur, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(c_cur))
+                                  batch_norm(c_cur, affine=True))
         c_pp, c_p, c = c_cur, c_cur, init_channels
         self.cells = nn.ModuleList()
         reduction_prev = False

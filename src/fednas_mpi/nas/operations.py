@@ -13,12 +13,23 @@ from collections.abc import Callable
 from torch import nn
 
 
+def batch_norm(c: int, affine: bool = False) -> nn.BatchNorm2d:
+    """BN on the current batch's statistics, in training and evaluation alike.
+
+    Running statistics would be averaged across non-IID clients by FedAvg and lag far
+    behind the weights in a search where each client takes a few steps per round;
+    batch statistics (as in MAML and MetaNAS) avoid both. Evaluation is still
+    deterministic for a fixed batch size and order.
+    """
+    return nn.BatchNorm2d(c, affine=affine, track_running_stats=False)
+
+
 class ReLUConvBN(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int,
                  affine: bool = False):
         super().__init__(nn.ReLU(inplace=False),
                          nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False),
-                         nn.BatchNorm2d(c_out, affine=affine))
+                         batch_norm(c_out, affine))
 
 
 class SepConv(nn.Sequential):
@@ -29,10 +40,10 @@ class SepConv(nn.Sequential):
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(c, c, kernel, stride, pad, groups=c, bias=False),
-            nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c, affine=affine),
+            nn.Conv2d(c, c, 1, bias=False), batch_norm(c, affine),
             nn.ReLU(inplace=False),
             nn.Conv2d(c, c, kernel, 1, pad, groups=c, bias=False),
-            nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c, affine=affine))
+            nn.Conv2d(c, c, 1, bias=False), batch_norm(c, affine))
 
 
 class DilConv(nn.Sequential):
@@ -43,7 +54,7 @@ class DilConv(nn.Sequential):
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(c, c, kernel, stride, pad, dilation=2, groups=c, bias=False),
-            nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c, affine=affine))
+            nn.Conv2d(c, c, 1, bias=False), batch_norm(c, affine))
 
 
 class FactorizedReduce(nn.Module):
@@ -56,7 +67,7 @@ class FactorizedReduce(nn.Module):
         self.relu = nn.ReLU(inplace=False)
         self.conv_a = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
         self.conv_b = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(c_out, affine=affine)
+        self.bn = batch_norm(c_out, affine)
 
     def forward(self, x):
         import torch
@@ -73,7 +84,7 @@ class Pool(nn.Sequential):
     def __init__(self, kind: str, c: int, stride: int):
         pool = nn.MaxPool2d(3, stride, 1) if kind == "max" else \
             nn.AvgPool2d(3, stride, 1, count_include_pad=False)
-        super().__init__(pool, nn.BatchNorm2d(c, affine=False))
+        super().__init__(pool, batch_norm(c, False))
 
 
 def _skip(c: int, stride: int) -> nn.Module:

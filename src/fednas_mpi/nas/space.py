@@ -16,7 +16,6 @@ global model's spec, identical for every client.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -142,9 +141,12 @@ def finalize(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor,
              op_mask: list[list[bool]], combo_mask: list[bool]) -> tuple[dict, list, list]:
     """The genotype (strongest surviving combination per node, strongest real op per
     edge in it, from probabilities softmax(log alpha) and softmax(beta) over the
-    survivors) and the masks that keep exactly that."""
+    survivors) and the masks that keep exactly that. Op rows of edges outside the
+    chosen combinations are all False: those edges get no module at all."""
     om, cm = torch.tensor(op_mask), torch.tensor(combo_mask)
     p_ops = _masked_probs(alpha, om, 1.0)
+    # Reported: each chosen op's probability softmax(log alpha) over all the edge's ops.
+    p_all = torch.softmax(alpha.detach().double(), dim=-1)
     real = p_ops.clone()
     if "none" in space.primitives:
         real[:, space.primitives.index("none")] = -1.0
@@ -162,8 +164,9 @@ def finalize(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor,
             k = int(real[e].masked_fill(~om[e], -1.0).argmax())
             new_op[e, k] = True
             chosen.append({"op": space.primitives[k], "input": i,
-                           "p_op": round(float(p_ops[e, k]), 4)})
-        nodes.append({"inputs": chosen, "p_combo": round(float(q[c]), 4)})
+                           "p_op": round(float(p_all[e, k]), 4)})
+        p_combo = torch.softmax(beta[lo:lo + len(combos)].detach().double(), dim=-1)
+        nodes.append({"inputs": chosen, "p_combo": round(float(p_combo[c]), 4)})
     return {"nodes": nodes, "concat": list(range(2, space.nodes + 2))}, \
         new_op.tolist(), new_combo.tolist()
 
@@ -184,7 +187,3 @@ def entropy(weights: torch.Tensor) -> float:
     """Mean Shannon entropy (nats) of the rows of a probability matrix."""
     w = weights.clamp_min(1e-30)
     return float(-(weights * w.log()).sum(-1).mean())
-
-
-def max_entropy(n: int) -> float:
-    return math.log(n) if n > 0 else 0.0

@@ -1,0 +1,71 @@
+"""FedMetaNAS end to end under mpirun: -n 1 and -n 3 agree; pruning ends in a genotype."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import launch, write_config
+
+from fednas_mpi.store import list_checkpoints, read_checkpoint
+
+pytestmark = pytest.mark.slow
+
+NAS = {
+    "run": {"name": "nas", "seed": 3, "rounds": 3},
+    "data": {"name": "digits"},
+    "partition": {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 6, "min_train": 8},
+    "federation": {"clients_per_round": 3},
+    "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 2, "nodes": 2}},
+    "algorithm": {"name": "fedmetanas", "local_epochs": 1, "batch_size": 8,
+                  "fedmetanas": {"temperature_start": 1.0, "temperature_end": 0.05,
+                                 "op_threshold": 0.1}},
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fedmetanas")
+    cfg = write_config(root / "cfg.yaml", base=NAS)
+    out = {}
+    for n in (1, 3):
+        res = launch(n, [str(cfg), "--out", str(root / f"n{n}")], timeout=240)
+        assert res.returncode == 0, res.stderr
+        out[n] = root / f"n{n}"
+    return out
+
+
+def test_one_and_three_ranks_agree(runs):
+    a = read_checkpoint(list_checkpoints(runs[1])[-1][1])
+    b = read_checkpoint(list_checkpoints(runs[3])[-1][1])
+    assert a.spec == b.spec
+    for k in ("global_acc", "global_loss", "train_loss", "ops_alive", "arch_entropy_ops"):
+        np.testing.assert_allclose(a.metrics[k], b.metrics[k], atol=1e-5, err_msg=k)
+    for k in a.state:
+        torch.testing.assert_close(a.state[k], b.state[k], rtol=0, atol=1e-5)
+
+
+def test_search_ends_in_a_discrete_network_without_retraining(runs):
+    ck = read_checkpoint(list_checkpoints(runs[3])[-1][1])
+    g = ck.spec["genotype"]
+    assert g is not None and set(g) >= {"normal", "reduce", "text"}
+    for cell in ("normal", "reduce"):
+        nodes = g[cell]["nodes"]
+        assert len(nodes) == 2 and all(len(n["inputs"]) == 2 for n in nodes)
+        assert all(x["op"] != "none" for n in nodes for x in n["inputs"])
+    # one op on each chosen edge (2 nodes x 2 inputs x 2 cell types), one combination per node
+    assert ck.metrics["ops_alive"][-1] == 8 and ck.metrics["combos_alive"][-1] == 4
+    assert ck.metrics["ops_alive"][0] >= ck.metrics["ops_alive"][-1]
+    temps = ck.metrics["temperature"]
+    assert (np.diff(temps) <= 0).all() and temps[0] > temps[-1]
+    # the final derivation is a spec change: accuracy before it is recorded beside after it
+    assert np.isfinite(ck.metrics["acc_before_prune"][-1])
+    assert np.isfinite(ck.metrics["global_acc"][-1])
+    saved = json.loads((runs[3] / "genotype.json").read_text())
+    assert saved == g
+    # the discrete network's state holds only the surviving ops' weights
+    names = [k for k in ck.state if ".edges." in k]
+    first = read_checkpoint(list_checkpoints(runs[3])[0][1])
+    assert len(names) < len([k for k in first.state if ".edges." in k])
