@@ -21,15 +21,6 @@ from fednas_mpi.seeding import torch_rng
 CELLS = ("normal", "reduce")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run fastest (and most reproducibly) on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------- scalar model by hand
 
 

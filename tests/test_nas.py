@@ -33,15 +33,6 @@ CELLS = ("normal", "reduce")
 REAL_OPS = [name for name in PRIMITIVES if name != "none"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run fastest (and most reproducibly) on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _full_masks(space: CellSpace) -> dict:
     ops, combos = space.full_masks()
     return {c: {"ops": [list(r) for r in ops], "combos": list(combos)} for c in CELLS}

@@ -15,11 +15,12 @@ def test_plain_lines_when_not_a_terminal():
     p = Progress(3, stream=out)
     assert not p.live
     for r, acc in enumerate((0.5, float("nan"), 0.75)):
-        p.update(r, {"global_acc": acc, "global_loss": 1.0, "round_time": 0.25})
+        loss = 1.0 if acc == acc else float("nan")
+        p.update(r, {"global_acc": acc, "global_loss": loss, "round_time": 0.25})
     lines = out.getvalue().splitlines()
     assert [ln.split()[1] for ln in lines] == ["1/3", "2/3", "3/3"]
     assert "acc 0.5000" in lines[0]
-    assert "acc 0.5000" in lines[1]  # a round without evaluation repeats the last accuracy
+    assert "acc 0.5000  loss 1.0000" in lines[1]  # no evaluation: the last values repeat
     assert "acc 0.7500" in lines[2] and "0.25s/round" in lines[2] and "ETA 0:00:00" in lines[2]
     assert "\r" not in out.getvalue()
 

@@ -22,18 +22,19 @@ class Progress:
         self.live = self.stream.isatty() if live is None else live
         self.width = width
         self.t0 = time.perf_counter()
-        self.last_acc = float("nan")
+        self.last_acc = self.last_loss = float("nan")
 
     def update(self, round_index: int, metrics: dict[str, float]) -> None:
         done = round_index + 1
         acc = metrics.get("global_acc", float("nan"))
-        if acc == acc:
+        if acc == acc:  # rounds without evaluation repeat the last evaluated values
             self.last_acc = acc
+            self.last_loss = metrics.get("global_loss", float("nan"))
         elapsed = time.perf_counter() - self.t0
         per_round = elapsed / max(done - self.start, 1)
         eta = per_round * (self.total - done)
         stage = metrics.get("stage")
-        fields = (f"acc {self.last_acc:.4f}  loss {metrics.get('global_loss', float('nan')):.4f}  "
+        fields = (f"acc {self.last_acc:.4f}  loss {self.last_loss:.4f}  "
                   f"{metrics.get('round_time', float('nan')):.2f}s/round  ETA {_hms(eta)}")
         if self.live:
             filled = int(self.width * done / self.total)
