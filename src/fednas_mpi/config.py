@@ -180,8 +180,29 @@ class FedMetaNASConfig:
 
 
 @dataclass(kw_only=True)
+class FedNASConfig:
+    search_rounds: int = _f(0, "Rounds of MiLeNAS search before hard pruning; the rest of "
+                               "run.rounds retrain the derived network from scratch. "
+                               "0 = half of run.rounds.", ge=0)
+    lr: float = _f(0.025, "Weights: SGD learning rate at the start of each stage (cosine "
+                          "schedule over the stage's rounds).", gt=0.0)
+    lr_min: float = _f(0.001, "Weights: learning rate at the end of each stage.", ge=0.0)
+    momentum: float = _f(0.9, "Weights: SGD momentum.", ge=0.0, lt=1.0)
+    weight_decay: float = _f(3e-4, "Weights: SGD weight decay.", ge=0.0)
+    grad_clip: float = _f(5.0, "Weights: gradient norm clip (0 = off); alphas are not "
+                               "clipped.", ge=0.0)
+    arch_lr: float = _f(3e-4, "Alphas: Adam learning rate (DARTS default).", gt=0.0)
+    arch_betas: list[float] = _f([0.5, 0.999], "Alphas: Adam betas.", min_len=2)
+    arch_weight_decay: float = _f(1e-3, "Alphas: Adam weight decay.", ge=0.0)
+    milenas_lambda: float = _f(1.0, "MiLeNAS mixed-level weight: the alpha gradient is "
+                                    "grad L_val + lambda * grad L_train.", ge=0.0)
+    local_eval_every: int = _f(1, "Evaluate the sampled clients' models on their eval splits "
+                                  "every N rounds (and in the last).", ge=1)
+
+
+@dataclass(kw_only=True)
 class AlgorithmConfig:
-    name: Literal["fedavg", "fedmetanas"] = _f("fedavg", "Federated method.")
+    name: Literal["fedavg", "fedmetanas", "fednas"] = _f("fedavg", "Federated method.")
     local_epochs: int = _f(1, "Local epochs E per client and round.", ge=1)
     batch_size: int = _f(32, "Local minibatch size (fedmetanas: size of a support or query "
                              "task).", ge=1)
@@ -189,6 +210,7 @@ class AlgorithmConfig:
     momentum: float = _f(0.9, "fedavg: client SGD momentum.", ge=0.0, lt=1.0)
     weight_decay: float = _f(0.0, "fedavg: client SGD weight decay.", ge=0.0)
     fedmetanas: FedMetaNASConfig = field(default_factory=FedMetaNASConfig)
+    fednas: FedNASConfig = field(default_factory=FedNASConfig)
 
 
 @dataclass(kw_only=True)
@@ -258,6 +280,11 @@ def _cross_checks(cfg: Config) -> list[str]:
         problems.append(f"model.darts.primitives = {prims}: an op is listed twice")
     if prims and set(prims) <= {"none"}:
         problems.append("model.darts.primitives: needs at least one op other than none")
+    search = cfg.algorithm.fednas.search_rounds
+    if cfg.algorithm.name == "fednas" and search >= cfg.run.rounds:
+        problems.append(f"algorithm.fednas.search_rounds = {search}: leaves no round to retrain "
+                        f"(run.rounds = {cfg.run.rounds}); use a value below run.rounds, or 0 "
+                        f"for half of them")
     final = cfg.algorithm.fedmetanas.final_round
     if final > cfg.run.rounds:
         problems.append(f"algorithm.fedmetanas.final_round = {final}: after the last round "

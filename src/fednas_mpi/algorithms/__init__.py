@@ -5,8 +5,9 @@ from __future__ import annotations
 from .base import Algorithm, ClientData, ClientResult, DataInfo, GlobalModel, RoundContext
 from .fedavg import FedAvg
 from .fedmetanas import FedMetaNAS
+from .fednas import FedNAS
 
-REGISTRY: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedAvg, FedMetaNAS)}
+REGISTRY: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedAvg, FedMetaNAS, FedNAS)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:

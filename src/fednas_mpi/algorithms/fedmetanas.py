@@ -19,28 +19,16 @@ so pruned ops are neither computed nor communicated.
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-
 import torch
 from torch.nn import functional as F
 
 from ..flat import State
-from ..nas import CellSpace, SearchNetwork, finalize, genotype_str, prune, temperature_at
-from ..nas.mixing import relaxed_weights
-from ..nas.space import entropy
-from ..seeding import SERVER, SETUP, derive_seed, torch_rng
-from .base import Algorithm, ClientData, ClientResult, GlobalModel, RoundContext
+from ..nas import finalize, genotype_str, prune, temperature_at
+from ..seeding import torch_rng
+from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .maml import MetaLearner, TaskLearner
+from .supernet import CELLS, SupernetMethod, state_of
 from .training import evaluate
-
-CELLS = ("normal", "reduce")
-
-
-def state_of(net: torch.nn.Module) -> State:
-    """Named tensors that define the model (BN step counters are not: momentum is fixed)."""
-    return {k: v.detach().clone() for k, v in net.state_dict().items()
-            if not k.endswith("num_batches_tracked")}
 
 
 def task_pairs(n: int, batch: int, pairs: int, generator: torch.Generator
@@ -63,38 +51,9 @@ def task_pairs(n: int, batch: int, pairs: int, generator: torch.Generator
     return out
 
 
-class FedMetaNAS(Algorithm):
+class FedMetaNAS(SupernetMethod):
     name = "fedmetanas"
     client_metrics = ("train_loss", "support_loss", "local_acc")
-
-    # ------------------------------------------------------------ model
-    @property
-    def space(self) -> CellSpace:
-        d = self.cfg.model.darts
-        return CellSpace(d.nodes, d.input_k, tuple(d.primitives))
-
-    def initial_spec(self) -> dict:
-        ops, combos = self.space.full_masks()
-        return {"masks": {c: {"ops": ops, "combos": combos} for c in CELLS}, "genotype": None}
-
-    def build(self, spec: dict) -> SearchNetwork:
-        """The network a spec describes, freshly initialised from the run's seed."""
-        return _build(json.dumps(spec, sort_keys=True), self._model_key())
-
-    def _model_key(self) -> str:
-        d = self.cfg.model.darts
-        return json.dumps({"in": self.info.input_shape, "classes": self.info.num_classes,
-                           "C": d.init_channels, "layers": d.layers, "nodes": d.nodes,
-                           "k": d.input_k, "stem": d.stem_multiplier,
-                           "prims": list(d.primitives), "seed": self.cfg.run.seed})
-
-    def _net(self, model: GlobalModel) -> SearchNetwork:
-        net = self.build(model.spec)
-        missing, unexpected = net.load_state_dict(model.state, strict=False)
-        bad = [k for k in missing if not k.endswith("num_batches_tracked")] + list(unexpected)
-        if bad:
-            raise ValueError(f"global state does not fit the network of its spec: {bad[:4]}")
-        return net
 
     def temperature(self, round_: int) -> float:
         f = self.cfg.algorithm.fedmetanas
@@ -104,7 +63,7 @@ class FedMetaNAS(Algorithm):
 
     def init_global(self) -> GlobalModel:
         spec = self.initial_spec()
-        net = _build.__wrapped__(json.dumps(spec, sort_keys=True), self._model_key())
+        net = self.fresh(spec)
         temp = torch.tensor(self.temperature(0), dtype=torch.float64)
         return GlobalModel(spec, state_of(net), {"temperature": temp})
 
@@ -168,9 +127,8 @@ class FedMetaNAS(Algorithm):
                 spec = self._prune(spec, averaged, lam)
         state = averaged
         if spec is not model.spec:
-            keep = state_of(self.build(spec))
-            state = {k: averaged[k] for k in keep}
-        metrics.update(self.arch_metrics(spec, state, lam))
+            state = {k: averaged[k] for k in self.build(spec).state_dict()}
+        metrics.update(temperature=lam, **self.arch_metrics(spec, state, lam))
         return GlobalModel(spec, state,
                            {"temperature": torch.tensor(lam, dtype=torch.float64)})
 
@@ -196,30 +154,6 @@ class FedMetaNAS(Algorithm):
         genotype["text"] = genotype_str(genotype)
         return {**spec, "masks": masks, "genotype": genotype}
 
-    def arch_metrics(self, spec: dict, state: State, lam: float) -> dict[str, float]:
-        """Temperature, surviving ops/combinations on live edges, entropy of the mixing."""
-        ops_alive = combos_alive = 0
-        ent_ops, ent_inputs = [], []
-        space = self.space
-        for c in CELLS:
-            om = torch.tensor(spec["masks"][c]["ops"])
-            cm = torch.tensor(spec["masks"][c]["combos"])
-            live = space.live_edges(spec["masks"][c]["combos"])
-            edges = [space.edge(j, i) for j in range(space.nodes) for i in sorted(live[j])]
-            w = relaxed_weights(state[f"alpha_{c}"].double(), lam, None, om)
-            ops_alive += int(om[edges].sum())
-            ent_ops.append(entropy(w[edges]))
-            combos_alive += int(cm.sum())
-            for j, combos in enumerate(space.combos):
-                lo = space.combo_offsets[j]
-                seg = slice(lo, lo + len(combos))
-                q = relaxed_weights(state[f"beta_{c}"][seg].double(), lam, None, cm[seg])
-                ent_inputs.append(entropy(q[None]))
-        return {"temperature": lam, "ops_alive": float(ops_alive),
-                "combos_alive": float(combos_alive),
-                "arch_entropy_ops": sum(ent_ops) / len(ent_ops),
-                "arch_entropy_inputs": sum(ent_inputs) / len(ent_inputs)}
-
     def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[float, float]:
         net = self._net(model)
@@ -229,19 +163,3 @@ class FedMetaNAS(Algorithm):
 
 def _loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
     return lambda: F.cross_entropy(net(x), y)
-
-
-@lru_cache(maxsize=4)
-def _build(spec_json: str, model_key: str) -> SearchNetwork:
-    """Networks are cached per (spec, model shape): each client reloads the state into the
-    same module instead of rebuilding it. Init is seeded and leaves the global RNG alone."""
-    spec, key = json.loads(spec_json), json.loads(model_key)
-    space = CellSpace(key["nodes"], key["k"], tuple(key["prims"]))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(key["seed"], SETUP, SERVER, "model.init"))
-        net = SearchNetwork(key["in"][0], key["classes"], key["C"], key["layers"], space,
-                            key["stem"], spec["masks"])
-        with torch.no_grad():
-            for p in net.arch_parameters():
-                p.normal_(0.0, 1e-3)
-    return net

@@ -42,7 +42,7 @@ class TaskLearner:
             loss = loss_fn()
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             if self.grad_clip > 0:
-                _clip([g for g in grads if g is not None], self.grad_clip)
+                clip_grad_norm([g for g in grads if g is not None], self.grad_clip)
             self._step(grads)
         return float(loss.detach())
 
@@ -69,13 +69,14 @@ class MetaLearner:
                 p.copy_(w0)
                 p.grad = None if g is None else g.detach().clone()
         if self.grad_clip > 0:
-            _clip([p.grad for p in self.params if p.grad is not None], self.grad_clip)
+            clip_grad_norm([p.grad for p in self.params if p.grad is not None], self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return s_loss, float(q.detach())
 
 
-def _clip(grads: list[torch.Tensor], max_norm: float) -> None:
+def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> None:
+    """Scale gradients in place so their joint L2 norm is at most ``max_norm``."""
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     scale = max_norm / (float(norm) + 1e-6)
     if scale < 1.0:

@@ -62,9 +62,12 @@ class SearchNetwork(nn.Module):
     """Stem, ``layers`` cells (reductions at 1/3 and 2/3 of the depth), classifier."""
 
     def __init__(self, in_channels: int, num_classes: int, init_channels: int, layers: int,
-                 space: CellSpace, stem_multiplier: int, masks: dict):
+                 space: CellSpace, stem_multiplier: int, masks: dict,
+                 inputs: str = "combinations"):
         super().__init__()
-        self.space = space
+        if inputs not in ("combinations", "sum"):
+            raise ValueError(f"inputs must be 'combinations' or 'sum', not {inputs!r}")
+        self.space, self.inputs = space, inputs
         self.masks = masks  # {"normal"|"reduce": {"ops": [[bool]], "combos": [bool]}}
         e, k, n = space.num_edges, len(space.primitives), space.num_combos
         self.alpha_normal = nn.Parameter(torch.zeros(e, k))
@@ -117,8 +120,16 @@ class SearchNetwork(nn.Module):
             combo_noise = gumbel_noise(beta.shape, self.generator, beta.dtype)
         op_w = self.space.op_weights(alpha, self.temperature, op_noise,
                                      getattr(self, f"op_mask_{cell}"))
-        coefs = self.space.input_coefficients(beta, self.temperature, combo_noise,
-                                              getattr(self, f"combo_mask_{cell}"))
+        combo_mask = getattr(self, f"combo_mask_{cell}")
+        if self.inputs == "sum":
+            # DARTS: a node sums its live edges (those in a surviving combination).
+            coefs = [(self.space.incidence(j) @ combo_mask[lo:lo + len(c)].to(op_w.dtype))
+                     .clamp(max=1.0)
+                     for j, (lo, c) in enumerate(zip(self.space.combo_offsets,
+                                                     self.space.combos))]
+        else:
+            coefs = self.space.input_coefficients(beta, self.temperature, combo_noise,
+                                                  combo_mask)
         return op_w, coefs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

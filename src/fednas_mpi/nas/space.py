@@ -171,6 +171,38 @@ def finalize(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor,
         new_op.tolist(), new_combo.tolist()
 
 
+def derive_darts(space: CellSpace, alpha: torch.Tensor, op_mask: list[list[bool]]
+                 ) -> tuple[dict, list, list]:
+    """DARTS's derivation (for supernets without input-combination parameters): per
+    node the k inputs whose strongest op other than ``none`` weighs most, per chosen
+    edge that op; weights are softmax(alpha) over the edge's ops. Returns the genotype
+    and the masks that keep exactly it (same format as ``finalize``)."""
+    om = torch.tensor(op_mask)
+    p = _masked_probs(alpha, om, 1.0)
+    real = p.clone()
+    if "none" in space.primitives:
+        real[:, space.primitives.index("none")] = -1.0
+    real = real.masked_fill(~om, -1.0)
+    new_op = torch.zeros_like(om)
+    new_combo = [False] * space.num_combos
+    nodes = []
+    for j in range(space.nodes):
+        edges = [space.edge(j, i) for i in range(space.inputs_of(j))]
+        strength = [float(real[e].max()) for e in edges]
+        ranked = sorted(range(len(edges)), key=lambda i: (-strength[i], i))
+        chosen = tuple(sorted(ranked[: space.k_of(j)]))
+        new_combo[space.combo_offsets[j] + space.combos[j].index(chosen)] = True
+        picks = []
+        for i in chosen:
+            e = edges[i]
+            k = int(real[e].argmax())
+            new_op[e, k] = True
+            picks.append({"op": space.primitives[k], "input": i, "p_op": round(float(p[e, k]), 4)})
+        nodes.append({"inputs": picks})
+    return {"nodes": nodes, "concat": list(range(2, space.nodes + 2))}, new_op.tolist(), \
+        new_combo
+
+
 def genotype_str(genotype: dict) -> str:
     """Compact text: per cell type, per node its (op <- input) pairs."""
     lines = []

@@ -165,15 +165,11 @@ class Simulation:
             t_eval = time.perf_counter()
             loss = acc = float("nan")
             changed = model.spec != old_spec
-            if changed:
-                # The server step changed the architecture (e.g. pruning): record the
-                # accuracy of the averaged model just before, to measure what it cost.
-                before = GlobalModel(old_spec, averaged, model.server_state)
-                _, metrics["acc_before_prune"] = self.algorithm.evaluate(
-                    before, self.dataset.test_x, self.dataset.test_y)
+            test = (self.dataset.test_x, self.dataset.test_y)
             if changed or (r + 1) % cfg.run.eval_every == 0 or r + 1 == cfg.run.rounds:
-                loss, acc = self.algorithm.evaluate(model, self.dataset.test_x,
-                                                    self.dataset.test_y)
+                loss, acc = self.algorithm.evaluate(model, *test)
+            if changed:
+                metrics.update(self._prune_accuracies(old_spec, averaged, model, acc, test))
             metrics.update(global_loss=loss, global_acc=acc,
                            eval_time=time.perf_counter() - t_eval,
                            round_time=time.perf_counter() - t_round)
@@ -195,6 +191,24 @@ class Simulation:
             (Path(run_dir) / "genotype.json").write_text(
                 json.dumps(model.spec["genotype"], indent=2) + "\n")
         return model
+
+    def _prune_accuracies(self, old_spec: dict, averaged: State, new: GlobalModel,
+                          new_acc: float, test) -> dict[str, float]:
+        """The server step changed the architecture (pruning): accuracy of the averaged
+        model just before (``acc_before_prune``) and of the new architecture with the
+        weights it inherits from it (``acc_after_prune``; paper Table 3). A method that
+        re-initialises after pruning (FedNAS) has ``global_acc`` of its fresh network."""
+        before = GlobalModel(old_spec, averaged, new.server_state)
+        _, acc_before = self.algorithm.evaluate(before, *test)
+        if all(new.state[k] is averaged.get(k) for k in new.state):
+            acc_after = new_acc  # the new model is the averaged one, restricted
+        elif all(k in averaged for k in new.state):
+            inherited = GlobalModel(new.spec, {k: averaged[k] for k in new.state},
+                                    new.server_state)
+            _, acc_after = self.algorithm.evaluate(inherited, *test)
+        else:
+            acc_after = float("nan")
+        return {"acc_before_prune": acc_before, "acc_after_prune": acc_after}
 
     def _dispatch(self, r: int, ctx: RoundContext, model: GlobalModel, layout: Layout,
                   assignment: list[list[int]], client_states: dict[int, State],

@@ -1,0 +1,163 @@
+"""FedNAS (He et al. 2021): federated MiLeNAS search, hard pruning, federated retraining.
+
+Search stage: DARTS's softmax relaxation (no Gumbel noise; each node sums its edges).
+On every client, each step takes a training batch and a validation batch, both from
+the client's own train split (split in two halves per round), and makes the MiLeNAS
+mixed-level update:
+
+    alpha <- Adam(grad_alpha L_val(w, alpha) + lambda * grad_alpha L_train(w, alpha))
+    w     <- SGD(grad_w L_train(w, alpha))        (momentum, weight decay, clipped)
+
+The server averages w and alpha by sample counts (the runtime's FedAvg; no clipping
+of alpha gradients and a true average of the alphas, unlike FedML's implementation).
+
+Hard pruning: after ``search_rounds`` the server derives the DARTS genotype (per node
+the k strongest inputs, per edge the strongest op other than ``none``), builds the
+discrete network and initialises it from scratch; the remaining rounds retrain it
+federatedly with plain SGD (FedAvg). The runtime records the supernet's accuracy
+before the switch and the pruned network's with the inherited weights (paper Table 3).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..flat import State
+from ..nas import derive_darts, genotype_str
+from ..seeding import torch_rng
+from .base import ClientData, ClientResult, GlobalModel, RoundContext
+from .maml import clip_grad_norm
+from .supernet import CELLS, SupernetMethod, state_of
+from .training import evaluate, minibatches, sgd_epochs
+
+
+def milenas_grads(loss_train: torch.Tensor, loss_val: torch.Tensor,
+                  weights: Sequence[nn.Parameter], arch: Sequence[nn.Parameter], lam: float
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(grad_w L_train, grad_alpha L_val + lam * grad_alpha L_train), both at the current
+    point (MiLeNAS's mixed-level gradient, first order)."""
+    gw = torch.autograd.grad(loss_train, list(weights), retain_graph=True, allow_unused=True)
+    ga = torch.autograd.grad(loss_val + lam * loss_train, list(arch), allow_unused=True)
+    zeros = [torch.zeros_like(p) for p in weights]
+    return ([z if g is None else g for g, z in zip(gw, zeros)],
+            [torch.zeros_like(p) if g is None else g for g, p in zip(ga, arch)])
+
+
+def cosine_lr(step: int, steps: int, lr: float, lr_min: float) -> float:
+    """lr at 0-based ``step`` of ``steps`` (DARTS's per-epoch cosine annealing)."""
+    if steps <= 1:
+        return lr
+    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * step / (steps - 1)))
+
+
+class FedNAS(SupernetMethod):
+    name = "fednas"
+    inputs = "sum"
+    client_metrics = ("train_loss", "val_loss", "local_acc")
+
+    @property
+    def search_rounds(self) -> int:
+        return self.cfg.algorithm.fednas.search_rounds or max(1, self.cfg.run.rounds // 2)
+
+    def stage(self, round_: int) -> str:
+        return "search" if round_ < self.search_rounds else "retrain"
+
+    def lr(self, round_: int) -> float:
+        f, s = self.cfg.algorithm.fednas, self.search_rounds
+        if round_ < s:
+            return cosine_lr(round_, s, f.lr, f.lr_min)
+        return cosine_lr(round_ - s, self.cfg.run.rounds - s, f.lr, f.lr_min)
+
+    def init_global(self) -> GlobalModel:
+        spec = self.initial_spec()
+        return GlobalModel(spec, state_of(self.fresh(spec)))
+
+    # ------------------------------------------------------------ client
+    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
+                      client_state: State | None) -> ClientResult:
+        net = self._net(model)
+        net.set_sampling(1.0, None)  # plain softmax(alpha): no Gumbel noise
+        net.train()
+        g = torch_rng(ctx.seed, ctx.round, data.client_id, "fednas.batches")
+        if ctx.stage == "search":
+            train_loss, val_loss = self._search(net, data, ctx, g)
+        else:
+            f, a = self.cfg.algorithm.fednas, self.cfg.algorithm
+            opt = torch.optim.SGD(net.weight_parameters(), lr=self.lr(ctx.round),
+                                  momentum=f.momentum, weight_decay=f.weight_decay)
+            train_loss = sgd_epochs(net, data.train_x, data.train_y, opt, a.batch_size,
+                                    a.local_epochs, g, augment=data.augment)
+            val_loss = float("nan")
+        local_acc = float("nan")
+        every = self.cfg.algorithm.fednas.local_eval_every
+        if (ctx.round + 1) % every == 0 or ctx.round + 1 == ctx.rounds:
+            _, local_acc = evaluate(net, data.eval_x, data.eval_y)
+        return ClientResult(state_of(net), float(data.num_train),
+                            {"train_loss": train_loss, "val_loss": val_loss,
+                             "local_acc": local_acc})
+
+    def _search(self, net, data: ClientData, ctx: RoundContext, g: torch.Generator):
+        f, a = self.cfg.algorithm.fednas, self.cfg.algorithm
+        weights, arch = net.weight_parameters(), net.arch_parameters()
+        w_opt = torch.optim.SGD(weights, lr=self.lr(ctx.round), momentum=f.momentum,
+                                weight_decay=f.weight_decay)
+        a_opt = torch.optim.Adam(arch, lr=f.arch_lr, betas=tuple(f.arch_betas),
+                                 weight_decay=f.arch_weight_decay)
+        # The validation half comes from the client's own data, never the server's test set.
+        perm = torch.randperm(data.num_train, generator=g)
+        half = max(1, data.num_train // 2)
+        tr, va = perm[:half], perm[half:] if data.num_train > 1 else perm
+        t_sum = v_sum = 0.0
+        steps = 0
+        for _ in range(a.local_epochs):
+            val_batches = minibatches(len(va), a.batch_size, g)
+            for i, bt in enumerate(minibatches(len(tr), a.batch_size, g)):
+                bv = val_batches[i % len(val_batches)]
+                xt, yt = self._batch(data, tr[bt], g)
+                xv, yv = self._batch(data, va[bv], g)
+                loss_t = F.cross_entropy(net(xt), yt)
+                loss_v = F.cross_entropy(net(xv), yv)
+                gw, ga = milenas_grads(loss_t, loss_v, weights, arch, f.milenas_lambda)
+                if f.grad_clip > 0:
+                    clip_grad_norm(gw, f.grad_clip)
+                for p, gr in zip(weights, gw):
+                    p.grad = gr
+                for p, gr in zip(arch, ga):
+                    p.grad = gr
+                a_opt.step()
+                w_opt.step()
+                t_sum, v_sum, steps = t_sum + loss_t.item(), v_sum + loss_v.item(), steps + 1
+        return t_sum / steps, v_sum / steps
+
+    @staticmethod
+    def _batch(data: ClientData, idx: torch.Tensor, g: torch.Generator):
+        x = data.train_x[idx]
+        return (data.augment(x, g) if data.augment is not None else x), data.train_y[idx]
+
+    # ------------------------------------------------------------ server
+    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
+                    ctx: RoundContext) -> GlobalModel:
+        spec, state = model.spec, averaged
+        if ctx.stage == "search" and ctx.round + 1 == self.search_rounds:
+            masks, genotype = {}, {}
+            for c in CELLS:
+                genotype[c], ops, combos = derive_darts(self.space, averaged[f"alpha_{c}"],
+                                                        spec["masks"][c]["ops"])
+                masks[c] = {"ops": ops, "combos": combos}
+            genotype["text"] = genotype_str(genotype)
+            spec = {**spec, "masks": masks, "genotype": genotype}
+            # Retraining starts from scratch: a fresh, seeded initialisation.
+            state = state_of(self.fresh(spec, "fednas.retrain.init"))
+        metrics.update(lr=self.lr(ctx.round), **self.arch_metrics(spec, state, 1.0))
+        return GlobalModel(spec, state, model.server_state)
+
+    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[float, float]:
+        net = self._net(model)
+        net.set_sampling(1.0, None)
+        return evaluate(net, x, y)

@@ -1,0 +1,108 @@
+"""What the NAS methods share: building the search network a spec describes, loading a
+global state into it, and reporting the state of the architecture.
+
+A spec is plain JSON: per cell type the op mask (edges x ops) and the input-combination
+mask, how a node combines its inputs ("combinations": eq. 8's relaxation over
+k-combinations; "sum": DARTS's plain sum over live edges), and the genotype once derived.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import torch
+
+from ..flat import State
+from ..nas import CellSpace, SearchNetwork
+from ..nas.mixing import relaxed_weights
+from ..nas.space import entropy
+from ..seeding import SERVER, SETUP, derive_seed
+from .base import Algorithm, GlobalModel
+
+CELLS = ("normal", "reduce")
+
+
+def state_of(net: torch.nn.Module) -> State:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+class SupernetMethod(Algorithm):
+    """Base of the methods that search the DARTS space (``model.name: darts``)."""
+
+    inputs = "combinations"
+
+    @property
+    def space(self) -> CellSpace:
+        d = self.cfg.model.darts
+        return CellSpace(d.nodes, d.input_k, tuple(d.primitives))
+
+    def initial_spec(self) -> dict:
+        ops, combos = self.space.full_masks()
+        return {"masks": {c: {"ops": ops, "combos": combos} for c in CELLS},
+                "inputs": self.inputs, "genotype": None}
+
+    def _model_key(self) -> str:
+        d = self.cfg.model.darts
+        return json.dumps({"in": self.info.input_shape, "classes": self.info.num_classes,
+                           "C": d.init_channels, "layers": d.layers, "nodes": d.nodes,
+                           "k": d.input_k, "stem": d.stem_multiplier,
+                           "prims": list(d.primitives), "seed": self.cfg.run.seed})
+
+    def build(self, spec: dict) -> SearchNetwork:
+        """The (cached, reused) network of a spec; its tensors are overwritten on load."""
+        return _build(json.dumps(spec, sort_keys=True), self._model_key(), "model.init")
+
+    def fresh(self, spec: dict, purpose: str = "model.init") -> SearchNetwork:
+        """A newly initialised network of a spec, from the stream (seed, purpose)."""
+        return _build.__wrapped__(json.dumps(spec, sort_keys=True), self._model_key(), purpose)
+
+    def _net(self, model: GlobalModel) -> SearchNetwork:
+        net = self.build(model.spec)
+        missing, unexpected = net.load_state_dict(model.state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"global state does not fit the network of its spec: "
+                             f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        return net
+
+    def arch_metrics(self, spec: dict, state: State, temperature: float) -> dict[str, float]:
+        """Surviving ops and combinations on live edges, and the entropy of the mixing."""
+        ops_alive = combos_alive = 0
+        ent_ops, ent_inputs = [], []
+        space = self.space
+        for c in CELLS:
+            om = torch.tensor(spec["masks"][c]["ops"])
+            cm = torch.tensor(spec["masks"][c]["combos"])
+            live = space.live_edges(spec["masks"][c]["combos"])
+            edges = [space.edge(j, i) for j in range(space.nodes) for i in sorted(live[j])]
+            w = relaxed_weights(state[f"alpha_{c}"].double(), temperature, None, om)
+            ops_alive += int(om[edges].sum())
+            ent_ops.append(entropy(w[edges]))
+            combos_alive += int(cm.sum())
+            for j, combos in enumerate(space.combos):
+                lo = space.combo_offsets[j]
+                seg = slice(lo, lo + len(combos))
+                q = relaxed_weights(state[f"beta_{c}"][seg].double(), temperature, None,
+                                    cm[seg])
+                ent_inputs.append(entropy(q[None]))
+        out = {"ops_alive": float(ops_alive), "arch_entropy_ops": sum(ent_ops) / len(ent_ops)}
+        if spec.get("inputs", "combinations") == "combinations":
+            out.update(combos_alive=float(combos_alive),
+                       arch_entropy_inputs=sum(ent_inputs) / len(ent_inputs))
+        return out
+
+
+@lru_cache(maxsize=4)
+def _build(spec_json: str, model_key: str, purpose: str) -> SearchNetwork:
+    """Networks are cached per (spec, model shape): each client reloads the state into the
+    same module instead of rebuilding it. Init is seeded and leaves the global RNG alone."""
+    spec, key = json.loads(spec_json), json.loads(model_key)
+    space = CellSpace(key["nodes"], key["k"], tuple(key["prims"]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(key["seed"], SETUP, SERVER, purpose))
+        net = SearchNetwork(key["in"][0], key["classes"], key["C"], key["layers"], space,
+                            key["stem"], spec["masks"], spec.get("inputs", "combinations"))
+        with torch.no_grad():
+            for p in net.arch_parameters():
+                p.normal_(0.0, 1e-3)
+    return net
