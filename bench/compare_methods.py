@@ -1,14 +1,17 @@
-"""FedMetaNAS beside FedAvg on the same data, partition, rounds and seed.
+"""Methods side by side on the same data, partition, rounds, seeds and machine (paper
+Tables 2 and 3 at the scale you give it).
 
     python bench/compare_methods.py CFG_A.yaml CFG_B.yaml ... [--ranks 3] [--seeds 0 1 2]
-        [--set key=value ...]
+        [--target 0.9] [--set key=value ...]
 
 Each config is run with ``mpirun -n RANKS fednas-mpi`` for every seed (``--set`` applies
-to all runs, e.g. ``run.rounds=20``). Prints, per config, the method, final and best
-global accuracy, mean local accuracy (mean +- std over seeds), the accuracy just before
-and after the final architecture derivation (NAS methods), total wall time and the sum
-of round times, and the time ratio to the first config (the baseline, run in the same
-invocation on the same machine).
+to every run, e.g. ``partition.alpha=0.1``). Printed per config (mean +- std over seeds):
+final and best global accuracy, mean local accuracy of the last round, total wall time of
+the job, the sum of round times per stage, the time (sum of round times) until the global
+accuracy first reaches ``--target``, and the global accuracy just before and just after
+the last architecture change (FedNAS: the hard pruning, with inherited weights;
+FedMetaNAS: the final derivation) - paper Table 3. Times are ratios to the first config's,
+all measured in this invocation on this machine.
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ from helpers import mpirun  # noqa: E402
 from fednas_mpi.store import list_checkpoints, read_checkpoint  # noqa: E402
 
 
-def run_one(cfg: str, seed: int, ranks: int, sets: list[str], out: Path) -> dict:
+def _last_finite(values) -> float:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v[-1]) if v.size else float("nan")
+
+
+def run_one(cfg: str, seed: int, ranks: int, sets: list[str], target: float,
+            out: Path) -> dict:
     cmd = [mpirun(), "-n", str(ranks), sys.executable, "-m", "fednas_mpi", cfg, "--out",
            str(out), "--set", f"run.seed={seed}"]
     for s in sets:
@@ -39,19 +49,28 @@ def run_one(cfg: str, seed: int, ranks: int, sets: list[str], out: Path) -> dict
     wall = time.perf_counter() - t0
     ck = read_checkpoint(list_checkpoints(out)[-1][1], tensors=False)
     m = ck.metrics
-    acc = m["global_acc"][np.isfinite(m["global_acc"])]
-    before = m.get("acc_before_prune", np.array([np.nan]))[-1]
-    return {"method": ck.attrs["algorithm"], "final": acc[-1], "best": acc.max(),
-            "local": float(np.nanmean(m["local_acc"][-1:])), "before": before,
-            "wall": wall, "rounds_time": float(np.nansum(m["round_time"])),
-            "genotype": ck.spec.get("genotype", {}) or {}}
+    acc, rt = m["global_acc"], m["round_time"]
+    reached = np.flatnonzero(np.nan_to_num(acc, nan=-1.0) >= target)
+    stages = {}
+    for stage, t in zip(ck.stages, rt):
+        stages[stage] = stages.get(stage, 0.0) + float(t)
+    return {"method": ck.attrs["algorithm"], "final": _last_finite(acc),
+            "best": float(np.nanmax(acc)), "local": _last_finite(m["local_acc"]),
+            "before": _last_finite(m.get("acc_before_prune", [np.nan])),
+            "after": _last_finite(m.get("acc_after_prune", [np.nan])),
+            "wall": wall, "stages": stages,
+            "to_target": float(np.sum(rt[: reached[0] + 1])) if reached.size else np.nan,
+            "genotype": (ck.spec.get("genotype") or {}).get("text", "")}
 
 
-def fmt(values: list[float], scale: float = 100.0) -> str:
+def ms(values, scale: float = 1.0, digits: int = 2) -> str:
     v = np.asarray(values, dtype=float) * scale
-    if np.all(np.isnan(v)):
+    if v.size == 0 or np.all(np.isnan(v)):
         return "-"
-    return f"{np.nanmean(v):.2f} ± {np.nanstd(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+    if len(v) == 1 or np.isnan(v).any():
+        never = "" if len(v) == 1 else f" ({int(np.isnan(v).sum())} never)"
+        return f"{np.nanmean(v):.{digits}f}{never}"
+    return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
 
 
 def main() -> None:
@@ -59,28 +78,35 @@ def main() -> None:
     p.add_argument("configs", nargs="+")
     p.add_argument("--ranks", type=int, default=3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--target", type=float, default=0.9)
     p.add_argument("--set", dest="sets", action="append", default=[])
     a = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, cfg in enumerate(a.configs):
-            runs = [run_one(cfg, s, a.ranks, a.sets, Path(tmp) / f"c{i}-s{s}") for s in a.seeds]
-            rows.append((cfg, runs))
-    base = np.mean([r["rounds_time"] for r in rows[0][1]])
-    print(f"ranks {a.ranks}, seeds {a.seeds}, overrides {a.sets}")
-    print("| config | method | final acc % | best acc % | local acc % | acc before final "
-          "derivation % | wall s | sum of round times s | time x baseline |")
-    print("|---|---|---|---|---|---|---|---|---|")
+            rows.append((cfg, [run_one(cfg, s, a.ranks, a.sets, a.target,
+                                       Path(tmp) / f"c{i}-s{s}") for s in a.seeds]))
+    base = np.mean([r["wall"] for r in rows[0][1]])
+    print(f"mpirun -n {a.ranks}; seeds {a.seeds}; overrides {a.sets}; target {a.target:.0%}")
+    print("| config | method | final acc % | best acc % | local acc % | wall s | x first "
+          "| round time per stage s | time to target s | acc before -> after last "
+          "architecture change % |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for cfg, runs in rows:
-        rt = np.mean([r["rounds_time"] for r in runs])
-        print(f"| {Path(cfg).name} | {runs[0]['method']} | {fmt([r['final'] for r in runs])} "
-              f"| {fmt([r['best'] for r in runs])} | {fmt([r['local'] for r in runs])} "
-              f"| {fmt([r['before'] for r in runs])} | {np.mean([r['wall'] for r in runs]):.1f} "
-              f"| {rt:.1f} | {rt / base:.2f} |")
+        wall = [r["wall"] for r in runs]
+        stages = sorted({s for r in runs for s in r["stages"]})
+        per_stage = ", ".join(f"{s} {ms([r['stages'].get(s, 0.0) for r in runs], digits=1)}"
+                              for s in stages)
+        prune = "-" if all(np.isnan(r["before"]) for r in runs) else \
+            f"{ms([r['before'] for r in runs], 100)} -> {ms([r['after'] for r in runs], 100)}"
+        print(f"| {Path(cfg).name} | {runs[0]['method']} | {ms([r['final'] for r in runs], 100)} "
+              f"| {ms([r['best'] for r in runs], 100)} | {ms([r['local'] for r in runs], 100)} "
+              f"| {ms(wall, digits=1)} | {np.mean(wall) / base:.2f} | {per_stage} "
+              f"| {ms([r['to_target'] for r in runs], digits=1)} | {prune} |")
     for cfg, runs in rows:
         for seed, r in zip(a.seeds, runs):
-            if r["genotype"].get("text"):
-                print(f"\n{Path(cfg).name} seed {seed} genotype:\n{r['genotype']['text']}")
+            if r["genotype"]:
+                print(f"\n{Path(cfg).name}, seed {seed}:\n{r['genotype']}")
 
 
 if __name__ == "__main__":
