@@ -281,7 +281,10 @@ def _cross_checks(cfg: Config) -> list[str]:
     if prims and set(prims) <= {"none"}:
         problems.append("model.darts.primitives: needs at least one op other than none")
     search = cfg.algorithm.fednas.search_rounds
-    if cfg.algorithm.name == "fednas" and search >= cfg.run.rounds:
+    if cfg.algorithm.name == "fednas" and cfg.run.rounds < 2:
+        problems.append(f"run.rounds = {cfg.run.rounds}: fednas needs at least 2 rounds (search, "
+                        f"then retrain the derived network)")
+    elif cfg.algorithm.name == "fednas" and search >= cfg.run.rounds:
         problems.append(f"algorithm.fednas.search_rounds = {search}: leaves no round to retrain "
                         f"(run.rounds = {cfg.run.rounds}); use a value below run.rounds, or 0 "
                         f"for half of them")

@@ -79,6 +79,8 @@ class SupernetMethod(Algorithm):
             ops_alive += int(om[edges].sum())
             ent_ops.append(entropy(w[edges]))
             combos_alive += int(cm.sum())
+            if f"beta_{c}" not in state:
+                continue
             for j, combos in enumerate(space.combos):
                 lo = space.combo_offsets[j]
                 seg = slice(lo, lo + len(combos))

@@ -72,8 +72,9 @@ class SearchNetwork(nn.Module):
         e, k, n = space.num_edges, len(space.primitives), space.num_combos
         self.alpha_normal = nn.Parameter(torch.zeros(e, k))
         self.alpha_reduce = nn.Parameter(torch.zeros(e, k))
-        self.beta_normal = nn.Parameter(torch.zeros(n))
-        self.beta_reduce = nn.Parameter(torch.zeros(n))
+        if inputs == "combinations":  # "sum" (DARTS) has no input-combination logits
+            self.beta_normal = nn.Parameter(torch.zeros(n))
+            self.beta_reduce = nn.Parameter(torch.zeros(n))
         for cell in ("normal", "reduce"):
             self.register_buffer(f"op_mask_{cell}", torch.tensor(masks[cell]["ops"]),
                                  persistent=False)
@@ -101,7 +102,8 @@ class SearchNetwork(nn.Module):
         self.generator: torch.Generator | None = None
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.alpha_normal, self.alpha_reduce, self.beta_normal, self.beta_reduce]
+        betas = [self.beta_normal, self.beta_reduce] if self.inputs == "combinations" else []
+        return [self.alpha_normal, self.alpha_reduce, *betas]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
@@ -113,11 +115,12 @@ class SearchNetwork(nn.Module):
 
     def mixing_weights(self, cell: str, noisy: bool = False):
         """(op weights (edges, ops), input coefficients per node) of a cell type."""
-        alpha, beta = getattr(self, f"alpha_{cell}"), getattr(self, f"beta_{cell}")
+        alpha, beta = getattr(self, f"alpha_{cell}"), getattr(self, f"beta_{cell}", None)
         op_noise = combo_noise = None
         if noisy and self.generator is not None:
             op_noise = gumbel_noise(alpha.shape, self.generator, alpha.dtype)
-            combo_noise = gumbel_noise(beta.shape, self.generator, beta.dtype)
+            if beta is not None:
+                combo_noise = gumbel_noise(beta.shape, self.generator, beta.dtype)
         op_w = self.space.op_weights(alpha, self.temperature, op_noise,
                                      getattr(self, f"op_mask_{cell}"))
         combo_mask = getattr(self, f"combo_mask_{cell}")
