@@ -36,7 +36,7 @@ ALL_KEYS = [
         "meta_lr_w", "meta_lr_alpha", "meta_momentum", "weight_decay", "grad_clip",
         "temperature_start", "temperature_end", "temperature_schedule", "temperature_floor",
         "anneal_fraction", "arch_warmup_rounds", "prune_start", "prune_every", "op_threshold",
-        "combo_threshold", "final_round", "local_eval_every")),
+        "combo_threshold", "settle_threshold", "final_round", "local_eval_every")),
     *(f"algorithm.fednas.{k}" for k in (
         "search_rounds", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
         "arch_betas", "arch_weight_decay", "milenas_lambda", "local_eval_every")),

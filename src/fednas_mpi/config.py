@@ -172,6 +172,10 @@ class FedMetaNASConfig:
                              ge=0.0, lt=1.0)
     combo_threshold: float = _f(0.05, "Prune an input combination whose weight is below this.",
                                 ge=0.0, lt=1.0)
+    settle_threshold: float = _f(
+        0.5, "After lambda has annealed (see anneal_fraction) both thresholds rise linearly to "
+             "this by the final derivation, so the derivation itself removes almost nothing.",
+        ge=0.0, le=1.0)
     final_round: int = _f(0, "Round (1-based) after which the genotype is derived and the "
                              "discrete network replaces the supernet; 0 = the last round.",
                           ge=0)

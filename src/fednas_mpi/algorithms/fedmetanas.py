@@ -55,11 +55,30 @@ class FedMetaNAS(SupernetMethod):
     name = "fedmetanas"
     client_metrics = ("train_loss", "support_loss", "local_acc")
 
+    @property
+    def anneal_span(self) -> int:
+        """Rounds over which lambda anneals; the rest is the settle phase."""
+        f = self.cfg.algorithm.fedmetanas
+        return max(1, round(f.anneal_fraction * self.cfg.run.rounds))
+
     def temperature(self, round_: int) -> float:
         f = self.cfg.algorithm.fedmetanas
-        span = max(1, round(f.anneal_fraction * self.cfg.run.rounds))
-        return temperature_at(round_, span, f.temperature_start, f.temperature_end,
+        return temperature_at(round_, self.anneal_span, f.temperature_start, f.temperature_end,
                               f.temperature_schedule, f.temperature_floor)
+
+    def thresholds(self, round_: int) -> tuple[float, float]:
+        """(op, combination) pruning thresholds for a 0-based round: the configured ones
+        while lambda anneals, then rising linearly to ``settle_threshold`` at the final
+        derivation, so what the derivation would cut is pruned a little at a time while
+        the weights can still adapt, and the derivation itself changes almost nothing."""
+        f = self.cfg.algorithm.fedmetanas
+        final = (f.final_round or self.cfg.run.rounds) - 1
+        start = self.anneal_span - 1
+        if round_ <= start or final <= start:
+            return f.op_threshold, f.combo_threshold
+        t = min((round_ - start) / (final - start), 1.0)
+        return (f.op_threshold + t * max(f.settle_threshold - f.op_threshold, 0.0),
+                f.combo_threshold + t * max(f.settle_threshold - f.combo_threshold, 0.0))
 
     def init_global(self) -> GlobalModel:
         spec = self.initial_spec()
@@ -124,7 +143,7 @@ class FedMetaNAS(SupernetMethod):
                 spec = self._finalize(spec, averaged)
             elif f.prune_every and done >= f.prune_start and \
                     (done - f.prune_start) % f.prune_every == 0:
-                spec = self._prune(spec, averaged, lam)
+                spec = self._prune(spec, averaged, lam, *self.thresholds(ctx.round))
         state = averaged
         if spec is not model.spec:
             state = {k: averaged[k] for k in self.build(spec).state_dict()}
@@ -132,13 +151,13 @@ class FedMetaNAS(SupernetMethod):
         return GlobalModel(spec, state,
                            {"temperature": torch.tensor(lam, dtype=torch.float64)})
 
-    def _prune(self, spec: dict, state: State, lam: float) -> dict:
-        f = self.cfg.algorithm.fedmetanas
+    def _prune(self, spec: dict, state: State, lam: float, op_threshold: float,
+               combo_threshold: float) -> dict:
         masks = {}
         for c in CELLS:
             ops, combos = prune(self.space, state[f"alpha_{c}"], state[f"beta_{c}"],
                                 spec["masks"][c]["ops"], spec["masks"][c]["combos"], lam,
-                                f.op_threshold, f.combo_threshold)
+                                op_threshold, combo_threshold)
             masks[c] = {"ops": ops, "combos": combos}
         if masks == spec["masks"]:
             return spec
