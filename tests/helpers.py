@@ -60,3 +60,15 @@ def launch(n: int, args: list[str], timeout: float = 120, cwd: Path | None = Non
         out, err = proc.communicate()
         raise AssertionError(f"mpirun -n {n} {args} hung for {timeout}s\n{out}\n{err}") from None
     return Result(proc.returncode, out, err)
+
+
+def run_per_rank_count(root: Path, base: dict, ranks=(1, 3), timeout: float = 240,
+                       **sections) -> dict[int, Path]:
+    """Run one config once per rank count; returns {ranks: run directory}."""
+    cfg = write_config(root / "cfg.yaml", base=base, **sections)
+    out = {}
+    for n in ranks:
+        res = launch(n, [str(cfg), "--out", str(root / f"n{n}")], timeout=timeout)
+        assert res.returncode == 0, res.stderr
+        out[n] = root / f"n{n}"
+    return out

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import launch, write_config
+from helpers import run_per_rank_count
 
 from fednas_mpi.store import list_checkpoints, read_checkpoint
 
@@ -27,14 +27,7 @@ NAS = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fedmetanas")
-    cfg = write_config(root / "cfg.yaml", base=NAS)
-    out = {}
-    for n in (1, 3):
-        res = launch(n, [str(cfg), "--out", str(root / f"n{n}")], timeout=240)
-        assert res.returncode == 0, res.stderr
-        out[n] = root / f"n{n}"
-    return out
+    return run_per_rank_count(tmp_path_factory.mktemp("fedmetanas"), NAS)
 
 
 def test_one_and_three_ranks_agree(runs):

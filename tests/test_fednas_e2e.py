@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import launch, write_config
+from helpers import launch, run_per_rank_count
 
 from fednas_mpi.store import list_checkpoints, read_checkpoint
 
@@ -31,14 +31,7 @@ STAGES = ["search", "search", "retrain", "retrain"]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fednas")
-    cfg = write_config(root / "cfg.yaml", base=FEDNAS)
-    out = {}
-    for n in (1, 3):
-        res = launch(n, [str(cfg), "--out", str(root / f"n{n}")], timeout=240)
-        assert res.returncode == 0, res.stderr
-        out[n] = root / f"n{n}"
-    return out
+    return run_per_rank_count(tmp_path_factory.mktemp("fednas"), FEDNAS)
 
 
 def _last(run_dir):

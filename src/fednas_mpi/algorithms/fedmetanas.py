@@ -108,12 +108,11 @@ class FedMetaNAS(SupernetMethod):
         meta = MetaLearner(weights + arch, opt, f.grad_clip)
         g_tasks = torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.tasks")
         g_aug = torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.augment")
-        augment = getattr(data, "augment", None)
         x, y = data.train_x, data.train_y
 
         def batch(idx):
             xb = x[idx]
-            return (augment(xb, g_aug) if augment is not None else xb), y[idx]
+            return (data.augment(xb, g_aug) if data.augment is not None else xb), y[idx]
 
         s_sum = q_sum = 0.0
         steps = 0
