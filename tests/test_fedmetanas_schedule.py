@@ -38,3 +38,9 @@ def test_thresholds_with_an_earlier_final_round_and_no_settle_phase():
     assert a.thresholds(7) == pytest.approx((0.5, 0.5))  # 1-based round 8 is index 7
     b = _algo(anneal_fraction=1.0)
     assert all(b.thresholds(r) == (0.05, 0.1) for r in range(10))
+
+
+def test_stages_name_the_search_and_the_rounds_after_the_derivation():
+    assert [_algo().stage(r) for r in (0, 9)] == ["search", "search"]
+    a = _algo(final_round=8)
+    assert [a.stage(r) for r in (6, 7, 8, 9)] == ["search", "search", "derived", "derived"]

@@ -55,6 +55,11 @@ class FedMetaNAS(SupernetMethod):
     name = "fedmetanas"
     client_metrics = ("train_loss", "support_loss", "local_acc")
 
+    def stage(self, round_: int) -> str:
+        """'search' up to the final derivation, 'derived' for rounds after it (if any)."""
+        final = self.cfg.algorithm.fedmetanas.final_round or self.cfg.run.rounds
+        return "search" if round_ < final else "derived"
+
     @property
     def anneal_span(self) -> int:
         """Rounds over which lambda anneals; the rest is the settle phase."""
