@@ -29,6 +29,9 @@ def install_abort_hooks(comm: MPI.Comm) -> None:
         try:
             sys.stderr.write(tagged)
             sys.stderr.flush()
+            # mpirun forwards each rank's stderr through its launcher processes, which the
+            # abort kills: give them a moment to pass the traceback on (seen lost in CI).
+            time.sleep(0.5)
         finally:
             comm.Abort(1 if exc_type is not KeyboardInterrupt else 130)
 
