@@ -56,8 +56,13 @@ class ClientSums:
     def __init__(self, layout: Layout, metric_names: Sequence[str]):
         self.layout = layout
         self.metric_names = tuple(metric_names)
-        self.size = layout.size + 2 + 3 * len(self.metric_names)
+        self.size = self.buffer_size(layout, self.metric_names)
         self.buffer = np.zeros(self.size, dtype=np.float64)
+
+    @staticmethod
+    def buffer_size(layout: Layout, metric_names: Sequence[str]) -> int:
+        """Length of the buffer for ``layout`` and these metrics (no allocation)."""
+        return layout.size + 2 + 3 * len(metric_names)
 
     def add(self, state: Mapping[str, torch.Tensor], weight: float,
             metrics: Mapping[str, float]) -> None:

@@ -230,7 +230,7 @@ class Simulation:
         mpi.bcast_array(comm, layout.pack(model.state), poll)
         for w, (_, buf) in packed.items():
             mpi.send_array(comm, buf, w + 1, TAG_STATES_IN, poll)
-        size = ClientSums(layout, self.algorithm.client_metrics).size + 1
+        size = ClientSums.buffer_size(layout, self.algorithm.client_metrics) + 1
         busy = [w for w, cs in enumerate(assignment) if cs]
         bufs = {w: np.empty(size, dtype=np.float64) for w in busy}
         reqs = [comm.Irecv(bufs[w], source=w + 1, tag=TAG_PARTIAL) for w in busy]
