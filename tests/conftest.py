@@ -5,3 +5,28 @@ def pytest_configure(config):
     # The product's default (runtime.threads_per_rank = 1): tiny convolutions run fastest on
     # one intra-op thread, and results do not depend on the machine's core count.
     torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def kernel_library():
+    """The fused library, loaded (prebuilt, cached or JIT-built) once per test session.
+
+    A failure here is a real failure: the compiler is part of the test environment."""
+    from fednas_mpi import kernels
+
+    result = kernels.load()
+    assert result.ok, result.error
+    return result
+
+
+@pytest.fixture
+def fused(kernel_library):
+    """Mixing through the fused kernels for one test, then back to the reference."""
+    from fednas_mpi import kernels
+
+    kernels.configure("fused", kernel_library)
+    yield
+    kernels.use_reference()

@@ -42,6 +42,7 @@ ALL_KEYS = [
         "arch_betas", "arch_weight_decay", "milenas_lambda", "local_eval_every")),
     "federation.clients_per_round",
     "runtime.threads_per_rank", "runtime.poll_interval_ms",
+    "kernels.backend",
     "store.keep",
 ]
 
@@ -153,7 +154,7 @@ def test_unknown_top_level_key():
     msg = only_problem({"runn": {"rounds": 3}})
     assert msg.startswith("runn: unknown key")
     assert "at the top level" in msg
-    assert ("algorithm, data, federation, model, partition, run, runtime, store") in msg
+    assert ("algorithm, data, federation, kernels, model, partition, run, runtime, store") in msg
 
 
 def test_unknown_nested_key():

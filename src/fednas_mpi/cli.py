@@ -187,11 +187,17 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     from .algorithms import DataInfo, get_algorithm
     from .data import DataError, load_dataset, make_partition
     from .runtime.comm import agree, default_threads
+    from .runtime.kernels import setup_kernels
     from .runtime.progress import Progress
     from .runtime.simulation import Simulation
 
     rank = comm.Get_rank()
     torch.set_num_threads(cfg.runtime.threads_per_rank or default_threads(comm))
+    status, error = setup_kernels(cfg.kernels.backend, comm, cfg.runtime.poll_interval_ms / 1e3)
+    if error:
+        if rank == 0:
+            print(f"fednas-mpi: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     error = None
     if cfg.data.download:
         # Rank 0 alone downloads (ranks would race on the same files); agree() waits for it.
@@ -220,6 +226,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
         (run_dir / "config.yaml").write_text(config_mod.to_yaml(cfg))
     print(f"fednas-mpi {__version__}: {cfg.algorithm.name} on {cfg.data.name}, "
           f"{cfg.partition.num_clients} clients ({cfg.partition.scheme}), "
+          f"{status.backend} mixing, "
           f"{cfg.federation.clients_per_round} per round, {comm.Get_size()} rank(s); "
           f"{'resuming at round ' + str(start + 1) if ckpt else 'starting'} -> {run_dir}",
           flush=True)

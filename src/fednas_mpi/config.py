@@ -234,6 +234,14 @@ class RuntimeConfig:
 
 
 @dataclass(kw_only=True)
+class KernelsConfig:
+    backend: Literal["auto", "fused", "reference"] = _f(
+        "auto", "Gumbel-softmax mixing: 'fused' C++/CUDA kernels (error if they cannot be "
+                "loaded or built), 'reference' plain PyTorch, 'auto' fused when available, "
+                "else the reference with one warning. Results agree to float rounding.")
+
+
+@dataclass(kw_only=True)
 class StoreConfig:
     keep: int = _f(0, "Keep only the newest N round checkpoints; 0 keeps all.", ge=0)
 
@@ -247,6 +255,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
 
 

@@ -64,7 +64,11 @@ def has_cuda_kernels() -> bool:
 
 
 def _load(path: Path, source: str) -> LoadResult:
-    torch.ops.load_library(str(path))
+    try:
+        torch.ops.load_library(str(path))
+    except (OSError, RuntimeError) as e:  # not a library, built for another torch, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return LoadResult(False, source, str(path), f"cannot load {path}: {first}")
     found = int(torch.ops.fednas.abi_version())
     if found != abi_version():
         # The namespace is now taken by a stale library: nothing else can load in this process.

@@ -162,7 +162,8 @@ def mix(outputs: Sequence[torch.Tensor | None], weights: torch.Tensor) -> torch.
 
 
 def gumbel_mix(outputs: Sequence[torch.Tensor | None], logits: torch.Tensor, temperature: float,
-               noise: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+               noise: torch.Tensor | None = None,
+               mask: torch.Tensor | Sequence[bool] | None = None,
                hard: bool = False) -> torch.Tensor:
     """Eq. 1-2 as one op: softmax((logits + noise) / T) over ``mask``, mixing the outputs
     that exist (None: the zero op or a pruned one). ``hard``: the DSNAS estimator, see
@@ -172,7 +173,9 @@ def gumbel_mix(outputs: Sequence[torch.Tensor | None], logits: torch.Tensor, tem
         raise ValueError("gumbel_mix over no outputs: every input was pruned")
     if _status.backend != "fused" or not fused_supports(present):
         return reference_gumbel_mix(outputs, logits, temperature, noise, mask, hard)
-    return torch.ops.fednas.gumbel_mix(list(outputs), logits, float(temperature), noise, mask,
+    keep = None if mask is None else [int(bool(m)) for m in
+                                      (mask.tolist() if torch.is_tensor(mask) else mask)]
+    return torch.ops.fednas.gumbel_mix(list(outputs), logits, float(temperature), noise, keep,
                                        hard)
 
 

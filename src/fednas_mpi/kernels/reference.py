@@ -26,8 +26,12 @@ def reference_mix_stacked(outputs: Sequence[torch.Tensor], weights: torch.Tensor
     return (weights.view(-1, *([1] * (stacked.dim() - 1))) * stacked).sum(0)
 
 
-def masked_logits(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    return logits if mask is None else logits.masked_fill(~mask, float("-inf"))
+def masked_logits(logits: torch.Tensor, mask) -> torch.Tensor:
+    """-inf where ``mask`` (a bool tensor or a list of bools) is False."""
+    if mask is None:
+        return logits
+    keep = torch.as_tensor(mask, dtype=torch.bool, device=logits.device)
+    return logits.masked_fill(~keep, float("-inf"))
 
 
 def reference_gumbel_mix(outputs: Sequence[torch.Tensor | None], logits: torch.Tensor,
@@ -46,6 +50,9 @@ def reference_gumbel_mix(outputs: Sequence[torch.Tensor | None], logits: torch.T
             raise ValueError(f"gumbel_mix(hard=True): the sampled entry {s} has no output")
         logp = torch.log_softmax(masked_logits(logits, mask), 0)[s]
         return torch.exp(logp - logp.detach()) * outputs[s]
+    if mask is not None:  # masked entries weigh 0 and are never read
+        keep = mask.tolist() if torch.is_tensor(mask) else list(mask)
+        outputs = [o if keep[k] else None for k, o in enumerate(outputs)]
     return reference_mix(outputs, torch.softmax(z / temperature, 0))
 
 

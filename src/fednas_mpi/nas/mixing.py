@@ -7,8 +7,10 @@ Eq. 2:  x_j = sum_i sum_k Z^{ij}_k o_k(x_i)
 exactly 0 and take no part in the normalisation); with ``noise=None`` it is the
 deterministic softmax(log alpha / lambda) used for evaluation.
 ``weighted_sum`` forms sum_k w_k * o_k over the outputs that exist (pruned ops
-and ``none`` are ``None`` and are never read). The fused kernels replace these
-two functions; this file is their plain PyTorch reference.
+and ``none`` are ``None`` and are never read); it is the plain PyTorch reference.
+The network mixes through ``kernels.mix``, which runs the fused C++/CUDA kernel once
+``kernels.configure`` has found it and this reference otherwise; ``kernels.gumbel_mix``
+fuses eq. 1 and 2 in one op (with a DSNAS hard variant).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from ..kernels.reference import reference_mix
 
 
 def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None,
@@ -39,13 +43,5 @@ def relaxed_weights(logits: torch.Tensor, temperature: float, noise: torch.Tenso
 
 
 def weighted_sum(outputs: Sequence[torch.Tensor | None], weights: torch.Tensor) -> torch.Tensor:
-    """sum_k weights[k] * outputs[k] over the outputs that are not None."""
-    total = None
-    for k, out in enumerate(outputs):
-        if out is None:
-            continue
-        term = weights[k] * out
-        total = term if total is None else total + term
-    if total is None:
-        raise ValueError("weighted_sum over no outputs: every input was pruned")
-    return total
+    """sum_k weights[k] * outputs[k] over the outputs that are not None (the reference)."""
+    return reference_mix(outputs, weights)

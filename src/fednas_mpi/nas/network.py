@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .mixing import gumbel_noise, weighted_sum
+from ..kernels import mix
+from .mixing import gumbel_noise
 from .operations import OPS, FactorizedReduce, ReLUConvBN, batch_norm
 from .space import CellSpace
 
@@ -54,7 +55,7 @@ class SearchCell(nn.Module):
                         outs.append(ops[name](states[i]))
                         ws.append(coefs[j][i] * op_w[e, k])
             # A node-level weighted sum over all its (edge, op) outputs: one mix per node.
-            states.append(weighted_sum(outs, torch.stack(ws)))
+            states.append(mix(outs, torch.stack(ws)))
         return torch.cat(states[2:], dim=1)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from .. import __version__
+from .. import __version__, kernels
 from ..algorithms import Algorithm, ClientData, GlobalModel, RoundContext
 from ..algorithms.aggregate import ClientSums
 from ..config import Config, to_yaml
@@ -139,7 +139,8 @@ class Simulation:
         }
         attrs = {"rounds_planned": cfg.run.rounds, "world_size": self.comm.Get_size(),
                  "seed": cfg.run.seed, "algorithm": cfg.algorithm.name,
-                 "dataset": cfg.data.name, "versions": versions()}
+                 "dataset": cfg.data.name, "versions": versions(),
+                 "kernels": kernels.status().backend}
         config_yaml = to_yaml(cfg)
         sent_spec = None
         for r in range(start, cfg.run.rounds):

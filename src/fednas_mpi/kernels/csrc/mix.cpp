@@ -155,22 +155,30 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mix_backward_cpu_op(
 // Gumbel-max sample s, and the logits receive <grad, o_s> * (onehot(s) - softmax(logits)).
 at::Tensor gumbel_mix(const c10::List<std::optional<at::Tensor>>& outputs,
                       const at::Tensor& logits, double temperature,
-                      const std::optional<at::Tensor>& noise,
-                      const std::optional<at::Tensor>& mask, bool hard) {
+                      const std::optional<at::Tensor>& noise, at::OptionalIntArrayRef mask,
+                      bool hard) {
   const int64_t k_count = static_cast<int64_t>(outputs.size());
   TORCH_CHECK(logits.dim() == 1 && logits.size(0) == k_count,
               "fednas::gumbel_mix: logits must be 1-D with one entry per output (", k_count,
               "), got shape ", logits.sizes());
   TORCH_CHECK(temperature > 0.0 && std::isfinite(temperature),
               "fednas::gumbel_mix: temperature must be positive and finite, got ", temperature);
-  at::Tensor z = noise.has_value() ? logits + *noise : logits;
-  at::Tensor plain = logits;
-  if (mask.has_value()) {
-    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->sizes() == logits.sizes(),
-                "fednas::gumbel_mix: mask must be a bool tensor shaped like logits");
-    z = z.masked_fill(mask->logical_not(), -std::numeric_limits<double>::infinity());
-    plain = plain.masked_fill(mask->logical_not(), -std::numeric_limits<double>::infinity());
-  }
+  TORCH_CHECK(!mask.has_value() || static_cast<int64_t>(mask->size()) == k_count,
+              "fednas::gumbel_mix: mask must have one 0/1 entry per output");
+  auto kept = [&](int64_t k) { return !mask.has_value() || (*mask)[k] != 0; };
+  // The mask is a host list (a static part of the architecture), so masking needs no
+  // device-to-host sync and stays traceable: masked logits become -inf entry by entry.
+  auto masked = [&](const at::Tensor& x) {
+    if (!mask.has_value()) return x;
+    std::vector<at::Tensor> parts;
+    for (int64_t k = 0; k < k_count; ++k) {
+      parts.push_back(kept(k) ? x.select(0, k)
+                              : at::full({}, -std::numeric_limits<double>::infinity(),
+                                         x.options()));
+    }
+    return at::stack(parts);
+  };
+  const at::Tensor z = masked(noise.has_value() ? logits + *noise : logits);
   static auto mix_op = c10::Dispatcher::singleton()
                            .findSchemaOrThrow("fednas::mix", "")
                            .typed<at::Tensor(at::TensorList, const at::Tensor&)>();
@@ -179,22 +187,25 @@ at::Tensor gumbel_mix(const c10::List<std::optional<at::Tensor>>& outputs,
     const std::optional<at::Tensor> chosen = outputs.get(s);
     TORCH_CHECK(chosen.has_value() && chosen->defined(),
                 "fednas::gumbel_mix(hard=True): the sampled entry ", s,
-                " has no output; compute the op gumbel_hard_index selects");
-    const at::Tensor logp = at::log_softmax(plain, 0).select(0, s);
+                " has no output; compute the op that hard_index selects");
+    const at::Tensor logp = at::log_softmax(masked(logits), 0).select(0, s);
     const at::Tensor one = at::exp(logp - logp.detach()).reshape({1});  // value exactly 1
     return mix_op.call({*chosen}, one);
   }
   const at::Tensor w = at::softmax(z / temperature, 0);
+  // Masked entries weigh 0: their outputs are skipped, never read (a pruned op's stale
+  // tensor, even one holding NaN, cannot leak into the mix).
   std::vector<at::Tensor> present;
   std::vector<at::Tensor> present_w;  // selected without a host index tensor: traceable
   for (int64_t k = 0; k < k_count; ++k) {
     const std::optional<at::Tensor> o = outputs.get(k);
-    if (o.has_value() && o->defined()) {
+    if (kept(k) && o.has_value() && o->defined()) {
       present.push_back(*o);
       present_w.push_back(w.select(0, k));
     }
   }
-  TORCH_CHECK(!present.empty(), "fednas::gumbel_mix: every output is undefined (all pruned)");
+  TORCH_CHECK(!present.empty(),
+              "fednas::gumbel_mix: no output is both defined and unmasked (all pruned)");
   return mix_op.call(present, static_cast<int64_t>(present.size()) == k_count
                                   ? w
                                   : at::stack(present_w));
@@ -247,7 +258,7 @@ TORCH_LIBRARY(fednas, m) {
   m.def("mix_backward(Tensor grad, Tensor[] outputs, Tensor weights, bool outputs_grad) "
         "-> (Tensor[], Tensor)");
   m.def("gumbel_mix(Tensor?[] outputs, Tensor logits, float temperature, Tensor? noise=None, "
-        "Tensor? mask=None, bool hard=False) -> Tensor");
+        "int[]? mask=None, bool hard=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fednas, CPU, m) {
