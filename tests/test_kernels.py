@@ -256,3 +256,37 @@ def test_cuda_kernels_equal_the_reference(fused, dtype, tol, k):
     torch.testing.assert_close(y.double(), r, rtol=tol, atol=tol * k)
     for a, b in zip(gy, gr):
         torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * 50 * k)
+
+
+@pytest.mark.parametrize("inputs", ["combinations", "sum"])
+def test_search_network_fused_equals_reference(kernel_library, inputs):
+    from fednas_mpi.nas import CellSpace
+    from fednas_mpi.nas.network import SearchNetwork
+
+    space = CellSpace(3, 2)
+    ops, combos = space.full_masks()
+    ops[1][3] = ops[4][0] = False  # a few pruned ops, never computed
+    masks = {c: {"ops": ops, "combos": combos} for c in ("normal", "reduce")}
+    torch.manual_seed(0)
+    net = SearchNetwork(1, 10, 4, 3, space, 1, masks, inputs)
+    x = torch.randn(6, 1, 12, 12)
+    y = torch.arange(6) % 10
+
+    def run():
+        net.zero_grad()
+        net.set_sampling(0.7, torch.Generator().manual_seed(5))
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    kernels.use_reference()
+    ref_loss, ref_grads = run()
+    kernels.configure("fused", kernel_library)
+    try:
+        loss, grads_ = run()
+    finally:
+        kernels.use_reference()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert ref_grads.keys() == grads_.keys()
+    for name, g in grads_.items():
+        torch.testing.assert_close(g, ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
