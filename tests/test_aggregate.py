@@ -85,3 +85,34 @@ def test_client_sums_metrics_weighted_mean_std_and_nan():
     assert metrics["clients"] == 3 and metrics["client_weight"] == 8
     # the state average still uses all three: (0 + 3 + 4) / 8
     assert state["w"].item() == pytest.approx(7 / 8)
+
+
+def test_client_sums_keep_each_clients_own_values_across_workers():
+    results = _results(5, seed=3)
+    layout = Layout.of(results[0][0])
+    clients = [2, 4, 7, 8, 11]
+    names = ("loss", "acc")
+    results[3][2]["acc"] = float("nan")  # a client without eval data keeps its NaN
+    partials = []
+    for group in ([2, 7], [11, 4], [8]):  # three workers, clients in any order
+        cs = ClientSums(layout, names, clients)
+        for c in group:
+            state, w, m = results[clients.index(c)]
+            cs.add(state, w, m, client=c)
+        partials.append(cs.buffer)
+    cs = ClientSums(layout, names, clients)
+    total = cs.combine(partials)
+    per = cs.per_client(total)
+    for i, c in enumerate(clients):
+        assert per["weight"][c] == results[i][1]
+        assert per["loss"][c] == results[i][2]["loss"]
+    assert np.isnan(per["acc"][8]) and per["acc"][2] == results[0][2]["acc"]
+    # the averages are those of a buffer without per-client slots
+    plain = ClientSums(layout, names)
+    for state, w, m in results:
+        plain.add(state, w, m)
+    a, ma = cs.finish(total)
+    b, mb = plain.finish(plain.buffer)
+    assert ma == pytest.approx(mb, nan_ok=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
