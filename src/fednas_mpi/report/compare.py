@@ -79,7 +79,7 @@ def rows(settings: list[Setting], target: float | None) -> list[dict]:
                 stages.setdefault(stage, None)
         for stage in stages:
             m, sd = mean_std([time_per_stage(r).get(stage, 0.0) for r in s.runs])
-            row[f"time_{stage}_mean"], row[f"time_{stage}_std"] = m, sd
+            row[f"time_stage_{stage}_mean"], row[f"time_stage_{stage}_std"] = m, sd
         row["_per_run"] = per_run
         out.append(row)
     return out

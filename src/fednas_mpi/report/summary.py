@@ -175,7 +175,7 @@ def summary_row(s: dict) -> dict:
     row = {k: v for k, v in s.items()
            if k not in ("genotype", "time_per_stage", "time_parts", "arch_change", "writing")}
     for stage, t in s["time_per_stage"].items():
-        row[f"time_{stage}"] = t
+        row[f"time_stage_{stage}"] = t
     for part, t in s["time_parts"].items():
         row[f"time_{part}"] = t
     change = s["arch_change"] or {}
