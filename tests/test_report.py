@@ -271,7 +271,7 @@ def _foreign(path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "temp_only", "truncated", "foreign",
-                                  "foreign_file", "not_a_run"])
+                                  "foreign_file", "not_a_run", "just_started"])
 def test_unusable_input_is_one_clear_error(runs, tmp_path, capsys, case):
     run = tmp_path / "run"
     if case != "missing":
@@ -295,6 +295,9 @@ def test_unusable_input_is_one_clear_error(runs, tmp_path, capsys, case):
     elif case == "not_a_run":
         (run / "notes.txt").write_text("x")
         named = "notes.txt"
+    elif case == "just_started":
+        (run / "config.yaml").write_text("run: {rounds: 3}\n")
+        named = "no checkpoint yet"
     for command in ("inspect", "compare", "plot"):
         argv = [command, str(target)] + (["--out", str(tmp_path / "p")] if command == "plot"
                                          else [])

@@ -46,7 +46,10 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     p = _Parser(prog="fednas-mpi", rank=rank,
                 description="Federated neural architecture search simulator; launch with "
                             "`mpirun -n N fednas-mpi CFG.yaml` (rank 0 aggregates, ranks 1..N-1 "
-                            "simulate clients; -n 1 runs everything in one process).")
+                            "simulate clients; -n 1 runs everything in one process).",
+                epilog="Tools without mpirun: fednas-mpi data stats|download, "
+                       "fednas-mpi inspect RUN_DIR, fednas-mpi compare RUN_DIR..., "
+                       "fednas-mpi plot RUN_DIR... (each with --help).")
     p.add_argument("config", nargs="?", help="YAML run configuration (optional with --resume)")
     p.add_argument("--out", metavar="RUN_DIR",
                    help="run directory for the checkpoints (default runs/NAME-TIMESTAMP); "

@@ -105,6 +105,9 @@ def _no_checkpoint(directory: Path) -> ReportError:
         entries = sorted(p.name for p in directory.iterdir())
     except OSError as e:
         return ReportError(f"{directory}: cannot list the directory ({e.strerror})")
+    if "config.yaml" in entries:
+        return ReportError(f"{directory}: no checkpoint yet (round_00001.h5 is written when the "
+                           f"run finishes its first round); try again then")
     if not entries:
         return ReportError(f"{directory}: empty directory, not a fednas-mpi run (no "
                            f"round_NNNNN.h5); give the --out directory of a run")
