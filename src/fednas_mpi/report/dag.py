@@ -35,22 +35,29 @@ def positions(num_nodes: int) -> dict[str, tuple[float, float]]:
     return pos
 
 
+#: Candidate curvatures of an edge, straightest first.
+_BENDS = (0.0, 0.2, -0.2, 0.35, -0.35, 0.5, -0.5, 0.7, -0.7)
+_CLEARANCE = 0.4  # how far (data units) an edge should pass from other nodes' centres
+
+
 def _bend(pos: dict[str, tuple[float, float]], source: str, target: str) -> float:
-    """arc3's rad for an edge: straight unless a node lies between its ends (in x); then
-    curved away from the nodes in between, so the edge neither hides them nor crosses
-    the edges that end in them."""
-    (x1, y1), (x2, y2) = pos[source], pos[target]
-    between = [y for k, (x, y) in pos.items()
-               if k not in (source, target, "out") and x1 < x < x2]
-    if not between:
-        return 0.0
-    chord = y1 + (y2 - y1) * 0.5
-    # arc3 moves the middle by rad * (dy, -dx); with dx > 0, rad < 0 bends upwards
-    return 0.22 if float(np.mean(between)) > chord else -0.22
+    """arc3's rad for an edge: the straightest curve that passes clear of every other
+    node, so that no edge seems to go through a node it does not touch (else the
+    curve with the most room)."""
+    others = np.array([xy for k, xy in pos.items() if k not in (source, target)])
+    t = np.linspace(0.05, 0.95, 40)
+    best, room = 0.0, -1.0
+    for rad in _BENDS:
+        x, y = _curve_point(pos[source], pos[target], rad, t)
+        gap = float(np.min(np.hypot(x[:, None] - others[:, 0], y[:, None] - others[:, 1])))
+        if gap >= _CLEARANCE:
+            return rad
+        if gap > room:
+            best, room = rad, gap
+    return best
 
 
-def _curve_point(a: tuple[float, float], b: tuple[float, float], rad: float, t: float
-                 ) -> tuple[float, float]:
+def _curve_point(a: tuple[float, float], b: tuple[float, float], rad: float, t):
     """The point at t of matplotlib's arc3 curve from a to b (a quadratic Bezier)."""
     (x1, y1), (x2, y2) = a, b
     dx, dy = x2 - x1, y2 - y1
