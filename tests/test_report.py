@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -37,13 +38,14 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("report")
     cfg_avg = write_config(root / "avg.yaml", **SHARED)
     cfg_nas = write_config(root / "nas.yaml", **{**SHARED, **NAS})
-    out = {}
-    for name, cfg, seed in (("avg7", cfg_avg, 7), ("avg8", cfg_avg, 8), ("nas", cfg_nas, 7)):
-        res = launch(1, [str(cfg), "--out", str(root / name), "--set", f"run.seed={seed}"],
-                     timeout=240)
-        assert res.returncode == 0, res.stderr
-        out[name] = root / name
-    return out
+    jobs = {"nas": (cfg_nas, 7), "avg7": (cfg_avg, 7), "avg8": (cfg_avg, 8)}
+    with ThreadPoolExecutor(2) as pool:  # two at a time: start-up overlaps with work
+        results = {name: pool.submit(launch, 1, [str(cfg), "--out", str(root / name), "--set",
+                                                 f"run.seed={seed}"], 240)
+                   for name, (cfg, seed) in jobs.items()}
+        for res in results.values():
+            assert res.result().returncode == 0, res.result().stderr
+    return {name: root / name for name in jobs}
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -308,17 +310,29 @@ def test_unusable_input_is_one_clear_error(runs, tmp_path, capsys, case):
 
 
 def test_tools_scripts_are_thin_entries(runs, tmp_path):
+    """The three scripts in one Python process (runpy), as `python tools/X.py ...` runs them."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    env_py = [sys.executable]
-    res = subprocess.run([*env_py, str(ROOT / "tools/inspect_run.py"), str(empty)],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert res.stderr.strip() == (f"fednas-mpi: error: {empty}: empty directory, not a "
-                                  f"fednas-mpi run (no round_NNNNN.h5); give the --out "
-                                  f"directory of a run")
-    res = subprocess.run([*env_py, str(ROOT / "tools/compare_runs.py"), str(runs["avg7"]),
-                          str(runs["avg8"]), "--csv"], capture_output=True, text=True,
+    calls = [("inspect_run.py", [str(empty)]),
+             ("compare_runs.py", [str(runs["avg7"]), str(runs["avg8"]), "--csv"]),
+             ("plot_runs.py", [str(runs["avg7"]), "--out", str(tmp_path / "p")])]
+    code = "\n".join([
+        "import runpy, sys",
+        f"for script, args in {[(str(ROOT / 'tools' / s), a) for s, a in calls]!r}:",
+        "    sys.argv = [script, *args]",
+        "    try:",
+        "        runpy.run_path(script, run_name='__main__')",
+        "    except SystemExit as e:",
+        "        print(f'exit {e.code}', flush=True)",
+        "        print(f'exit {e.code}', file=sys.stderr, flush=True)"])
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.startswith("setting,method,dataset,runs,seeds,rounds,final_acc_mean")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    err = res.stderr.splitlines()
+    assert err[0] == (f"fednas-mpi: error: {empty}: empty directory, not a fednas-mpi run (no "
+                      f"round_NNNNN.h5); give the --out directory of a run")
+    assert err[1:] == ["exit 2", "exit 0", "exit 0"]
+    out = res.stdout.split("exit ")
+    assert out[1].split("\n", 1)[1].startswith(
+        "setting,method,dataset,runs,seeds,rounds,final_acc_mean")
+    assert (tmp_path / "p" / "accuracy.png").is_file()

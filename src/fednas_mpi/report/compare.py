@@ -141,8 +141,10 @@ def _verdict(settings: list[Setting], table: list[dict]) -> str:
     text = (f"best final accuracy: {settings[a].title}, {100 * ta['final_acc_mean']:.2f} %, "
             f"{100 * (ta['final_acc_mean'] - tb['final_acc_mean']):+.2f} pp over "
             f"{settings[b].title}")
-    if tb["time_mean"] > 0:
-        text += f"; its time is {ta['time_mean'] / tb['time_mean']:.2f}x the runner-up's"
+    if ta["time_mean"] > 0 and tb["time_mean"] > 0:
+        ratio = ta["time_mean"] / tb["time_mean"]
+        text += (f", in {ratio:.2f}x its time" if ratio >= 1 else
+                 f", in 1/{1 / ratio:.1f} of its time")
     return text
 
 
