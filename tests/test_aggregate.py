@@ -85,3 +85,47 @@ def test_client_sums_metrics_weighted_mean_std_and_nan():
     assert metrics["clients"] == 3 and metrics["client_weight"] == 8
     # the state average still uses all three: (0 + 3 + 4) / 8
     assert state["w"].item() == pytest.approx(7 / 8)
+
+
+def test_client_sums_keep_each_clients_own_values_across_workers():
+    results = _results(5, seed=3)
+    layout = Layout.of(results[0][0])
+    clients = [2, 4, 7, 8, 11]
+    names = ("loss", "acc")
+    results[3][2]["acc"] = float("nan")  # a client without eval data keeps its NaN
+    partials = []
+    for group in ([2, 7], [11, 4], [8]):  # three workers, clients in any order
+        cs = ClientSums(layout, names, clients)
+        for c in group:
+            state, w, m = results[clients.index(c)]
+            cs.add(state, w, m, client=c)
+        partials.append(cs.buffer)
+    cs = ClientSums(layout, names, clients)
+    total = cs.combine(partials)
+    per = cs.per_client(total)
+    for i, c in enumerate(clients):
+        assert per["weight"][c] == results[i][1]
+        assert per["loss"][c] == results[i][2]["loss"]
+    assert np.isnan(per["acc"][8]) and per["acc"][2] == results[0][2]["acc"]
+    # the averages are those of a buffer without per-client slots
+    plain = ClientSums(layout, names)
+    for state, w, m in results:
+        plain.add(state, w, m)
+    a, ma = cs.finish(total)
+    b, mb = plain.finish(plain.buffer)
+    assert ma == pytest.approx(mb, nan_ok=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_per_client_history_grows_by_rounds_and_pads_runs_from_before_it():
+    from fednas_mpi.runtime.simulation import _append_clients
+
+    # resumed from a checkpoint without /client_metrics: earlier rounds become NaN rows
+    h = _append_clients({}, {"weight": {1: 5.0, 3: 7.0}, "acc": {1: 0.5, 3: np.nan}}, 2, 4)
+    assert sorted(h) == ["acc", "weight"] and h["weight"].shape == (3, 4)
+    assert np.isnan(h["weight"][:2]).all()
+    np.testing.assert_array_equal(h["weight"][2], [np.nan, 5.0, np.nan, 7.0])
+    h = _append_clients(h, {"weight": {0: 1.0}, "acc": {0: 0.25}}, 3, 4)
+    assert h["acc"].shape == (4, 4) and h["acc"][3, 0] == 0.25
+    np.testing.assert_array_equal(h["acc"][2], [np.nan, 0.5, np.nan, np.nan])

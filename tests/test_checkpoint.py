@@ -137,6 +137,15 @@ def test_read_without_tensors(tmp_path):
     assert ck.rng_torch_cpu is None
     assert ck.stages == ["search", "search", "train"]
     np.testing.assert_array_equal(ck.metrics["loss"], [2.0, 1.5, 1.0])
+    assert ck.client_metrics == {}  # written without per-client metrics (older runs)
+
+
+def test_per_client_metrics_round_trip(tmp_path):
+    acc = np.array([[0.5, np.nan, 0.25], [np.nan, 0.75, 1.0]])
+    path = write_checkpoint(tmp_path, 2, **make_kwargs(), client_metrics={"local_acc": acc})
+    ck = read_checkpoint(path, tensors=False)
+    assert list(ck.client_metrics) == ["local_acc"]
+    np.testing.assert_array_equal(ck.client_metrics["local_acc"], acc)
 
 
 def test_round_trip_of_empty_parts(tmp_path):

@@ -38,6 +38,15 @@ def test_one_and_three_ranks_agree(runs):
         np.testing.assert_allclose(a.metrics[k], b.metrics[k], atol=1e-5, err_msg=k)
     for k in a.state:
         torch.testing.assert_close(a.state[k], b.state[k], rtol=0, atol=1e-5)
+    # each sampled client's own values, whichever worker ran it
+    assert sorted(a.client_metrics) == ["local_acc", "support_loss", "train_loss", "weight"]
+    for k in a.client_metrics:
+        np.testing.assert_allclose(a.client_metrics[k], b.client_metrics[k], atol=1e-5,
+                                   err_msg=k)
+    w, acc = a.client_metrics["weight"], a.client_metrics["local_acc"]
+    assert (np.isfinite(w).sum(axis=1) == 3).all()  # 3 clients per round
+    np.testing.assert_allclose(np.nansum(w * acc, axis=1) / np.nansum(w, axis=1),
+                               a.metrics["local_acc"], atol=1e-9)
 
 
 def test_search_ends_in_a_discrete_network_without_retraining(runs):

@@ -5,7 +5,8 @@ and broadcasts its verdict; every rank then loads the data and the collective
 ``agree`` makes sure a failure on any rank stops all of them. Bad input is
 reported once, by rank 0, and every rank exits with status 2 before round 1.
 
-``fednas-mpi data stats|download ...`` are dataset tools without MPI (``data/cli.py``).
+``fednas-mpi data stats|download ...`` are dataset tools without MPI (``data/cli.py``);
+``fednas-mpi inspect|compare|plot ...`` read runs from their checkpoints (``report/cli.py``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     p = _Parser(prog="fednas-mpi", rank=rank,
                 description="Federated neural architecture search simulator; launch with "
                             "`mpirun -n N fednas-mpi CFG.yaml` (rank 0 aggregates, ranks 1..N-1 "
-                            "simulate clients; -n 1 runs everything in one process).")
+                            "simulate clients; -n 1 runs everything in one process).",
+                epilog="Tools without mpirun: fednas-mpi data stats|download, "
+                       "fednas-mpi inspect RUN_DIR, fednas-mpi compare RUN_DIR..., "
+                       "fednas-mpi plot RUN_DIR... (each with --help).")
     p.add_argument("config", nargs="?", help="YAML run configuration (optional with --resume)")
     p.add_argument("--out", metavar="RUN_DIR",
                    help="run directory for the checkpoints (default runs/NAME-TIMESTAMP); "
@@ -146,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         from .data.cli import main as data_main
 
         return data_main(argv[1:])
+    if argv[:1] and argv[0] in ("inspect", "compare", "plot"):  # run-data tools: no MPI
+        from .report.cli import main as report_main
+
+        return report_main(argv)
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD

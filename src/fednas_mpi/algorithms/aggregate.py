@@ -47,25 +47,38 @@ class ClientSums:
     """Pre-reduced FedAvg sums of several client results in one float64 buffer.
 
     Buffer: [sum w*state | sum w | per metric: sum w*m, sum w*m^2, sum w over
-    finite m | number of clients]. A worker adds its clients and sends the
-    buffer once; the server adds the buffers (``combine``) and calls ``finish``.
-    Metrics that are NaN for a client (e.g. an empty eval split) are left out
-    of that metric's mean rather than poisoning it.
+    finite m | per round client: w, then each metric | number of clients]. A worker
+    adds its clients and sends the buffer once; the server adds the buffers
+    (``combine``) and calls ``finish``. Metrics that are NaN for a client (e.g. an
+    empty eval split) are left out of that metric's mean rather than poisoning it.
+
+    With ``clients`` (the round's client ids) each client's own weight and metrics
+    also get a slot; a client is added on one worker only and the other workers'
+    slots are 0, so the server's sum holds every client's values exactly
+    (``per_client``).
     """
 
-    def __init__(self, layout: Layout, metric_names: Sequence[str]):
+    def __init__(self, layout: Layout, metric_names: Sequence[str],
+                 clients: Sequence[int] = ()):
         self.layout = layout
         self.metric_names = tuple(metric_names)
-        self.size = self.buffer_size(layout, self.metric_names)
+        self.clients = tuple(int(c) for c in clients)
+        self.size = self.buffer_size(layout, self.metric_names, len(self.clients))
         self.buffer = np.zeros(self.size, dtype=np.float64)
 
     @staticmethod
-    def buffer_size(layout: Layout, metric_names: Sequence[str]) -> int:
-        """Length of the buffer for ``layout`` and these metrics (no allocation)."""
-        return layout.size + 2 + 3 * len(metric_names)
+    def buffer_size(layout: Layout, metric_names: Sequence[str], clients: int = 0) -> int:
+        """Length of the buffer for ``layout``, these metrics and ``clients`` per-client
+        slots (no allocation)."""
+        return layout.size + 2 + 3 * len(metric_names) + clients * (1 + len(metric_names))
+
+    def _slot(self, client: int) -> int:
+        """Offset of a client's (weight, metrics...) slot in the buffer."""
+        start = self.layout.size + 1 + 3 * len(self.metric_names)
+        return start + self.clients.index(client) * (1 + len(self.metric_names))
 
     def add(self, state: Mapping[str, torch.Tensor], weight: float,
-            metrics: Mapping[str, float]) -> None:
+            metrics: Mapping[str, float], client: int | None = None) -> None:
         s = self.layout.size
         accumulate(self.buffer, self.layout, state, weight)
         self.buffer[s] += weight
@@ -73,7 +86,21 @@ class ClientSums:
             m = float(metrics[name])
             if np.isfinite(m):
                 self.buffer[s + 1 + 3 * i: s + 4 + 3 * i] += (weight * m, weight * m * m, weight)
+        if client is not None and self.clients:
+            lo = self._slot(client)
+            self.buffer[lo: lo + 1 + len(self.metric_names)] = (
+                weight, *(float(metrics[n]) for n in self.metric_names))
         self.buffer[-1] += 1
+
+    def per_client(self, total: np.ndarray) -> dict[str, dict[int, float]]:
+        """Each client's own ``weight`` and metrics from a combined buffer."""
+        names = ("weight", *self.metric_names)
+        out: dict[str, dict[int, float]] = {n: {} for n in names}
+        for c in self.clients:
+            lo = self._slot(c)
+            for i, n in enumerate(names):
+                out[n][c] = float(total[lo + i])
+        return out
 
     def combine(self, buffers: Sequence[np.ndarray]) -> np.ndarray:
         """Sum partial buffers in the given order (the caller fixes a deterministic one)."""

@@ -78,6 +78,21 @@ def _split(meta: list, buf: np.ndarray) -> dict[int, State]:
     return out
 
 
+def _append_clients(history: dict[str, np.ndarray], values: dict[str, dict[int, float]],
+                    rounds_before: int, num_clients: int) -> dict[str, np.ndarray]:
+    """Add one round's row (NaN for clients not sampled) to rounds x clients arrays."""
+    out = {}
+    for name in set(history) | set(values):
+        old = history.get(name)
+        if old is None or old.shape != (rounds_before, num_clients):
+            old = np.full((rounds_before, num_clients), np.nan)  # a run from before per-client
+        row = np.full((1, num_clients), np.nan)
+        for c, v in values.get(name, {}).items():
+            row[0, c] = v
+        out[name] = np.concatenate([old, row])
+    return out
+
+
 class Simulation:
     def __init__(self, cfg: Config, comm: MPI.Comm, dataset: Dataset, partition: Partition,
                  algorithm: Algorithm):
@@ -97,15 +112,17 @@ class Simulation:
                           d.train_inputs(split.eval), d.train_y[split.eval], augment=d.augment)
 
     def run_clients(self, model: GlobalModel, clients: list[int], ctx: RoundContext,
-                    states_in: dict[int, State]) -> tuple[ClientSums, dict[int, State], float]:
-        """Run the client update of each client in turn; pre-reduce the results."""
+                    states_in: dict[int, State], round_clients: list[int]
+                    ) -> tuple[ClientSums, dict[int, State], float]:
+        """Run the client update of each client in turn; pre-reduce the results.
+        ``round_clients`` (all of the round's clients, sorted) fixes the per-client slots."""
         t0 = time.perf_counter()
-        sums = ClientSums(Layout.of(model.state), self.algorithm.client_metrics)
+        sums = ClientSums(Layout.of(model.state), self.algorithm.client_metrics, round_clients)
         states_out: dict[int, State] = {}
         for cid in clients:
             res = self.algorithm.client_update(model, self.client_data(cid), ctx,
                                                states_in.get(cid))
-            sums.add(res.state, res.weight, res.metrics)
+            sums.add(res.state, res.weight, res.metrics, client=cid)
             if res.client_state is not None:
                 states_out[cid] = res.client_state
         return sums, states_out, time.perf_counter() - t0
@@ -123,11 +140,13 @@ class Simulation:
             model, client_states, start = self.algorithm.init_global(), {}, 0
             history: dict[str, list[float]] = {}
             stages: list[str] = []
+            per_client: dict[str, np.ndarray] = {}
         else:
             model = GlobalModel(resume.spec, resume.state, resume.server_state)
             client_states, start = dict(resume.client_states), resume.round
             history = {k: list(v) for k, v in resume.metrics.items()}
             stages = list(resume.stages)
+            per_client = dict(resume.client_metrics)  # empty from checkpoints before it existed
             if resume.rng_torch_cpu is not None:
                 torch.set_rng_state(resume.rng_torch_cpu)
         labels = self.dataset.train_y.numpy()
@@ -156,8 +175,11 @@ class Simulation:
                 spec_changed=spec_key != sent_spec)
             sent_spec = spec_key
             t_agg = time.perf_counter()
-            sums = ClientSums(layout, self.algorithm.client_metrics)
-            averaged, metrics = sums.finish(sums.combine(partials))
+            sums = ClientSums(layout, self.algorithm.client_metrics, clients)
+            total = sums.combine(partials)
+            averaged, metrics = sums.finish(total)
+            per_client = _append_clients(per_client, sums.per_client(total), len(stages),
+                                         cfg.partition.num_clients)
             client_states.update(new_states)
             old_spec = model.spec
             model = self.algorithm.server_step(model, averaged, metrics, ctx)
@@ -182,7 +204,8 @@ class Simulation:
                 run_dir, r + 1, config_yaml=config_yaml, spec=model.spec, state=model.state,
                 server_state=model.server_state, client_states=client_states,
                 metrics={k: np.asarray(v) for k, v in history.items()}, stages=stages,
-                partition=partition_info, attrs={**attrs, "stage": ctx.stage})
+                partition=partition_info, attrs={**attrs, "stage": ctx.stage},
+                client_metrics=per_client)
             prune_old(run_dir, cfg.store.keep)
             if on_round is not None:
                 on_round(r, metrics)
@@ -215,8 +238,10 @@ class Simulation:
                   assignment: list[list[int]], client_states: dict[int, State],
                   spec_changed: bool) -> tuple[list[np.ndarray], dict[int, State], float]:
         """Run a round's clients (here or on the workers); partial sums in worker order."""
+        round_clients = sorted(c for cs in assignment for c in cs)
         if self.comm.Get_size() == 1:
-            sums, states, seconds = self.run_clients(model, assignment[0], ctx, client_states)
+            sums, states, seconds = self.run_clients(model, assignment[0], ctx, client_states,
+                                                     round_clients)
             return [sums.buffer], states, seconds
         comm, poll = self.comm, self.poll
         incoming = {w: [(c, client_states[c]) for c in cs if c in client_states]
@@ -231,7 +256,8 @@ class Simulation:
         mpi.bcast_array(comm, layout.pack(model.state), poll)
         for w, (_, buf) in packed.items():
             mpi.send_array(comm, buf, w + 1, TAG_STATES_IN, poll)
-        size = ClientSums.buffer_size(layout, self.algorithm.client_metrics) + 1
+        size = ClientSums.buffer_size(layout, self.algorithm.client_metrics,
+                                      len(round_clients)) + 1
         busy = [w for w, cs in enumerate(assignment) if cs]
         bufs = {w: np.empty(size, dtype=np.float64) for w in busy}
         reqs = [comm.Irecv(bufs[w], source=w + 1, tag=TAG_PARTIAL) for w in busy]
@@ -271,7 +297,8 @@ class Simulation:
                 continue
             model = GlobalModel(spec, layout.unpack(buf))
             ctx = self.context(plan.round, plan.stage)
-            sums, states_out, seconds = self.run_clients(model, mine, ctx, states_in)
+            sums, states_out, seconds = self.run_clients(
+                model, mine, ctx, states_in, sorted(c for cs in plan.assignment for c in cs))
             mpi.send_array(comm, np.append(sums.buffer, seconds), 0, TAG_PARTIAL, poll)
             meta, out = _concat(sorted(states_out.items()))
             mpi.send_object(comm, meta, 0, TAG_STATES_META, poll)

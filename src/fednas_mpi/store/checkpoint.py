@@ -10,6 +10,10 @@ Layout of ``RUN_DIR/round_NNNNN.h5`` (NNNNN = rounds completed):
     /clients/<id>/<name>   persistent per-client state (personalised methods)
     /metrics/<name>        1-D float64, entry i = round i+1 (NaN where not measured)
     /metrics/stage         1-D strings, the stage of each round
+    /client_metrics/<name> 2-D float64 (rounds, clients): each sampled client's own value
+                           (weight = its training samples, then the method's client
+                           metrics), NaN where the client was not sampled; absent in
+                           checkpoints written before it existed
     /partition/train_sizes, eval_sizes (clients,), train_hist, eval_hist (clients, classes)
     /rng                   attrs: seed, scheme; dataset torch_cpu (rank 0 generator state)
 
@@ -52,6 +56,7 @@ class Checkpoint:
     client_states: dict[int, State] = field(default_factory=dict)
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
     stages: list[str] = field(default_factory=list)
+    client_metrics: dict[str, np.ndarray] = field(default_factory=dict)
     rng_torch_cpu: torch.Tensor | None = None
     attrs: dict = field(default_factory=dict)
     path: Path | None = None
@@ -99,7 +104,8 @@ def _tensor_group(parent: h5py.Group, name: str, tensors: State) -> None:
 def write_checkpoint(run_dir: str | Path, round_: int, *, config_yaml: str, spec: dict,
                      state: State, server_state: State, client_states: dict[int, State],
                      metrics: dict[str, np.ndarray], stages: list[str],
-                     partition: dict[str, np.ndarray], attrs: dict) -> Path:
+                     partition: dict[str, np.ndarray], attrs: dict,
+                     client_metrics: dict[str, np.ndarray] | None = None) -> Path:
     """Write round ``round_``'s checkpoint atomically and return its path."""
     final = checkpoint_path(run_dir, round_)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
@@ -122,6 +128,10 @@ def write_checkpoint(run_dir: str | Path, round_: int, *, config_yaml: str, spec
             for name, values in metrics.items():
                 m.create_dataset(name, data=np.asarray(values, dtype=np.float64))
             m.create_dataset("stage", data=np.array(stages, dtype=h5py.string_dtype()))
+            if client_metrics:
+                cm = f.create_group("client_metrics")
+                for name, values in client_metrics.items():
+                    cm.create_dataset(name, data=np.asarray(values, dtype=np.float64))
             p = f.create_group("partition")
             for name, values in partition.items():
                 p.create_dataset(name, data=values)
@@ -160,7 +170,9 @@ def read_checkpoint(path: str | Path, *, tensors: bool = True) -> Checkpoint:
     """Load a checkpoint; any defect raises CheckpointError naming the file."""
     path = Path(path)
     try:
-        with h5py.File(path, "r") as f:
+        # Files are immutable once renamed into place: no lock needed, and none taken, so a
+        # reader never blocks a writer nor fails on file systems without locking.
+        with h5py.File(path, "r", locking=False) as f:
             if f.attrs.get("format") != FORMAT:
                 raise CheckpointError(f"{path}: not a fednas-mpi checkpoint (no format attribute "
                                       f"{FORMAT!r})")
@@ -176,6 +188,9 @@ def read_checkpoint(path: str | Path, *, tensors: bool = True) -> Checkpoint:
             ck.metrics = {k: np.asarray(v[()]) for k, v in f["metrics"].items() if k != "stage"}
             ck.stages = [s.decode() if isinstance(s, bytes) else str(s)
                          for s in f["metrics/stage"][()]]
+            if "client_metrics" in f:
+                ck.client_metrics = {k: np.asarray(v[()])
+                                     for k, v in f["client_metrics"].items()}
             if tensors:
                 ck.state = _read_tensors(f["state"])
                 ck.server_state = _read_tensors(f["server_state"])

@@ -1,0 +1,268 @@
+"""Reading a run for the report tools: the newest complete checkpoint of a run directory.
+
+Checkpoints are immutable once renamed into place (the writer uses a hidden temporary
+name, then renames), so reading the newest ``round_NNNNN.h5`` is safe while the run
+is still going: temporary files are never opened and no lock is taken. The newest
+checkpoint holds the whole history of the run (every round's metrics).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+
+from .. import config as config_mod
+from ..config import Config, ConfigError
+from ..store import CheckpointError, list_checkpoints, read_checkpoint
+
+_TEMP = re.compile(r"^\.round_\d{5,}\.h5\.tmp-\d+$")
+#: Config keys that do not change what a run computes, besides the seed: runs that differ
+#: only in these (and ``run.seed``) belong to one setting.
+NOT_A_SETTING = ("run.seed", "run.name", "runtime.", "store.")
+
+
+class ReportError(Exception):
+    """Input the report tools cannot use; the message names the file and the fix."""
+
+
+@dataclass
+class Run:
+    """What the tools need of one run, read from its newest complete checkpoint."""
+
+    directory: Path
+    checkpoint: Path
+    round: int
+    rounds_planned: int
+    attrs: dict
+    config: dict  # the resolved config, nested
+    spec: dict
+    metrics: dict[str, np.ndarray]
+    stages: list[str]
+    client_metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    partition: dict[str, np.ndarray] = field(default_factory=dict)
+    writing: list[str] = field(default_factory=list)  # temporary files of a round in progress
+
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+    @property
+    def method(self) -> str:
+        return str(self.attrs.get("algorithm") or self.config.get("algorithm", {}).get("name"))
+
+    @property
+    def dataset(self) -> str:
+        return str(self.attrs.get("dataset") or self.config.get("data", {}).get("name"))
+
+    @property
+    def seed(self) -> int:
+        return int(self.attrs.get("seed", self.config.get("run", {}).get("seed", 0)))
+
+    @property
+    def complete(self) -> bool:
+        return self.round >= self.rounds_planned
+
+    def metric(self, name: str) -> np.ndarray:
+        """Per-round values of a metric (NaN where not measured or not stored)."""
+        values = self.metrics.get(name)
+        if values is None:
+            return np.full(self.round, np.nan)
+        return np.asarray(values, dtype=np.float64)
+
+    def typed_config(self) -> Config | None:
+        """The config as dataclasses, or None if this fednas-mpi no longer accepts it."""
+        try:
+            return config_mod.from_dict(self.config)
+        except ConfigError:
+            return None
+
+    def setting(self) -> dict[str, object]:
+        """The flattened config without the seed and the fields that do not change results."""
+        flat = config_mod.flatten(self.config)
+        return {k: v for k, v in flat.items()
+                if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in NOT_A_SETTING)}
+
+
+def temp_files(directory: Path) -> list[str]:
+    """Names of checkpoints being written (hidden temporary files)."""
+    try:
+        return sorted(p.name for p in directory.iterdir() if _TEMP.match(p.name))
+    except OSError:
+        return []
+
+
+def _no_checkpoint(directory: Path) -> ReportError:
+    writing = temp_files(directory)
+    if writing:
+        return ReportError(f"{directory}: no complete checkpoint yet; round 1 is being written "
+                           f"({writing[0]}); try again once round_00001.h5 appears")
+    try:
+        entries = sorted(p.name for p in directory.iterdir())
+    except OSError as e:
+        return ReportError(f"{directory}: cannot list the directory ({e.strerror})")
+    if "config.yaml" in entries:
+        return ReportError(f"{directory}: no checkpoint yet (round_00001.h5 is written when the "
+                           f"run finishes its first round); try again then")
+    if not entries:
+        return ReportError(f"{directory}: empty directory, not a fednas-mpi run (no "
+                           f"round_NNNNN.h5); give the --out directory of a run")
+    shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+    return ReportError(f"{directory}: no checkpoint round_NNNNN.h5 (holds {shown}); give the "
+                       f"--out directory of a run")
+
+
+def _read(path: Path, directory: Path) -> Run:
+    ck = read_checkpoint(path, tensors=False)
+    with h5py.File(path, "r", locking=False) as f:
+        partition = {k: np.asarray(v[()]) for k, v in f["partition"].items()} \
+            if "partition" in f else {}
+    config = yaml.safe_load(ck.config_yaml) or {}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its config attribute is not a YAML mapping")
+    planned = ck.attrs.get("rounds_planned", config.get("run", {}).get("rounds", ck.round))
+    return Run(directory=directory, checkpoint=path, round=ck.round,
+               rounds_planned=int(planned), attrs=ck.attrs, config=config, spec=ck.spec,
+               metrics=ck.metrics, stages=ck.stages, client_metrics=ck.client_metrics,
+               partition=partition)
+
+
+def load_run(source: str | Path) -> Run:
+    """A run from its directory (newest complete checkpoint) or from one checkpoint file.
+
+    Raises ReportError naming the directory or the file that cannot be used.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise ReportError(f"{source}: no such file or directory; give a run directory")
+    if source.is_file():
+        directory, files = source.parent, [source]
+    else:
+        directory = source
+        files = []
+    for _attempt in range(3):  # with store.keep the newest may be replaced while we look
+        if source.is_dir():
+            files = [p for _, p in list_checkpoints(directory)][-1:]
+            if not files:
+                raise _no_checkpoint(directory)
+        try:
+            run = _read(files[-1], directory)
+        except FileNotFoundError:
+            continue
+        except CheckpointError as e:
+            raise ReportError(_with_fix(str(e), files[-1], source.is_dir())) from None
+        except (OSError, KeyError, ValueError, TypeError, yaml.YAMLError) as e:
+            raise ReportError(_with_fix(f"{files[-1]}: unreadable checkpoint ({e})",
+                                        files[-1], source.is_dir())) from None
+        run.writing = temp_files(directory)
+        return run
+    raise ReportError(f"{directory}: checkpoints kept disappearing while reading; try again")
+
+
+def _with_fix(message: str, path: Path, in_directory: bool) -> str:
+    if not in_directory:
+        return f"{message}; give a fednas-mpi checkpoint or run directory"
+    return (f"{message}; move {path.name} out of {path.parent} to read the run up to its "
+            f"previous checkpoint")
+
+
+def load_runs(sources: list[str]) -> list[Run]:
+    """Several runs; the first that cannot be read raises ReportError."""
+    return [load_run(s) for s in sources]
+
+
+def finite_last(values: np.ndarray) -> tuple[float, int]:
+    """(last finite value, its 1-based round), or (nan, 0) if there is none."""
+    idx = np.flatnonzero(np.isfinite(values))
+    return (float(values[idx[-1]]), int(idx[-1]) + 1) if idx.size else (float("nan"), 0)
+
+
+def finite_best(values: np.ndarray) -> tuple[float, int]:
+    """(largest finite value, its first 1-based round), or (nan, 0)."""
+    if not np.isfinite(values).any():
+        return float("nan"), 0
+    i = int(np.nanargmax(values))
+    return float(values[i]), i + 1
+
+
+def time_per_stage(run: Run) -> dict[str, float]:
+    """Sum of round times per stage, in the order stages first appear."""
+    out: dict[str, float] = {}
+    for stage, t in zip(run.stages, run.metric("round_time")):
+        if np.isfinite(t):
+            out[stage] = out.get(stage, 0.0) + float(t)
+    return out
+
+
+# ------------------------------------------------------------------ settings
+
+
+@dataclass
+class Setting:
+    """Runs whose configs agree in everything but the seed (and execution-only fields)."""
+
+    runs: list[Run]
+    label: str = ""
+
+    @property
+    def method(self) -> str:
+        return self.runs[0].method
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+    @property
+    def title(self) -> str:
+        return f"{self.method} ({self.label})" if self.label else self.method
+
+
+def _key(run: Run) -> str:
+    return yaml.safe_dump(run.setting(), sort_keys=True)
+
+
+def group_settings(runs: list[Run], max_label: int = 48) -> tuple[list[Setting], list[str]]:
+    """Group runs into settings (first-appearance order) and label each by what tells it
+    apart: the config keys that differ between settings of the same method, and data,
+    partition, federation and round-count keys that differ anywhere. Long labels become
+    S1, S2, ... and the second value lists what they stand for."""
+    groups: dict[str, Setting] = {}
+    for run in runs:
+        groups.setdefault(_key(run), Setting([])).runs.append(run)
+    settings = list(groups.values())
+    flats = [s.runs[0].setting() for s in settings]
+    keys = sorted({k for f in flats for k in f})
+    shown = []
+    for k in keys:
+        if k == "algorithm.name":
+            continue
+        values = [repr(f.get(k)) for f in flats]
+        if len(set(values)) == 1:
+            continue
+        shared = k.split(".")[0] in ("data", "partition", "federation", "run")
+        same_method_differs = any(
+            a.method == b.method and va != vb
+            for a, va in zip(settings, values) for b, vb in zip(settings, values))
+        if shared or same_method_differs:
+            shown.append(k)
+    labels = [", ".join(f"{k.split('.', 1)[1] if k.count('.') > 1 else k}={_value(f.get(k))}"
+                        for k in shown) for f in flats]
+    legend = []
+    if any(len(label) > max_label for label in labels):
+        legend = [f"S{i + 1}: {label}" for i, label in enumerate(labels)]
+        labels = [f"S{i + 1}" for i in range(len(labels))]
+    for s, label in zip(settings, labels):
+        s.label = label
+    return settings, legend
+
+
+def _value(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list):
+        return "[" + ",".join(_value(x) for x in v) + "]"
+    return str(v)
