@@ -42,8 +42,7 @@ def frozen(params: Sequence[nn.Parameter]) -> Iterator[None]:
 def features(body: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """The body's outputs in eval mode (BatchNorm running statistics), in batches."""
     body.eval()
-    return torch.cat([body(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) \
-        if len(x) else x.new_zeros((0,))
+    return torch.cat([body(x[i:i + batch_size]) for i in range(0, max(len(x), 1), batch_size)])
 
 
 class FixedModelMethod(Algorithm):

@@ -11,7 +11,9 @@ same ``run_clients`` code. Per round:
             the results into one pre-reduced buffer; send it, then any
             updated per-client state
     server: add the partial sums in worker order, average, server step,
-            evaluate on the server test set, checkpoint, report progress
+            evaluate on the server test set (and, on run.personal_eval_every's
+            schedule, every client's personalised model on its eval split),
+            checkpoint, report progress
 """
 
 from __future__ import annotations
