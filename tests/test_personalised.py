@@ -239,3 +239,30 @@ def test_fedavg_personal_accuracy_is_the_global_model_on_the_eval_split():
     data = _data()
     assert algo.personal_accuracy(gm, data, None, CTX) == \
         algo.evaluate(gm, data.eval_x, data.eval_y)[1]
+
+
+def test_perfedavg_client_update_takes_meta_steps_on_seeded_batch_groups():
+    """The client update is meta_step over batch_groups of the client's seeded stream."""
+    from fednas_mpi.seeding import torch_rng
+
+    cfg = _cfg("perfedavg", model={"name": "cnn", "channels": [4], "hidden": 8},
+               local_epochs=2, momentum=0.0, perfedavg={"variant": "hessian_free"})
+    algo = get_algorithm("perfedavg")(cfg, DataInfo((1, 8, 8), 10))
+    gm = algo.init_global()
+    data = _data(n=40)
+    res = algo.client_update(gm, data, CTX, None)
+    ref = get_algorithm("perfedavg")(cfg, DataInfo((1, 8, 8), 10))
+    net = ref.load(gm.state)
+    net.train()
+    params = list(net.parameters())
+    opt = torch.optim.SGD(params, lr=cfg.algorithm.lr)
+    g = torch_rng(CTX.seed, CTX.round, data.client_id, "perfedavg.batches")
+    steps = 0
+    for _ in range(2):
+        for group in batch_groups(40, 8, 3, g):
+            meta_step(net, params, [(data.train_x[i], data.train_y[i]) for i in group],
+                      cfg.algorithm.perfedavg.alpha, opt, True, cfg.algorithm.perfedavg.hf_delta)
+            steps += 1
+    assert steps == 2 * (40 // 24)
+    for k, v in net.state_dict().items():
+        assert torch.equal(res.state[k], v), k
