@@ -1,12 +1,15 @@
 """Methods side by side on the same data, partition, rounds, seeds and machine (paper
-Tables 2 and 3 at the scale you give it).
+Tables 1, 2, 3 and 5 at the scale you give it).
 
     python bench/compare_methods.py CFG_A.yaml CFG_B.yaml ... [--ranks 3] [--seeds 0 1 2]
         [--target 0.9] [--set key=value ...]
 
 Each config is run with ``mpirun -n RANKS fednas-mpi`` for every seed (``--set`` applies
 to every run, e.g. ``partition.alpha=0.1``). Printed per config (mean +- std over seeds):
-final and best global accuracy, mean local accuracy of the last round, total wall time of
+final and best global accuracy (Table 1), the personalised accuracy of the last round -
+mean over all clients of each client's personalised model on its eval split (Table 5;
+``personal_acc``) and its std across clients -, the mean local accuracy of the sampled
+clients' models in the last round where the method reports it, total wall time of
 the job, the sum of round times per stage, the time (sum of round times) until the global
 accuracy first reaches ``--target``, and the global accuracy just before and just after
 the last architecture change (FedNAS: the hard pruning, with inherited weights;
@@ -54,8 +57,11 @@ def run_one(cfg: str, seed: int, ranks: int, sets: list[str], target: float,
     stages = {}
     for stage, t in zip(ck.stages, rt):
         stages[stage] = stages.get(stage, 0.0) + float(t)
+    nan = [np.nan]
     return {"method": ck.attrs["algorithm"], "final": _last_finite(acc),
-            "best": float(np.nanmax(acc)), "local": _last_finite(m["local_acc"]),
+            "best": float(np.nanmax(acc)), "local": _last_finite(m.get("local_acc", nan)),
+            "personal": _last_finite(m.get("personal_acc", nan)),
+            "personal_std": _last_finite(m.get("personal_acc_std", nan)),
             "before": _last_finite(m.get("acc_before_prune", [np.nan])),
             "after": _last_finite(m.get("acc_after_prune", [np.nan])),
             "wall": wall, "stages": stages,
@@ -84,14 +90,19 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, cfg in enumerate(a.configs):
-            rows.append((cfg, [run_one(cfg, s, a.ranks, a.sets, a.target,
-                                       Path(tmp) / f"c{i}-s{s}") for s in a.seeds]))
+            runs = []
+            for s in a.seeds:
+                runs.append(run_one(cfg, s, a.ranks, a.sets, a.target, Path(tmp) / f"c{i}-s{s}"))
+                r = runs[-1]
+                print(f"{cfg} seed {s}: final {r['final']:.4f} personal {r['personal']:.4f} "
+                      f"wall {r['wall']:.1f}s", file=sys.stderr, flush=True)
+            rows.append((cfg, runs))
     base = np.mean([r["wall"] for r in rows[0][1]])
     print(f"mpirun -n {a.ranks}; seeds {a.seeds}; overrides {a.sets}; target {a.target:.0%}")
-    print("| config | method | final acc % | best acc % | local acc % | wall s | x first "
-          "| round time per stage s | time to target s | acc before -> after last "
-          "architecture change % |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| config | method | final acc % | best acc % | personal acc % | std across clients "
+          "% | local acc % | wall s | x first | round time per stage s | time to target s "
+          "| acc before -> after last architecture change % |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cfg, runs in rows:
         wall = [r["wall"] for r in runs]
         stages = sorted({s for r in runs for s in r["stages"]})
@@ -100,7 +111,10 @@ def main() -> None:
         prune = "-" if all(np.isnan(r["before"]) for r in runs) else \
             f"{ms([r['before'] for r in runs], 100)} -> {ms([r['after'] for r in runs], 100)}"
         print(f"| {Path(cfg).name} | {runs[0]['method']} | {ms([r['final'] for r in runs], 100)} "
-              f"| {ms([r['best'] for r in runs], 100)} | {ms([r['local'] for r in runs], 100)} "
+              f"| {ms([r['best'] for r in runs], 100)} "
+              f"| {ms([r['personal'] for r in runs], 100)} "
+              f"| {ms([r['personal_std'] for r in runs], 100)} "
+              f"| {ms([r['local'] for r in runs], 100)} "
               f"| {ms(wall, digits=1)} | {np.mean(wall) / base:.2f} | {per_stage} "
               f"| {ms([r['to_target'] for r in runs], digits=1)} | {prune} |")
     for cfg, runs in rows:

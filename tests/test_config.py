@@ -20,7 +20,7 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
 # Every leaf key, in declaration order, written out by hand from config.py.
 ALL_KEYS = [
-    "run.name", "run.seed", "run.rounds", "run.eval_every",
+    "run.name", "run.seed", "run.rounds", "run.eval_every", "run.personal_eval_every",
     "data.name", "data.root", "data.download", "data.resize", "data.augment",
     "data.test_fraction",
     "partition.scheme", "partition.num_clients", "partition.alpha", "partition.tau",
@@ -29,6 +29,7 @@ ALL_KEYS = [
     "model.name", "model.channels", "model.hidden",
     "model.darts.init_channels", "model.darts.layers", "model.darts.nodes", "model.darts.input_k",
     "model.darts.stem_multiplier", "model.darts.primitives",
+    "model.mobilenet.width_mult", "model.mobilenet.min_feature", "model.mobilenet.bn_momentum",
     "algorithm.name", "algorithm.local_epochs", "algorithm.batch_size", "algorithm.lr",
     "algorithm.momentum", "algorithm.weight_decay",
     *(f"algorithm.fedmetanas.{k}" for k in (
@@ -40,6 +41,9 @@ ALL_KEYS = [
     *(f"algorithm.fednas.{k}" for k in (
         "search_rounds", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
         "arch_betas", "arch_weight_decay", "milenas_lambda", "local_eval_every")),
+    *(f"algorithm.perfedavg.{k}" for k in ("variant", "alpha", "hf_delta", "adapt_steps")),
+    "algorithm.fedrep.head_epochs", "algorithm.fedrep.head_lr",
+    "algorithm.fedbabu.finetune_epochs", "algorithm.fedbabu.finetune_lr",
     "federation.clients_per_round",
     "runtime.threads_per_rank", "runtime.poll_interval_ms",
     "kernels.backend",

@@ -51,6 +51,11 @@ class RunConfig:
     rounds: int = _f(10, "Number of communication rounds.", ge=1)
     eval_every: int = _f(1, "Evaluate the global model on the server test set every N rounds "
                             "(the last round is always evaluated).", ge=1)
+    personal_eval_every: int = _f(
+        0, "Every N rounds (and always in the last) the server evaluates every client's "
+           "personalised model - the global model after the method's own personalisation "
+           "step - on the client's eval split: metrics personal_acc and personal_acc_std "
+           "(mean and std over clients; paper Table 5). 0 = the last round only.", ge=0)
 
 
 @dataclass(kw_only=True)
@@ -123,13 +128,30 @@ class DartsConfig:
 
 
 @dataclass(kw_only=True)
+class MobileNetConfig:
+    width_mult: float = _f(1.0, "Channel width multiplier of torchvision's MobileNetV3 "
+                                "(paper: 1.0; 0.5 for CPU-scale runs).", gt=0.0)
+    min_feature: int = _f(2, "Strided layers become stride 1 from the input side (stem "
+                             "first) until the last feature map is at least this many pixels "
+                             "wide (32x32 -> /16, 14x14 -> /8, 8x8 -> /4).", ge=1)
+    bn_momentum: float = _f(0.1, "BatchNorm running-statistics momentum (torchvision uses "
+                                 "0.01, too slow for short federated runs).", gt=0.0, le=1.0)
+
+
+FIXED_MODELS = ("cnn", "mobilenet_v3_small", "mobilenet_v3_large")
+
+
+@dataclass(kw_only=True)
 class ModelConfig:
-    name: Literal["cnn", "darts"] = _f(
-        "cnn", "Model. cnn: small fixed CNN (FedAvg); darts: the DARTS search space (NAS).")
+    name: Literal["cnn", "darts", "mobilenet_v3_small", "mobilenet_v3_large"] = _f(
+        "cnn", "Model. cnn: small fixed CNN; darts: the DARTS search space (NAS); "
+               "mobilenet_v3_small, mobilenet_v3_large: torchvision's MobileNetV3 adapted to "
+               "small images (fixed-architecture methods).")
     channels: list[int] = _f([16, 32], "cnn: output channels of the conv blocks.", min_len=1,
                             item_ge=1)
     hidden: int = _f(64, "cnn: width of the hidden fully connected layer.", ge=1)
     darts: DartsConfig = field(default_factory=DartsConfig)
+    mobilenet: MobileNetConfig = field(default_factory=MobileNetConfig)
 
 
 @dataclass(kw_only=True)
@@ -205,16 +227,60 @@ class FedNASConfig:
 
 
 @dataclass(kw_only=True)
+class PerFedAvgConfig:
+    variant: Literal["first_order", "hessian_free"] = _f(
+        "first_order", "Meta gradient: first_order drops the Hessian term; hessian_free "
+                       "estimates it by a finite difference of gradients on a third batch.")
+    alpha: float = _f(0.01, "Inner (adaptation) step size alpha; the outer step size beta is "
+                            "algorithm.lr.", gt=0.0)
+    hf_delta: float = _f(0.001, "hessian_free: finite-difference step delta of the "
+                                "Hessian-vector product.", gt=0.0)
+    adapt_steps: int = _f(1, "Personalisation before local evaluation: SGD steps of size "
+                             "alpha on minibatches of the client's train split.", ge=1)
+
+
+@dataclass(kw_only=True)
+class FedRepConfig:
+    head_epochs: int = _f(5, "Epochs over the client's train split that update only the "
+                             "client's head (body fixed) before algorithm.local_epochs "
+                             "epochs update only the body.", ge=1)
+    head_lr: float = _f(0.05, "SGD learning rate of the head epochs (momentum and weight "
+                              "decay as algorithm.*).", gt=0.0)
+
+
+@dataclass(kw_only=True)
+class FedBABUConfig:
+    finetune_epochs: int = _f(5, "Personalisation before local evaluation: epochs of head "
+                                 "fine-tuning on the client's train split (body fixed).",
+                              ge=1)
+    finetune_lr: float = _f(0.05, "SGD learning rate of the head fine-tuning (momentum as "
+                                  "algorithm.momentum).", gt=0.0)
+
+
+@dataclass(kw_only=True)
 class AlgorithmConfig:
-    name: Literal["fedavg", "fedmetanas", "fednas"] = _f("fedavg", "Federated method.")
-    local_epochs: int = _f(1, "Local epochs E per client and round.", ge=1)
+    name: Literal["fedavg", "fedmetanas", "fednas", "perfedavg", "fedrep", "fedbabu"] = _f(
+        "fedavg", "Federated method.")
+    local_epochs: int = _f(1, "Local epochs E per client and round (fedrep: body epochs).",
+                           ge=1)
     batch_size: int = _f(32, "Local minibatch size (fedmetanas: size of a support or query "
-                             "task).", ge=1)
-    lr: float = _f(0.05, "fedavg: client SGD learning rate.", gt=0.0)
-    momentum: float = _f(0.9, "fedavg: client SGD momentum.", ge=0.0, lt=1.0)
-    weight_decay: float = _f(0.0, "fedavg: client SGD weight decay.", ge=0.0)
+                             "task; perfedavg: of each of the batches of one meta step).",
+                         ge=1)
+    lr: float = _f(0.05, "fedavg, fedrep, fedbabu: client SGD learning rate; perfedavg: the "
+                         "outer (meta) step size beta.", gt=0.0)
+    momentum: float = _f(0.9, "fedavg, perfedavg, fedrep, fedbabu: client SGD momentum.",
+                         ge=0.0, lt=1.0)
+    weight_decay: float = _f(0.0, "fedavg, perfedavg, fedrep, fedbabu: client SGD weight "
+                                  "decay.", ge=0.0)
     fedmetanas: FedMetaNASConfig = field(default_factory=FedMetaNASConfig)
     fednas: FedNASConfig = field(default_factory=FedNASConfig)
+    perfedavg: PerFedAvgConfig = field(default_factory=PerFedAvgConfig)
+    fedrep: FedRepConfig = field(default_factory=FedRepConfig)
+    fedbabu: FedBABUConfig = field(default_factory=FedBABUConfig)
+
+
+#: Methods that search an architecture (model.name: darts); the others train a fixed one.
+NAS_METHODS = ("fedmetanas", "fednas")
 
 
 @dataclass(kw_only=True)
@@ -282,12 +348,12 @@ def _cross_checks(cfg: Config) -> list[str]:
     if cfg.data.augment and cfg.data.name not in ("cifar10", "cifar100"):
         problems.append(f"data.augment = True: crop-and-flip augmentation is for cifar10 and "
                         f"cifar100, not data.name = {cfg.data.name!r}")
-    if cfg.algorithm.name != "fedavg" and cfg.model.name != "darts":
+    if cfg.algorithm.name in NAS_METHODS and cfg.model.name != "darts":
         problems.append(f"model.name = {cfg.model.name!r}: algorithm.name = "
                         f"{cfg.algorithm.name!r} searches an architecture; use model.name: darts")
-    if cfg.algorithm.name == "fedavg" and cfg.model.name != "cnn":
-        problems.append(f"model.name = {cfg.model.name!r}: fedavg trains a fixed model; "
-                        f"use model.name: cnn")
+    if cfg.algorithm.name not in NAS_METHODS and cfg.model.name not in FIXED_MODELS:
+        problems.append(f"model.name = {cfg.model.name!r}: {cfg.algorithm.name} trains a fixed "
+                        f"model; use model.name: {' | '.join(FIXED_MODELS)}")
     prims = cfg.model.darts.primitives
     if len(set(prims)) != len(prims):
         problems.append(f"model.darts.primitives = {prims}: an op is listed twice")

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from .base import Algorithm, ClientData, ClientResult, DataInfo, GlobalModel, RoundContext
 from .fedavg import FedAvg
+from .fedbabu import FedBABU
 from .fedmetanas import FedMetaNAS
 from .fednas import FedNAS
+from .fedrep import FedRep
+from .perfedavg import PerFedAvg
 
-REGISTRY: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedAvg, FedMetaNAS, FedNAS)}
+REGISTRY: dict[str, type[Algorithm]] = {
+    cls.name: cls for cls in (FedAvg, FedMetaNAS, FedNAS, PerFedAvg, FedRep, FedBABU)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:

@@ -106,3 +106,25 @@ class Algorithm(ABC):
     def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[float, float]:
         """(mean loss, accuracy) of the global model on (x, y)."""
+
+    def evaluate_global(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor,
+                        client_states: dict[int, State]) -> tuple[float, float]:
+        """(mean loss, accuracy) reported as the round's global accuracy (paper Table 1).
+
+        The global model itself; a method whose global model lacks a part that only
+        clients hold (FedRep's heads) combines it with the stored client states.
+        """
+        return self.evaluate(model, x, y)
+
+    def personal_accuracy(self, model: GlobalModel, data: ClientData, client_state: State | None,
+                          ctx: RoundContext) -> float:
+        """Accuracy on the client's eval split of its personalised model: the global model
+        after the method's own personalisation step (paper Table 5).
+
+        The server calls it for every client on the ``run.personal_eval_every`` schedule,
+        after the round's server step; ``client_state`` is what the client kept (None if
+        it was never sampled). It must not change the global model or the client state,
+        and draws only from generators seeded by (seed, ctx.round, client, purpose).
+        Methods without a personalisation step evaluate the global model itself.
+        """
+        return self.evaluate(model, data.eval_x, data.eval_y)[1]

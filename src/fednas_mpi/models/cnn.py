@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-
 
 class SmallCNN(nn.Module):
     """conv3x3-ReLU blocks (max-pool while the image is larger than 4x4), then an MLP head.
@@ -33,14 +31,6 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
-
-
-def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int], num_classes: int,
-                generator: torch.Generator) -> nn.Module:
-    """Build the configured model with weights drawn from ``generator`` (not the global RNG)."""
-    model = SmallCNN(in_shape, num_classes, cfg.channels, cfg.hidden)
-    init_from(model, generator)
-    return model
 
 
 @torch.no_grad()

@@ -11,7 +11,9 @@ same ``run_clients`` code. Per round:
             the results into one pre-reduced buffer; send it, then any
             updated per-client state
     server: add the partial sums in worker order, average, server step,
-            evaluate on the server test set, checkpoint, report progress
+            evaluate on the server test set (and, on run.personal_eval_every's
+            schedule, every client's personalised model on its eval split),
+            checkpoint, report progress
 """
 
 from __future__ import annotations
@@ -190,9 +192,12 @@ class Simulation:
             changed = model.spec != old_spec
             test = (self.dataset.test_x, self.dataset.test_y)
             if changed or (r + 1) % cfg.run.eval_every == 0 or r + 1 == cfg.run.rounds:
-                loss, acc = self.algorithm.evaluate(model, *test)
+                loss, acc = self.algorithm.evaluate_global(model, *test, client_states)
             if changed:
                 metrics.update(self._prune_accuracies(old_spec, averaged, model, acc, test))
+            every = cfg.run.personal_eval_every
+            if r + 1 == cfg.run.rounds or (every and (r + 1) % every == 0):
+                metrics.update(self.personal_accuracies(model, client_states, ctx))
             metrics.update(global_loss=loss, global_acc=acc,
                            eval_time=time.perf_counter() - t_eval,
                            round_time=time.perf_counter() - t_round)
@@ -215,6 +220,22 @@ class Simulation:
             (Path(run_dir) / "genotype.json").write_text(
                 json.dumps(model.spec["genotype"], indent=2) + "\n")
         return model
+
+    def personal_accuracies(self, model: GlobalModel, client_states: dict[int, State],
+                            ctx: RoundContext) -> dict[str, float]:
+        """Mean and std over all clients (each counted once; empty eval splits left out)
+        of the accuracy of each client's personalised model on its eval split (Table 5).
+
+        Runs on the server, which holds the data of every client and their stored state,
+        so the result does not depend on the rank count.
+        """
+        accs = np.array([self.algorithm.personal_accuracy(model, self.client_data(c),
+                                                          client_states.get(c), ctx)
+                         for c in range(self.cfg.partition.num_clients)], dtype=np.float64)
+        accs = accs[np.isfinite(accs)]
+        if not accs.size:
+            return {}
+        return {"personal_acc": float(accs.mean()), "personal_acc_std": float(accs.std())}
 
     def _prune_accuracies(self, old_spec: dict, averaged: State, new: GlobalModel,
                           new_acc: float, test) -> dict[str, float]:
