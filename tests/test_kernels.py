@@ -18,6 +18,16 @@ def rand_outputs(k, shape=(3, 4, 5, 6), dtype=torch.float32, device="cpu", grad=
             for _ in range(k)]
 
 
+def assert_matches_reference(fused_fn, ref_fn, tensors, rtol=1e-5, atol=1e-5):
+    """Forward values and the gradients of ``tensors`` agree (same upstream gradient)."""
+    y, gy = grads(fused_fn, tensors)
+    r, gr = grads(ref_fn, tensors)
+    torch.testing.assert_close(y, r, rtol=rtol, atol=atol)
+    for a, b in zip(gy, gr):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+    return gy
+
+
 def grads(fn, tensors):
     out = fn()
     g = torch.Generator().manual_seed(99)
@@ -30,11 +40,8 @@ def grads(fn, tensors):
 def test_mix_forward_and_backward_equal_the_reference(fused, k, device):
     outs = rand_outputs(k, device=device, seed=k)
     w = torch.randn(k, device=device, requires_grad=True)
-    y, gy = grads(lambda: kernels.mix(outs, w), [*outs, w])
-    r, gr = grads(lambda: reference_mix(outs, w), [*outs, w])
-    torch.testing.assert_close(y, r, rtol=1e-6, atol=1e-6)
-    for a, b in zip(gy, gr):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_matches_reference(lambda: kernels.mix(outs, w), lambda: reference_mix(outs, w),
+                             [*outs, w])
 
 
 def test_mix_gradcheck_float64(fused):
@@ -95,11 +102,8 @@ def test_non_contiguous_inputs(fused, layout):
         outs = [b[:1].expand(4, 6, 5, 7) for b in base]
     outs = [o.detach().requires_grad_() for o in outs]
     w = torch.randn(3, requires_grad=True)
-    y, gy = grads(lambda: kernels.mix(outs, w), [*outs, w])
-    r, gr = grads(lambda: reference_mix(outs, w), [*outs, w])
-    torch.testing.assert_close(y, r, rtol=1e-6, atol=1e-6)
-    for a, b in zip(gy, gr):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_matches_reference(lambda: kernels.mix(outs, w), lambda: reference_mix(outs, w),
+                             [*outs, w])
 
 
 def test_non_contiguous_upstream_gradient(fused):
@@ -120,11 +124,8 @@ def test_pruned_outputs_are_never_read(fused):
     outs = rand_outputs(4, seed=4)
     w = torch.randn(4, requires_grad=True)
     sparse = [outs[0], None, outs[2], None]
-    y, gy = grads(lambda: kernels.mix(sparse, w), [outs[0], outs[2], w])
-    r, gr = grads(lambda: reference_mix(sparse, w), [outs[0], outs[2], w])
-    torch.testing.assert_close(y, r)
-    for a, b in zip(gy, gr):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    gy = assert_matches_reference(lambda: kernels.mix(sparse, w),
+                                  lambda: reference_mix(sparse, w), [outs[0], outs[2], w])
     assert gy[-1][1] == 0 and gy[-1][3] == 0
     # gumbel_mix: a masked entry holding NaN is skipped, not multiplied by zero
     poisoned = [outs[0], torch.full_like(outs[1], float("nan")), outs[2], None]
@@ -143,11 +144,9 @@ def test_gumbel_mix_equals_reference(fused, k):
     noise = kernels.reference.masked_logits(torch.randn(k, dtype=torch.float64), None)
     mask = [True] * k if k < 3 else [i != k - 1 for i in range(k)]
     tensors = [o for o in present if o is not None] + [logits]
-    y, gy = grads(lambda: kernels.gumbel_mix(present, logits, 0.3, noise, mask), tensors)
-    r, gr = grads(lambda: reference_gumbel_mix(present, logits, 0.3, noise, mask), tensors)
-    torch.testing.assert_close(y, r)
-    for a, b in zip(gy, gr):
-        torch.testing.assert_close(a, b)
+    assert_matches_reference(lambda: kernels.gumbel_mix(present, logits, 0.3, noise, mask),
+                             lambda: reference_gumbel_mix(present, logits, 0.3, noise, mask),
+                             tensors, rtol=1e-7, atol=1e-7)
 
 
 def test_gumbel_mix_logit_gradient_is_the_softmax_jacobian_of_inner_products(fused):

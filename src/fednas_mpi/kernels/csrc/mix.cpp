@@ -154,17 +154,12 @@ at::Tensor mix_cpu(at::TensorList outputs, const at::Tensor& weights) {
 std::tuple<std::vector<at::Tensor>, at::Tensor> mix_backward_cpu_op(
     const at::Tensor& grad, at::TensorList outputs, const at::Tensor& weights,
     bool outputs_grad) {
-  check_mix_args(outputs, weights);
-  TORCH_CHECK(grad.sizes() == outputs[0].sizes() && grad.dtype() == outputs[0].dtype(),
-              "fednas::mix_backward: grad must match the outputs in shape and dtype");
-  const at::Tensor like = at::empty_like(outputs[0]);
-  const std::vector<at::Tensor> in = match_layout(outputs, like);
-  const at::Tensor g = match_layout({grad}, like)[0];
+  BackwardArgs a = prepare_backward(grad, outputs, weights, outputs_grad);
+  const at::Tensor& like = a.like;
+  const std::vector<at::Tensor>& in = a.in;
+  const at::Tensor& g = a.grad;
+  std::vector<at::Tensor>& grads = a.grads;
   const int64_t k_count = static_cast<int64_t>(in.size());
-  std::vector<at::Tensor> grads;
-  if (outputs_grad) {
-    for (int64_t k = 0; k < k_count; ++k) grads.push_back(at::empty_like(like));
-  }
   at::Tensor dots = at::empty({k_count}, weights.options().dtype(at::kDouble).device(at::kCPU));
   AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "fednas::mix_backward (CPU)", [&] {
     std::vector<const scalar_t*> ptrs;
@@ -263,6 +258,21 @@ void check_mix_args(at::TensorList outputs, const at::Tensor& weights) {
   }
   TORCH_CHECK(weights.device() == first.device(), "fednas::mix: weights are on ",
               weights.device(), ", the outputs on ", first.device());
+}
+
+BackwardArgs prepare_backward(const at::Tensor& grad, at::TensorList outputs,
+                              const at::Tensor& weights, bool outputs_grad) {
+  check_mix_args(outputs, weights);
+  TORCH_CHECK(grad.sizes() == outputs[0].sizes() && grad.dtype() == outputs[0].dtype(),
+              "fednas::mix_backward: grad must match the outputs in shape and dtype");
+  BackwardArgs a;
+  a.like = at::empty_like(outputs[0]);
+  a.in = match_layout(outputs, a.like);
+  a.grad = match_layout({grad}, a.like)[0];
+  if (outputs_grad) {
+    for (size_t k = 0; k < a.in.size(); ++k) a.grads.push_back(at::empty_like(a.like));
+  }
+  return a;
 }
 
 std::vector<at::Tensor> match_layout(at::TensorList outputs, const at::Tensor& like) {

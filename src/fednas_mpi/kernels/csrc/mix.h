@@ -23,5 +23,16 @@ constexpr int64_t kAbiVersion = 1;
 std::vector<at::Tensor> match_layout(at::TensorList outputs, const at::Tensor& like);
 void check_mix_args(at::TensorList outputs, const at::Tensor& weights);
 
+// What both backward kernels start from: the checked arguments in one dense layout and,
+// when asked for, one fresh gradient tensor per output in that layout.
+struct BackwardArgs {
+  at::Tensor like;                 // an empty tensor with the common layout
+  std::vector<at::Tensor> in;      // the outputs, in that layout
+  at::Tensor grad;                 // the upstream gradient, in that layout
+  std::vector<at::Tensor> grads;   // empty unless outputs_grad
+};
+BackwardArgs prepare_backward(const at::Tensor& grad, at::TensorList outputs,
+                              const at::Tensor& weights, bool outputs_grad);
+
 
 }  // namespace fednas

@@ -141,19 +141,14 @@ at::Tensor mix_cuda(at::TensorList outputs, const at::Tensor& weights) {
 std::tuple<std::vector<at::Tensor>, at::Tensor> mix_backward_cuda(
     const at::Tensor& grad, at::TensorList outputs, const at::Tensor& weights,
     bool outputs_grad) {
-  check_mix_args(outputs, weights);
-  TORCH_CHECK(grad.sizes() == outputs[0].sizes() && grad.dtype() == outputs[0].dtype(),
-              "fednas::mix_backward: grad must match the outputs in shape and dtype");
   const c10::cuda::CUDAGuard guard(outputs[0].device());
-  const at::Tensor like = at::empty_like(outputs[0]);
-  const std::vector<at::Tensor> in = match_layout(outputs, like);
-  const at::Tensor g = match_layout({grad}, like)[0];
+  BackwardArgs a = prepare_backward(grad, outputs, weights, outputs_grad);
+  const at::Tensor& like = a.like;
+  const std::vector<at::Tensor>& in = a.in;
+  const at::Tensor& g = a.grad;
+  std::vector<at::Tensor>& grads = a.grads;
   const int64_t n = like.numel();
   const int64_t k_count = static_cast<int64_t>(in.size());
-  std::vector<at::Tensor> grads;
-  if (outputs_grad) {
-    for (int64_t k = 0; k < k_count; ++k) grads.push_back(at::empty_like(like));
-  }
   at::Tensor dots;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(),
