@@ -55,6 +55,7 @@ def probe(env_extra: dict, backend: str = "auto", timeout: float = 600) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.timeout(900)
 def test_jit_build_without_locks(tmp_path):
     cache = tmp_path / "cache"
     env = {"FEDNAS_KERNELS_CACHE": str(cache), "FEDNAS_KERNELS_LIBRARY": ""}
@@ -143,6 +144,7 @@ def nvcc() -> str | None:
     return None
 
 
+@pytest.mark.timeout(1200)  # two CUDA architectures compile for minutes on 2 busy cores
 def test_cmake_builds_cpu_and_cuda_library_that_torch_loads(tmp_path):
     cuda = nvcc()
     if cuda is None:
