@@ -173,8 +173,13 @@ class Simulation:
 
     # ------------------------------------------------------------ server
     def serve(self, run_dir, resume: Checkpoint | None = None,
-              on_round: Callable[[int, dict[str, float]], None] | None = None) -> GlobalModel:
+              on_round: Callable[[int, dict[str, float]], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> GlobalModel:
+        """Run the rounds from ``resume`` (or from scratch) to ``run.rounds``. After each
+        round's checkpoint, ``should_stop()`` true ends the run early (preemption): the
+        workers are released and ``self.stopped_after`` holds the rounds completed."""
         cfg = self.cfg
+        self.stopped_after = None
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         if resume is None:
             model, client_states, start = self.algorithm.init_global(), {}, 0
@@ -254,9 +259,12 @@ class Simulation:
                 time.perf_counter() - t_ckpt
             if on_round is not None:
                 on_round(r, metrics)
+            if should_stop is not None and r + 1 < cfg.run.rounds and should_stop():
+                self.stopped_after = r + 1
+                break
         if self.comm.Get_size() > 1:
             mpi.bcast_object(self.comm, Plan(round=None), self.poll)
-        if model.spec.get("genotype"):
+        if model.spec.get("genotype") and self.stopped_after is None:
             (Path(run_dir) / "genotype.json").write_text(
                 json.dumps(model.spec["genotype"], indent=2) + "\n")
         return model
