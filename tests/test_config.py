@@ -41,7 +41,8 @@ ALL_KEYS = [
         "search_rounds", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
         "arch_betas", "arch_weight_decay", "milenas_lambda", "local_eval_every")),
     "federation.clients_per_round",
-    "runtime.threads_per_rank", "runtime.poll_interval_ms",
+    "runtime.threads_per_rank", "runtime.poll_interval_ms", "runtime.device", "runtime.gpus",
+    "runtime.server_device", "runtime.transport",
     "kernels.backend",
     "store.keep",
 ]

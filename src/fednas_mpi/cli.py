@@ -195,6 +195,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     from .algorithms import DataInfo, get_algorithm
     from .data import DataError, load_dataset, make_partition
     from .runtime.comm import agree, default_threads
+    from .runtime.devices import describe, place, to_json
     from .runtime.kernels import setup_kernels
     from .runtime.preempt import EXIT_STOPPED, StopRequest
     from .runtime.progress import Progress
@@ -203,6 +204,11 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     rank = comm.Get_rank()
     torch.set_num_threads(cfg.runtime.threads_per_rank or default_threads(comm))
     status, error = setup_kernels(cfg.kernels.backend, comm, cfg.runtime.poll_interval_ms / 1e3)
+    if error:
+        if rank == 0:
+            print(f"fednas-mpi: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _, placements, error = place(comm, cfg.runtime)
     if error:
         if rank == 0:
             print(f"fednas-mpi: error: {error}", file=sys.stderr)
@@ -227,6 +233,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     algorithm = get_algorithm(cfg.algorithm.name)(
         cfg, DataInfo(dataset.input_shape, dataset.num_classes))
     sim = Simulation(cfg, comm, dataset, partition, algorithm)
+    sim.devices = to_json(placements)
     stop = StopRequest(run_dir, rank)
     if rank != 0:
         sim.work_loop()
@@ -243,6 +250,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
           f"{cfg.federation.clients_per_round} per round, {comm.Get_size()} rank(s); "
           f"{'resuming at round ' + str(start + 1) if ckpt else 'starting'} -> {run_dir}",
           flush=True)
+    print(f"devices: {describe(placements)}", flush=True)
     progress = Progress(cfg.run.rounds, start)
     sim.serve(run_dir, ckpt, on_round=progress.update, should_stop=stop)
     if sim.stopped_after is not None:

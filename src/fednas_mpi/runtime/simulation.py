@@ -142,6 +142,8 @@ class Simulation:
         self.num_workers = max(comm.Get_size() - 1, 1)
         # Work of a client ~ the samples it trains on; used to balance ranks.
         self.work = partition.train_sizes().astype(np.float64)
+        # JSON list of every rank's placement (runtime/devices.py), stored in checkpoints
+        self.devices = "[]"
 
     # ------------------------------------------------------------ shared
     def client_data(self, cid: int) -> ClientData:
@@ -204,7 +206,7 @@ class Simulation:
         attrs = {"rounds_planned": cfg.run.rounds, "world_size": self.comm.Get_size(),
                  "seed": cfg.run.seed, "algorithm": cfg.algorithm.name,
                  "dataset": cfg.data.name, "versions": versions(),
-                 "kernels": kernels.status().backend}
+                 "kernels": kernels.status().backend, "devices": self.devices}
         config_yaml = to_yaml(cfg)
         sent_spec = None
         for r in range(start, cfg.run.rounds):
