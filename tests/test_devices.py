@@ -66,3 +66,17 @@ def test_mapping_logged_once_and_stored_in_checkpoint(tmp_path):
     bad = launch(3, [str(cfg), "--out", str(tmp_path / "bad"), "--set", "runtime.device=cuda"])
     assert bad.returncode == 2 and bad.stderr.count("sees no GPU") == 1, bad.stderr
     assert not list((tmp_path / "bad").glob("round_*.h5"))
+
+
+@pytest.mark.slow
+def test_cli_torch_transport_equals_mpi_transport(tmp_path):
+    """fednas-mpi with runtime.transport: torch (gloo here) ends bit-identical to mpi."""
+    import torch
+
+    cfg = write_config(tmp_path / "cfg.yaml", run={"name": "tr", "seed": 2, "rounds": 2})
+    for t in ("mpi", "torch"):
+        res = launch(3, [str(cfg), "--out", str(tmp_path / t), "--set", f"runtime.transport={t}"])
+        assert res.returncode == 0, res.stderr
+    a = read_checkpoint(tmp_path / "mpi" / "round_00002.h5")
+    b = read_checkpoint(tmp_path / "torch" / "round_00002.h5")
+    assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)

@@ -50,6 +50,7 @@ from ..store import Checkpoint, write_checkpoint
 from ..store.checkpoint import prune_old
 from . import comm as mpi
 from .schedule import assign, sample_clients
+from .transport import make_transport
 
 TAG_PARTIAL, TAG_STATES_META, TAG_STATES_OUT, TAG_STATES_IN = 11, 12, 13, 14
 
@@ -144,6 +145,22 @@ class Simulation:
         self.work = partition.train_sizes().astype(np.float64)
         # JSON list of every rank's placement (runtime/devices.py), stored in checkpoints
         self.devices = "[]"
+        self.transport = None
+
+    def _open_transport(self) -> None:
+        """Collective (serve and work_loop start together): the runtime.transport."""
+        devices = [p["device"] for p in json.loads(self.devices)] or None
+        if devices is not None and len(devices) != self.comm.Get_size():
+            devices = None  # not every rank's placement known here: treat all as CPU
+        devices = mpi.bcast_object(self.comm, devices, self.poll) \
+            if self.comm.Get_size() > 1 else devices
+        self.transport = make_transport(self.cfg.runtime.transport, self.comm, self.poll,
+                                        devices)
+
+    def _close_transport(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
 
     # ------------------------------------------------------------ shared
     def client_data(self, cid: int) -> ClientData:
@@ -182,6 +199,7 @@ class Simulation:
         workers are released and ``self.stopped_after`` holds the rounds completed."""
         cfg = self.cfg
         self.stopped_after = None
+        self._open_transport()
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         if resume is None:
             model, client_states, start = self.algorithm.init_global(), {}, 0
@@ -266,6 +284,7 @@ class Simulation:
                 break
         if self.comm.Get_size() > 1:
             mpi.bcast_object(self.comm, Plan(round=None), self.poll)
+        self._close_transport()
         if model.spec.get("genotype") and self.stopped_after is None:
             (Path(run_dir) / "genotype.json").write_text(
                 json.dumps(model.spec["genotype"], indent=2) + "\n")
@@ -320,9 +339,9 @@ class Simulation:
         busy = [w for w, cs in enumerate(assignment) if cs]
         # Post the receives before anything else so early finishers never wait on us.
         bufs = {w: np.empty(size + 1, dtype=np.float64) for w in busy}
-        reqs = [comm.Irecv(bufs[w], source=w + 1, tag=TAG_PARTIAL) for w in busy]
+        reqs = [self.transport.irecv(bufs[w], w + 1) for w in busy]
         mpi.bcast_object(comm, plan, poll)
-        mpi.bcast_array(comm, layout.pack(model.state), poll)
+        self.transport.bcast(np.ascontiguousarray(layout.pack(model.state)))
         for w, (_, buf) in packed.items():
             mpi.send_array(comm, buf, w + 1, TAG_STATES_IN, poll)
         total, fold_tail = fold_in_order(reqs, [bufs[w] for w in busy], size, poll)
@@ -344,15 +363,17 @@ class Simulation:
         comm, poll, me = self.comm, self.poll, self.comm.Get_rank() - 1
         spec: dict = {}
         layout: Layout | None = None
+        self._open_transport()
         while True:
             plan: Plan = mpi.bcast_object(comm, None, poll)
             if plan.round is None:
+                self._close_transport()
                 return
             if plan.spec_json is not None:
                 spec, layout = json.loads(plan.spec_json), Layout.from_meta(plan.layout_meta)
             assert layout is not None, "first plan of a run must carry the layout"
             buf = np.empty(layout.size, dtype=layout.wire_dtype())
-            mpi.bcast_array(comm, buf, poll)
+            self.transport.bcast(buf)
             states_in: dict[int, State] = {}
             if me in plan.incoming:
                 meta = plan.incoming[me]
@@ -366,7 +387,7 @@ class Simulation:
             ctx = self.context(plan.round, plan.stage)
             sums, states_out, seconds = self.run_clients(
                 model, mine, ctx, states_in, sorted(c for cs in plan.assignment for c in cs))
-            mpi.send_array(comm, np.append(sums.buffer, seconds), 0, TAG_PARTIAL, poll)
+            self.transport.send(np.append(sums.buffer, seconds), 0)
             meta, out = _concat(sorted(states_out.items()))
             mpi.send_object(comm, meta, 0, TAG_STATES_META, poll)
             if meta:
