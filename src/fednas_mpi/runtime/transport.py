@@ -8,8 +8,10 @@ pre-reduced partial sum (worker -> rank 0). Plans and per-client states stay on 
   port and broadcasts its address and the port over MPI, every rank calls
   ``init_process_group(tcp://ADDR:PORT)``. gloo when any rank of the exchange is on the
   CPU (rank 0 with ``runtime.server_device: cpu``, and every CPU-only run: how CI tests
-  it), NCCL when every rank has a GPU. The GPU workers also get their own NCCL group
-  (``gpu_group``) that leaves a CPU rank 0 out.
+  it), NCCL when every rank has a GPU. With a CPU rank 0 and GPU workers the GPU ranks
+  also get an NCCL group of their own (``gpu_group``, rank 0 left out) for worker-side
+  collectives; the round's exchange itself does not use it, as every buffer goes to or
+  from rank 0. The NCCL paths are not exercised here (no GPU in CI).
 
 Both move the same bytes and the server folds them in the same order, so results are
 identical (tested). Receives are non-blocking requests with ``Test()``, polled politely.
@@ -110,7 +112,9 @@ class TorchTransport:
     name = "torch"
 
     def __init__(self, comm: MPI.Comm, poll_s: float, devices: list[str] | None = None,
-                 timeout_s: float = 600.0):
+                 timeout_s: float = 7 * 86400.0):
+        # A long timeout: a worker's round may take hours at paper scale, and a failing rank
+        # aborts the whole job through the MPI abort hooks anyway.
         import torch.distributed as dist
 
         self.comm, self.poll, self.dist = comm, poll_s, dist
