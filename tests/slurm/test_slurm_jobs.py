@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 REPO = Path(__file__).resolve().parents[2]
 START = REPO / "tests" / "slurm" / "start_slurm.sh"
 SCALED = ["--ntasks=3", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=1",
-          "--time=10:00"]
+          "--time=60:00"]  # well beyond the scripts' --signal lead times (300, 600 s)
 DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
         "BOOT_FAIL", "DEADLINE", "PREEMPTED")
 
@@ -124,6 +124,7 @@ def test_job_scripts_run_scaled_down(slurm, tmp_path):
     logs += [tmp_path / "sweep-0.log", tmp_path / "sweep-1.log"]
     infos = _wait(jids, logs)
     assert all(i["JobState"] == "COMPLETED" for i in infos), _log(logs)
+    assert "signal:" not in _log(logs)  # no stop before the time limit's --signal
     finals = {}
     for run_dir in (one, multi, root / "tiny-seed7", root / "tiny-seed8"):
         files = list_checkpoints(run_dir)
