@@ -45,7 +45,8 @@ ALL_KEYS = [
     "algorithm.fedrep.head_epochs", "algorithm.fedrep.head_lr",
     "algorithm.fedbabu.finetune_epochs", "algorithm.fedbabu.finetune_lr",
     "federation.clients_per_round",
-    "runtime.threads_per_rank", "runtime.poll_interval_ms",
+    "runtime.threads_per_rank", "runtime.poll_interval_ms", "runtime.device", "runtime.gpus",
+    "runtime.server_device", "runtime.transport",
     "kernels.backend",
     "store.keep",
 ]

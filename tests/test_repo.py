@@ -20,6 +20,18 @@ def test_ci_runs_the_readme_test_command():
     assert test_cmd in ci_lines
 
 
+def test_ci_installs_and_starts_slurm_for_the_job_tests():
+    ci = (ROOT / ".ci/run").read_text()
+    assert re.search(r"apt-get install .*slurm-wlm munge", ci)
+    lines = [ln.strip() for ln in ci.splitlines()]
+    start = lines.index("bash tests/slurm/start_slurm.sh")
+    assert "export CI=true" in lines[start:]  # the SLURM tests may not skip in CI
+    assert start < next(i for i, ln in enumerate(lines) if "python -m pytest" in ln)
+    for script in ("one_node_8gpu.sbatch", "multi_node.sbatch", "array_seeds.sbatch"):
+        text = (ROOT / "jobs" / script).read_text()
+        assert "#SBATCH --requeue" in text and "#SBATCH --signal=B:USR1@" in text, script
+
+
 def test_readme_config_reference_is_current():
     readme = (ROOT / "README.md").read_text()
     assert reference_markdown() in readme, "regenerate with: python -m fednas_mpi.config"

@@ -195,13 +195,20 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     from .algorithms import DataInfo, get_algorithm
     from .data import DataError, load_dataset, make_partition
     from .runtime.comm import agree, default_threads
+    from .runtime.devices import describe, place, to_json
     from .runtime.kernels import setup_kernels
+    from .runtime.preempt import EXIT_STOPPED, StopRequest
     from .runtime.progress import Progress
     from .runtime.simulation import Simulation
 
     rank = comm.Get_rank()
     torch.set_num_threads(cfg.runtime.threads_per_rank or default_threads(comm))
     status, error = setup_kernels(cfg.kernels.backend, comm, cfg.runtime.poll_interval_ms / 1e3)
+    if error:
+        if rank == 0:
+            print(f"fednas-mpi: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _, placements, error = place(comm, cfg.runtime)
     if error:
         if rank == 0:
             print(f"fednas-mpi: error: {error}", file=sys.stderr)
@@ -226,9 +233,14 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     algorithm = get_algorithm(cfg.algorithm.name)(
         cfg, DataInfo(dataset.input_shape, dataset.num_classes))
     sim = Simulation(cfg, comm, dataset, partition, algorithm)
+    sim.devices = to_json(placements)
+    stop = StopRequest(run_dir, rank)
     if rank != 0:
         sim.work_loop()
         return 0
+    if stop.path.exists():
+        print(f"fednas-mpi: warning: {stop.path} exists: the run stops after its next round; "
+              f"delete it to run on", file=sys.stderr)
     start = ckpt.round if ckpt is not None else 0
     if ckpt is None:
         (run_dir / "config.yaml").write_text(config_mod.to_yaml(cfg))
@@ -238,8 +250,13 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
           f"{cfg.federation.clients_per_round} per round, {comm.Get_size()} rank(s); "
           f"{'resuming at round ' + str(start + 1) if ckpt else 'starting'} -> {run_dir}",
           flush=True)
+    print(f"devices: {describe(placements)}", flush=True)
     progress = Progress(cfg.run.rounds, start)
-    sim.serve(run_dir, ckpt, on_round=progress.update)
+    sim.serve(run_dir, ckpt, on_round=progress.update, should_stop=stop)
+    if sim.stopped_after is not None:
+        print(f"stopped on request after round {sim.stopped_after} (SIGUSR1 or {stop.path}); "
+              f"its checkpoint is complete: fednas-mpi --resume {run_dir} continues", flush=True)
+        return EXIT_STOPPED
     accs = _final_accuracies(run_dir)
     if accs:
         final, best = accs

@@ -297,6 +297,21 @@ class RuntimeConfig:
     poll_interval_ms: float = _f(
         1.0, "Idle ranks poll MPI requests with this sleep between tests, so oversubscribed "
              "ranks do not steal cores from busy ones; 0 = block (busy-wait) in MPI.", ge=0.0)
+    device: Literal["auto", "cpu", "cuda"] = _f(
+        "auto", "Worker device. auto: each worker rank takes a GPU by its node-local worker "
+                "index (several clients per rank share it; more workers than GPUs share them "
+                "round-robin), CPU when torch sees no GPU; cuda: the same, but no GPU is an "
+                "error; cpu: never a GPU. The mapping is logged once and stored in every "
+                "checkpoint.")
+    gpus: list[int] = _f([], "GPU ids the workers of a node use, in order (worker i of a node "
+                             "takes gpus[i % len]); empty = every GPU torch sees.")
+    server_device: Literal["cpu", "gpu"] = _f(
+        "cpu", "Rank 0 (aggregation, evaluation) on the CPU, or on the node's first GPU.")
+    transport: Literal["mpi", "torch"] = _f(
+        "mpi", "How partial sums travel. mpi: contiguous host buffers over MPI (device buffers "
+               "when mpi4py reports a CUDA-aware MPI); torch: torch.distributed initialised "
+               "from MPI (rank 0 broadcasts the rendezvous address and port), NCCL between GPU "
+               "ranks, gloo on CPU. Both give the same results.")
 
 
 @dataclass(kw_only=True)
@@ -332,6 +347,9 @@ EXECUTION_ONLY = ("runtime.", "store.", "run.name", "run.rounds")
 
 def _cross_checks(cfg: Config) -> list[str]:
     problems = []
+    bad_gpus = [g for g in cfg.runtime.gpus if g < 0]
+    if bad_gpus:
+        problems.append(f"runtime.gpus = {cfg.runtime.gpus}: GPU ids are >= 0")
     k, m = cfg.federation.clients_per_round, cfg.partition.num_clients
     if k > m:
         problems.append(

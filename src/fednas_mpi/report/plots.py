@@ -27,7 +27,8 @@ from .runs import Run, Setting, group_settings
 DPI = 100
 SIZES = {"accuracy": (1200, 500), "architecture": (1500, 450), "time": (1200, 600),
          "partition": (900, 600), "genotype": (1200, 800)}
-TIME_PARTS = (("compute_time", "compute"), ("aggregate_time", "aggregate"),
+TIME_PARTS = (("compute_time", "compute"), ("comm_time", "communicate"),
+              ("aggregate_time", "aggregate"),
               ("eval_time", "evaluate"))
 
 

@@ -19,8 +19,9 @@ SCHEMA_VERSION = 1
 ROUND_COLUMNS = ("global_acc", "global_loss", "local_acc", "local_acc_std", "train_loss",
                  "temperature", "ops_alive", "combos_alive", "arch_entropy_ops",
                  "arch_entropy_inputs", "acc_before_prune", "acc_after_prune", "round_time",
-                 "compute_time", "aggregate_time", "eval_time", "clients", "client_weight")
-TIME_PARTS = ("compute_time", "aggregate_time", "eval_time")
+                 "compute_time", "comm_time", "aggregate_time", "eval_time", "checkpoint_time",
+                 "clients", "client_weight")
+TIME_PARTS = ("compute_time", "comm_time", "aggregate_time", "eval_time")
 
 
 def _num(x: float) -> float | None:

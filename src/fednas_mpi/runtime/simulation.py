@@ -10,10 +10,21 @@ same ``run_clients`` code. Per round:
     worker: run the method's client update for each assigned client and fold
             the results into one pre-reduced buffer; send it, then any
             updated per-client state
-    server: add the partial sums in worker order, average, server step,
-            evaluate on the server test set (and, on run.personal_eval_every's
-            schedule, every client's personalised model on its eval split),
-            checkpoint, report progress
+    server: fold each partial sum in as it arrives (non-blocking receives,
+            while slower workers still compute), in worker order, average,
+            server step, evaluate on the server test set (and, on
+            run.personal_eval_every's schedule, every client's personalised model
+            on its eval split), checkpoint, report progress
+
+Folding order: a partial is added to the running total only once every
+lower-numbered worker's partial has been added, so the float64 sum is
+((p_1 + p_2) + p_3) + ... whatever the arrival order: results never depend on
+timing. Per round the metrics record ``compute_time`` (slowest worker's client
+updates), ``comm_time`` (broadcast, transfers and waiting beyond that compute),
+``aggregate_time`` (folding not hidden behind compute, averaging, server step),
+``eval_time``, ``round_time`` (all of the above) and ``checkpoint_time`` (writing
+that round's file; measured after the file is written, so it is stored from the
+next round's checkpoint on and is NaN for the newest round of a file).
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ from ..store import Checkpoint, write_checkpoint
 from ..store.checkpoint import prune_old
 from . import comm as mpi
 from .schedule import assign, sample_clients
+from .transport import make_transport
 
 TAG_PARTIAL, TAG_STATES_META, TAG_STATES_OUT, TAG_STATES_IN = 11, 12, 13, 14
 
@@ -69,6 +81,35 @@ def _concat(states: list[tuple[int, State]]) -> tuple[list, np.ndarray]:
     meta = [(cid, Layout.of(s).to_meta()) for cid, s in states]
     parts = [Layout.of(s).pack(s, dtype=np.dtype(np.float64)) for _, s in states]
     return meta, (np.concatenate(parts) if parts else np.empty(0))
+
+
+def fold_in_order(reqs: list[MPI.Request], bufs: list[np.ndarray], size: int,
+                  poll_s: float) -> tuple[np.ndarray, float]:
+    """Sum ``bufs[i][:size]`` in index order, each folded in as soon as it and every
+    buffer before it have arrived (non-blocking), so folding overlaps the slower
+    senders' work while the float64 result is the same for any arrival order.
+    Returns (total, seconds spent folding after the last arrival)."""
+    total = np.zeros(size, dtype=np.float64)
+    arrived = [False] * len(reqs)
+    pending = list(range(len(reqs)))
+    nxt = 0
+    tail = 0.0
+    while nxt < len(reqs):
+        done = [i for i in pending if reqs[i].Test()]
+        if not done:
+            if poll_s > 0:
+                time.sleep(poll_s)
+            continue
+        for i in done:
+            arrived[i] = True
+            pending.remove(i)
+        t0 = time.perf_counter()
+        while nxt < len(reqs) and arrived[nxt]:
+            total += bufs[nxt][:size]
+            nxt += 1
+        if not pending:
+            tail += time.perf_counter() - t0
+    return total, tail
 
 
 def _split(meta: list, buf: np.ndarray) -> dict[int, State]:
@@ -104,6 +145,24 @@ class Simulation:
         self.num_workers = max(comm.Get_size() - 1, 1)
         # Work of a client ~ the samples it trains on; used to balance ranks.
         self.work = partition.train_sizes().astype(np.float64)
+        # JSON list of every rank's placement (runtime/devices.py), stored in checkpoints
+        self.devices = "[]"
+        self.transport = None
+
+    def _open_transport(self) -> None:
+        """Collective (serve and work_loop start together): the runtime.transport."""
+        devices = [p["device"] for p in json.loads(self.devices)] or None
+        if devices is not None and len(devices) != self.comm.Get_size():
+            devices = None  # not every rank's placement known here: treat all as CPU
+        devices = mpi.bcast_object(self.comm, devices, self.poll) \
+            if self.comm.Get_size() > 1 else devices
+        self.transport = make_transport(self.cfg.runtime.transport, self.comm, self.poll,
+                                        devices)
+
+    def _close_transport(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
 
     # ------------------------------------------------------------ shared
     def client_data(self, cid: int) -> ClientData:
@@ -135,8 +194,14 @@ class Simulation:
 
     # ------------------------------------------------------------ server
     def serve(self, run_dir, resume: Checkpoint | None = None,
-              on_round: Callable[[int, dict[str, float]], None] | None = None) -> GlobalModel:
+              on_round: Callable[[int, dict[str, float]], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> GlobalModel:
+        """Run the rounds from ``resume`` (or from scratch) to ``run.rounds``. After each
+        round's checkpoint, ``should_stop()`` true ends the run early (preemption): the
+        workers are released and ``self.stopped_after`` holds the rounds completed."""
         cfg = self.cfg
+        self.stopped_after = None
+        self._open_transport()
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         if resume is None:
             model, client_states, start = self.algorithm.init_global(), {}, 0
@@ -161,7 +226,7 @@ class Simulation:
         attrs = {"rounds_planned": cfg.run.rounds, "world_size": self.comm.Get_size(),
                  "seed": cfg.run.seed, "algorithm": cfg.algorithm.name,
                  "dataset": cfg.data.name, "versions": versions(),
-                 "kernels": kernels.status().backend}
+                 "kernels": kernels.status().backend, "devices": self.devices}
         config_yaml = to_yaml(cfg)
         sent_spec = None
         for r in range(start, cfg.run.rounds):
@@ -172,21 +237,21 @@ class Simulation:
             assignment = assign(clients, self.work[clients], self.num_workers)
             layout = Layout.of(model.state)
             spec_key = (model.spec_json(), layout)
-            partials, new_states, compute = self._dispatch(
+            sums = ClientSums(layout, self.algorithm.client_metrics, clients)
+            total, new_states, times = self._dispatch(
                 r, ctx, model, layout, assignment, client_states,
                 spec_changed=spec_key != sent_spec)
             sent_spec = spec_key
             t_agg = time.perf_counter()
-            sums = ClientSums(layout, self.algorithm.client_metrics, clients)
-            total = sums.combine(partials)
             averaged, metrics = sums.finish(total)
             per_client = _append_clients(per_client, sums.per_client(total), len(stages),
                                          cfg.partition.num_clients)
             client_states.update(new_states)
             old_spec = model.spec
             model = self.algorithm.server_step(model, averaged, metrics, ctx)
-            metrics["aggregate_time"] = time.perf_counter() - t_agg
-            metrics["compute_time"] = compute
+            metrics["aggregate_time"] = time.perf_counter() - t_agg + times["fold"]
+            metrics["compute_time"] = times["compute"]
+            metrics["comm_time"] = times["comm"]
             t_eval = time.perf_counter()
             loss = acc = float("nan")
             changed = model.spec != old_spec
@@ -200,11 +265,13 @@ class Simulation:
                 metrics.update(self.personal_accuracies(model, client_states, ctx))
             metrics.update(global_loss=loss, global_acc=acc,
                            eval_time=time.perf_counter() - t_eval,
-                           round_time=time.perf_counter() - t_round)
+                           round_time=time.perf_counter() - t_round,
+                           checkpoint_time=float("nan"))
             for name in set(history) | set(metrics):
                 history.setdefault(name, [float("nan")] * len(stages))
                 history[name].append(metrics.get(name, float("nan")))
             stages.append(ctx.stage)
+            t_ckpt = time.perf_counter()
             write_checkpoint(
                 run_dir, r + 1, config_yaml=config_yaml, spec=model.spec, state=model.state,
                 server_state=model.server_state, client_states=client_states,
@@ -212,11 +279,18 @@ class Simulation:
                 partition=partition_info, attrs={**attrs, "stage": ctx.stage},
                 client_metrics=per_client)
             prune_old(run_dir, cfg.store.keep)
+            # stored from the next round's file on (a file cannot hold its own write time)
+            metrics["checkpoint_time"] = history["checkpoint_time"][-1] = \
+                time.perf_counter() - t_ckpt
             if on_round is not None:
                 on_round(r, metrics)
+            if should_stop is not None and r + 1 < cfg.run.rounds and should_stop():
+                self.stopped_after = r + 1
+                break
         if self.comm.Get_size() > 1:
             mpi.bcast_object(self.comm, Plan(round=None), self.poll)
-        if model.spec.get("genotype"):
+        self._close_transport()
+        if model.spec.get("genotype") and self.stopped_after is None:
             (Path(run_dir) / "genotype.json").write_text(
                 json.dumps(model.spec["genotype"], indent=2) + "\n")
         return model
@@ -257,14 +331,24 @@ class Simulation:
 
     def _dispatch(self, r: int, ctx: RoundContext, model: GlobalModel, layout: Layout,
                   assignment: list[list[int]], client_states: dict[int, State],
-                  spec_changed: bool) -> tuple[list[np.ndarray], dict[int, State], float]:
-        """Run a round's clients (here or on the workers); partial sums in worker order."""
+                  spec_changed: bool) -> tuple[np.ndarray, dict[int, State], dict[str, float]]:
+        """Run a round's clients (here or on the workers) and fold their partial sums.
+
+        Returns (total, updated client states, times) with times ``compute`` (slowest
+        worker), ``comm`` (the rest of the wait) and ``fold`` (folding not overlapped with
+        the workers' compute)."""
         round_clients = sorted(c for cs in assignment for c in cs)
+        size = ClientSums.buffer_size(layout, self.algorithm.client_metrics, len(round_clients))
         if self.comm.Get_size() == 1:
             sums, states, seconds = self.run_clients(model, assignment[0], ctx, client_states,
                                                      round_clients)
-            return [sums.buffer], states, seconds
+            t0 = time.perf_counter()
+            total = np.zeros(size, dtype=np.float64)
+            total += sums.buffer  # as the server adds worker buffers: 0 + p_1 (bit-equal)
+            return total, states, {"compute": seconds, "comm": 0.0,
+                                   "fold": time.perf_counter() - t0}
         comm, poll = self.comm, self.poll
+        t_start = time.perf_counter()
         incoming = {w: [(c, client_states[c]) for c in cs if c in client_states]
                     for w, cs in enumerate(assignment)}
         incoming = {w: v for w, v in incoming.items() if v}
@@ -273,16 +357,16 @@ class Simulation:
                     spec_json=model.spec_json() if spec_changed else None,
                     layout_meta=layout.to_meta() if spec_changed else None,
                     incoming={w: meta for w, (meta, _) in packed.items()})
+        busy = [w for w, cs in enumerate(assignment) if cs]
+        # Post the receives before anything else so early finishers never wait on us.
+        bufs = {w: np.empty(size + 1, dtype=np.float64) for w in busy}
+        reqs = [self.transport.irecv(bufs[w], w + 1) for w in busy]
         mpi.bcast_object(comm, plan, poll)
-        mpi.bcast_array(comm, layout.pack(model.state), poll)
+        self.transport.bcast(np.ascontiguousarray(layout.pack(model.state)))
         for w, (_, buf) in packed.items():
             mpi.send_array(comm, buf, w + 1, TAG_STATES_IN, poll)
-        size = ClientSums.buffer_size(layout, self.algorithm.client_metrics,
-                                      len(round_clients)) + 1
-        busy = [w for w, cs in enumerate(assignment) if cs]
-        bufs = {w: np.empty(size, dtype=np.float64) for w in busy}
-        reqs = [comm.Irecv(bufs[w], source=w + 1, tag=TAG_PARTIAL) for w in busy]
-        mpi.wait_all(reqs, poll)
+        total, fold_tail = fold_in_order(reqs, [bufs[w] for w in busy], size, poll)
+        t_arrived = time.perf_counter() - fold_tail
         states: dict[int, State] = {}
         for w in busy:
             meta = mpi.recv_object(comm, w + 1, TAG_STATES_META, poll)
@@ -291,22 +375,26 @@ class Simulation:
                 mpi.recv_array(comm, buf, w + 1, TAG_STATES_OUT, poll)
                 states.update(_split(meta, buf))
         compute = max((float(bufs[w][-1]) for w in busy), default=0.0)
-        return [bufs[w][:-1] for w in busy], states, compute
+        t_end = time.perf_counter()
+        comm_s = max(t_arrived - t_start - compute, 0.0) + (t_end - t_arrived - fold_tail)
+        return total, states, {"compute": compute, "comm": comm_s, "fold": fold_tail}
 
     # ------------------------------------------------------------ worker
     def work_loop(self) -> None:
         comm, poll, me = self.comm, self.poll, self.comm.Get_rank() - 1
         spec: dict = {}
         layout: Layout | None = None
+        self._open_transport()
         while True:
             plan: Plan = mpi.bcast_object(comm, None, poll)
             if plan.round is None:
+                self._close_transport()
                 return
             if plan.spec_json is not None:
                 spec, layout = json.loads(plan.spec_json), Layout.from_meta(plan.layout_meta)
             assert layout is not None, "first plan of a run must carry the layout"
             buf = np.empty(layout.size, dtype=layout.wire_dtype())
-            mpi.bcast_array(comm, buf, poll)
+            self.transport.bcast(buf)
             states_in: dict[int, State] = {}
             if me in plan.incoming:
                 meta = plan.incoming[me]
@@ -320,7 +408,7 @@ class Simulation:
             ctx = self.context(plan.round, plan.stage)
             sums, states_out, seconds = self.run_clients(
                 model, mine, ctx, states_in, sorted(c for cs in plan.assignment for c in cs))
-            mpi.send_array(comm, np.append(sums.buffer, seconds), 0, TAG_PARTIAL, poll)
+            self.transport.send(np.append(sums.buffer, seconds), 0)
             meta, out = _concat(sorted(states_out.items()))
             mpi.send_object(comm, meta, 0, TAG_STATES_META, poll)
             if meta:

@@ -4,7 +4,8 @@ Layout of ``RUN_DIR/round_NNNNN.h5`` (NNNNN = rounds completed):
 
     /                      attrs: format, format_version, round, rounds_planned, stage,
                                   config (resolved YAML), spec (JSON), versions (JSON),
-                                  world_size, seed, created
+                                  world_size, seed, created, kernels,
+                                  devices (JSON: each rank's host, node-local rank, device)
     /state/<name>          global model tensors (weights and architecture parameters)
     /server_state/<name>   server-only tensors of the method (may be empty)
     /clients/<id>/<name>   persistent per-client state (personalised methods)
