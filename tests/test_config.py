@@ -40,6 +40,9 @@ ALL_KEYS = [
     *(f"algorithm.fednas.{k}" for k in (
         "search_rounds", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
         "arch_betas", "arch_weight_decay", "milenas_lambda", "local_eval_every")),
+    *(f"algorithm.feddsnas.{k}" for k in (
+        "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr", "arch_betas",
+        "arch_weight_decay", "local_eval_every")),
     "federation.clients_per_round",
     "runtime.threads_per_rank", "runtime.poll_interval_ms",
     "kernels.backend",

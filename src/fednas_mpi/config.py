@@ -205,8 +205,26 @@ class FedNASConfig:
 
 
 @dataclass(kw_only=True)
+class FedDSNASConfig:
+    lr: float = _f(0.025, "Weights: SGD learning rate (cosine schedule over run.rounds).",
+                   gt=0.0)
+    lr_min: float = _f(0.001, "Weights: learning rate in the last round.", ge=0.0)
+    momentum: float = _f(0.9, "Weights: SGD momentum (ops not sampled in a step keep their "
+                              "weights and momentum untouched).", ge=0.0, lt=1.0)
+    weight_decay: float = _f(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
+    grad_clip: float = _f(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
+    arch_lr: float = _f(1e-3, "Alphas: Adam learning rate of the DSNAS estimator's "
+                              "gradient.", gt=0.0)
+    arch_betas: list[float] = _f([0.5, 0.999], "Alphas: Adam betas.", min_len=2)
+    arch_weight_decay: float = _f(1e-3, "Alphas: Adam weight decay.", ge=0.0)
+    local_eval_every: int = _f(1, "Evaluate the sampled clients' argmax children on their "
+                                  "eval splits every N rounds (and in the last).", ge=1)
+
+
+@dataclass(kw_only=True)
 class AlgorithmConfig:
-    name: Literal["fedavg", "fedmetanas", "fednas"] = _f("fedavg", "Federated method.")
+    name: Literal["fedavg", "fedmetanas", "fednas", "feddsnas"] = _f(
+        "fedavg", "Federated method.")
     local_epochs: int = _f(1, "Local epochs E per client and round.", ge=1)
     batch_size: int = _f(32, "Local minibatch size (fedmetanas: size of a support or query "
                              "task).", ge=1)
@@ -215,6 +233,7 @@ class AlgorithmConfig:
     weight_decay: float = _f(0.0, "fedavg: client SGD weight decay.", ge=0.0)
     fedmetanas: FedMetaNASConfig = field(default_factory=FedMetaNASConfig)
     fednas: FedNASConfig = field(default_factory=FedNASConfig)
+    feddsnas: FedDSNASConfig = field(default_factory=FedDSNASConfig)
 
 
 @dataclass(kw_only=True)

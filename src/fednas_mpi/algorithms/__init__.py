@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from .base import Algorithm, ClientData, ClientResult, DataInfo, GlobalModel, RoundContext
 from .fedavg import FedAvg
+from .feddsnas import FedDSNAS
 from .fedmetanas import FedMetaNAS
 from .fednas import FedNAS
 
-REGISTRY: dict[str, type[Algorithm]] = {cls.name: cls for cls in (FedAvg, FedMetaNAS, FedNAS)}
+REGISTRY: dict[str, type[Algorithm]] = {
+    cls.name: cls for cls in (FedAvg, FedMetaNAS, FedNAS, FedDSNAS)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
