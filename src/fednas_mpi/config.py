@@ -222,8 +222,33 @@ class FedDSNASConfig:
 
 
 @dataclass(kw_only=True)
+class FedRLNASConfig:
+    lr: float = _f(0.025, "Weights: client SGD learning rate (cosine schedule over "
+                          "run.rounds).", gt=0.0)
+    lr_min: float = _f(0.001, "Weights: learning rate in the last round.", ge=0.0)
+    momentum: float = _f(0.9, "Weights: SGD momentum (ops off the sampled path are not "
+                              "touched).", ge=0.0, lt=1.0)
+    weight_decay: float = _f(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
+    grad_clip: float = _f(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
+    epsilon: float = _f(0.0, "epsilon-greedy sampling: per edge, with this probability a "
+                             "uniformly random op instead of a draw from softmax(alpha).",
+                        ge=0.0, le=1.0)
+    val_fraction: float = _f(0.2, "Fraction of each client's train split held out to "
+                                  "measure the reward (the subnet's accuracy).", gt=0.0,
+                             lt=1.0)
+    arch_lr: float = _f(0.05, "Policy alpha: Adam learning rate of the REINFORCE ascent.",
+                        gt=0.0)
+    arch_betas: list[float] = _f([0.5, 0.999], "Policy alpha: Adam betas.", min_len=2)
+    baseline_decay: float = _f(0.9, "Reward baseline b <- decay * b + (1 - decay) * mean "
+                                    "reward of the round (started at the first round's).",
+                               ge=0.0, lt=1.0)
+    local_eval_every: int = _f(1, "Evaluate the clients' trained subnets on their eval "
+                                  "splits every N rounds (and in the last).", ge=1)
+
+
+@dataclass(kw_only=True)
 class AlgorithmConfig:
-    name: Literal["fedavg", "fedmetanas", "fednas", "feddsnas"] = _f(
+    name: Literal["fedavg", "fedmetanas", "fednas", "feddsnas", "fedrlnas"] = _f(
         "fedavg", "Federated method.")
     local_epochs: int = _f(1, "Local epochs E per client and round.", ge=1)
     batch_size: int = _f(32, "Local minibatch size (fedmetanas: size of a support or query "
@@ -234,6 +259,7 @@ class AlgorithmConfig:
     fedmetanas: FedMetaNASConfig = field(default_factory=FedMetaNASConfig)
     fednas: FedNASConfig = field(default_factory=FedNASConfig)
     feddsnas: FedDSNASConfig = field(default_factory=FedDSNASConfig)
+    fedrlnas: FedRLNASConfig = field(default_factory=FedRLNASConfig)
 
 
 @dataclass(kw_only=True)

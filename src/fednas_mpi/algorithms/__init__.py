@@ -7,9 +7,10 @@ from .fedavg import FedAvg
 from .feddsnas import FedDSNAS
 from .fedmetanas import FedMetaNAS
 from .fednas import FedNAS
+from .fedrlnas import FedRLNAS
 
 REGISTRY: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (FedAvg, FedMetaNAS, FedNAS, FedDSNAS)}
+    cls.name: cls for cls in (FedAvg, FedMetaNAS, FedNAS, FedDSNAS, FedRLNAS)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
