@@ -46,6 +46,9 @@ ALL_KEYS = [
     *(f"algorithm.fedrlnas.{k}" for k in (
         "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "epsilon", "val_fraction",
         "arch_lr", "arch_betas", "baseline_decay", "local_eval_every")),
+    *(f"algorithm.perfedrlnas.{k}" for k in (
+        "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "epsilon", "val_fraction",
+        "arch_lr", "arch_betas", "time_lambda", "local_eval_every")),
     "federation.clients_per_round",
     "runtime.threads_per_rank", "runtime.poll_interval_ms",
     "kernels.backend",

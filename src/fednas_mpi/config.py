@@ -247,8 +247,33 @@ class FedRLNASConfig:
 
 
 @dataclass(kw_only=True)
+class PerFedRLNASConfig:
+    lr: float = _f(0.025, "Weights: client SGD learning rate (cosine schedule over "
+                          "run.rounds).", gt=0.0)
+    lr_min: float = _f(0.001, "Weights: learning rate in the last round.", ge=0.0)
+    momentum: float = _f(0.9, "Weights: SGD momentum (ops off the sampled path are not "
+                              "touched).", ge=0.0, lt=1.0)
+    weight_decay: float = _f(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
+    grad_clip: float = _f(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
+    epsilon: float = _f(0.0, "epsilon-greedy sampling from each client's policy (per edge).",
+                        ge=0.0, le=1.0)
+    val_fraction: float = _f(0.2, "Fraction of each client's train split held out to "
+                                  "measure its reward.", gt=0.0, lt=1.0)
+    arch_lr: float = _f(0.05, "Client policies: Adam learning rate of the REINFORCE ascent.",
+                        gt=0.0)
+    arch_betas: list[float] = _f([0.5, 0.999], "Client policies: Adam betas.", min_len=2)
+    time_lambda: float = _f(0.01, "lambda_time of the reward acc - mean best acc - "
+                                  "lambda_time * (time - fastest time of the round); time "
+                                  "is the deterministic cost samples x path parameters / 1e6.",
+                            ge=0.0)
+    local_eval_every: int = _f(1, "Evaluate the clients' personalised subnets on their eval "
+                                  "splits every N rounds (and in the last).", ge=1)
+
+
+@dataclass(kw_only=True)
 class AlgorithmConfig:
-    name: Literal["fedavg", "fedmetanas", "fednas", "feddsnas", "fedrlnas"] = _f(
+    name: Literal["fedavg", "fedmetanas", "fednas", "feddsnas", "fedrlnas",
+                  "perfedrlnas"] = _f(
         "fedavg", "Federated method.")
     local_epochs: int = _f(1, "Local epochs E per client and round.", ge=1)
     batch_size: int = _f(32, "Local minibatch size (fedmetanas: size of a support or query "
@@ -260,6 +285,7 @@ class AlgorithmConfig:
     fednas: FedNASConfig = field(default_factory=FedNASConfig)
     feddsnas: FedDSNASConfig = field(default_factory=FedDSNASConfig)
     fedrlnas: FedRLNASConfig = field(default_factory=FedRLNASConfig)
+    perfedrlnas: PerFedRLNASConfig = field(default_factory=PerFedRLNASConfig)
 
 
 @dataclass(kw_only=True)

@@ -8,9 +8,11 @@ from .feddsnas import FedDSNAS
 from .fedmetanas import FedMetaNAS
 from .fednas import FedNAS
 from .fedrlnas import FedRLNAS
+from .perfedrlnas import PerFedRLNAS
 
 REGISTRY: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (FedAvg, FedMetaNAS, FedNAS, FedDSNAS, FedRLNAS)}
+    cls.name: cls for cls in (FedAvg, FedMetaNAS, FedNAS, FedDSNAS, FedRLNAS,
+                              PerFedRLNAS)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
