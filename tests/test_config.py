@@ -49,6 +49,10 @@ ALL_KEYS = [
     *(f"algorithm.perfedrlnas.{k}" for k in (
         "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "epsilon", "val_fraction",
         "arch_lr", "arch_betas", "time_lambda", "local_eval_every")),
+    *(f"algorithm.fedpnas.{k}" for k in (
+        "personal_layers", "inner_steps", "inner_lr_w", "inner_lr_alpha", "lr", "momentum",
+        "weight_decay", "arch_lr", "grad_clip", "temperature_start", "temperature_end",
+        "tasks_per_epoch", "local_eval_every")),
     "federation.clients_per_round",
     "runtime.threads_per_rank", "runtime.poll_interval_ms",
     "kernels.backend",

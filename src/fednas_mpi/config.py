@@ -271,9 +271,37 @@ class PerFedRLNASConfig:
 
 
 @dataclass(kw_only=True)
+class FedPNASConfig:
+    personal_layers: int = _f(1, "Last cells that (with the classifier) form each client's "
+                                 "personalised part, with their own architecture logits; "
+                                 "the rest is the shared base (also used by meta_fedpnas).",
+                              ge=0)
+    inner_steps: int = _f(1, "SGD steps of the personalised part on each support task.",
+                          ge=1)
+    inner_lr_w: float = _f(0.05, "Personalised weights: learning rate of the inner steps.",
+                           gt=0.0)
+    inner_lr_alpha: float = _f(0.1, "Personalised logits: learning rate of the inner steps.",
+                               ge=0.0)
+    lr: float = _f(0.05, "Base weights: SGD learning rate of the first-order meta step.",
+                   gt=0.0)
+    momentum: float = _f(0.9, "Base weights: SGD momentum.", ge=0.0, lt=1.0)
+    weight_decay: float = _f(3e-4, "Base weights: SGD weight decay.", ge=0.0)
+    arch_lr: float = _f(3e-3, "Base logits: Adam learning rate of the meta step.", ge=0.0)
+    grad_clip: float = _f(5.0, "Gradient norm clip of both steps (0 = off).", ge=0.0)
+    temperature_start: float = _f(1.0, "SNAS sampler: Gumbel-softmax temperature in round 1.",
+                                  gt=0.0)
+    temperature_end: float = _f(0.1, "SNAS sampler: temperature in the last round "
+                                     "(exponential schedule).", gt=0.0)
+    tasks_per_epoch: int = _f(0, "Support/query task pairs per local epoch; 0 = as many "
+                                 "disjoint pairs as the train split holds.", ge=0)
+    local_eval_every: int = _f(1, "Evaluate the clients' personalised models on their eval "
+                                  "splits every N rounds (and in the last).", ge=1)
+
+
+@dataclass(kw_only=True)
 class AlgorithmConfig:
     name: Literal["fedavg", "fedmetanas", "fednas", "feddsnas", "fedrlnas",
-                  "perfedrlnas"] = _f(
+                  "perfedrlnas", "fedpnas", "meta_fedpnas"] = _f(
         "fedavg", "Federated method.")
     local_epochs: int = _f(1, "Local epochs E per client and round.", ge=1)
     batch_size: int = _f(32, "Local minibatch size (fedmetanas: size of a support or query "
@@ -286,6 +314,7 @@ class AlgorithmConfig:
     feddsnas: FedDSNASConfig = field(default_factory=FedDSNASConfig)
     fedrlnas: FedRLNASConfig = field(default_factory=FedRLNASConfig)
     perfedrlnas: PerFedRLNASConfig = field(default_factory=PerFedRLNASConfig)
+    fedpnas: FedPNASConfig = field(default_factory=FedPNASConfig)
 
 
 @dataclass(kw_only=True)

@@ -7,12 +7,13 @@ from .fedavg import FedAvg
 from .feddsnas import FedDSNAS
 from .fedmetanas import FedMetaNAS
 from .fednas import FedNAS
+from .fedpnas import FedPNAS, MetaFedPNAS
 from .fedrlnas import FedRLNAS
 from .perfedrlnas import PerFedRLNAS
 
 REGISTRY: dict[str, type[Algorithm]] = {
     cls.name: cls for cls in (FedAvg, FedMetaNAS, FedNAS, FedDSNAS, FedRLNAS,
-                              PerFedRLNAS)}
+                              PerFedRLNAS, FedPNAS, MetaFedPNAS)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
