@@ -98,3 +98,64 @@ def test_last_round_trains_and_reports_the_clients_own_subnet():
     assert res.client_state["subnet_reduce"].tolist() == [1.0] * algo.space.num_edges
     assert algo.client_subnet(st) == {"normal": [4] * 5, "reduce": [1] * 5}
     assert res.metrics["local_acc"] == res.metrics["local_acc"]  # evaluated (not NaN)
+
+
+# ---------------------------------------------------------------- meta-PerFedRLNAS
+
+
+def _meta(rounds: int = 3, **fm):
+    from fednas_mpi.algorithms.perfedrlnas import MetaPerFedRLNAS
+
+    cfg = from_dict({
+        "run": {"seed": 5, "rounds": rounds},
+        "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 3, "nodes": 2,
+                                             "input_k": 2, "stem_multiplier": 1}},
+        "algorithm": {"name": "meta_perfedrlnas", "local_epochs": 1, "batch_size": 4,
+                      "fedmetanas": fm},
+        "partition": {"num_clients": 4}, "federation": {"clients_per_round": 2},
+    })
+    return MetaPerFedRLNAS(cfg, DataInfo((1, 8, 8), 10))
+
+
+def test_meta_variant_trains_the_path_by_maml_and_prunes_the_mean_policy():
+    from fednas_mpi.algorithms.aggregate import weighted_average
+
+    algo = _meta(prune_start=1, prune_every=1, op_threshold=0.1)
+    model = algo.init_global()
+    ctx = RoundContext(0, 3, 5, "search")
+    res = {c: algo.client_update(model, _data(c), ctx, None) for c in (1, 2)}
+    r = res[1]
+    prims = algo.space.primitives
+    net = algo.build(model.spec)
+    moved = 0
+    for k in model.state:
+        if ".edges." not in k or not model.state[k].is_floating_point():
+            continue
+        li, key, name = int(k.split(".")[1]), k.split(".")[3], k.split(".")[4]
+        kind = "reduce" if net.cells[li].reduction else "normal"
+        j, i = map(int, key.split("_"))
+        chosen = bool(r.state[f"rl.count_{kind}"][algo.space.edge(j, i), prims.index(name)])
+        if not chosen:
+            assert torch.equal(r.state[k], model.state[k]), k
+        elif not torch.equal(r.state[k], model.state[k]):
+            moved += 1
+    assert moved > 0
+    # a mean policy that prefers sep_conv_3x3 everywhere prunes the weak ops
+    states = {c: x.client_state for c, x in res.items()}
+    for st in states.values():
+        st["alpha_normal"][:, 4] = 3.0
+        st["alpha_reduce"][:, 4] = 3.0
+    avg = weighted_average([x.state for x in res.values()], [x.weight for x in res.values()])
+    avg["alpha_normal"] = states[1]["alpha_normal"].float()
+    avg["alpha_reduce"] = states[1]["alpha_reduce"].float()
+    metrics: dict[str, float] = {}
+    new = algo.server_step(model, avg, metrics, ctx)
+    assert new.spec != model.spec and metrics["ops_alive"] < 80
+    # clients keep sampling within the pruned masks, from their full-size policies
+    upd = algo.server_client_step(states, [1, 2], {}, ctx)
+    r2 = algo.client_update(new, _data(1), RoundContext(1, 3, 5, "search"), upd[1])
+    assert set(r2.state) == set(new.state)
+    for c in ("normal", "reduce"):
+        mask = torch.tensor(new.spec["masks"][c]["ops"])
+        picked = r2.client_state[f"subnet_{c}"].long()
+        assert mask[torch.arange(len(picked)), picked].all()

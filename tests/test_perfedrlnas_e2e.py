@@ -72,3 +72,21 @@ def test_resume_is_bit_identical_with_client_states(runs, tmp_path):
             assert torch.equal(a.client_states[c][k], b.client_states[c][k]), (c, k)
     for k in ("global_acc", "local_acc", "personal_reward"):
         np.testing.assert_array_equal(a.metrics[k], b.metrics[k], err_msg=k)
+
+
+def test_meta_variant_one_and_three_ranks_agree(tmp_path):
+    cfg = {**PERFEDRLNAS, "run": {"name": "meta_perfedrlnas", "seed": 4, "rounds": 3},
+           "algorithm": {"name": "meta_perfedrlnas", "local_epochs": 1, "batch_size": 16,
+                         "fedmetanas": {"op_threshold": 0.13}}}
+    dirs = run_per_rank_count(tmp_path, cfg)
+    a, b = _last(dirs[1]), _last(dirs[3])
+    assert a.spec == b.spec
+    for k in a.state:
+        torch.testing.assert_close(a.state[k], b.state[k], rtol=0, atol=1e-5)
+    for c in a.client_states:
+        for k in a.client_states[c]:
+            torch.testing.assert_close(a.client_states[c][k], b.client_states[c][k], rtol=0,
+                                       atol=1e-5, msg=f"client {c} {k}")
+    for k in ("global_acc", "local_acc", "train_loss", "personal_reward", "ops_alive",
+              "temperature"):
+        np.testing.assert_allclose(a.metrics[k], b.metrics[k], atol=1e-5, err_msg=k)

@@ -301,7 +301,8 @@ class FedPNASConfig:
 @dataclass(kw_only=True)
 class AlgorithmConfig:
     name: Literal["fedavg", "fedmetanas", "fednas", "feddsnas", "fedrlnas",
-                  "perfedrlnas", "fedpnas", "meta_fedpnas"] = _f(
+                  "perfedrlnas", "fedpnas", "meta_fedpnas",
+                  "meta_perfedrlnas"] = _f(
         "fedavg", "Federated method.")
     local_epochs: int = _f(1, "Local epochs E per client and round.", ge=1)
     batch_size: int = _f(32, "Local minibatch size (fedmetanas: size of a support or query "

@@ -9,11 +9,11 @@ from .fedmetanas import FedMetaNAS
 from .fednas import FedNAS
 from .fedpnas import FedPNAS, MetaFedPNAS
 from .fedrlnas import FedRLNAS
-from .perfedrlnas import PerFedRLNAS
+from .perfedrlnas import MetaPerFedRLNAS, PerFedRLNAS
 
 REGISTRY: dict[str, type[Algorithm]] = {
     cls.name: cls for cls in (FedAvg, FedMetaNAS, FedNAS, FedDSNAS, FedRLNAS,
-                              PerFedRLNAS, FedPNAS, MetaFedPNAS)}
+                              PerFedRLNAS, FedPNAS, MetaFedPNAS, MetaPerFedRLNAS)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:

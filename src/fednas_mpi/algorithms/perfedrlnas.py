@@ -27,12 +27,15 @@ the same run and -n 1 equals -n 3.
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 from ..flat import State
-from ..nas.single_path import CELL_TYPES
+from ..nas import prune
+from ..nas.single_path import CELL_TYPES, path_forward
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .feddsnas import PathModel
+from .fedmetanas import FedMetaNAS, task_pairs
 from .fedrlnas import FedRLNAS, holdout
 from .subnet import adam_ascent, choices_of, fold, onehot, op_keys, score, train_path
 from .training import evaluate
@@ -176,3 +179,65 @@ class PerFedRLNAS(FedRLNAS):
     def client_subnet(self, client_state: State) -> dict[str, list[int]]:
         """A client's own subnet: the argmax of its policy."""
         return {c: client_state[f"alpha_{c}"].argmax(1).tolist() for c in CELL_TYPES}
+
+
+class MetaPerFedRLNAS(PerFedRLNAS):
+    """PerFedRLNAS with FedMetaNAS's local search and soft pruning.
+
+    Local step: the sampled path's weights are trained by FedMetaNAS's first-order MAML
+    (``FedMetaNAS.learners``: support/query task pairs, M inner steps, meta update; ops
+    off the path get no gradient and are not touched). The policies stay the server's
+    REINFORCE business. Server: after the fold, FedMetaNAS's soft pruning on the mean
+    policy of the round's clients (its temperature and threshold schedule): an op
+    pruned there leaves the supernet and every client's sampling for good.
+    """
+
+    name = "meta_perfedrlnas"
+
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        self.meta = FedMetaNAS(cfg, info)
+
+    def local_train(self, net, choices, data: ClientData, tr: torch.Tensor,
+                    ctx: RoundContext) -> float:
+        a, f = self.cfg.algorithm, self.cfg.algorithm.fedmetanas
+        net.train()
+        task, meta = self.meta.learners(net.weight_parameters(), [], ctx.round)
+        g = torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.purpose}.tasks")
+        x, y = data.train_x[tr], data.train_y[tr]
+
+        def loss(idx):
+            xb = x[idx] if data.augment is None else data.augment(x[idx], g)
+            return lambda: F.cross_entropy(path_forward(net, xb, choices), y[idx])
+
+        total, steps = 0.0, 0
+        for _ in range(a.local_epochs):
+            for s_idx, q_idx in task_pairs(len(y), a.batch_size, f.tasks_per_epoch, g):
+                _, q_loss = meta.step(task, loss(s_idx), loss(q_idx))
+                total, steps = total + q_loss, steps + 1
+        return total / max(steps, 1)
+
+    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
+                    ctx: RoundContext) -> GlobalModel:
+        out = super().server_step(model, averaged, metrics, ctx)
+        f = self.cfg.algorithm.fedmetanas
+        done, lam = ctx.round + 1, self.meta.temperature(ctx.round)
+        metrics["temperature"] = lam
+        if not (f.prune_every and done >= f.prune_start
+                and (done - f.prune_start) % f.prune_every == 0):
+            return out
+        op_th, _ = self.meta.thresholds(ctx.round)
+        masks = {}
+        for c in CELL_TYPES:
+            m = model.spec["masks"][c]
+            ops, _ = prune(self.space, out.state[f"alpha_{c}"],
+                           torch.zeros(self.space.num_combos), m["ops"], m["combos"], lam,
+                           op_th, 0.0)
+            masks[c] = {"ops": ops, "combos": m["combos"]}
+        if masks == model.spec["masks"]:
+            return out
+        spec = {**model.spec, "masks": masks}
+        state = {k: out.state[k] for k in self.build(spec).state_dict()}
+        state.update(self.rl_entries(state))
+        metrics.update(temperature=lam, **self.arch_metrics(spec, state, 1.0))
+        return GlobalModel(spec, state, out.server_state)
