@@ -90,3 +90,22 @@ def test_meta_variant_one_and_three_ranks_agree(tmp_path):
     for k in ("global_acc", "local_acc", "train_loss", "personal_reward", "ops_alive",
               "temperature"):
         np.testing.assert_allclose(a.metrics[k], b.metrics[k], atol=1e-5, err_msg=k)
+
+
+def test_report_tools_show_the_clients_subnets(runs):
+    from fednas_mpi.report.runs import load_run
+    from fednas_mpi.report.summary import clients, summary, summary_text
+
+    run = load_run(runs[3])
+    ck = _last(runs[3])
+    assert sorted(run.client_subnets) == sorted(ck.client_states)
+    s = summary(run)
+    assert s["client_subnets"] == len(ck.client_states) >= 1
+    assert 1 <= s["distinct_client_subnets"] <= s["client_subnets"]
+    rows = {r["client"]: r for r in clients(run)}
+    for c, st in ck.client_states.items():
+        ops = [run.config["model"]["darts"]["primitives"][int(k)]
+               for k in st["subnet_normal"].tolist()]
+        assert rows[c]["subnet"].startswith("normal: " + ",".join(ops))
+    assert "one per client" in summary_text(s)
+    assert "personal_reward" in run.metrics and "distinct_subnets" in run.metrics
