@@ -169,6 +169,10 @@ def test_last_round_derives_the_argmax_child():
     avg = weighted_average([r.state for r in res], [r.weight for r in res])
     new = algo.server_step(model, avg, {}, ctx)
     assert new.spec["genotype"] is not None
+    # the raw average of subnet states is no model of the method
+    raw = algo.evaluate(GlobalModel(model.spec, avg), torch.randn(2, 1, 8, 8),
+                        torch.zeros(2, dtype=torch.long))
+    assert all(v != v for v in raw)
     assert not any(k.startswith("rl.") for k in new.state)
     x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
     assert 0.0 <= algo.evaluate(new, x, y)[1] <= 1.0

@@ -71,6 +71,13 @@ class SubnetSearch(SupernetMethod):
 
     def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[float, float]:
+        if any(float(model.state[f"rl.count_{c}"].abs().sum()) > 0 for c in CELL_TYPES
+               if f"rl.count_{c}" in model.state):
+            # A raw FedAvg of the clients' subnet states (what the runtime offers as the
+            # model "before" an architecture change) is not a model of this method: its
+            # ops are not folded and its policy not updated. The derivation itself keeps
+            # every weight, so there is no before/after difference to report.
+            return float("nan"), float("nan")
         net = self.net_of(model.spec, model.state)
         return evaluate(PathModel(net, argmax_choices(net)), x, y)
 
