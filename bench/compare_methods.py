@@ -9,12 +9,17 @@ to every run, e.g. ``partition.alpha=0.1``). Printed per config (mean +- std ove
 final and best global accuracy (Table 1), the personalised accuracy of the last round -
 mean over all clients of each client's personalised model on its eval split (Table 5;
 ``personal_acc``) and its std across clients -, the mean local accuracy of the sampled
-clients' models in the last round where the method reports it, total wall time of
-the job, the sum of round times per stage, the time (sum of round times) until the global
-accuracy first reaches ``--target``, and the global accuracy just before and just after
-the last architecture change (FedNAS: the hard pruning, with inherited weights;
-FedMetaNAS: the final derivation) - paper Table 3. Times are ratios to the first config's,
-all measured in this invocation on this machine.
+clients' models in the last round where the method reports it and its std over those
+clients (paper Table 5's "mean ± std"), total wall time of the job, the sum of round
+times per stage, the time (sum of round times) until the global accuracy first reaches
+``--target``, and the global accuracy just before and just after the last architecture
+change (FedNAS: the hard pruning, with inherited weights; FedMetaNAS: the final
+derivation) - paper Table 3. Times are ratios to the first config's, all measured in this
+invocation on this machine.
+
+Any method's configs can be given; ``--nas SUFFIX`` adds the configs of every NAS method
+for one scale, e.g. ``--nas fashion_mnist`` = configs/{fedmetanas,fednas,feddsnas,fedrlnas,
+fedpnas,meta_fedpnas,perfedrlnas,meta_perfedrlnas}_fashion_mnist.yaml (Tables 2 and 5).
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers import mpirun  # noqa: E402
 
 from fednas_mpi.store import list_checkpoints, read_checkpoint  # noqa: E402
+
+NAS_METHODS = ("fedmetanas", "fednas", "feddsnas", "fedrlnas", "fedpnas", "meta_fedpnas",
+               "perfedrlnas", "meta_perfedrlnas")
 
 
 def _last_finite(values) -> float:
@@ -60,6 +68,7 @@ def run_one(cfg: str, seed: int, ranks: int, sets: list[str], target: float,
     nan = [np.nan]
     return {"method": ck.attrs["algorithm"], "final": _last_finite(acc),
             "best": float(np.nanmax(acc)), "local": _last_finite(m.get("local_acc", nan)),
+            "local_std": _last_finite(m.get("local_acc_std", nan)),
             "personal": _last_finite(m.get("personal_acc", nan)),
             "personal_std": _last_finite(m.get("personal_acc_std", nan)),
             "before": _last_finite(m.get("acc_before_prune", [np.nan])),
@@ -81,12 +90,18 @@ def ms(values, scale: float = 1.0, digits: int = 2) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("configs", nargs="+")
+    p.add_argument("configs", nargs="*")
+    p.add_argument("--nas", metavar="SUFFIX", help="add configs/METHOD_SUFFIX.yaml of every "
+                   "NAS method (e.g. fashion_mnist, digits)")
     p.add_argument("--ranks", type=int, default=3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--target", type=float, default=0.9)
     p.add_argument("--set", dest="sets", action="append", default=[])
     a = p.parse_args()
+    if a.nas:
+        a.configs += [str(ROOT / "configs" / f"{m}_{a.nas}.yaml") for m in NAS_METHODS]
+    if not a.configs:
+        p.error("give configs or --nas SUFFIX")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, cfg in enumerate(a.configs):
@@ -100,9 +115,9 @@ def main() -> None:
     base = np.mean([r["wall"] for r in rows[0][1]])
     print(f"mpirun -n {a.ranks}; seeds {a.seeds}; overrides {a.sets}; target {a.target:.0%}")
     print("| config | method | final acc % | best acc % | personal acc % | std across clients "
-          "% | local acc % | wall s | x first | round time per stage s | time to target s "
-          "| acc before -> after last architecture change % |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "% | local acc % | clients' std of local acc % | wall s | x first | round time per "
+          "stage s | time to target s | acc before -> after last architecture change % |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cfg, runs in rows:
         wall = [r["wall"] for r in runs]
         stages = sorted({s for r in runs for s in r["stages"]})
@@ -115,6 +130,7 @@ def main() -> None:
               f"| {ms([r['personal'] for r in runs], 100)} "
               f"| {ms([r['personal_std'] for r in runs], 100)} "
               f"| {ms([r['local'] for r in runs], 100)} "
+              f"| {ms([r['local_std'] for r in runs], 100)} "
               f"| {ms(wall, digits=1)} | {np.mean(wall) / base:.2f} | {per_stage} "
               f"| {ms([r['to_target'] for r in runs], digits=1)} | {prune} |")
     for cfg, runs in rows:

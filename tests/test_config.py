@@ -44,6 +44,19 @@ ALL_KEYS = [
     *(f"algorithm.perfedavg.{k}" for k in ("variant", "alpha", "hf_delta", "adapt_steps")),
     "algorithm.fedrep.head_epochs", "algorithm.fedrep.head_lr",
     "algorithm.fedbabu.finetune_epochs", "algorithm.fedbabu.finetune_lr",
+    *(f"algorithm.feddsnas.{k}" for k in (
+        "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr", "arch_betas",
+        "arch_weight_decay", "local_eval_every")),
+    *(f"algorithm.fedrlnas.{k}" for k in (
+        "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "epsilon", "val_fraction",
+        "arch_lr", "arch_betas", "baseline_decay", "local_eval_every")),
+    *(f"algorithm.perfedrlnas.{k}" for k in (
+        "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "epsilon", "val_fraction",
+        "arch_lr", "arch_betas", "time_lambda", "local_eval_every")),
+    *(f"algorithm.fedpnas.{k}" for k in (
+        "personal_layers", "inner_steps", "inner_lr_w", "inner_lr_alpha", "lr", "momentum",
+        "weight_decay", "arch_lr", "grad_clip", "temperature_start", "temperature_end",
+        "tasks_per_epoch", "local_eval_every")),
     "federation.clients_per_round",
     "runtime.threads_per_rank", "runtime.poll_interval_ms", "runtime.device", "runtime.gpus",
     "runtime.server_device", "runtime.transport",

@@ -140,3 +140,22 @@ def test_base_files_load_alone():
     for path in sorted((CONFIGS / "data").glob("*.yaml")) + sorted(
             (CONFIGS / "partition").glob("*.yaml")):
         load(path)
+
+
+NAS_METHODS = ["feddsnas", "fedrlnas", "perfedrlnas", "fedpnas", "meta_fedpnas",
+               "meta_perfedrlnas"]
+
+
+@pytest.mark.parametrize("method", NAS_METHODS)
+def test_every_baseline_has_cpu_and_paper_scale_configs(method):
+    fm = load(CONFIGS / "fedmetanas_fashion_mnist.yaml")
+    for scale in ("digits", "fashion_mnist", "cifar10", "cifar100"):
+        cfg = load(CONFIGS / f"{method}_{scale}.yaml")
+        assert cfg.algorithm.name == method and cfg.model.name == "darts"
+        assert cfg.data.name == scale and cfg.run.name == f"{method}_{scale}"
+    # same data, partition, clients and rounds as FedMetaNAS at CPU scale
+    cpu = load(CONFIGS / f"{method}_fashion_mnist.yaml")
+    assert (cpu.partition, cpu.federation, cpu.run.rounds, cpu.data) == \
+        (fm.partition, fm.federation, fm.run.rounds, fm.data)
+    paper = load(CONFIGS / f"{method}_cifar10.yaml")
+    assert paper.partition.num_clients == 100 and paper.model.darts.layers == 8

@@ -258,9 +258,104 @@ class FedBABUConfig:
 
 
 @dataclass(kw_only=True)
+class FedDSNASConfig:
+    lr: float = _f(0.025, "Weights: SGD learning rate (cosine schedule over run.rounds).",
+                   gt=0.0)
+    lr_min: float = _f(0.001, "Weights: learning rate in the last round.", ge=0.0)
+    momentum: float = _f(0.9, "Weights: SGD momentum (ops not sampled in a step keep their "
+                              "weights and momentum untouched).", ge=0.0, lt=1.0)
+    weight_decay: float = _f(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
+    grad_clip: float = _f(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
+    arch_lr: float = _f(1e-3, "Alphas: Adam learning rate of the DSNAS estimator's "
+                              "gradient.", gt=0.0)
+    arch_betas: list[float] = _f([0.5, 0.999], "Alphas: Adam betas.", min_len=2)
+    arch_weight_decay: float = _f(1e-3, "Alphas: Adam weight decay.", ge=0.0)
+    local_eval_every: int = _f(1, "Evaluate the sampled clients' argmax children on their "
+                                  "eval splits every N rounds (and in the last).", ge=1)
+
+
+@dataclass(kw_only=True)
+class FedRLNASConfig:
+    lr: float = _f(0.025, "Weights: client SGD learning rate (cosine schedule over "
+                          "run.rounds).", gt=0.0)
+    lr_min: float = _f(0.001, "Weights: learning rate in the last round.", ge=0.0)
+    momentum: float = _f(0.9, "Weights: SGD momentum (ops off the sampled path are not "
+                              "touched).", ge=0.0, lt=1.0)
+    weight_decay: float = _f(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
+    grad_clip: float = _f(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
+    epsilon: float = _f(0.0, "epsilon-greedy sampling: per edge, with this probability a "
+                             "uniformly random op instead of a draw from softmax(alpha).",
+                        ge=0.0, le=1.0)
+    val_fraction: float = _f(0.2, "Fraction of each client's train split held out to "
+                                  "measure the reward (the subnet's accuracy).", gt=0.0,
+                             lt=1.0)
+    arch_lr: float = _f(0.05, "Policy alpha: Adam learning rate of the REINFORCE ascent.",
+                        gt=0.0)
+    arch_betas: list[float] = _f([0.5, 0.999], "Policy alpha: Adam betas.", min_len=2)
+    baseline_decay: float = _f(0.9, "Reward baseline b <- decay * b + (1 - decay) * mean "
+                                    "reward of the round (started at the first round's).",
+                               ge=0.0, lt=1.0)
+    local_eval_every: int = _f(1, "Evaluate the clients' trained subnets on their eval "
+                                  "splits every N rounds (and in the last).", ge=1)
+
+
+@dataclass(kw_only=True)
+class PerFedRLNASConfig:
+    lr: float = _f(0.025, "Weights: client SGD learning rate (cosine schedule over "
+                          "run.rounds).", gt=0.0)
+    lr_min: float = _f(0.001, "Weights: learning rate in the last round.", ge=0.0)
+    momentum: float = _f(0.9, "Weights: SGD momentum (ops off the sampled path are not "
+                              "touched).", ge=0.0, lt=1.0)
+    weight_decay: float = _f(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
+    grad_clip: float = _f(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
+    epsilon: float = _f(0.0, "epsilon-greedy sampling from each client's policy (per edge).",
+                        ge=0.0, le=1.0)
+    val_fraction: float = _f(0.2, "Fraction of each client's train split held out to "
+                                  "measure its reward.", gt=0.0, lt=1.0)
+    arch_lr: float = _f(0.05, "Client policies: Adam learning rate of the REINFORCE ascent.",
+                        gt=0.0)
+    arch_betas: list[float] = _f([0.5, 0.999], "Client policies: Adam betas.", min_len=2)
+    time_lambda: float = _f(0.01, "lambda_time of the reward acc - mean best acc - "
+                                  "lambda_time * (time - fastest time of the round); time "
+                                  "is the deterministic cost samples x path parameters / 1e6.",
+                            ge=0.0)
+    local_eval_every: int = _f(1, "Evaluate the clients' personalised subnets on their eval "
+                                  "splits every N rounds (and in the last).", ge=1)
+
+
+@dataclass(kw_only=True)
+class FedPNASConfig:
+    personal_layers: int = _f(1, "Last cells that (with the classifier) form each client's "
+                                 "personalised part, with their own architecture logits; "
+                                 "the rest is the shared base (also used by meta_fedpnas).",
+                              ge=0)
+    inner_steps: int = _f(1, "SGD steps of the personalised part on each support task.",
+                          ge=1)
+    inner_lr_w: float = _f(0.05, "Personalised weights: learning rate of the inner steps.",
+                           gt=0.0)
+    inner_lr_alpha: float = _f(0.1, "Personalised logits: learning rate of the inner steps.",
+                               ge=0.0)
+    lr: float = _f(0.05, "Base weights: SGD learning rate of the first-order meta step.",
+                   gt=0.0)
+    momentum: float = _f(0.9, "Base weights: SGD momentum.", ge=0.0, lt=1.0)
+    weight_decay: float = _f(3e-4, "Base weights: SGD weight decay.", ge=0.0)
+    arch_lr: float = _f(3e-3, "Base logits: Adam learning rate of the meta step.", ge=0.0)
+    grad_clip: float = _f(5.0, "Gradient norm clip of both steps (0 = off).", ge=0.0)
+    temperature_start: float = _f(1.0, "SNAS sampler: Gumbel-softmax temperature in round 1.",
+                                  gt=0.0)
+    temperature_end: float = _f(0.1, "SNAS sampler: temperature in the last round "
+                                     "(exponential schedule).", gt=0.0)
+    tasks_per_epoch: int = _f(0, "Support/query task pairs per local epoch; 0 = as many "
+                                 "disjoint pairs as the train split holds.", ge=0)
+    local_eval_every: int = _f(1, "Evaluate the clients' personalised models on their eval "
+                                  "splits every N rounds (and in the last).", ge=1)
+
+
+@dataclass(kw_only=True)
 class AlgorithmConfig:
-    name: Literal["fedavg", "fedmetanas", "fednas", "perfedavg", "fedrep", "fedbabu"] = _f(
-        "fedavg", "Federated method.")
+    name: Literal["fedavg", "fedmetanas", "fednas", "perfedavg", "fedrep", "fedbabu",
+                  "feddsnas", "fedrlnas", "perfedrlnas", "fedpnas", "meta_fedpnas",
+                  "meta_perfedrlnas"] = _f("fedavg", "Federated method.")
     local_epochs: int = _f(1, "Local epochs E per client and round (fedrep: body epochs).",
                            ge=1)
     batch_size: int = _f(32, "Local minibatch size (fedmetanas: size of a support or query "
@@ -277,10 +372,15 @@ class AlgorithmConfig:
     perfedavg: PerFedAvgConfig = field(default_factory=PerFedAvgConfig)
     fedrep: FedRepConfig = field(default_factory=FedRepConfig)
     fedbabu: FedBABUConfig = field(default_factory=FedBABUConfig)
+    feddsnas: FedDSNASConfig = field(default_factory=FedDSNASConfig)
+    fedrlnas: FedRLNASConfig = field(default_factory=FedRLNASConfig)
+    perfedrlnas: PerFedRLNASConfig = field(default_factory=PerFedRLNASConfig)
+    fedpnas: FedPNASConfig = field(default_factory=FedPNASConfig)
 
 
 #: Methods that search an architecture (model.name: darts); the others train a fixed one.
-NAS_METHODS = ("fedmetanas", "fednas")
+NAS_METHODS = ("fedmetanas", "fednas", "feddsnas", "fedrlnas", "perfedrlnas", "fedpnas",
+               "meta_fedpnas", "meta_perfedrlnas")
 
 
 @dataclass(kw_only=True)

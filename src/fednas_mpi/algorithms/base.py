@@ -102,6 +102,16 @@ class Algorithm(ABC):
         """Next global model from the FedAvg average; plain FedAvg keeps it as is."""
         return GlobalModel(model.spec, averaged, model.server_state)
 
+    def server_client_step(self, states: dict[int, State], clients: list[int],
+                           metrics: dict[str, float], ctx: RoundContext) -> dict[int, State]:
+        """Server-side update of per-client state after a round, once every client of the
+        round has reported: ``states`` holds every client's stored state (this round's
+        new ones included), ``clients`` this round's clients. Returns the states to
+        replace (default: none); may add round metrics. Runs on the server only, before
+        ``server_step``, so it can use values only the whole round knows (e.g. the
+        fastest client)."""
+        return {}
+
     @abstractmethod
     def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[float, float]:

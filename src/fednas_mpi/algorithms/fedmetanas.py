@@ -92,6 +92,26 @@ class FedMetaNAS(SupernetMethod):
         return GlobalModel(spec, state_of(net), {"temperature": temp})
 
     # ------------------------------------------------------------ client
+    def learners(self, weights: list, arch: list, round_: int
+                 ) -> tuple[TaskLearner, MetaLearner]:
+        """The task and meta learners of eq. 9-10 over (weights, architecture parameters),
+        with this section's learning rates (alphas frozen during the warm-up rounds).
+        Shared by the methods that take FedMetaNAS's local search (meta-FedPNAS,
+        meta-PerFedRLNAS)."""
+        f = self.cfg.algorithm.fedmetanas
+        warm = round_ < f.arch_warmup_rounds
+        task_lr_a, meta_lr_a = (0.0, 0.0) if warm else (f.task_lr_alpha, f.meta_lr_alpha)
+        task = TaskLearner([(weights, f.task_lr_w), (arch, task_lr_a)], f.inner_steps,
+                           f.grad_clip)
+        groups = [{"params": weights, "lr": f.meta_lr_w, "weight_decay": f.weight_decay}]
+        if arch:
+            groups.append({"params": arch, "lr": meta_lr_a, "weight_decay": 0.0})
+        if f.meta_optimizer == "adam":
+            opt = torch.optim.Adam(groups, betas=(f.meta_momentum, 0.999))
+        else:
+            opt = torch.optim.SGD(groups, momentum=f.meta_momentum)
+        return task, MetaLearner(weights + arch, opt, f.grad_clip)
+
     def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
                       client_state: State | None) -> ClientResult:
         f, a = self.cfg.algorithm.fedmetanas, self.cfg.algorithm
@@ -99,18 +119,7 @@ class FedMetaNAS(SupernetMethod):
         net.train()
         net.set_sampling(self.temperature(ctx.round),
                          torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.gumbel"))
-        weights, arch = net.weight_parameters(), net.arch_parameters()
-        warm = ctx.round < f.arch_warmup_rounds
-        task_lr_a, meta_lr_a = (0.0, 0.0) if warm else (f.task_lr_alpha, f.meta_lr_alpha)
-        task = TaskLearner([(weights, f.task_lr_w), (arch, task_lr_a)], f.inner_steps,
-                           f.grad_clip)
-        groups = [{"params": weights, "lr": f.meta_lr_w, "weight_decay": f.weight_decay},
-                  {"params": arch, "lr": meta_lr_a, "weight_decay": 0.0}]
-        if f.meta_optimizer == "adam":
-            opt = torch.optim.Adam(groups, betas=(f.meta_momentum, 0.999))
-        else:
-            opt = torch.optim.SGD(groups, momentum=f.meta_momentum)
-        meta = MetaLearner(weights + arch, opt, f.grad_clip)
+        task, meta = self.learners(net.weight_parameters(), net.arch_parameters(), ctx.round)
         g_tasks = torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.tasks")
         g_aug = torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.augment")
         x, y = data.train_x, data.train_y

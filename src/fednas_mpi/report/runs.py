@@ -46,6 +46,9 @@ class Run:
     client_metrics: dict[str, np.ndarray] = field(default_factory=dict)
     partition: dict[str, np.ndarray] = field(default_factory=dict)
     writing: list[str] = field(default_factory=list)  # temporary files of a round in progress
+    #: per client, its own subnet (cell type -> op per edge) where the method keeps one
+    #: in its client state (PerFedRLNAS and its meta variant)
+    client_subnets: dict[int, dict[str, list[str]]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -121,14 +124,21 @@ def _read(path: Path, directory: Path) -> Run:
     with h5py.File(path, "r", locking=False) as f:
         partition = {k: np.asarray(v[()]) for k, v in f["partition"].items()} \
             if "partition" in f else {}
+        subnets = {int(c): {cell: np.asarray(g[f"subnet_{cell}"][()]).astype(int).tolist()
+                            for cell in ("normal", "reduce")}
+                   for c, g in (f["clients"].items() if "clients" in f else [])
+                   if "subnet_normal" in g and "subnet_reduce" in g}
     config = yaml.safe_load(ck.config_yaml) or {}
+    prims = config.get("model", {}).get("darts", {}).get("primitives", [])
+    client_subnets = {c: {cell: [prims[k] if 0 <= k < len(prims) else str(k) for k in ops]
+                          for cell, ops in sn.items()} for c, sn in sorted(subnets.items())}
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its config attribute is not a YAML mapping")
     planned = ck.attrs.get("rounds_planned", config.get("run", {}).get("rounds", ck.round))
     return Run(directory=directory, checkpoint=path, round=ck.round,
                rounds_planned=int(planned), attrs=ck.attrs, config=config, spec=ck.spec,
                metrics=ck.metrics, stages=ck.stages, client_metrics=ck.client_metrics,
-               partition=partition)
+               partition=partition, client_subnets=client_subnets)
 
 
 def load_run(source: str | Path) -> Run:

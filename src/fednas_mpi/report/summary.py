@@ -78,6 +78,9 @@ def summary(run: Run) -> dict:
             "acc_after": _num(run.metric("acc_after_prune")[change_round - 1])},
         "genotype": genotype,
         "genotype_text": genotype.get("text") if isinstance(genotype, dict) else None,
+        "client_subnets": len(run.client_subnets) or None,
+        "distinct_client_subnets": len({json.dumps(v, sort_keys=True)
+                                        for v in run.client_subnets.values()}) or None,
     }
 
 
@@ -115,6 +118,9 @@ def clients(run: Run) -> list[dict]:
             row["last_round"] = int(taken[-1]) + 1 if taken.size else None
             for k in names:
                 row[k] = _num(finite_last(run.client_metrics[k][:, c])[0])
+            if c in run.client_subnets:
+                row["subnet"] = "; ".join(f"{cell}: {','.join(ops)}" for cell, ops in
+                                          run.client_subnets[c].items())
             if "local_acc" in run.client_metrics:
                 col = run.client_metrics["local_acc"][:, c]
                 row["local_acc_mean"] = _num(float(np.nanmean(col))) \
@@ -235,6 +241,9 @@ def summary_text(s: dict) -> str:
         text = s["genotype_text"].splitlines()
         lines.append(f"genotype    {text[0]}")
         lines += [f"            {t}" for t in text[1:]]
+    elif s["client_subnets"]:
+        lines.append(f"subnets     one per client: {s['client_subnets']} clients, "
+                     f"{s['distinct_client_subnets']} distinct (per-client table)")
     elif s["ops_alive"] is not None:
         lines.append("genotype    not derived yet (the search is still going)")
     return "\n".join(lines)

@@ -247,6 +247,8 @@ class Simulation:
             per_client = _append_clients(per_client, sums.per_client(total), len(stages),
                                          cfg.partition.num_clients)
             client_states.update(new_states)
+            client_states.update(self.algorithm.server_client_step(
+                client_states, sorted(int(c) for c in clients), metrics, ctx))
             old_spec = model.spec
             model = self.algorithm.server_step(model, averaged, metrics, ctx)
             metrics["aggregate_time"] = time.perf_counter() - t_agg + times["fold"]

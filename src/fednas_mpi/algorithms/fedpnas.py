@@ -1,0 +1,262 @@
+"""FedPNAS (Hoang and Kingsford 2021): personalised search with a shared base and
+per-client personalised cells; meta-FedPNAS: the same with FedMetaNAS's local search.
+
+The network is the eq. 8 search space (``SearchNetwork``, Gumbel-softmax over ops and
+input combinations, SNAS-style: relaxed samples, temperature annealed over the rounds).
+Its last ``personal_layers`` cells and the classifier form the personalised part; the
+stem, the other cells and the global alphas/betas the base.
+
+- Client state (persistent, checkpointed, restored on resume): the personalised part's
+  weights and its own architecture logits (``palpha_*``, ``pbeta_*``), which mix the
+  personalised cells in place of the global ones. A client seen for the first time
+  starts from the global model's personalised part and the global logits.
+- FedPNAS local step, per support/query task pair (``fedmetanas.task_pairs``): the
+  personalised part (weights and logits) takes ``inner_steps`` SGD steps on the support
+  task and keeps them; the base takes the first-order meta step: the query loss's
+  gradient at the adapted personalised part (SGD with momentum for the weights, Adam
+  for the base logits).
+- meta-FedPNAS local step: FedMetaNAS's first-order MAML on all parameters (base and
+  personalised weights and logits: ``FedMetaNAS.learners``, eq. 9-10, its config
+  section), and on the server FedMetaNAS's temperature schedule and soft pruning of
+  the global logits (the masks apply to every cell, the personalised ones included).
+- Server: FedAvg of the whole state; the averaged personalised part is what new clients
+  start from and what the global accuracy uses (base + averaged personalised part,
+  global logits). ``local_acc`` is each client's personalised model on its eval split.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..flat import State
+from ..nas import temperature_at
+from ..nas.mixing import gumbel_noise
+from ..nas.network import SearchNetwork
+from ..nas.single_path import CELL_TYPES
+from ..seeding import torch_rng
+from .base import ClientData, ClientResult, GlobalModel, RoundContext
+from .fedmetanas import FedMetaNAS, task_pairs
+from .maml import TaskLearner, clip_grad_norm
+from .supernet import SupernetMethod, state_of
+from .training import evaluate
+
+ARCH_NAMES = ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
+
+
+def mixing_from(net: SearchNetwork, cell: str, alpha: torch.Tensor, beta: torch.Tensor,
+                noisy: bool):
+    """``SearchNetwork.mixing_weights`` for logits given from outside."""
+    op_noise = combo_noise = None
+    if noisy and net.generator is not None:
+        op_noise = gumbel_noise(alpha.shape, net.generator, alpha.dtype)
+        combo_noise = gumbel_noise(beta.shape, net.generator, beta.dtype)
+    op_w = net.space.op_weights(alpha, net.temperature, op_noise,
+                                getattr(net, f"op_mask_{cell}"))
+    coefs = net.space.input_coefficients(beta, net.temperature, combo_noise,
+                                         getattr(net, f"combo_mask_{cell}"))
+    return op_w, coefs
+
+
+def split_forward(net: SearchNetwork, x: torch.Tensor, personal: dict[str, torch.Tensor],
+                  first_personal: int) -> torch.Tensor:
+    """Forward with the global logits for cells before ``first_personal`` and the
+    personalised logits (``palpha_*``, ``pbeta_*``) from there on."""
+    noisy = net.training
+    base = {c: net.mixing_weights(c, noisy) for c in CELL_TYPES}
+    pers = {c: mixing_from(net, c, personal[f"palpha_{c}"], personal[f"pbeta_{c}"], noisy)
+            for c in CELL_TYPES}
+    s0 = s1 = net.stem(x)
+    for li, cell in enumerate(net.cells):
+        kind = "reduce" if cell.reduction else "normal"
+        op_w, coefs = (pers if li >= first_personal else base)[kind]
+        s0, s1 = s1, cell(s0, s1, op_w, coefs)
+    return net.classifier(net.pool(s1).flatten(1))
+
+
+class SplitModel(nn.Module):
+    def __init__(self, net: SearchNetwork, personal: dict[str, torch.Tensor], first: int):
+        super().__init__()
+        self.net, self.personal, self.first = net, personal, first
+
+    def forward(self, x):
+        return split_forward(self.net, x, self.personal, self.first)
+
+
+class FedPNAS(SupernetMethod):
+    name = "fedpnas"
+    client_metrics = ("train_loss", "support_loss", "local_acc")
+
+    @property
+    def conf(self):
+        return self.cfg.algorithm.fedpnas
+
+    def stage(self, round_: int) -> str:
+        return "search"
+
+    @property
+    def first_personal(self) -> int:
+        return max(self.cfg.model.darts.layers - self.conf.personal_layers, 0)
+
+    def is_personal(self, key: str) -> bool:
+        if key.startswith("classifier."):
+            return True
+        if key.startswith("cells."):
+            return int(key.split(".")[1]) >= self.first_personal
+        return False
+
+    def temperature(self, round_: int) -> float:
+        f = self.conf
+        return temperature_at(round_, self.cfg.run.rounds, f.temperature_start,
+                              f.temperature_end, "exponential", 0.01)
+
+    def init_global(self) -> GlobalModel:
+        spec = self.initial_spec()
+        return GlobalModel(spec, state_of(self.fresh(spec)),
+                           {"temperature": torch.tensor(self.temperature(0),
+                                                        dtype=torch.float64)})
+
+    # ------------------------------------------------------------ client
+    def personal_state(self, model: GlobalModel, client_state: State | None) -> State:
+        """The client's stored personalised part, or the global one for a new client.
+        Entries of ops pruned since the client was last seen are dropped."""
+        net = self.build(model.spec)
+        names = [k for k in net.state_dict() if self.is_personal(k)]
+        src = client_state if client_state is not None else model.state
+        out = {k: (src[k] if k in src else model.state[k]).clone() for k in names}
+        for c in CELL_TYPES:
+            for kind in ("alpha", "beta"):
+                k = f"p{kind}_{c}"
+                out[k] = (client_state[k] if client_state is not None
+                          else model.state[f"{kind}_{c}"]).clone().float()
+        return out
+
+    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
+                      client_state: State | None) -> ClientResult:
+        a = self.cfg.algorithm
+        net = self._net(model)
+        mine = self.personal_state(model, client_state)
+        net.load_state_dict({k: v for k, v in mine.items() if not k.startswith("p")},
+                            strict=False)
+        personal = {k: nn.Parameter(v.clone()) for k, v in mine.items()
+                    if k.startswith(("palpha_", "pbeta_"))}
+        net.train()
+        net.set_sampling(self.temperature(ctx.round),
+                         torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.name}.gumbel"))
+        named = dict(net.named_parameters())
+        base_w = [p for k, p in named.items() if k not in ARCH_NAMES and not self.is_personal(k)]
+        pers_w = [p for k, p in named.items() if k not in ARCH_NAMES and self.is_personal(k)]
+        base_a, pers_a = net.arch_parameters(), list(personal.values())
+        step = self.local_step(base_w, pers_w, base_a, pers_a, ctx.round)
+        g_tasks = torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.name}.tasks")
+        x, y, first = data.train_x, data.train_y, self.first_personal
+
+        def loss(idx):
+            xb = x[idx] if data.augment is None else data.augment(x[idx], g_tasks)
+            return lambda: F.cross_entropy(split_forward(net, xb, personal, first), y[idx])
+
+        s_sum = q_sum = 0.0
+        steps = 0
+        for _ in range(a.local_epochs):
+            for s_idx, q_idx in task_pairs(len(y), a.batch_size, self.tasks_per_epoch, g_tasks):
+                s_loss, q_loss = step(loss(s_idx), loss(q_idx))
+                s_sum, q_sum, steps = s_sum + s_loss, q_sum + q_loss, steps + 1
+        local_acc = float("nan")
+        every = self.local_eval_every
+        if (ctx.round + 1) % every == 0 or ctx.round + 1 == ctx.rounds:
+            _, local_acc = evaluate(SplitModel(net, personal, first), data.eval_x, data.eval_y)
+        state = state_of(net)
+        kept = {k: v for k, v in state.items() if self.is_personal(k)}
+        kept.update({k: p.detach().clone() for k, p in personal.items()})
+        return ClientResult(state, float(data.num_train),
+                            {"train_loss": q_sum / steps, "support_loss": s_sum / steps,
+                             "local_acc": local_acc}, client_state=kept)
+
+    @property
+    def tasks_per_epoch(self) -> int:
+        return self.conf.tasks_per_epoch
+
+    @property
+    def local_eval_every(self) -> int:
+        return self.conf.local_eval_every
+
+    def local_step(self, base_w, pers_w, base_a, pers_a, round_: int):
+        """FedPNAS: the personalised part adapts on the support task and keeps it; the
+        base takes the query gradient at the adapted point (first-order meta step)."""
+        f = self.conf
+        inner = TaskLearner([(pers_w, f.inner_lr_w), (pers_a, f.inner_lr_alpha)],
+                            f.inner_steps, f.grad_clip)
+        w_opt = torch.optim.SGD(base_w, lr=f.lr, momentum=f.momentum,
+                                weight_decay=f.weight_decay)
+        a_opt = torch.optim.Adam(base_a, lr=f.arch_lr, betas=(0.5, 0.999))
+        base = base_w + base_a
+
+        def step(support, query) -> tuple[float, float]:
+            s_loss = inner.adapt(support)
+            q = query()
+            grads = torch.autograd.grad(q, base, allow_unused=True)
+            for p, g in zip(base, grads):
+                p.grad = None if g is None else g
+            if f.grad_clip > 0:
+                present = [p.grad for p in base_w if p.grad is not None]
+                if present:
+                    clip_grad_norm(present, f.grad_clip)
+            w_opt.step()
+            a_opt.step()
+            w_opt.zero_grad(set_to_none=True)
+            a_opt.zero_grad(set_to_none=True)
+            return s_loss, float(q.detach())
+
+        return step
+
+    # ------------------------------------------------------------ server
+    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
+                    ctx: RoundContext) -> GlobalModel:
+        lam = self.temperature(ctx.round)
+        metrics.update(temperature=lam, **self.arch_metrics(model.spec, averaged, lam))
+        return GlobalModel(model.spec, averaged,
+                           {"temperature": torch.tensor(lam, dtype=torch.float64)})
+
+    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[float, float]:
+        net = self._net(model)
+        net.set_sampling(float(model.server_state.get("temperature", 1.0)), None)
+        return evaluate(net, x, y)
+
+
+class MetaFedPNAS(FedPNAS):
+    """FedPNAS with FedMetaNAS's first-order MAML local search and soft pruning."""
+
+    name = "meta_fedpnas"
+
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        self.meta = FedMetaNAS(cfg, info)
+
+    def temperature(self, round_: int) -> float:
+        return self.meta.temperature(round_)
+
+    @property
+    def tasks_per_epoch(self) -> int:
+        return self.cfg.algorithm.fedmetanas.tasks_per_epoch
+
+    @property
+    def local_eval_every(self) -> int:
+        return self.cfg.algorithm.fedmetanas.local_eval_every
+
+    def local_step(self, base_w, pers_w, base_a, pers_a, round_: int):
+        task, meta = self.meta.learners(base_w + pers_w, base_a + pers_a, round_)
+        return lambda support, query: meta.step(task, support, query)
+
+    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
+                    ctx: RoundContext) -> GlobalModel:
+        f = self.cfg.algorithm.fedmetanas
+        done, lam = ctx.round + 1, self.temperature(ctx.round)
+        spec, state = model.spec, averaged
+        if f.prune_every and done >= f.prune_start and (done - f.prune_start) % f.prune_every == 0:
+            spec = self.meta._prune(spec, averaged, lam, *self.meta.thresholds(ctx.round))
+            if spec is not model.spec:
+                state = {k: averaged[k] for k in self.build(spec).state_dict()}
+        metrics.update(temperature=lam, **self.arch_metrics(spec, state, lam))
+        return GlobalModel(spec, state, {"temperature": torch.tensor(lam, dtype=torch.float64)})

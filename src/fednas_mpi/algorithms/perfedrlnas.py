@@ -1,0 +1,243 @@
+"""PerFedRLNAS (Yao and Li 2024): one shared supernet, one architecture policy per client.
+
+- Client state (persistent, checkpointed): its policy ``alpha_normal``/``alpha_reduce``
+  (the reduction cell's policy is its own: its score uses ``alpha_reduce``, not the
+  normal cell's as in Plato's version), the policy's Adam moments, its best reward so
+  far, and what its last round left for the server (score of the sampled path, reward,
+  time).
+- Client, each round it is sampled: draws one op per edge from its own softmax(alpha)
+  (epsilon-greedy; in the last round its argmax subnet, so every client ends with its
+  own subnet), trains only that path of the shared supernet (``subnet.train_path``),
+  takes the reward accuracy on a held-out part of its train split and reports its
+  personalised subnet's accuracy on its eval split (``local_acc``).
+- Server, once the round is complete (``server_client_step``): for each of the round's
+  clients, reward R_i = acc_i - mean over clients of their best accuracies
+  - lambda_time * (time_i - fastest time of the round); the client's policy moves by
+  Adam ascent along R_i * grad log p(a_i).
+- Supernet: the subnet updates are folded in as in FedRLNAS (each op by the samples of
+  the clients that trained it). The global model's alpha is the sample-weighted mean of
+  the round's clients' policies; its argmax child gives the global accuracy.
+
+Time. A measured wall time would make the reward (and so the run) depend on the machine
+and the rank count; the simulator uses a deterministic cost instead: samples trained x
+parameters on the sampled path / 1e6 (a device of fixed speed), so the same seed gives
+the same run and -n 1 equals -n 3.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from ..flat import State
+from ..nas import prune
+from ..nas.single_path import CELL_TYPES, path_forward
+from ..seeding import torch_rng
+from .base import ClientData, ClientResult, GlobalModel, RoundContext
+from .feddsnas import PathModel
+from .fedmetanas import FedMetaNAS, task_pairs
+from .fedrlnas import FedRLNAS, holdout
+from .subnet import adam_ascent, choices_of, fold, onehot, op_keys, score, train_path
+from .training import evaluate
+
+
+def path_params(net, choices) -> int:
+    """Parameters a forward through the path touches (ops on the path and the rest)."""
+    keys = op_keys(net)
+    total = 0
+    for name, p in net.named_parameters():
+        if name.startswith("alpha_") or name.startswith("beta_"):
+            continue
+        where = keys.get(name)
+        if where is None or choices[where[0]][where[1]] == where[2]:
+            total += p.numel()
+    return total
+
+
+def personal_rewards(acc: dict[int, float], best: dict[int, float], time: dict[int, float],
+                     lam: float) -> dict[int, float]:
+    """R_i = acc_i - mean_j best_j - lam * (time_i - min time) for the round's clients
+    (``acc``, ``time``); ``best`` holds every known client's best accuracy."""
+    mean_best = sum(best.values()) / len(best)
+    fastest = min(time.values())
+    return {c: acc[c] - mean_best - lam * (time[c] - fastest) for c in acc}
+
+
+class PerFedRLNAS(FedRLNAS):
+    name = "perfedrlnas"
+    client_metrics = ("train_loss", "reward", "local_acc", "time_cost")
+    purpose = "perfedrlnas"
+
+    @property
+    def conf(self):
+        return self.cfg.algorithm.perfedrlnas
+
+    def init_global(self) -> GlobalModel:
+        model = super().init_global()
+        return GlobalModel(model.spec, model.state, {})
+
+    @staticmethod
+    def rl_entries(state: State) -> State:
+        return {f"rl.count_{c}": torch.zeros(state[f"alpha_{c}"].shape, dtype=torch.float64)
+                for c in CELL_TYPES}
+
+    def initial_client_state(self, model: GlobalModel) -> State:
+        st: State = {f"alpha_{c}": torch.zeros_like(model.state[f"alpha_{c}"],
+                                                     dtype=torch.float64) for c in CELL_TYPES}
+        st["best_acc"] = torch.zeros((), dtype=torch.float64)
+        st["seen"] = torch.zeros((), dtype=torch.float64)
+        return st
+
+    # ------------------------------------------------------------ client
+    def sample(self, policy: State, masks, ctx: RoundContext, cid: int):
+        if ctx.round + 1 == ctx.rounds:  # the client's own subnet: its policy's argmax
+            return {c: policy[f"alpha_{c}"].masked_fill(~masks[c].bool(), float("-inf"))
+                    .argmax(1).tolist() for c in CELL_TYPES}
+        g = torch_rng(ctx.seed, ctx.round, cid, f"{self.purpose}.arch")
+        return choices_of({c: policy[f"alpha_{c}"] for c in CELL_TYPES}, masks, g,
+                          self.conf.epsilon)
+
+    def local_train(self, net, choices, data: ClientData, tr: torch.Tensor,
+                    ctx: RoundContext) -> float:
+        f, a = self.conf, self.cfg.algorithm
+        opt = torch.optim.SGD(net.weight_parameters(), lr=self.lr(ctx.round),
+                              momentum=f.momentum, weight_decay=f.weight_decay)
+        g = torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.purpose}.batches")
+        return train_path(net, choices, data.train_x[tr], data.train_y[tr], opt, a.batch_size,
+                          a.local_epochs, g, f.grad_clip, data.augment)
+
+    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
+                      client_state: State | None) -> ClientResult:
+        f, a = self.conf, self.cfg.algorithm
+        policy = dict(client_state) if client_state is not None else \
+            self.initial_client_state(model)
+        net = self.net_of(model.spec, model.state)
+        masks = self.masks_of(net)
+        choices = self.sample(policy, masks, ctx, data.client_id)
+        tr, va = holdout(data.num_train, f.val_fraction,
+                         torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.purpose}.val"))
+        cost = a.local_epochs * len(tr) * path_params(net, choices) / 1e6
+        loss = self.local_train(net, choices, data, tr, ctx)
+        path = PathModel(net, choices)
+        _, reward = evaluate(path, data.train_x[va], data.train_y[va])
+        local_acc = float("nan")
+        if (ctx.round + 1) % f.local_eval_every == 0 or ctx.round + 1 == ctx.rounds:
+            _, local_acc = evaluate(path, data.eval_x, data.eval_y)
+        state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        for c in CELL_TYPES:
+            state[f"alpha_{c}"] = policy[f"alpha_{c}"].to(state[f"alpha_{c}"].dtype)
+            state[f"rl.count_{c}"] = onehot(policy[f"alpha_{c}"].shape, choices[c])
+            policy[f"pending.score_{c}"] = score(policy[f"alpha_{c}"], masks[c], choices[c])
+            policy[f"subnet_{c}"] = torch.tensor(choices[c], dtype=torch.float64)
+        policy["pending.acc"] = torch.tensor(reward, dtype=torch.float64)
+        policy["pending.time"] = torch.tensor(cost, dtype=torch.float64)
+        policy["local_acc"] = torch.tensor(local_acc, dtype=torch.float64)
+        return ClientResult({k: state[k] for k in model.state}, float(data.num_train),
+                            {"train_loss": loss, "reward": reward, "local_acc": local_acc,
+                             "time_cost": cost}, client_state=policy)
+
+    # ------------------------------------------------------------ server
+    def server_client_step(self, states: dict[int, State], clients: list[int],
+                           metrics: dict[str, float], ctx: RoundContext) -> dict[int, State]:
+        f = self.conf
+        acc = {c: float(states[c]["pending.acc"]) for c in clients}
+        best = {c: max(float(s["best_acc"]), float(s["pending.acc"]))
+                if "pending.acc" in s else float(s["best_acc"]) for c, s in states.items()}
+        time = {c: float(states[c]["pending.time"]) for c in clients}
+        rewards = personal_rewards(acc, best, time, f.time_lambda)
+        out: dict[int, State] = {}
+        for c in clients:
+            st = {k: v for k, v in states[c].items() if not k.startswith("pending.")}
+            for cell in CELL_TYPES:
+                st[f"alpha_{cell}"] = adam_ascent(
+                    st[f"alpha_{cell}"], rewards[c] * states[c][f"pending.score_{cell}"], st,
+                    f"adam_{cell}.", f.arch_lr, f.arch_betas)
+            st["best_acc"] = torch.tensor(best[c], dtype=torch.float64)
+            st["seen"] = st["seen"] + 1
+            st["last_reward"] = torch.tensor(rewards[c], dtype=torch.float64)
+            out[c] = st
+        r = list(rewards.values())
+        subnets = {tuple(v for x in CELL_TYPES for v in states[c][f"subnet_{x}"].tolist())
+                   for c in clients}
+        metrics.update(personal_reward=sum(r) / len(r),
+                       mean_best_acc=sum(best.values()) / len(best),
+                       distinct_subnets=float(len(subnets)))
+        return out
+
+    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
+                    ctx: RoundContext) -> GlobalModel:
+        net = self.build(model.spec)
+        names = list(net.state_dict())
+        share = {c: averaged[f"rl.count_{c}"] for c in CELL_TYPES}
+        state = fold(model.state, averaged, op_keys(net), share, names)
+        for c in CELL_TYPES:  # the mean policy of the round's clients
+            state[f"alpha_{c}"] = averaged[f"alpha_{c}"]
+        state.update(self.rl_entries(state))
+        metrics.update(lr=self.lr(ctx.round), **self.arch_metrics(model.spec, state, 1.0))
+        return GlobalModel(model.spec, state, model.server_state)
+
+    def client_subnet(self, client_state: State) -> dict[str, list[int]]:
+        """A client's own subnet: the argmax of its policy."""
+        return {c: client_state[f"alpha_{c}"].argmax(1).tolist() for c in CELL_TYPES}
+
+
+class MetaPerFedRLNAS(PerFedRLNAS):
+    """PerFedRLNAS with FedMetaNAS's local search and soft pruning.
+
+    Local step: the sampled path's weights are trained by FedMetaNAS's first-order MAML
+    (``FedMetaNAS.learners``: support/query task pairs, M inner steps, meta update; ops
+    off the path get no gradient and are not touched). The policies stay the server's
+    REINFORCE business. Server: after the fold, FedMetaNAS's soft pruning on the mean
+    policy of the round's clients (its temperature and threshold schedule): an op
+    pruned there leaves the supernet and every client's sampling for good.
+    """
+
+    name = "meta_perfedrlnas"
+
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        self.meta = FedMetaNAS(cfg, info)
+
+    def local_train(self, net, choices, data: ClientData, tr: torch.Tensor,
+                    ctx: RoundContext) -> float:
+        a, f = self.cfg.algorithm, self.cfg.algorithm.fedmetanas
+        net.train()
+        task, meta = self.meta.learners(net.weight_parameters(), [], ctx.round)
+        g = torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.purpose}.tasks")
+        x, y = data.train_x[tr], data.train_y[tr]
+
+        def loss(idx):
+            xb = x[idx] if data.augment is None else data.augment(x[idx], g)
+            return lambda: F.cross_entropy(path_forward(net, xb, choices), y[idx])
+
+        total, steps = 0.0, 0
+        for _ in range(a.local_epochs):
+            for s_idx, q_idx in task_pairs(len(y), a.batch_size, f.tasks_per_epoch, g):
+                _, q_loss = meta.step(task, loss(s_idx), loss(q_idx))
+                total, steps = total + q_loss, steps + 1
+        return total / max(steps, 1)
+
+    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
+                    ctx: RoundContext) -> GlobalModel:
+        out = super().server_step(model, averaged, metrics, ctx)
+        f = self.cfg.algorithm.fedmetanas
+        done, lam = ctx.round + 1, self.meta.temperature(ctx.round)
+        metrics["temperature"] = lam
+        if not (f.prune_every and done >= f.prune_start
+                and (done - f.prune_start) % f.prune_every == 0):
+            return out
+        op_th, _ = self.meta.thresholds(ctx.round)
+        masks = {}
+        for c in CELL_TYPES:
+            m = model.spec["masks"][c]
+            ops, _ = prune(self.space, out.state[f"alpha_{c}"],
+                           torch.zeros(self.space.num_combos), m["ops"], m["combos"], lam,
+                           op_th, 0.0)
+            masks[c] = {"ops": ops, "combos": m["combos"]}
+        if masks == model.spec["masks"]:
+            return out
+        spec = {**model.spec, "masks": masks}
+        state = {k: out.state[k] for k in self.build(spec).state_dict()}
+        state.update(self.rl_entries(state))
+        metrics.update(temperature=lam, **self.arch_metrics(spec, state, 1.0))
+        return GlobalModel(spec, state, out.server_state)
