@@ -116,8 +116,16 @@ def sources(with_cuda: bool) -> list[Path]:
     return files + [CSRC / "mix_cuda.cu"] if with_cuda else files
 
 
+# at::parallel_for runs its loop body under `#pragma omp parallel` inlined from ATen's
+# headers: without -fopenmp the kernels would silently run on one thread. The library then
+# needs libgomp.so.1, which torch's own (same soname) already provides in the process.
+CFLAGS = ["-O3", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
+
+
 def build_key(with_cuda: bool) -> str:
     h = hashlib.sha256()
+    h.update(" ".join(CFLAGS + LDFLAGS).encode())
     for f in sorted(CSRC.iterdir()):
         h.update(f.name.encode())
         h.update(f.read_bytes())
@@ -146,7 +154,7 @@ def jit_build(with_cuda: bool, verbose: bool = False) -> LoadResult:
         private.mkdir(parents=True)
         built = cpp_extension.load(
             name=name, sources=[str(s) for s in sources(with_cuda)],
-            extra_include_paths=[str(CSRC)], extra_cflags=["-O3"],
+            extra_include_paths=[str(CSRC)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
             extra_cuda_cflags=["-O3", "--use_fast_math"] if with_cuda else None,
             build_directory=str(private), is_python_module=False, with_cuda=with_cuda,
             verbose=verbose)
