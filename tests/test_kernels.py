@@ -207,6 +207,26 @@ def test_bad_arguments_are_clear_errors(fused):
         kernels.mix([None, None], torch.ones(2))
 
 
+def test_wrappers_check_arguments_before_calling_cpp(fused):
+    """The same errors from the Python wrappers, raised before the op runs (a C++ exception
+    from the op crashed the process under torch 2.11 on the GPU image)."""
+    a, b = rand_outputs(2, grad=False)
+    with pytest.raises(RuntimeError, match="one entry per output"):
+        kernels.mix([a, b], torch.ones(3))
+    with pytest.raises(RuntimeError, match="output 1 has shape"):
+        kernels.mix([a, b[:1]], torch.ones(2))
+    with pytest.raises(RuntimeError, match="output 1 has shape"):
+        kernels.mix([a, b.double()], torch.ones(2))
+    with pytest.raises(RuntimeError, match="one entry per output"):
+        kernels.gumbel_mix([a, b], torch.zeros(3), 1.0)
+    with pytest.raises(RuntimeError, match="temperature must be positive"):
+        kernels.gumbel_mix([a, b], torch.zeros(2), 0.0)
+    with pytest.raises(RuntimeError, match="temperature must be positive"):
+        kernels.gumbel_mix([a, b], torch.zeros(2), float("inf"))
+    with pytest.raises(RuntimeError, match="one 0/1 entry per output"):
+        kernels.gumbel_mix([a, b], torch.zeros(2), 1.0, mask=[True])
+
+
 def test_opcheck(fused):
     outs = rand_outputs(3, shape=(2, 3, 4))
     w = torch.randn(3, requires_grad=True)
@@ -245,16 +265,24 @@ def test_cuda_kernels_equal_the_reference(fused, dtype, tol, k):
     from fednas_mpi.kernels import loader
 
     assert loader.has_cuda_kernels()
+    shape = (8, 16, 9, 9)  # 10368 elements: not a multiple of a block, a warp or a vector
     outs = [o.detach().to(dtype).requires_grad_()
-            for o in rand_outputs(k, shape=(8, 16, 9, 9), device="cuda", seed=k)]
-    w = torch.randn(k, device="cuda", requires_grad=True)
-    y, gy = grads(lambda: kernels.mix(outs, w), [*outs, w])
+            for o in rand_outputs(k, shape=shape, device="cuda", seed=k)]
+    wdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    w = torch.randn(k, device="cuda", dtype=wdtype, requires_grad=True)
+    # one upstream gradient, rounded to the tested dtype, seen by both sides
+    up = torch.randn(shape, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
+    up = up.to(dtype).to("cuda")
+    y = kernels.mix(outs, w)
+    gy = torch.autograd.grad(y, [*outs, w], up)
     ref_outs = [o.detach().double().requires_grad_() for o in outs]
     wd = w.detach().double().requires_grad_()
-    r, gr = grads(lambda: reference_mix(ref_outs, wd), [*ref_outs, wd])
+    r = reference_mix(ref_outs, wd)
+    gr = torch.autograd.grad(r, [*ref_outs, wd], up.double())
     torch.testing.assert_close(y.double(), r, rtol=tol, atol=tol * k)
-    for a, b in zip(gy, gr):
-        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * 50 * k)
+    for i, (a, b) in enumerate(zip(gy, gr)):
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * 50 * k,
+                                   msg=lambda m, i=i: f"gradient {i} of {k + 1}: {m}")
 
 
 @pytest.mark.parametrize("inputs", ["combinations", "sum"])

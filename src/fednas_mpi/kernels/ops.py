@@ -6,6 +6,7 @@ PyTorch reference, plus the autograd and fake (meta) registrations of the fused 
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -147,6 +148,26 @@ def fused_supports(t: torch.Tensor) -> bool:
     return False
 
 
+def _check_args(op: str, outputs: Sequence[torch.Tensor | None], weights: torch.Tensor,
+                what: str = "weights") -> None:
+    """The C++ checks, made here first: a C++ exception from these ops crashed the process
+    (segfault) under torch 2.11 on the GPU image, so wrong arguments must not reach it."""
+    if weights.dim() != 1 or weights.shape[0] != len(outputs):
+        raise RuntimeError(f"fednas::{op}: {what} must be 1-D with one entry per output "
+                           f"({len(outputs)}), got shape {list(weights.shape)}")
+    first = next(o for o in outputs if o is not None)
+    for k, o in enumerate(outputs):
+        if o is None:
+            continue
+        if o.shape != first.shape or o.dtype != first.dtype or o.device != first.device:
+            raise RuntimeError(f"fednas::{op}: output {k} has shape {list(o.shape)} "
+                               f"({o.dtype}, {o.device}), the first output "
+                               f"{list(first.shape)} ({first.dtype}, {first.device})")
+    if weights.device != first.device:
+        raise RuntimeError(f"fednas::{op}: {what} are on {weights.device}, "
+                           f"the outputs on {first.device}")
+
+
 def mix(outputs: Sequence[torch.Tensor | None], weights: torch.Tensor) -> torch.Tensor:
     """sum_k weights[k] * outputs[k] over the outputs that are not None (never read)."""
     present = [k for k, o in enumerate(outputs) if o is not None]
@@ -155,6 +176,7 @@ def mix(outputs: Sequence[torch.Tensor | None], weights: torch.Tensor) -> torch.
     first = outputs[present[0]]
     if _status.backend != "fused" or not fused_supports(first):
         return reference_mix(outputs, weights)
+    _check_args("mix", outputs, weights)
     tensors = [outputs[k] for k in present]
     if len(present) != len(outputs):
         weights = weights[torch.tensor(present, device=weights.device)]
@@ -173,8 +195,21 @@ def gumbel_mix(outputs: Sequence[torch.Tensor | None], logits: torch.Tensor, tem
         raise ValueError("gumbel_mix over no outputs: every input was pruned")
     if _status.backend != "fused" or not fused_supports(present):
         return reference_gumbel_mix(outputs, logits, temperature, noise, mask, hard)
+    _check_args("gumbel_mix", outputs, logits, "logits")
+    if not (temperature > 0.0 and math.isfinite(temperature)):
+        raise RuntimeError(f"fednas::gumbel_mix: temperature must be positive and finite, "
+                           f"got {temperature}")
     keep = None if mask is None else [int(bool(m)) for m in
                                       (mask.tolist() if torch.is_tensor(mask) else mask)]
+    if keep is not None and len(keep) != len(outputs):
+        raise RuntimeError("fednas::gumbel_mix: mask must have one 0/1 entry per output")
+    if hard:
+        # Checked here as well as in C++: under torch 2.11 (the GPU image) a C++ exception
+        # raised from this op crashed the process (segfault) instead of reaching Python.
+        s = hard_index(logits.detach(), None if noise is None else noise.detach(), keep)
+        if outputs[s] is None:
+            raise RuntimeError(f"fednas::gumbel_mix(hard=True): the sampled entry {s} has no "
+                               f"output; compute the op that hard_index selects")
     return torch.ops.fednas.gumbel_mix(list(outputs), logits, float(temperature), noise, keep,
                                        hard)
 
