@@ -27,6 +27,14 @@ def test_nine_ranks_on_eight_gpus():
     assert _node(range(9), 8, server_device="gpu")[:2] == ["cuda:0", "cuda:0"]
 
 
+def test_a_lone_rank_is_its_own_worker():
+    # -n 1: rank 0 serves and runs every client, so it computes on the first (chosen) GPU
+    assert choose(0, 0, 2, _rt()) == "cuda:0"
+    assert choose(0, 0, 8, _rt(gpus=[3])) == "cuda:3"
+    assert choose(0, 0, 0, _rt()) == "cpu"
+    assert choose(0, 0, 2, _rt(device="cpu")) == "cpu"
+
+
 def test_second_node_and_fewer_gpus_than_workers():
     # a second node of a 17-rank job holds ranks 9..16: its workers start again at GPU 0
     assert _node(range(9, 17), 8) == [f"cuda:{i}" for i in range(8)]

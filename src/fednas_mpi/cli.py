@@ -208,7 +208,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
         if rank == 0:
             print(f"fednas-mpi: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    _, placements, error = place(comm, cfg.runtime)
+    mine, placements, error = place(comm, cfg.runtime)
     if error:
         if rank == 0:
             print(f"fednas-mpi: error: {error}", file=sys.stderr)
@@ -232,6 +232,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
 
     algorithm = get_algorithm(cfg.algorithm.name)(
         cfg, DataInfo(dataset.input_shape, dataset.num_classes))
+    algorithm.device = torch.device(mine.device)
     sim = Simulation(cfg, comm, dataset, partition, algorithm)
     sim.devices = to_json(placements)
     stop = StopRequest(run_dir, rank)

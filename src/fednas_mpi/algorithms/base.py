@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -56,6 +56,14 @@ class ClientData:
     def num_train(self) -> int:
         return int(self.train_y.shape[0])
 
+    def to(self, device: torch.device | str) -> ClientData:
+        """The same client with its tensors on ``device`` (itself when they are there)."""
+        device = torch.device(device)
+        if self.train_x.device == device:
+            return self
+        return replace(self, train_x=self.train_x.to(device), train_y=self.train_y.to(device),
+                       eval_x=self.eval_x.to(device), eval_y=self.eval_y.to(device))
+
 
 @dataclass
 class GlobalModel:
@@ -79,6 +87,12 @@ class Algorithm(ABC):
     name: ClassVar[str]
     #: Scalars every client reports; the server logs their weighted mean and std.
     client_metrics: ClassVar[tuple[str, ...]] = ()
+    #: Where this rank's networks and client data live (runtime.device, set by the runtime
+    #: from the rank's placement). Global and client states stay on the CPU: networks load
+    #: them (copying to the device), results come back as CPU tensors (the runtime moves
+    #: them), and every random draw comes from a CPU generator, so the streams, hence the
+    #: sampled clients, tasks and architectures, are the same on any device.
+    device: torch.device = torch.device("cpu")
 
     def __init__(self, cfg: Config, info: DataInfo):
         self.cfg = cfg

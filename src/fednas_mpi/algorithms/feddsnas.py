@@ -151,7 +151,8 @@ def dsnas_step(net, x: torch.Tensor, y: torch.Tensor, w_opt: torch.optim.Optimiz
                grad_clip: float) -> float:
     """One DSNAS step: sample a path, run only it, update the sampled ops' weights and
     all logits (the estimator's gradient). Returns the loss."""
-    noise = {c: gumbel_noise(getattr(net, f"alpha_{c}").shape, g_noise) for c in CELL_TYPES}
+    noise = {c: gumbel_noise(a.shape, g_noise, a.dtype, a.device)
+             for c, a in ((c, getattr(net, f"alpha_{c}")) for c in CELL_TYPES)}
     choices = sample_choices(net, noise)
     w_opt.zero_grad(set_to_none=True)
     a_opt.zero_grad(set_to_none=True)

@@ -50,8 +50,8 @@ def mixing_from(net: SearchNetwork, cell: str, alpha: torch.Tensor, beta: torch.
     """``SearchNetwork.mixing_weights`` for logits given from outside."""
     op_noise = combo_noise = None
     if noisy and net.generator is not None:
-        op_noise = gumbel_noise(alpha.shape, net.generator, alpha.dtype)
-        combo_noise = gumbel_noise(beta.shape, net.generator, beta.dtype)
+        op_noise = gumbel_noise(alpha.shape, net.generator, alpha.dtype, alpha.device)
+        combo_noise = gumbel_noise(beta.shape, net.generator, beta.dtype, beta.device)
     op_w = net.space.op_weights(alpha, net.temperature, op_noise,
                                 getattr(net, f"op_mask_{cell}"))
     coefs = net.space.input_coefficients(beta, net.temperature, combo_noise,
@@ -139,7 +139,7 @@ class FedPNAS(SupernetMethod):
         mine = self.personal_state(model, client_state)
         net.load_state_dict({k: v for k, v in mine.items() if not k.startswith("p")},
                             strict=False)
-        personal = {k: nn.Parameter(v.clone()) for k, v in mine.items()
+        personal = {k: nn.Parameter(v.to(self.device, copy=True)) for k, v in mine.items()
                     if k.startswith(("palpha_", "pbeta_"))}
         net.train()
         net.set_sampling(self.temperature(ctx.round),

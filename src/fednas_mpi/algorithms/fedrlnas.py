@@ -67,7 +67,8 @@ class SubnetSearch(SupernetMethod):
         return net
 
     def masks_of(self, net) -> dict[str, torch.Tensor]:
-        return {c: getattr(net, f"op_mask_{c}") for c in CELL_TYPES}
+        """The op masks on the CPU, where the policies live and are sampled."""
+        return {c: getattr(net, f"op_mask_{c}").cpu() for c in CELL_TYPES}
 
     def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[float, float]:

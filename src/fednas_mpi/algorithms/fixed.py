@@ -18,7 +18,7 @@ from ..flat import State
 from ..models import build_model, split_state
 from ..seeding import SERVER, SETUP, torch_rng
 from .base import Algorithm, ClientData, GlobalModel
-from .training import evaluate, sgd_epochs
+from .training import device_of, evaluate, sgd_epochs
 
 
 def clone_state(net: nn.Module) -> State:
@@ -42,7 +42,9 @@ def frozen(params: Sequence[nn.Parameter]) -> Iterator[None]:
 def features(body: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """The body's outputs in eval mode (BatchNorm running statistics), in batches."""
     body.eval()
-    return torch.cat([body(x[i:i + batch_size]) for i in range(0, max(len(x), 1), batch_size)])
+    dev = device_of(body)
+    return torch.cat([body(x[i:i + batch_size].to(dev))
+                      for i in range(0, max(len(x), 1), batch_size)])
 
 
 class FixedModelMethod(Algorithm):
@@ -54,7 +56,8 @@ class FixedModelMethod(Algorithm):
         if not hasattr(self, "_net"):
             self._net = build_model(self.cfg.model, self.info.input_shape, self.info.num_classes,
                                     torch_rng(self.cfg.run.seed, SETUP, SERVER, "model.init"))
-            self._init_state = clone_state(self._net)
+            self._init_state = clone_state(self._net)  # on the CPU, like every state
+            self._net.to(self.device)
         return self._net
 
     @property

@@ -50,12 +50,15 @@ class SupernetMethod(Algorithm):
                            "prims": list(d.primitives), "seed": self.cfg.run.seed})
 
     def build(self, spec: dict) -> SearchNetwork:
-        """The (cached, reused) network of a spec; its tensors are overwritten on load."""
-        return _build(json.dumps(spec, sort_keys=True), self._model_key(), "model.init")
+        """The (cached, reused) network of a spec on this rank's device; its tensors are
+        overwritten on load (``load_state_dict`` copies CPU states to the device)."""
+        return _build(json.dumps(spec, sort_keys=True), self._model_key(),
+                      "model.init").to(self.device)
 
     def fresh(self, spec: dict, purpose: str = "model.init") -> SearchNetwork:
         """A newly initialised network of a spec, from the stream (seed, purpose)."""
-        return _build.__wrapped__(json.dumps(spec, sort_keys=True), self._model_key(), purpose)
+        return _build.__wrapped__(json.dumps(spec, sort_keys=True), self._model_key(),
+                                  purpose).to(self.device)
 
     def _net(self, model: GlobalModel) -> SearchNetwork:
         net = self.build(model.spec)
@@ -67,6 +70,7 @@ class SupernetMethod(Algorithm):
 
     def arch_metrics(self, spec: dict, state: State, temperature: float) -> dict[str, float]:
         """Surviving ops and combinations on live edges, and the entropy of the mixing."""
+        state = {k: v.detach().cpu() for k, v in state.items() if k.startswith(("alpha_", "beta_"))}
         ops_alive = combos_alive = 0
         ent_ops, ent_inputs = [], []
         space = self.space

@@ -45,9 +45,21 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     if len(y) == 0:
         return float("nan"), float("nan")
     model.eval()
-    loss, correct = 0.0, 0
+    dev = device_of(model)
+    loss = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
     for i in range(0, len(y), batch_size):
-        out = model(x[i:i + batch_size])
-        loss += float(F.cross_entropy(out, y[i:i + batch_size], reduction="sum"))
-        correct += int((out.argmax(1) == y[i:i + batch_size]).sum())
-    return loss / len(y), correct / len(y)
+        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+        out = model(xb)
+        loss += F.cross_entropy(out, yb, reduction="sum").double()
+        correct += (out.argmax(1) == yb).sum()
+    return float(loss) / len(y), int(correct) / len(y)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device of a module's first parameter (or buffer); the CPU if it has neither."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")

@@ -26,16 +26,18 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int,
     b, c, h, w = x.shape
     if b == 0:
         return x
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-    flip = torch.rand(b, generator=generator) < 0.5
-    padded = torch.empty(b, c, h + 2 * padding, w + 2 * padding, dtype=x.dtype)
-    padded[:] = torch.as_tensor(fill, dtype=x.dtype).reshape(-1, 1, 1)
+    # drawn on the generator's device (the CPU), used on the images' device
+    dev = x.device
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
+    flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
+    padded = torch.empty(b, c, h + 2 * padding, w + 2 * padding, dtype=x.dtype, device=dev)
+    padded[:] = torch.as_tensor(fill, dtype=x.dtype).to(dev).reshape(-1, 1, 1)
     padded[:, :, padding:padding + h, padding:padding + w] = x
-    rows = dy[:, None] + torch.arange(h)  # (b, h)
-    cols = torch.arange(w).expand(b, w)
+    rows = dy[:, None] + torch.arange(h, device=dev)  # (b, h)
+    cols = torch.arange(w, device=dev).expand(b, w)
     cols = dx[:, None] + torch.where(flip[:, None], w - 1 - cols, cols)  # (b, w)
-    batch = torch.arange(b)[:, None, None]
+    batch = torch.arange(b, device=dev)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (b, h, w, c)
     return out.permute(0, 3, 1, 2).contiguous()
 

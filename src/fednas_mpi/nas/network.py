@@ -119,15 +119,15 @@ class SearchNetwork(nn.Module):
         alpha, beta = getattr(self, f"alpha_{cell}"), getattr(self, f"beta_{cell}", None)
         op_noise = combo_noise = None
         if noisy and self.generator is not None:
-            op_noise = gumbel_noise(alpha.shape, self.generator, alpha.dtype)
+            op_noise = gumbel_noise(alpha.shape, self.generator, alpha.dtype, alpha.device)
             if beta is not None:
-                combo_noise = gumbel_noise(beta.shape, self.generator, beta.dtype)
+                combo_noise = gumbel_noise(beta.shape, self.generator, beta.dtype, beta.device)
         op_w = self.space.op_weights(alpha, self.temperature, op_noise,
                                      getattr(self, f"op_mask_{cell}"))
         combo_mask = getattr(self, f"combo_mask_{cell}")
         if self.inputs == "sum":
             # DARTS: a node sums its live edges (those in a surviving combination).
-            coefs = [(self.space.incidence(j) @ combo_mask[lo:lo + len(c)].to(op_w.dtype))
+            coefs = [(self.space.incidence(j).to(op_w) @ combo_mask[lo:lo + len(c)].to(op_w))
                      .clamp(max=1.0)
                      for j, (lo, c) in enumerate(zip(self.space.combo_offsets,
                                                      self.space.combos))]

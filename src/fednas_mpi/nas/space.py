@@ -80,7 +80,7 @@ class CellSpace:
             lo = self.combo_offsets[j]
             seg = slice(lo, lo + len(combos))
             z = relaxed_weights(z_all[seg], temperature, None, combo_mask[seg])
-            incidence = self.incidence(j).to(z.dtype)
+            incidence = self.incidence(j).to(z)
             out.append(incidence @ z)
         return out
 

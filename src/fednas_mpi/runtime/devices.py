@@ -4,8 +4,9 @@ The ranks of a node are found with ``Split_type(COMM_TYPE_SHARED)`` (as for the 
 build). On each node the worker ranks (every rank but world rank 0) are numbered 0, 1, ...
 in rank order; worker i takes ``gpus[i % len(gpus)]`` (``runtime.gpus``, default every GPU
 torch sees), so the clients a rank simulates share its GPU and more workers than GPUs share
-them round-robin. Rank 0 stays on the CPU unless ``runtime.server_device: gpu``. With no
-GPU (or ``runtime.device: cpu``) every rank computes on the CPU.
+them round-robin. Rank 0 stays on the CPU unless ``runtime.server_device: gpu``; alone
+(``-n 1``) it is also the worker, so it takes the first GPU. With no GPU (or
+``runtime.device: cpu``) every rank computes on the CPU.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ class Placement:
 
 
 def choose(rank: int, worker_index: int, visible: int, rt: RuntimeConfig) -> str:
-    """The device of world rank ``rank``, the ``worker_index``-th worker on its node, on a node
-    where torch sees ``visible`` GPUs. Pure: the unit tests call it with made-up nodes."""
+    """The device of world rank ``rank``, the ``worker_index``-th worker on its node (-1:
+    rank 0 only serves), on a node where torch sees ``visible`` GPUs. Pure: the unit tests
+    call it with made-up nodes."""
     if rt.device == "cpu":
         return "cpu"
     if visible == 0:
@@ -48,7 +50,7 @@ def choose(rank: int, worker_index: int, visible: int, rt: RuntimeConfig) -> str
     if missing:
         raise DeviceError(f"runtime.gpus = {list(rt.gpus)}: GPU(s) {missing} not visible "
                           f"(torch sees {visible})")
-    if rank == 0:
+    if worker_index < 0:
         return f"cuda:{ids[0]}" if rt.server_device == "gpu" else "cpu"
     return f"cuda:{ids[worker_index % len(ids)]}"
 
@@ -66,7 +68,8 @@ def place(comm: MPI.Comm, rt: RuntimeConfig) -> tuple[Placement | None, list[Pla
         local.Free()
     workers = [r for r in world_ranks if r != 0]
     me = comm.Get_rank()
-    index = workers.index(me) if me != 0 else -1
+    # rank 0 computes clients only when it is alone
+    index = workers.index(me) if me != 0 else (0 if comm.Get_size() == 1 else -1)
     error, placement = "", None
     try:
         visible = torch.cuda.device_count() if rt.device != "cpu" else 0
@@ -79,6 +82,9 @@ def place(comm: MPI.Comm, rt: RuntimeConfig) -> tuple[Placement | None, list[Pla
     everyone = comm.gather(placement, root=0)
     if not error and placement.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(placement.device))  # only reached with a GPU
+        # same config and seed, same results: cuDNN picks fixed, deterministic algorithms
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     return placement, (everyone if me == 0 else []), error
 
 

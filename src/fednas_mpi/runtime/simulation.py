@@ -136,6 +136,16 @@ def _append_clients(history: dict[str, np.ndarray], values: dict[str, dict[int, 
     return out
 
 
+def on_cpu(state: State) -> State:
+    """``state`` with every tensor on the CPU (the same objects where they already are)."""
+    return {k: v if v.device.type == "cpu" else v.detach().cpu() for k, v in state.items()}
+
+
+def _on_cpu(model: GlobalModel) -> GlobalModel:
+    """The server keeps and sends CPU tensors, whatever device a method computed on."""
+    return GlobalModel(model.spec, on_cpu(model.state), on_cpu(model.server_state))
+
+
 class Simulation:
     def __init__(self, cfg: Config, comm: MPI.Comm, dataset: Dataset, partition: Partition,
                  algorithm: Algorithm):
@@ -170,7 +180,8 @@ class Simulation:
         d = self.dataset
         # train_inputs normalises only this client's images (the pool may be stored as uint8)
         return ClientData(cid, d.train_inputs(split.train), d.train_y[split.train],
-                          d.train_inputs(split.eval), d.train_y[split.eval], augment=d.augment)
+                          d.train_inputs(split.eval), d.train_y[split.eval],
+                          augment=d.augment).to(self.algorithm.device)
 
     def run_clients(self, model: GlobalModel, clients: list[int], ctx: RoundContext,
                     states_in: dict[int, State], round_clients: list[int]
@@ -183,9 +194,9 @@ class Simulation:
         for cid in clients:
             res = self.algorithm.client_update(model, self.client_data(cid), ctx,
                                                states_in.get(cid))
-            sums.add(res.state, res.weight, res.metrics, client=cid)
+            sums.add(on_cpu(res.state), res.weight, res.metrics, client=cid)
             if res.client_state is not None:
-                states_out[cid] = res.client_state
+                states_out[cid] = on_cpu(res.client_state)
         return sums, states_out, time.perf_counter() - t0
 
     def context(self, round_: int, stage: str | None = None) -> RoundContext:
@@ -204,7 +215,7 @@ class Simulation:
         self._open_transport()
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         if resume is None:
-            model, client_states, start = self.algorithm.init_global(), {}, 0
+            model, client_states, start = _on_cpu(self.algorithm.init_global()), {}, 0
             history: dict[str, list[float]] = {}
             stages: list[str] = []
             per_client: dict[str, np.ndarray] = {}
@@ -247,17 +258,17 @@ class Simulation:
             per_client = _append_clients(per_client, sums.per_client(total), len(stages),
                                          cfg.partition.num_clients)
             client_states.update(new_states)
-            client_states.update(self.algorithm.server_client_step(
-                client_states, sorted(int(c) for c in clients), metrics, ctx))
+            client_states.update({c: on_cpu(st) for c, st in self.algorithm.server_client_step(
+                client_states, sorted(int(c) for c in clients), metrics, ctx).items()})
             old_spec = model.spec
-            model = self.algorithm.server_step(model, averaged, metrics, ctx)
+            model = _on_cpu(self.algorithm.server_step(model, averaged, metrics, ctx))
             metrics["aggregate_time"] = time.perf_counter() - t_agg + times["fold"]
             metrics["compute_time"] = times["compute"]
             metrics["comm_time"] = times["comm"]
             t_eval = time.perf_counter()
             loss = acc = float("nan")
             changed = model.spec != old_spec
-            test = (self.dataset.test_x, self.dataset.test_y)
+            test = self._test_set()
             if changed or (r + 1) % cfg.run.eval_every == 0 or r + 1 == cfg.run.rounds:
                 loss, acc = self.algorithm.evaluate_global(model, *test, client_states)
             if changed:
@@ -296,6 +307,13 @@ class Simulation:
             (Path(run_dir) / "genotype.json").write_text(
                 json.dumps(model.spec["genotype"], indent=2) + "\n")
         return model
+
+    def _test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The server test set on the server's device (moved there once)."""
+        dev = self.algorithm.device
+        if getattr(self, "_test", None) is None or self._test[0].device != dev:
+            self._test = (self.dataset.test_x.to(dev), self.dataset.test_y.to(dev))
+        return self._test
 
     def personal_accuracies(self, model: GlobalModel, client_states: dict[int, State],
                             ctx: RoundContext) -> dict[str, float]:
