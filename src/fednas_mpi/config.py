@@ -401,12 +401,15 @@ class RuntimeConfig:
         "auto", "Worker device. auto: each worker rank takes a GPU by its node-local worker "
                 "index (several clients per rank share it; more workers than GPUs share them "
                 "round-robin), CPU when torch sees no GPU; cuda: the same, but no GPU is an "
-                "error; cpu: never a GPU. The mapping is logged once and stored in every "
-                "checkpoint.")
+                "error; cpu: never a GPU. A lone rank (-n 1) runs the clients itself and takes "
+                "the first GPU. Networks and client data live on the device; states and "
+                "random draws stay on the CPU (same streams on any device). The mapping is "
+                "logged once and stored in every checkpoint.")
     gpus: list[int] = _f([], "GPU ids the workers of a node use, in order (worker i of a node "
                              "takes gpus[i % len]); empty = every GPU torch sees.")
     server_device: Literal["cpu", "gpu"] = _f(
-        "cpu", "Rank 0 (aggregation, evaluation) on the CPU, or on the node's first GPU.")
+        "cpu", "Rank 0 (aggregation, server evaluation) on the CPU, or on the node's first "
+               "GPU (-n 1: rank 0 is also the worker and uses runtime.device's choice).")
     transport: Literal["mpi", "torch"] = _f(
         "mpi", "How partial sums travel. mpi: contiguous host buffers over MPI (device buffers "
                "when mpi4py reports a CUDA-aware MPI); torch: torch.distributed initialised "
