@@ -59,7 +59,7 @@ ALL_KEYS = [
         "tasks_per_epoch", "local_eval_every")),
     "federation.clients_per_round",
     "runtime.threads_per_rank", "runtime.poll_interval_ms", "runtime.device", "runtime.gpus",
-    "runtime.server_device", "runtime.transport",
+    "runtime.server_device", "runtime.tf32", "runtime.transport",
     "kernels.backend",
     "store.keep",
 ]

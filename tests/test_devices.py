@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from helpers import launch, write_config
 
 from fednas_mpi.config import from_dict
@@ -88,3 +89,19 @@ def test_cli_torch_transport_equals_mpi_transport(tmp_path):
     a = read_checkpoint(tmp_path / "mpi" / "round_00002.h5")
     b = read_checkpoint(tmp_path / "torch" / "round_00002.h5")
     assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_tf32_follows_the_config(tf32):
+    from mpi4py import MPI
+
+    from fednas_mpi.runtime.devices import place
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        mine, _, error = place(MPI.COMM_SELF, _rt(tf32=tf32, device="cpu"))
+        assert not error and mine.device == "cpu"
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32
+        assert torch.backends.cudnn.allow_tf32 is tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

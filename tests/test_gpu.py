@@ -2,8 +2,8 @@
 
 References: the same config on the CPU (same random streams, since every draw comes from a
 CPU generator, so the same clients, tasks and architecture decisions; numbers equal up to
-float rounding with TF32 off), the same GPU run again (bit for bit: cuDNN is put in
-deterministic mode), and two workers sharing the GPU under ``mpirun -n 3`` (equal to the
+float rounding: runtime.tf32 is off by default), the same GPU run again (bit for bit: cuDNN
+is put in deterministic mode), and two workers sharing the GPU under ``mpirun -n 3`` (equal to the
 one-rank GPU run, as on the CPU).
 """
 
@@ -55,14 +55,6 @@ def _config(path, method):
     return path
 
 
-@pytest.fixture
-def no_tf32():
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def _run(tmp_path, method, device, name):
     cfg = _config(tmp_path / f"{method}.yaml", method)
     out = tmp_path / name
@@ -94,7 +86,7 @@ def _float_diff(a, b):
 
 @needs_gpu
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_method_on_gpu_matches_cpu_and_repeats(tmp_path, no_tf32, method):
+def test_method_on_gpu_matches_cpu_and_repeats(tmp_path, method):
     cpu = _run(tmp_path, method, "cpu", "cpu")
     gpu = _run(tmp_path, method, "cuda", "gpu")
     again = _run(tmp_path, method, "cuda", "again")

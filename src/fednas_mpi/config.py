@@ -410,6 +410,9 @@ class RuntimeConfig:
     server_device: Literal["cpu", "gpu"] = _f(
         "cpu", "Rank 0 (aggregation, server evaluation) on the CPU, or on the node's first "
                "GPU (-n 1: rank 0 is also the worker and uses runtime.device's choice).")
+    tf32: bool = _f(False, "Let cuDNN convolutions and matrix products on GPUs use TF32 (faster "
+                           "on Ampere and later, ~1e-3 relative error). false = full float32, "
+                           "results comparable with CPU runs and across GPU generations.")
     transport: Literal["mpi", "torch"] = _f(
         "mpi", "How partial sums travel. mpi: contiguous host buffers over MPI (device buffers "
                "when mpi4py reports a CUDA-aware MPI); torch: torch.distributed initialised "

@@ -77,6 +77,8 @@ def place(comm: MPI.Comm, rt: RuntimeConfig) -> tuple[Placement | None, list[Pla
                               choose(me, index, visible, rt))
     except DeviceError as e:
         error = f"[rank {me}] {e}"
+    # Process-wide choices, made on every rank (harmless where there is no GPU).
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = rt.tf32
     errors = comm.allgather(error)
     error = next((e for e in errors if e), "")
     everyone = comm.gather(placement, root=0)
