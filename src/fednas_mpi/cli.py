@@ -195,7 +195,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     from .algorithms import DataInfo, get_algorithm
     from .data import DataError, load_dataset, make_partition
     from .runtime.comm import agree, default_threads
-    from .runtime.devices import describe, place, to_json
+    from .runtime.devices import describe, place
     from .runtime.kernels import setup_kernels
     from .runtime.preempt import EXIT_STOPPED, StopRequest
     from .runtime.progress import Progress
@@ -234,7 +234,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
         cfg, DataInfo(dataset.input_shape, dataset.num_classes))
     algorithm.device = torch.device(mine.device)
     sim = Simulation(cfg, comm, dataset, partition, algorithm)
-    sim.devices = to_json(placements)
+    sim.placements = placements
     stop = StopRequest(run_dir, rank)
     if rank != 0:
         sim.work_loop()

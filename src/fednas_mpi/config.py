@@ -414,8 +414,8 @@ class RuntimeConfig:
                            "on Ampere and later, ~1e-3 relative error). false = full float32, "
                            "results comparable with CPU runs and across GPU generations.")
     transport: Literal["mpi", "torch"] = _f(
-        "mpi", "How partial sums travel. mpi: contiguous host buffers over MPI (device buffers "
-               "when mpi4py reports a CUDA-aware MPI); torch: torch.distributed initialised "
+        "mpi", "How partial sums travel. mpi: contiguous host buffers over MPI (states stay on "
+               "the CPU, so a CUDA-aware MPI is not needed); torch: torch.distributed initialised "
                "from MPI (rank 0 broadcasts the rendezvous address and port), NCCL between GPU "
                "ranks, gloo on CPU. Both give the same results.")
 

@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from mpi4py import MPI
@@ -106,12 +108,19 @@ def agree(comm: MPI.Comm, error: str | None) -> str | None:
     return next((e for e in errors if e), None)
 
 
-def node_local_size(comm: MPI.Comm) -> int:
+@contextmanager
+def node_local(comm: MPI.Comm) -> Iterator[MPI.Comm]:
+    """Collective: the ranks of ``comm`` on this node (MPI shared-memory split), freed after."""
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
-        return local.Get_size()
+        yield local
     finally:
         local.Free()
+
+
+def node_local_size(comm: MPI.Comm) -> int:
+    with node_local(comm) as local:
+        return local.Get_size()
 
 
 def default_threads(comm: MPI.Comm) -> int:

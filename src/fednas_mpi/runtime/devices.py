@@ -19,6 +19,7 @@ import torch
 from mpi4py import MPI
 
 from ..config import RuntimeConfig
+from .comm import agree, node_local
 
 
 class DeviceError(ValueError):
@@ -56,16 +57,13 @@ def choose(rank: int, worker_index: int, visible: int, rt: RuntimeConfig) -> str
 
 
 def place(comm: MPI.Comm, rt: RuntimeConfig) -> tuple[Placement | None, list[Placement], str]:
-    """Collective: (this rank's placement, every rank's on rank 0 (else []), error).
+    """Collective: (this rank's placement, every rank's in rank order, error).
 
     The error is the same on every rank (empty when all could be placed); on success the
     rank's CUDA device is made current, so later ``torch.device("cuda")`` means its GPU."""
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
+    with node_local(comm) as local:
         world_ranks = local.allgather(comm.Get_rank())
         local_rank = local.Get_rank()
-    finally:
-        local.Free()
     workers = [r for r in world_ranks if r != 0]
     me = comm.Get_rank()
     # rank 0 computes clients only when it is alone
@@ -79,15 +77,14 @@ def place(comm: MPI.Comm, rt: RuntimeConfig) -> tuple[Placement | None, list[Pla
         error = f"[rank {me}] {e}"
     # Process-wide choices, made on every rank (harmless where there is no GPU).
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = rt.tf32
-    errors = comm.allgather(error)
-    error = next((e for e in errors if e), "")
-    everyone = comm.gather(placement, root=0)
+    error = agree(comm, error or None) or ""
+    everyone = comm.allgather(placement)
     if not error and placement.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(placement.device))  # only reached with a GPU
         # same config and seed, same results: cuDNN picks fixed, deterministic algorithms
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-    return placement, (everyone if me == 0 else []), error
+    return placement, everyone, error
 
 
 def describe(placements: list[Placement]) -> str:

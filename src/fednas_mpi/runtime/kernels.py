@@ -19,16 +19,13 @@ def setup_kernels(backend: str, comm: MPI.Comm, poll_s: float) -> tuple[kernels.
     """
     if backend == "reference":
         return kernels.configure("reference"), ""
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
+    with mpi.node_local(comm) as local:
         wait = None
         if local.Get_size() > 1:
             # The others wait politely (polling) while the node's first rank compiles.
             def wait() -> None:
                 mpi.wait(local.Ibarrier(), max(poll_s, 0.01))
         result = kernels.load(builder=local.Get_rank() == 0, wait_for_builder=wait)
-    finally:
-        local.Free()
     results = comm.allgather((result.ok, result.error))
     failed = next(((r, err) for r, (ok, err) in enumerate(results) if not ok), None)
     if failed is not None and result.ok:

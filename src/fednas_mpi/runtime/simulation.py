@@ -51,10 +51,12 @@ from ..flat import Layout, State
 from ..store import Checkpoint, write_checkpoint
 from ..store.checkpoint import prune_old
 from . import comm as mpi
+from .devices import Placement, to_json
 from .schedule import assign, sample_clients
 from .transport import make_transport
 
-TAG_PARTIAL, TAG_STATES_META, TAG_STATES_OUT, TAG_STATES_IN = 11, 12, 13, 14
+# 11 is the partial sums' tag (transport.TAG_PARTIAL)
+TAG_STATES_META, TAG_STATES_OUT, TAG_STATES_IN = 12, 13, 14
 
 
 @dataclass
@@ -155,17 +157,14 @@ class Simulation:
         self.num_workers = max(comm.Get_size() - 1, 1)
         # Work of a client ~ the samples it trains on; used to balance ranks.
         self.work = partition.train_sizes().astype(np.float64)
-        # JSON list of every rank's placement (runtime/devices.py), stored in checkpoints
-        self.devices = "[]"
+        # every rank's placement (runtime/devices.py), the same on all ranks; [] = all CPU
+        self.placements: list[Placement] = []
         self.transport = None
+        self._test: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _open_transport(self) -> None:
         """Collective (serve and work_loop start together): the runtime.transport."""
-        devices = [p["device"] for p in json.loads(self.devices)] or None
-        if devices is not None and len(devices) != self.comm.Get_size():
-            devices = None  # not every rank's placement known here: treat all as CPU
-        devices = mpi.bcast_object(self.comm, devices, self.poll) \
-            if self.comm.Get_size() > 1 else devices
+        devices = [p.device for p in self.placements] or None
         self.transport = make_transport(self.cfg.runtime.transport, self.comm, self.poll,
                                         devices)
 
@@ -237,7 +236,7 @@ class Simulation:
         attrs = {"rounds_planned": cfg.run.rounds, "world_size": self.comm.Get_size(),
                  "seed": cfg.run.seed, "algorithm": cfg.algorithm.name,
                  "dataset": cfg.data.name, "versions": versions(),
-                 "kernels": kernels.status().backend, "devices": self.devices}
+                 "kernels": kernels.status().backend, "devices": to_json(self.placements)}
         config_yaml = to_yaml(cfg)
         sent_spec = None
         for r in range(start, cfg.run.rounds):
@@ -311,7 +310,7 @@ class Simulation:
     def _test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The server test set on the server's device (moved there once)."""
         dev = self.algorithm.device
-        if getattr(self, "_test", None) is None or self._test[0].device != dev:
+        if self._test is None or self._test[0].device != dev:
             self._test = (self.dataset.test_x.to(dev), self.dataset.test_y.to(dev))
         return self._test
 

@@ -1,9 +1,9 @@
 """How the round's bulk data travels: the global state (broadcast) and each worker's one
 pre-reduced partial sum (worker -> rank 0). Plans and per-client states stay on MPI.
 
-- ``MpiTransport``: contiguous host buffers over mpi4py; buffers on a GPU go to MPI as
-  they are only when mpi4py reports a CUDA-aware MPI (``MPI.Query_cuda_support()``),
-  otherwise through a host copy.
+- ``MpiTransport``: contiguous host buffers over mpi4py. The buffers are always on the
+  host: states live on the CPU whatever device a rank computes on (its networks load them),
+  so there is no device buffer for a CUDA-aware MPI to send.
 - ``TorchTransport``: ``torch.distributed`` initialised from MPI: rank 0 picks a free TCP
   port and broadcasts its address and the port over MPI, every rank calls
   ``init_process_group(tcp://ADDR:PORT)``. gloo when any rank of the exchange is on the
@@ -38,21 +38,9 @@ class MpiTransport:
 
     def __init__(self, comm: MPI.Comm, poll_s: float):
         self.comm, self.poll = comm, poll_s
-        query = getattr(MPI, "Query_cuda_support", None)
-        self.cuda_aware = bool(query()) if query is not None else False
 
-    def _host(self, buf):
-        if isinstance(buf, torch.Tensor):
-            if buf.is_cuda and not self.cuda_aware:  # pragma: no cover - needs a GPU
-                return buf.cpu().numpy(), buf
-            return buf, None  # CPU tensors and device buffers of a CUDA-aware MPI go as is
-        return buf, None
-
-    def bcast(self, buf) -> None:
-        host, dev = self._host(buf)
-        mpi.bcast_array(self.comm, host, self.poll)
-        if dev is not None:  # pragma: no cover - needs a GPU
-            dev.copy_(torch.from_numpy(host))
+    def bcast(self, buf: np.ndarray) -> None:
+        mpi.bcast_array(self.comm, buf, self.poll)
 
     def send(self, buf: np.ndarray, dest: int) -> None:
         mpi.send_array(self.comm, buf, dest, TAG_PARTIAL, self.poll)
@@ -94,12 +82,7 @@ class _Work:
 
 def _address(comm: MPI.Comm) -> str:
     """An address of rank 0 the other ranks can reach: loopback on one node, else its IP."""
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        one_node = local.Get_size() == comm.Get_size()
-    finally:
-        local.Free()
-    if one_node:
+    if mpi.node_local_size(comm) == comm.Get_size():
         return "127.0.0.1"
     host = socket.gethostname()
     try:
