@@ -31,6 +31,7 @@ class Status:
     source: str = ""  # prebuilt | jit | jit-cache
     path: str = ""
     reason: str = ""  # why the reference is used, when it is
+    cuda: bool = False  # the fused library has CUDA kernels (fixed once loaded)
 
 
 _status = Status()
@@ -88,8 +89,8 @@ def load(builder: bool = True, wait_for_builder: Callable[[], None] | None = Non
         _register_python_parts()
         return loader.LoadResult(True, _status.source or "already", _status.path)
     result = loader.load_prebuilt()
-    with_cuda = loader.want_cuda()
     if result is None:
+        with_cuda = loader.want_cuda()
         if builder:
             result = loader.load_cached(with_cuda) or loader.jit_build(with_cuda, verbose)
         if wait_for_builder is not None:
@@ -121,7 +122,7 @@ def configure(backend: str = "auto", result: loader.LoadResult | None = None,
     if result is None:
         result = load()
     if result.ok:
-        _status = Status("fused", result.source, result.path)
+        _status = Status("fused", result.source, result.path, cuda=loader.has_cuda_kernels())
         return _status
     if backend == "fused":
         raise KernelError(f"kernels.backend is 'fused' but the fused kernels are not available: "
@@ -144,7 +145,7 @@ def fused_supports(t: torch.Tensor) -> bool:
     if t.device.type == "cpu":
         return t.dtype in CPU_DTYPES
     if t.device.type == "cuda":
-        return t.dtype in CUDA_DTYPES and loader.has_cuda_kernels()
+        return t.dtype in CUDA_DTYPES and _status.cuda
     return False
 
 

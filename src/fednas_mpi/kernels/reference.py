@@ -42,14 +42,13 @@ def reference_gumbel_mix(outputs: Sequence[torch.Tensor | None], logits: torch.T
     ``hard``: the DSNAS estimator. Returns the output of s = argmax(logits + noise) and sends
     <grad, o_s> * (onehot(s) - softmax(logits)) to the logits.
     """
-    z = logits if noise is None else logits + noise
-    z = masked_logits(z, mask)
     if hard:
-        s = int(z.argmax())
+        s = hard_index(logits, noise, mask)
         if outputs[s] is None:
             raise ValueError(f"gumbel_mix(hard=True): the sampled entry {s} has no output")
         logp = torch.log_softmax(masked_logits(logits, mask), 0)[s]
         return torch.exp(logp - logp.detach()) * outputs[s]
+    z = masked_logits(logits if noise is None else logits + noise, mask)
     if mask is not None:  # masked entries weigh 0 and are never read
         keep = mask.tolist() if torch.is_tensor(mask) else list(mask)
         outputs = [o if keep[k] else None for k, o in enumerate(outputs)]

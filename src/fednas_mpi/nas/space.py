@@ -85,11 +85,19 @@ class CellSpace:
         return out
 
     def incidence(self, j: int) -> torch.Tensor:
-        """(inputs, combinations) 0/1 matrix: input i belongs to combination c."""
-        m = torch.zeros(self.inputs_of(j), len(self.combos[j]))
-        for c, combo in enumerate(self.combos[j]):
-            m[list(combo), c] = 1.0
-        return m
+        """(inputs, combinations) 0/1 matrix: input i belongs to combination c (built once
+        per space; read-only)."""
+        return self._incidences[j]
+
+    @cached_property
+    def _incidences(self) -> list[torch.Tensor]:
+        out = []
+        for j in range(self.nodes):
+            m = torch.zeros(self.inputs_of(j), len(self.combos[j]))
+            for c, combo in enumerate(self.combos[j]):
+                m[list(combo), c] = 1.0
+            out.append(m)
+        return out
 
     def live_edges(self, combo_mask: list[bool]) -> list[set[int]]:
         """Per node, the inputs that still appear in a surviving combination."""

@@ -26,11 +26,10 @@ def setup_kernels(backend: str, comm: MPI.Comm, poll_s: float) -> tuple[kernels.
             def wait() -> None:
                 mpi.wait(local.Ibarrier(), max(poll_s, 0.01))
         result = kernels.load(builder=local.Get_rank() == 0, wait_for_builder=wait)
-    results = comm.allgather((result.ok, result.error))
-    failed = next(((r, err) for r, (ok, err) in enumerate(results) if not ok), None)
+    failed = mpi.agree(comm, None if result.ok else
+                       f"rank {comm.Get_rank()} could not load the fused kernels: {result.error}")
     if failed is not None and result.ok:
-        result = LoadResult(False, result.source, result.path,
-                            f"rank {failed[0]} could not load the fused kernels: {failed[1]}")
+        result = LoadResult(False, result.source, result.path, failed)
     try:
         status = kernels.configure(backend, result, announce=comm.Get_rank() == 0)
     except kernels.KernelError as e:
