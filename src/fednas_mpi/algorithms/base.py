@@ -41,6 +41,10 @@ class RoundContext:
     seed: int
     stage: str
 
+    def is_due(self, every: int) -> bool:
+        """Whether a task run every ``every`` rounds runs in this round (always in the last)."""
+        return (self.round + 1) % every == 0 or self.round + 1 == self.rounds
+
 
 @dataclass(frozen=True)
 class ClientData:

@@ -27,7 +27,7 @@ from ..nas.single_path import CELL_TYPES, argmax_choices, path_forward, sample_c
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .fednas import cosine_lr
-from .maml import clip_grad_norm
+from .maml import clip_present
 from .supernet import SupernetMethod, state_of
 from .training import evaluate, minibatches
 
@@ -72,12 +72,6 @@ def child_masks(space, choices, old_masks: dict) -> dict:
     return masks
 
 
-def clip_present(params, max_norm: float) -> None:
-    grads = [p.grad for p in params if p.grad is not None]
-    if max_norm > 0 and grads:
-        clip_grad_norm(grads, max_norm)
-
-
 class FedDSNAS(SupernetMethod):
     name = "feddsnas"
     inputs = "sum"
@@ -117,7 +111,7 @@ class FedDSNAS(SupernetMethod):
                                   f.grad_clip)
                 total, count = total + loss * len(idx), count + len(idx)
         local_acc = float("nan")
-        if (ctx.round + 1) % f.local_eval_every == 0 or ctx.round + 1 == ctx.rounds:
+        if ctx.is_due(f.local_eval_every):
             _, local_acc = evaluate(PathModel(net, argmax_choices(net)), data.eval_x,
                                     data.eval_y)
         return ClientResult(state_of(net), float(data.num_train),
@@ -151,8 +145,8 @@ def dsnas_step(net, x: torch.Tensor, y: torch.Tensor, w_opt: torch.optim.Optimiz
                grad_clip: float) -> float:
     """One DSNAS step: sample a path, run only it, update the sampled ops' weights and
     all logits (the estimator's gradient). Returns the loss."""
-    noise = {c: gumbel_noise(a.shape, g_noise, a.dtype, a.device)
-             for c, a in ((c, getattr(net, f"alpha_{c}")) for c in CELL_TYPES)}
+    alphas = {c: getattr(net, f"alpha_{c}") for c in CELL_TYPES}
+    noise = {c: gumbel_noise(a.shape, g_noise, a.dtype, a.device) for c, a in alphas.items()}
     choices = sample_choices(net, noise)
     w_opt.zero_grad(set_to_none=True)
     a_opt.zero_grad(set_to_none=True)

@@ -137,7 +137,7 @@ class FedMetaNAS(SupernetMethod):
                 s_loss, q_loss = meta.step(task, _loss(net, xs, ys), _loss(net, xq, yq))
                 s_sum, q_sum, steps = s_sum + s_loss, q_sum + q_loss, steps + 1
         local_acc = float("nan")
-        if (ctx.round + 1) % f.local_eval_every == 0 or ctx.round + 1 == ctx.rounds:
+        if ctx.is_due(f.local_eval_every):
             _, local_acc = evaluate(net, data.eval_x, data.eval_y)
         return ClientResult(state_of(net), float(data.num_train),
                             {"train_loss": q_sum / steps, "support_loss": s_sum / steps,

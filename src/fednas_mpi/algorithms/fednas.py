@@ -95,7 +95,7 @@ class FedNAS(SupernetMethod):
             val_loss = float("nan")
         local_acc = float("nan")
         every = self.cfg.algorithm.fednas.local_eval_every
-        if (ctx.round + 1) % every == 0 or ctx.round + 1 == ctx.rounds:
+        if ctx.is_due(every):
             _, local_acc = evaluate(net, data.eval_x, data.eval_y)
         return ClientResult(state_of(net), float(data.num_train),
                             {"train_loss": train_loss, "val_loss": val_loss,

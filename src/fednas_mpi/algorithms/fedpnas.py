@@ -38,7 +38,7 @@ from ..nas.single_path import CELL_TYPES
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .fedmetanas import FedMetaNAS, task_pairs
-from .maml import TaskLearner, clip_grad_norm
+from .maml import TaskLearner, clip_present
 from .supernet import SupernetMethod, state_of
 from .training import evaluate
 
@@ -136,11 +136,12 @@ class FedPNAS(SupernetMethod):
                       client_state: State | None) -> ClientResult:
         a = self.cfg.algorithm
         net = self._net(model)
-        mine = self.personal_state(model, client_state)
-        net.load_state_dict({k: v for k, v in mine.items() if not k.startswith("p")},
+        mine = self.personal_state(model, client_state)  # private copies
+        logits = ("palpha_", "pbeta_")
+        net.load_state_dict({k: v for k, v in mine.items() if not k.startswith(logits)},
                             strict=False)
-        personal = {k: nn.Parameter(v.to(self.device, copy=True)) for k, v in mine.items()
-                    if k.startswith(("palpha_", "pbeta_"))}
+        personal = {k: nn.Parameter(v.to(self.device)) for k, v in mine.items()
+                    if k.startswith(logits)}
         net.train()
         net.set_sampling(self.temperature(ctx.round),
                          torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.name}.gumbel"))
@@ -164,7 +165,7 @@ class FedPNAS(SupernetMethod):
                 s_sum, q_sum, steps = s_sum + s_loss, q_sum + q_loss, steps + 1
         local_acc = float("nan")
         every = self.local_eval_every
-        if (ctx.round + 1) % every == 0 or ctx.round + 1 == ctx.rounds:
+        if ctx.is_due(every):
             _, local_acc = evaluate(SplitModel(net, personal, first), data.eval_x, data.eval_y)
         state = state_of(net)
         kept = {k: v for k, v in state.items() if self.is_personal(k)}
@@ -197,11 +198,8 @@ class FedPNAS(SupernetMethod):
             q = query()
             grads = torch.autograd.grad(q, base, allow_unused=True)
             for p, g in zip(base, grads):
-                p.grad = None if g is None else g
-            if f.grad_clip > 0:
-                present = [p.grad for p in base_w if p.grad is not None]
-                if present:
-                    clip_grad_norm(present, f.grad_clip)
+                p.grad = g
+            clip_present(base_w, f.grad_clip)
             w_opt.step()
             a_opt.step()
             w_opt.zero_grad(set_to_none=True)

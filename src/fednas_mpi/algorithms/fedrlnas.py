@@ -134,7 +134,7 @@ class FedRLNAS(SubnetSearch):
         path = PathModel(net, choices)
         _, reward = evaluate(path, data.train_x[va], data.train_y[va])
         local_acc = float("nan")
-        if (ctx.round + 1) % f.local_eval_every == 0 or ctx.round + 1 == ctx.rounds:
+        if ctx.is_due(f.local_eval_every):
             _, local_acc = evaluate(path, data.eval_x, data.eval_y)
         n = float(data.num_train)
         state = state_of(net)

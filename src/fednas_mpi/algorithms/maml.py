@@ -82,3 +82,10 @@ def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> None:
     if scale < 1.0:
         for g in grads:
             g.mul_(scale)
+
+
+def clip_present(params, max_norm: float) -> None:
+    """``clip_grad_norm`` over the parameters that have a gradient (none: nothing to do)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if max_norm > 0 and grads:
+        clip_grad_norm(grads, max_norm)

@@ -38,6 +38,7 @@ from .feddsnas import PathModel
 from .fedmetanas import FedMetaNAS, task_pairs
 from .fedrlnas import FedRLNAS, holdout
 from .subnet import adam_ascent, choices_of, fold, onehot, op_keys, score, train_path
+from .supernet import state_of
 from .training import evaluate
 
 
@@ -121,9 +122,9 @@ class PerFedRLNAS(FedRLNAS):
         path = PathModel(net, choices)
         _, reward = evaluate(path, data.train_x[va], data.train_y[va])
         local_acc = float("nan")
-        if (ctx.round + 1) % f.local_eval_every == 0 or ctx.round + 1 == ctx.rounds:
+        if ctx.is_due(f.local_eval_every):
             _, local_acc = evaluate(path, data.eval_x, data.eval_y)
-        state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        state = state_of(net)
         for c in CELL_TYPES:
             state[f"alpha_{c}"] = policy[f"alpha_{c}"].to(state[f"alpha_{c}"].dtype)
             state[f"rl.count_{c}"] = onehot(policy[f"alpha_{c}"].shape, choices[c])

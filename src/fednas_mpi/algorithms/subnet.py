@@ -13,11 +13,9 @@ from torch.nn import functional as F
 
 from ..flat import State
 from ..nas.mixing import gumbel_noise
-from ..nas.single_path import CELL_TYPES, path_forward
-from .feddsnas import clip_present
+from ..nas.single_path import CELL_TYPES, Choices, path_forward
+from .maml import clip_present
 from .training import minibatches
-
-Choices = dict[str, list[int]]
 
 
 def policy_probs(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -51,9 +49,7 @@ def score(alpha: torch.Tensor, mask: torch.Tensor, choice: Sequence[int]) -> tor
     """grad_alpha log p(choice) for p = prod_e softmax(alpha_e): onehot - softmax per
     edge (float64; 0 on masked entries)."""
     p = policy_probs(alpha, mask)
-    onehot = torch.zeros_like(p)
-    onehot[torch.arange(len(choice)), torch.tensor(list(choice))] = 1.0
-    return onehot - p
+    return onehot(p.shape, choice) - p
 
 
 def onehot(shape: torch.Size | tuple[int, ...], choice: Sequence[int]) -> torch.Tensor:

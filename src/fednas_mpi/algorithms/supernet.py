@@ -16,11 +16,10 @@ import torch
 from ..flat import State
 from ..nas import CellSpace, SearchNetwork
 from ..nas.mixing import relaxed_weights
+from ..nas.single_path import CELL_TYPES as CELLS
 from ..nas.space import entropy
 from ..seeding import SERVER, SETUP, derive_seed
 from .base import Algorithm, GlobalModel
-
-CELLS = ("normal", "reduce")
 
 
 def state_of(net: torch.nn.Module) -> State:

@@ -82,7 +82,3 @@ def _cell(net: SearchNetwork, cell: SearchCell, kind: str, s0, s1, choice: Seque
         states.append(total)
     return torch.cat(states[2:], dim=1)
 
-
-def choices_ops(space, choices: Choices) -> dict[str, list[str]]:
-    """Op names of a choice per cell type (for reports)."""
-    return {c: [space.primitives[k] for k in choices[c]] for c in CELL_TYPES}

@@ -268,7 +268,7 @@ class Simulation:
             loss = acc = float("nan")
             changed = model.spec != old_spec
             test = self._test_set()
-            if changed or (r + 1) % cfg.run.eval_every == 0 or r + 1 == cfg.run.rounds:
+            if changed or ctx.is_due(cfg.run.eval_every):
                 loss, acc = self.algorithm.evaluate_global(model, *test, client_states)
             if changed:
                 metrics.update(self._prune_accuracies(old_spec, averaged, model, acc, test))
