@@ -13,13 +13,10 @@ on the features of the global body (body fixed), then evaluated on the eval spli
 
 from __future__ import annotations
 
-import torch
-
 from ..flat import State
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .fixed import FixedModelMethod, clone_state, frozen
-from .training import sgd_epochs
+from .fixed import FixedModelMethod, clone_state
 
 
 class FedBABU(FixedModelMethod):
@@ -32,17 +29,11 @@ class FedBABU(FixedModelMethod):
         net = self.load(model.state)
         body_p, head_p = self.parts()
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "fedbabu.batches")
-        with frozen(head_p):
-            opt = torch.optim.SGD(body_p, lr=a.lr, momentum=a.momentum,
-                                  weight_decay=a.weight_decay)
-            loss = sgd_epochs(net, data.train_x, data.train_y, opt, a.batch_size,
-                              a.local_epochs, g, augment=data.augment)
+        loss = self.train_part(net, body_p, head_p, a.lr, a.local_epochs, data, g)
         return ClientResult(clone_state(net), float(data.num_train), {"train_loss": loss})
 
     def personal_accuracy(self, model: GlobalModel, data: ClientData, client_state: State | None,
                           ctx: RoundContext) -> float:
         f = self.cfg.algorithm.fedbabu
-        net = self.load(model.state)
-        head = {k: v for k, v in model.state.items() if k.startswith("head.")}
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "fedbabu.personal")
-        return self.finetune_head(net, head, data, f.finetune_epochs, f.finetune_lr, g)
+        return self.finetune_head(model.state, data, f.finetune_epochs, f.finetune_lr, g)

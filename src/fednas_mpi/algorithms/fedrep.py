@@ -26,8 +26,8 @@ from ..flat import State
 from ..models import split_state
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .fixed import FixedModelMethod, clone_state, features, frozen
-from .training import evaluate, sgd_epochs
+from .fixed import FixedModelMethod, clone_state, features
+from .training import evaluate
 
 
 class FedRep(FixedModelMethod):
@@ -45,16 +45,8 @@ class FedRep(FixedModelMethod):
         net = self.load({**model.state, **head})
         body_p, head_p = self.parts()
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "fedrep.batches")
-        with frozen(body_p):
-            opt = torch.optim.SGD(head_p, lr=f.head_lr, momentum=a.momentum,
-                                  weight_decay=a.weight_decay)
-            head_loss = sgd_epochs(net, data.train_x, data.train_y, opt, a.batch_size,
-                                   f.head_epochs, g, augment=data.augment)
-        with frozen(head_p):
-            opt = torch.optim.SGD(body_p, lr=a.lr, momentum=a.momentum,
-                                  weight_decay=a.weight_decay)
-            loss = sgd_epochs(net, data.train_x, data.train_y, opt, a.batch_size,
-                              a.local_epochs, g, augment=data.augment)
+        head_loss = self.train_part(net, head_p, body_p, f.head_lr, f.head_epochs, data, g)
+        loss = self.train_part(net, body_p, head_p, a.lr, a.local_epochs, data, g)
         body, head = split_state(clone_state(net))
         return ClientResult(body, float(data.num_train),
                             {"train_loss": loss, "head_loss": head_loss}, client_state=head)
@@ -80,6 +72,5 @@ class FedRep(FixedModelMethod):
                           ctx: RoundContext) -> float:
         f = self.cfg.algorithm.fedrep
         head = client_state if client_state is not None else self.init_head
-        net = self.load({**model.state, **head})
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "fedrep.personal")
-        return self.finetune_head(net, head, data, f.head_epochs, f.head_lr, g)
+        return self.finetune_head({**model.state, **head}, data, f.head_epochs, f.head_lr, g)

@@ -84,10 +84,22 @@ class FixedModelMethod(Algorithm):
                  ) -> tuple[float, float]:
         return evaluate(self.load(model.state), x, y)
 
-    def finetune_head(self, net: nn.Module, head: State, data: ClientData, epochs: int,
+    def train_part(self, net: nn.Module, train: list[nn.Parameter], freeze: list[nn.Parameter],
+                   lr: float, epochs: int, data: ClientData, generator: torch.Generator
+                   ) -> float:
+        """SGD epochs on the client's train split updating ``train`` with ``freeze`` held
+        fixed (the method's momentum and weight decay); the mean training loss."""
+        a = self.cfg.algorithm
+        with frozen(freeze):
+            opt = torch.optim.SGD(train, lr=lr, momentum=a.momentum, weight_decay=a.weight_decay)
+            return sgd_epochs(net, data.train_x, data.train_y, opt, a.batch_size, epochs,
+                              generator, augment=data.augment)
+
+    def finetune_head(self, state: State, data: ClientData, epochs: int,
                       lr: float, generator: torch.Generator) -> float:
-        """Train only the head, from ``head``, on the fixed body's features of the client's
-        train split; returns its accuracy on the eval split (nan if that is empty).
+        """Train only the head of the model ``state`` (body and head) on the fixed body's
+        features of the client's train split; returns its accuracy on the eval split (nan if
+        that is empty).
 
         The body runs once per split in eval mode (its BatchNorm running statistics), so
         neither it nor its buffers change; the head sees the same features every epoch.
@@ -95,7 +107,7 @@ class FixedModelMethod(Algorithm):
         if len(data.eval_y) == 0:
             return float("nan")
         a = self.cfg.algorithm
-        net.load_state_dict(head, strict=False)
+        net = self.load(state)
         f_train, f_eval = features(net.body, data.train_x), features(net.body, data.eval_x)
         opt = torch.optim.SGD(net.head.parameters(), lr=lr, momentum=a.momentum,
                               weight_decay=a.weight_decay)

@@ -25,7 +25,9 @@ def sgd_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: to
     after the epoch's shuffle, so the run stays a function of the seed.
     """
     model.train()
-    total, count = 0.0, 0
+    # kept on the model's device: no host sync per step on a GPU
+    total = torch.zeros((), dtype=torch.float64, device=device_of(model))
+    count = 0
     for _ in range(epochs):
         for idx in minibatches(len(y), batch_size, generator):
             optimizer.zero_grad(set_to_none=True)
@@ -33,9 +35,9 @@ def sgd_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: to
             loss = F.cross_entropy(model(xb), y[idx])
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
+            total += loss.detach().double() * len(idx)
             count += len(idx)
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 @torch.no_grad()
