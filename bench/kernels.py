@@ -6,7 +6,7 @@ For each shape (K = 8 op outputs of B x C x H x W) it times forward + backward o
   fused     torch.ops.fednas.mix (one pass over the K inputs each way)
   sum       sum_k w_k * o_k in eager PyTorch (DARTS's usual form; the reference)
   stack     (w[:, None, ...] * torch.stack(outputs)).sum(0)
-and prints the median time, the ratios to fused, the peak extra memory of each form, and
+and prints the minimum time, the ratios to fused, the peak extra memory of each form, and
 the fused op's achieved bytes/s against a plain tensor copy (dst.copy_(src)) measured in
 the same run. Bytes counted for fused: forward reads K inputs and writes 1, backward reads
 the gradient and the K inputs and writes K gradients: (3K + 2) x numel x itemsize.

@@ -1,6 +1,6 @@
 """Rounds per second and where a round's time goes, against the rank count.
 
-    python bench/runtime.py [--rounds 4] [--ranks 2 3 5 9] [--transport mpi]
+    python bench/runtime.py [--rounds 4] [--ranks 2 3 5 9] [--set runtime.transport=torch]
         [--config configs/quickstart.yaml ...] [--set KEY=VALUE ...]
 
 For each config and rank count it runs ``mpirun -n N fednas-mpi CFG`` (one torch thread per
@@ -55,6 +55,8 @@ def main() -> None:
     p.add_argument("--ranks", type=int, nargs="+", default=[2, 3, 5, 9])
     p.add_argument("--set", action="append", default=[], dest="sets")
     a = p.parse_args()
+    if a.rounds < 3:
+        p.error("--rounds must be >= 3: round 1 warms up and the last has no checkpoint time")
     with tempfile.TemporaryDirectory() as tmp:
         for cfg in a.config:
             rows = [run(n, cfg, a.rounds, a.sets, Path(tmp) / f"{Path(cfg).stem}-n{n}")

@@ -15,7 +15,6 @@ from pathlib import Path
 from .runs import ReportError, load_run, load_runs
 
 EXIT_BAD_INPUT = 2
-COMMANDS = ("inspect", "compare", "plot")
 
 
 def _accuracy(text: str) -> float:

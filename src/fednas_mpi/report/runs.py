@@ -129,11 +129,11 @@ def _read(path: Path, directory: Path) -> Run:
                    for c, g in (f["clients"].items() if "clients" in f else [])
                    if "subnet_normal" in g and "subnet_reduce" in g}
     config = yaml.safe_load(ck.config_yaml) or {}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its config attribute is not a YAML mapping")
     prims = config.get("model", {}).get("darts", {}).get("primitives", [])
     client_subnets = {c: {cell: [prims[k] if 0 <= k < len(prims) else str(k) for k in ops]
                           for cell, ops in sn.items()} for c, sn in sorted(subnets.items())}
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: its config attribute is not a YAML mapping")
     planned = ck.attrs.get("rounds_planned", config.get("run", {}).get("rounds", ck.round))
     return Run(directory=directory, checkpoint=path, round=ck.round,
                rounds_planned=int(planned), attrs=ck.attrs, config=config, spec=ck.spec,
