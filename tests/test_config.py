@@ -20,7 +20,8 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
 # Every leaf key, in declaration order, written out by hand from config.py.
 ALL_KEYS = [
-    "run.name", "run.seed", "run.rounds", "run.eval_every", "run.personal_eval_every",
+    "run.name", "run.seed", "run.rounds", "run.eval_every", "run.eval_subset", "run.val_every",
+    "run.patience", "run.personal_eval_every",
     "data.name", "data.root", "data.download", "data.resize", "data.augment",
     "data.test_fraction",
     "partition.scheme", "partition.num_clients", "partition.alpha", "partition.tau",
@@ -34,10 +35,11 @@ ALL_KEYS = [
     "algorithm.momentum", "algorithm.weight_decay",
     *(f"algorithm.fedmetanas.{k}" for k in (
         "inner_steps", "tasks_per_epoch", "task_lr_w", "task_lr_alpha", "meta_optimizer",
-        "meta_lr_w", "meta_lr_alpha", "meta_momentum", "weight_decay", "grad_clip",
+        "meta_lr_w", "weight_lr_min", "meta_momentum", "weight_decay", "arch_optimizer",
+        "meta_lr_alpha", "arch_betas", "grad_clip",
         "temperature_start", "temperature_end", "temperature_schedule", "temperature_floor",
-        "anneal_fraction", "arch_warmup_rounds", "prune_start", "prune_every", "op_threshold",
-        "combo_threshold", "settle_threshold", "final_round", "local_eval_every")),
+        "arch_warmup_rounds", "prune_start", "prune_every", "prune_gap", "combo_prune_gap",
+        "final_round", "local_eval_every")),
     *(f"algorithm.fednas.{k}" for k in (
         "search_rounds", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
         "arch_betas", "arch_weight_decay", "milenas_lambda", "local_eval_every")),
@@ -57,6 +59,8 @@ ALL_KEYS = [
         "personal_layers", "inner_steps", "inner_lr_w", "inner_lr_alpha", "lr", "momentum",
         "weight_decay", "arch_lr", "grad_clip", "temperature_start", "temperature_end",
         "tasks_per_epoch", "local_eval_every")),
+    *(f"algorithm.random_nas.{k}" for k in (
+        "genotype_seed", "lr", "lr_min", "momentum", "weight_decay", "local_eval_every")),
     "federation.clients_per_round",
     "runtime.threads_per_rank", "runtime.poll_interval_ms", "runtime.device", "runtime.gpus",
     "runtime.server_device", "runtime.tf32", "runtime.transport",

@@ -1,4 +1,6 @@
-"""FedMetaNAS end to end under mpirun: -n 1 and -n 3 agree; pruning ends in a genotype."""
+"""FedMetaNAS end to end under mpirun: -n 1 and -n 3 agree on the single-stage schedule
+(deterministic warm-up, search with soft pruning, derivation, training of the derived
+network, early stopping); pruning ends in a genotype."""
 
 from __future__ import annotations
 
@@ -14,14 +16,17 @@ from fednas_mpi.store import list_checkpoints, read_checkpoint
 pytestmark = pytest.mark.slow
 
 NAS = {
-    "run": {"name": "nas", "seed": 3, "rounds": 3},
+    "run": {"name": "nas", "seed": 3, "rounds": 6, "val_every": 1, "patience": 1,
+            "eval_subset": 100},
     "data": {"name": "digits"},
     "partition": {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 6, "min_train": 8},
     "federation": {"clients_per_round": 3},
     "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 2, "nodes": 2}},
     "algorithm": {"name": "fedmetanas", "local_epochs": 1, "batch_size": 8,
                   "fedmetanas": {"temperature_start": 1.0, "temperature_end": 0.05,
-                                 "op_threshold": 0.1}},
+                                 "arch_warmup_rounds": 1, "final_round": 3,
+                                 "meta_lr_alpha": 0.2, "prune_gap": 0.3,
+                                 "combo_prune_gap": 0.3}},
 }
 
 
@@ -34,7 +39,10 @@ def test_one_and_three_ranks_agree(runs):
     a = read_checkpoint(list_checkpoints(runs[1])[-1][1])
     b = read_checkpoint(list_checkpoints(runs[3])[-1][1])
     assert a.spec == b.spec
-    for k in ("global_acc", "global_loss", "train_loss", "ops_alive", "arch_entropy_ops"):
+    assert a.stages == b.stages and a.round == b.round
+    assert a.attrs.get("stopped_early") == b.attrs.get("stopped_early")
+    for k in ("global_acc", "global_loss", "train_loss", "ops_alive", "arch_entropy_ops",
+              "val_acc", "alpha_gap", "argmax_agreement", "ops_pruned"):
         np.testing.assert_allclose(a.metrics[k], b.metrics[k], atol=1e-5, err_msg=k)
     for k in a.state:
         torch.testing.assert_close(a.state[k], b.state[k], rtol=0, atol=1e-5)
@@ -47,6 +55,39 @@ def test_one_and_three_ranks_agree(runs):
     assert (np.isfinite(w).sum(axis=1) == 3).all()  # 3 clients per round
     np.testing.assert_allclose(np.nansum(w * acc, axis=1) / np.nansum(w, axis=1),
                                a.metrics["local_acc"], atol=1e-9)
+
+
+def test_single_stage_schedule_and_early_stopping(runs):
+    from fednas_mpi.runtime.schedule import patience_exhausted
+
+    ck = read_checkpoint(list_checkpoints(runs[3])[-1][1], tensors=False)
+    m, n = ck.metrics, ck.round
+    assert ck.stages == ["search"] * 3 + ["derived"] * (n - 3)
+    # warm-up: the alphas learned nothing in round 1; then they moved
+    assert m["alpha_range"][0] < 1e-2 < m["alpha_range"][2]
+    # soft pruning ran after round 2 (the first after the warm-up) and says why
+    assert m["ops_pruned"][1] >= 1 and m["pruned_gap_min"][1] > 0.3
+    log = ck.spec["prune_log"]
+    assert log and all(x["gap"] > 0.3 and x["round"] == 2 for x in log)
+    # derived after round 3; the derivation's before/after on the whole test set
+    assert np.isfinite(m["acc_before_prune"][2]) and np.isfinite(m["acc_after_prune"][2])
+    assert np.isnan(m["acc_before_prune"][3:]).all()
+    # early stopping: stopped exactly where patience ran out, never before the derived stage
+    stop = ck.attrs.get("stopped_early")
+    can = [s == "derived" for s in ck.stages]
+    for r in range(3, n):
+        assert patience_exhausted(m["val_acc"][: r + 1], can[: r + 1], 1) == (r + 1 == stop)
+    assert stop is not None or n == 6
+    # the fixed 100-image test subset on ordinary rounds, the whole set (360) at the end
+    # and at the derivation
+    def count(acc, n):
+        return abs(acc * n - round(acc * n)) < 1e-9
+    assert count(m["global_acc"][0], 100)
+    assert count(m["global_acc"][-1], 360) and count(m["global_acc"][2], 360)
+    # method time is compute + communication + aggregation; evaluation is apart
+    np.testing.assert_allclose(m["method_time"], m["compute_time"] + m["comm_time"]
+                               + m["aggregate_time"], rtol=1e-12)
+    assert (m["round_time"] >= m["method_time"] + m["eval_time"] - 1e-3).all()
 
 
 def test_search_ends_in_a_discrete_network_without_retraining(runs):
@@ -62,8 +103,6 @@ def test_search_ends_in_a_discrete_network_without_retraining(runs):
     assert ck.metrics["ops_alive"][0] >= ck.metrics["ops_alive"][-1]
     temps = ck.metrics["temperature"]
     assert (np.diff(temps) <= 0).all() and temps[0] > temps[-1]
-    # the final derivation is a spec change: accuracy before it is recorded beside after it
-    assert np.isfinite(ck.metrics["acc_before_prune"][-1])
     assert np.isfinite(ck.metrics["global_acc"][-1])
     saved = json.loads((runs[3] / "genotype.json").read_text())
     assert saved == g

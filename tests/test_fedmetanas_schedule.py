@@ -1,4 +1,4 @@
-"""FedMetaNAS's schedules: temperature over the anneal span, pruning thresholds after it."""
+"""FedMetaNAS's schedules: the temperature anneals over the search rounds; stages."""
 
 import pytest
 
@@ -9,35 +9,29 @@ from fednas_mpi.config import from_dict
 
 def _algo(**fm):
     cfg = from_dict({"run": {"rounds": 10}, "model": {"name": "darts"},
-                     "algorithm": {"name": "fedmetanas", "fedmetanas": {
-                         "anneal_fraction": 0.6, "op_threshold": 0.05, "combo_threshold": 0.1,
-                         "settle_threshold": 0.5, **fm}}})
+                     "algorithm": {"name": "fedmetanas", "fedmetanas": fm}})
     return FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
 
 
-def test_temperature_reaches_its_end_at_the_anneal_span_and_stays():
-    a = _algo(temperature_start=1.0, temperature_end=0.04)
-    assert a.anneal_span == 6
+def test_temperature_reaches_its_end_at_the_final_derivation_and_stays():
+    a = _algo(temperature_start=1.0, temperature_end=0.04, final_round=6)
+    assert a.search_rounds == 6
     assert a.temperature(0) == pytest.approx(1.0)
     assert a.temperature(5) == pytest.approx(0.04)
     assert a.temperature(9) == pytest.approx(0.04)
     assert all(a.temperature(r) > a.temperature(r + 1) for r in range(5))
+    # without final_round the search is the whole run
+    b = _algo(temperature_start=1.0, temperature_end=0.04)
+    assert b.search_rounds == 10 and b.temperature(9) == pytest.approx(0.04)
 
 
-def test_thresholds_rise_linearly_from_the_anneal_span_to_the_final_round():
-    a = _algo()
-    for r in range(6):  # rounds 0..5 anneal (span 6): configured thresholds
-        assert a.thresholds(r) == (0.05, 0.1)
-    # rounds 6..9 settle; the final round (index 9) reaches the settle threshold
-    assert a.thresholds(9) == pytest.approx((0.5, 0.5))
-    assert a.thresholds(7) == pytest.approx((0.05 + 0.45 * 2 / 4, 0.1 + 0.4 * 2 / 4))
-
-
-def test_thresholds_with_an_earlier_final_round_and_no_settle_phase():
-    a = _algo(final_round=8)
-    assert a.thresholds(7) == pytest.approx((0.5, 0.5))  # 1-based round 8 is index 7
-    b = _algo(anneal_fraction=1.0)
-    assert all(b.thresholds(r) == (0.05, 0.1) for r in range(10))
+def test_pruning_rounds_start_after_the_warm_up_and_prune_start():
+    f = _algo(prune_start=2, prune_every=2, arch_warmup_rounds=3).cfg.algorithm.fedmetanas
+    assert [d for d in range(1, 11) if f.prunes_after(d)] == [4, 6, 8, 10]
+    f = _algo(prune_start=5, prune_every=1).cfg.algorithm.fedmetanas
+    assert [d for d in range(1, 8) if f.prunes_after(d)] == [5, 6, 7]
+    assert not any(_algo(prune_every=0).cfg.algorithm.fedmetanas.prunes_after(d)
+                   for d in range(1, 11))
 
 
 def test_stages_name_the_search_and_the_rounds_after_the_derivation():

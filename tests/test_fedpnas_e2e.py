@@ -27,7 +27,7 @@ def _config(name: str) -> dict:
             "init_channels": 4, "layers": 2, "nodes": 2,
             "primitives": ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]}},
         "algorithm": {"name": name, "local_epochs": 1, "batch_size": 16,
-                      "fedmetanas": {"op_threshold": 0.2, "combo_threshold": 0.2}},
+                      "fedmetanas": {"prune_gap": 0.05, "combo_prune_gap": 0.05}},
     }
 
 

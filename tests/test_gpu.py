@@ -32,7 +32,7 @@ METHODS = {
     "fedbabu": {"model": {"name": "mobilenet_v3_small", "mobilenet": {"width_mult": 0.25}}},
     "fedmetanas": {"model": DARTS, "algorithm": {"fedmetanas": {
         "temperature_start": 1.0, "temperature_end": 0.5, "arch_warmup_rounds": 0,
-        "prune_start": 1, "op_threshold": 0.1}}},
+        "prune_start": 1, "prune_gap": 0.05}}},
     "fednas": {"model": DARTS, "algorithm": {"fednas": {"search_rounds": 1}}},
     "feddsnas": {"model": DARTS},
     "fedrlnas": {"model": DARTS},

@@ -306,23 +306,30 @@ def _clip_(grads, max_norm):
 
 def _reference_client(cfg, model: GlobalModel, data: ClientData, ctx: RoundContext,
                       lam: float):
-    """Algorithm 1 lines 11-18 with plain loops: SGD inner steps, hand-written SGD momentum
-    with weight decay on the weights only for the meta step."""
+    """Algorithm 1 lines 11-18 with plain loops: SGD inner steps; for the meta step
+    hand-written SGD momentum with weight decay on the weights (learning rates scaled by
+    the cosine of the round) and hand-written Adam on the alphas and betas; during the
+    warm-up no Gumbel noise and no architecture step."""
     f, d = cfg.algorithm.fedmetanas, cfg.model.darts
     space = CellSpace(d.nodes, d.input_k, tuple(d.primitives))
     net = SearchNetwork(1, 10, d.init_channels, d.layers, space, d.stem_multiplier,
                         model.spec["masks"])
     net.load_state_dict({k: v.clone() for k, v in model.state.items()}, strict=False)
     net.train()
-    net.set_sampling(lam, torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.gumbel"))
+    warm = ctx.round < f.arch_warmup_rounds  # alphas and betas frozen, no noise
+    net.set_sampling(lam, None if warm else
+                     torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.gumbel"))
     weights, arch = net.weight_parameters(), net.arch_parameters()
     params = weights + arch
-    task_lr = [f.task_lr_w] * len(weights) + [f.task_lr_alpha] * len(arch)
-    warm = ctx.round < f.arch_warmup_rounds  # alphas and betas frozen
-    task_lr[len(weights):] = [0.0 if warm else f.task_lr_alpha] * len(arch)
-    meta_lr = [f.meta_lr_w] * len(weights) + [0.0 if warm else f.meta_lr_alpha] * len(arch)
+    scale = f.weight_lr_min + 0.5 * (1 - f.weight_lr_min) * (
+        1 + math.cos(math.pi * ctx.round / (cfg.run.rounds - 1)))
+    task_lr = [f.task_lr_w * scale] * len(weights) + [0.0 if warm else f.task_lr_alpha] * len(arch)
     decay = [f.weight_decay] * len(weights) + [0.0] * len(arch)
     bufs: list[torch.Tensor | None] = [None] * len(params)
+    adam_m = [torch.zeros_like(t) for t in arch]
+    adam_v = [torch.zeros_like(t) for t in arch]
+    b1, b2 = f.arch_betas
+    adam_t = 0
     g_tasks = torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.tasks")
     n, b = data.num_train, cfg.algorithm.batch_size
     s_losses, q_losses = [], []
@@ -343,15 +350,26 @@ def _reference_client(cfg, model: GlobalModel, data: ClientData, ctx: RoundConte
             q_loss = F.cross_entropy(net(data.train_x[q]), data.train_y[q])
             q_losses.append(q_loss.item())
             grads = _clip_(torch.autograd.grad(q_loss, params, allow_unused=True), f.grad_clip)
+            adam_t += 1
             with torch.no_grad():
                 for i, (t, t0, gr) in enumerate(zip(params, original, grads)):
                     t.copy_(t0)
                     if gr is None:
                         continue
+                    if i >= len(weights):  # Adam on alphas and betas
+                        if warm:
+                            continue
+                        a = i - len(weights)
+                        adam_m[a] = b1 * adam_m[a] + (1 - b1) * gr
+                        adam_v[a] = b2 * adam_v[a] + (1 - b2) * gr * gr
+                        m_hat = adam_m[a] / (1 - b1 ** adam_t)
+                        v_hat = adam_v[a] / (1 - b2 ** adam_t)
+                        t -= f.meta_lr_alpha * m_hat / (v_hat.sqrt() + 1e-8)
+                        continue
                     step = gr + decay[i] * t0
                     bufs[i] = step.clone() if bufs[i] is None else \
                         f.meta_momentum * bufs[i] + step
-                    t -= meta_lr[i] * bufs[i]
+                    t -= f.meta_lr_w * scale * bufs[i]
     state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     return state, sum(s_losses) / len(s_losses), sum(q_losses) / len(q_losses)
 
@@ -381,10 +399,11 @@ def test_client_update_matches_a_plain_reference_and_leaves_the_global_model_alo
     assert res.metrics["train_loss"] == pytest.approx(q_mean, rel=1e-4)
 
 
-def test_temperature_annealing_and_architecture_warmup():
-    cfg = _cfg(rounds=10, anneal_fraction=0.5, arch_warmup_rounds=1, grad_clip=0.0)
+def test_temperature_annealing_and_architecture_warmup(monkeypatch):
+    cfg = _cfg(rounds=10, final_round=5, arch_warmup_rounds=1, grad_clip=0.0,
+               temperature_end=0.03)
     algo = FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
-    # exponential from 1.0 to 0.03 over the first half of the rounds, then constant
+    # exponential from 1.0 to 0.03 over the 5 search rounds, then constant
     assert algo.temperature(0) == 1.0
     assert algo.temperature(2) == pytest.approx(0.03 ** 0.5, rel=1e-12)
     assert [algo.temperature(r) for r in (4, 5, 9)] == pytest.approx([0.03] * 3, rel=1e-12)
@@ -398,7 +417,15 @@ def test_temperature_annealing_and_architecture_warmup():
     ref, _, _ = _reference_client(cfg, gm, data, _ctx(cfg, 0), 1.0)
     for k, v in ref.items():
         torch.testing.assert_close(warm.state[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    # the warm-up is deterministic: no Gumbel noise is drawn in it, only after it
+    import fednas_mpi.nas.network as network
+    draws = []
+    real = network.gumbel_noise
+    monkeypatch.setattr(network, "gumbel_noise", lambda *a, **k: draws.append(1) or real(*a, **k))
+    algo.client_update(gm, data, _ctx(cfg, 0), None)
+    assert not draws
     later = algo.client_update(gm, data, _ctx(cfg, 2), None)
+    assert draws
     assert not torch.equal(later.state["alpha_reduce"], gm.state["alpha_reduce"])
     ref, _, _ = _reference_client(cfg, gm, data, _ctx(cfg, 2), 0.03 ** 0.5)
     for k, v in ref.items():
@@ -456,7 +483,8 @@ def _softmax(values):
 
 
 def test_server_step_prunes_and_shrinks_the_state():
-    cfg = _cfg(prune_start=1, prune_every=1, op_threshold=0.2, combo_threshold=0.4)
+    cfg = _cfg(prune_start=1, prune_every=1, prune_gap=0.02, combo_prune_gap=0.01,
+               meta_lr_alpha=0.2)
     algo = FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
     gm = algo.init_global()
     res = algo.client_update(gm, _data(n=8), _ctx(cfg, 0), None)
@@ -471,15 +499,21 @@ def test_server_step_prunes_and_shrinks_the_state():
     lam = cfg.algorithm.fedmetanas.temperature_start  # round 0 of the schedule
     assert float(new.server_state["temperature"]) == pytest.approx(lam)
     space = algo.space
+    removed = 0
     for c in CELLS:
         alpha, beta = averaged[f"alpha_{c}"], averaged[f"beta_{c}"]
         for e in range(space.num_edges):
-            p = _softmax([float(v) / lam for v in alpha[e]])
-            best = max(range(1, 8), key=lambda k, p=p: p[k])
-            assert new.spec["masks"][c]["ops"][e] == [p[k] >= 0.2 or k == best
-                                                      for k in range(8)]
-        q = _softmax([float(v) / lam for v in beta[1:]])
-        assert new.spec["masks"][c]["combos"] == [True] + [v >= 0.4 or v == max(q) for v in q]
+            a = [float(v) for v in alpha[e]]  # by hand: the logit gap, no temperature
+            best = max(range(1, 8), key=lambda k, a=a: a[k])
+            keep = [max(a) - a[k] <= 0.02 or k == best for k in range(8)]
+            assert new.spec["masks"][c]["ops"][e] == keep
+            removed += keep.count(False)
+        b = [float(v) for v in beta[1:]]
+        assert new.spec["masks"][c]["combos"] == [True] + [max(b) - v <= 0.01 for v in b]
+    assert metrics["ops_pruned"] == removed > 0
+    assert metrics["pruned_gap_min"] > 0.02
+    log = new.spec["prune_log"]
+    assert sum("op" in x for x in log) == removed and all(x["round"] == 1 for x in log)
     _check_state_matches_masks(algo, new.spec, new.state)
     ops_alive = sum(sum(new.spec["masks"][c]["ops"][space.edge(j, i)])
                     for c in CELLS

@@ -21,9 +21,11 @@ from fednas_mpi.nas import (
     finalize,
     genotype_str,
     gumbel_noise,
+    logit_signal,
     mixing,
     prune,
     relaxed_weights,
+    sample_genotype,
     temperature_at,
     weighted_sum,
 )
@@ -572,61 +574,137 @@ def _prune_setup():
     return space, alpha, beta, ops, combos
 
 
-def test_prune_hand_made_thresholds():
+def test_prune_by_logit_gap_hand_made():
     space, alpha, beta, ops, combos = _prune_setup()
     ops_before = [list(r) for r in ops]
-    new_ops, new_combos = prune(space, alpha, beta, ops, combos, 1.0, 0.05, 0.05)
+    # gap log(4): drop an op whose probability is below a quarter of its edge's best live op
+    r = prune(space, alpha, beta, ops, combos, math.log(4.0), math.log(4.0))
     T, F = True, False
-    assert new_ops == [
-        [T, T, T, T, T, F, F, F],
-        [T, F, F, T, F, F, F, F],  # the strongest real op (skip, 0.04) stays
-        [F, T, T, T, F, F, F, F],
-        [T] * 8,
-        # survivors renormalise without max_pool: 0.2, 0.2, 0.2, 0.1, ... all >= 0.05
+    assert r.ops == [
+        [T, T, T, T, F, F, F, F],  # 0.06 < 0.30 / 4 = 0.075 goes, 0.10 stays
+        [T, F, F, T, F, F, F, F],  # everything is far below none; the best real op stays
+        [F, T, T, F, F, F, F, F],  # 0.10 < 0.50 / 4: gone; none (0.01) gone too
+        [T] * 8,  # uniform: no gap
+        # max_pool (0.90) is already pruned and takes no part: the survivors lie within
+        # log 2 of their best (0.02), so nothing more goes
         [T, F, T, T, T, T, T, T],
     ]
-    assert new_combos == [T, T, T, F]
+    assert r.combos == [T, T, T, F]  # 0.26 > 0.70 / 4 stays, 0.04 goes
     assert ops == ops_before  # the caller's masks are not modified
-    # a threshold above every weight keeps only each node's strongest combination
-    # and each edge's strongest real op
-    strict_ops, strict_combos = prune(space, alpha, beta, ops, combos, 1.0, 0.95, 0.95)
-    assert strict_combos == [T, T, F, F]
-    best = [1, 3, 1, 1, 2]  # ties on edge 3 go to the first real op; edge 4 skips max_pool
-    for e, row in enumerate(strict_ops):
-        assert row == [k == best[e] for k in range(8)], e  # none (<= 0.86) goes too
+    # the removals, each with the gap that condemned it, all beyond the threshold
+    assert {(e, k) for e, k, _ in r.removed_ops} == {
+        (0, 4), (0, 5), (0, 6), (0, 7), (1, 1), (1, 2), (1, 4), (1, 5), (1, 6), (1, 7),
+        (2, 0), (2, 3), (2, 4), (2, 5), (2, 6), (2, 7)}
+    gaps = {(e, k): g for e, k, g in r.removed_ops}
+    assert gaps[(0, 4)] == pytest.approx(math.log(0.30 / 0.06))
+    assert gaps[(2, 0)] == pytest.approx(math.log(0.50 / 0.01))
+    assert all(g > math.log(4.0) for _, _, g in r.removed_ops)
+    assert r.removed_combos == [(1, 2, pytest.approx(math.log(0.70 / 0.04)))]
+    # a zero gap prunes nothing
+    none = prune(space, alpha, beta, ops, combos, 0.0, 0.0)
+    assert none.ops == ops and none.combos == combos and not none.removed_ops
 
 
-def test_prune_keeps_pruned_entries_pruned_and_renormalises_the_survivors():
+def test_prune_tiny_gap_keeps_only_the_best_and_the_strongest_real_op():
+    space, alpha, beta, ops, combos = _prune_setup()
+    r = prune(space, alpha, beta, ops, combos, 1e-6, 1e-6)
+    assert r.combos == [True, True, False, False]
+    T, F = True, False
+    assert r.ops == [
+        [T, T, F, F, F, F, F, F],  # none is the best; max_pool the strongest real op
+        [T, F, F, T, F, F, F, F],  # none the best; skip the strongest real op
+        [F, T, F, F, F, F, F, F],  # max_pool is both
+        [T] * 8,  # exact ties: no op lies below another
+        [T, F, T, T, F, F, F, F],  # the three tied at the top stay
+    ]
+
+
+def test_prune_ignores_the_temperature_and_shifts_of_the_logits():
+    """The rule reads the learned logits only: the same alphas prune the same ops whatever
+    the schedule, and adding a constant to an edge's logits changes nothing."""
+    space = CellSpace(nodes=2, k=2)
+    g = torch.Generator().manual_seed(0)
+    alpha = torch.randn(5, 8, generator=g) * 2
+    beta = torch.randn(4, generator=g) * 2
+    ops, combos = space.full_masks()
+    r = prune(space, alpha, beta, ops, combos, 1.5, 1.0)
+    shifted = prune(space, alpha + torch.arange(5.0)[:, None], beta + 3.0, ops, combos, 1.5,
+                    1.0)
+    assert (r.ops, r.combos) == (shifted.ops, shifted.combos)
+    for e in range(5):  # by hand
+        top = max(float(v) for v in alpha[e])
+        best_real = max(range(1, 8), key=lambda k, e=e: float(alpha[e, k]))
+        assert r.ops[e] == [top - float(alpha[e, k]) <= 1.5 or k == best_real
+                            for k in range(8)]
+    top = max(float(v) for v in beta[1:])
+    assert r.combos[1:] == [top - float(b) <= 1.0 for b in beta[1:]]
+
+
+def test_prune_keeps_pruned_entries_pruned_and_measures_gaps_over_the_survivors():
     space = CellSpace(nodes=2, k=2)
     alpha = torch.zeros(5, 8)
     beta = torch.tensor(_log([1.0]) + _log([0.2, 0.7, 0.1]))
     ops, _ = space.full_masks()
-    # node 1's strongest combination (0.7) is already pruned: over the survivors
-    # (0.2, 0.1) -> (2/3, 1/3); threshold 0.4 keeps only the first
-    new_ops, new_combos = prune(space, alpha, beta, ops, [True, True, False, True], 1.0, 0.0,
-                                0.4)
-    assert new_combos == [True, True, False, False]
-    assert new_ops == ops
+    # node 1's strongest combination (0.7) is already pruned: over the survivors the
+    # best is 0.2, and 0.1 lies log 2 below it
+    r = prune(space, alpha, beta, ops, [True, True, False, True], 0.0, 0.5)
+    assert r.combos == [True, True, False, False]
+    assert r.removed_combos == [(1, 2, pytest.approx(math.log(2.0)))]
+    assert r.ops == ops
 
 
-def test_prune_lower_temperature_prunes_more():
-    space = CellSpace(nodes=2, k=2)
-    g = torch.Generator().manual_seed(0)
-    alpha = torch.randn(5, 8, generator=g)
-    beta = torch.randn(4, generator=g)
-    ops, combos = space.full_masks()
-    counts = []
-    for temp in (1.0, 0.5, 0.2):
-        new_ops, new_combos = prune(space, alpha, beta, ops, combos, temp, 0.1, 0.2)
-        # by hand: softmax(alpha / T) >= threshold, plus the strongest real op
-        for e in range(5):
-            p = _softmax([float(a) / temp for a in alpha[e]])
-            best = max(range(1, 8), key=lambda k, p=p: p[k])
-            assert new_ops[e] == [p[k] >= 0.1 or k == best for k in range(8)]
-        q = _softmax([float(b) / temp for b in beta[1:]])
-        assert new_combos[1:] == [v >= 0.2 or v == max(q) for v in q]
-        counts.append(sum(map(sum, new_ops)) + sum(new_combos))
-    assert counts[0] > counts[1] > counts[2]
+def test_logit_signal_by_hand_and_agreement_is_the_gumbel_max_probability():
+    logits = torch.tensor([[2.0, 0.0, -1.0, 5.0], [0.0, 0.0, 0.0, 0.0], [1.0, 3.0, 9.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False], [True] * 4, [True, True, False, False]])
+    s = logit_signal(logits, mask)
+    assert s["range"] == pytest.approx((3.0 + 0.0 + 2.0) / 3)
+    assert s["gap"] == pytest.approx((2.0 + 0.0 + 2.0) / 3)
+    p0 = math.exp(2) / (math.exp(2) + 1 + math.exp(-1))
+    p2 = math.exp(3) / (math.exp(3) + math.e)
+    assert s["agreement"] == pytest.approx((p0 + 0.25 + p2) / 3)
+    # Monte Carlo: the argmax of Gumbel-perturbed logits at a low temperature matches
+    # the deterministic argmax that often (independent reference)
+    g = torch.Generator().manual_seed(3)
+    hits = []
+    for row, m in zip(logits, mask):
+        z = row.masked_fill(~m, float("-inf"))
+        noise = gumbel_noise((20000, 4), g, torch.float64)
+        sample = relaxed_weights(z.double(), 0.05, noise).argmax(-1)
+        hits.append(float((sample == z.argmax()).double().mean()))
+    assert sum(hits) / 3 == pytest.approx(s["agreement"], abs=0.01)
+
+
+def test_sample_genotype_is_valid_seeded_and_covers_every_op():
+    space = CellSpace(nodes=3, k=2)
+    seen_ops, seen_combos = set(), set()
+    for seed in range(60):
+        genotype, ops, combos = sample_genotype(space, torch.Generator().manual_seed(seed))
+        again = sample_genotype(space, torch.Generator().manual_seed(seed))
+        assert again == (genotype, ops, combos)
+        assert len(genotype["nodes"]) == 3
+        for j, node in enumerate(genotype["nodes"]):
+            seg = combos[space.combo_offsets[j]:space.combo_offsets[j] + len(space.combos[j])]
+            assert sum(seg) == 1  # one combination per node
+            inputs = tuple(x["input"] for x in node["inputs"])
+            assert inputs == space.combos[j][seg.index(True)]
+            seen_combos.add((j, inputs))
+            for x in node["inputs"]:
+                row = ops[space.edge(j, x["input"])]
+                assert sum(row) == 1 and row[space.primitives.index(x["op"])]
+                assert x["op"] != "none"
+                seen_ops.add(x["op"])
+        live = {space.edge(j, x["input"]) for j, n in enumerate(genotype["nodes"])
+                for x in n["inputs"]}
+        assert all(not any(ops[e]) for e in range(space.num_edges) if e not in live)
+        # it builds the discrete network: one module per chosen edge
+        net = SearchNetwork(1, 3, 4, 1, space, 1, {"normal": {"ops": ops, "combos": combos},
+                                                   "reduce": {"ops": ops, "combos": combos}})
+        assert sum(len(m) for m in net.cells[0].edges.values()) == 6
+    assert seen_ops == set(space.primitives) - {"none"}
+    assert seen_combos == {(j, c) for j in range(3) for c in space.combos[j]}
+    a = sample_genotype(space, torch.Generator().manual_seed(0))[0]
+    b = sample_genotype(space, torch.Generator().manual_seed(1))[0]
+    assert a != b
 
 
 # ---------------------------------------------------------------- finalize

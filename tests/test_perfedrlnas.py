@@ -120,7 +120,7 @@ def _meta(rounds: int = 3, **fm):
 def test_meta_variant_trains_the_path_by_maml_and_prunes_the_mean_policy():
     from fednas_mpi.algorithms.aggregate import weighted_average
 
-    algo = _meta(prune_start=1, prune_every=1, op_threshold=0.1)
+    algo = _meta(prune_start=1, prune_every=1, prune_gap=0.1)
     model = algo.init_global()
     ctx = RoundContext(0, 3, 5, "search")
     res = {c: algo.client_update(model, _data(c), ctx, None) for c in (1, 2)}

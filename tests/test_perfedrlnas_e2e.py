@@ -77,7 +77,7 @@ def test_resume_is_bit_identical_with_client_states(runs, tmp_path):
 def test_meta_variant_one_and_three_ranks_agree(tmp_path):
     cfg = {**PERFEDRLNAS, "run": {"name": "meta_perfedrlnas", "seed": 4, "rounds": 3},
            "algorithm": {"name": "meta_perfedrlnas", "local_epochs": 1, "batch_size": 16,
-                         "fedmetanas": {"op_threshold": 0.13}}}
+                         "fedmetanas": {"prune_gap": 0.05}}}
     dirs = run_per_rank_count(tmp_path, cfg)
     a, b = _last(dirs[1]), _last(dirs[3])
     assert a.spec == b.spec

@@ -28,7 +28,7 @@ SHARED = {"partition": {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 6, "
 NAS = {"model": {"name": "darts", "darts": {"init_channels": 4, "layers": 2, "nodes": 2}},
        "algorithm": {"name": "fedmetanas", "local_epochs": 1, "batch_size": 8,
                      "fedmetanas": {"tasks_per_epoch": 2, "temperature_end": 0.05,
-                                    "op_threshold": 0.1}}}
+                                    "prune_gap": 0.05}}}
 
 
 @pytest.fixture(scope="module")

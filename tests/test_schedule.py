@@ -169,3 +169,34 @@ def test_lpt_bound_and_determinism_on_random_inputs(trial):
 def test_loads_sums_work_by_client_id():
     work_of = np.array([0.0, 1.5, 2.0, 4.0])
     assert loads([[1, 3], [], [2]], work_of) == [5.5, 0.0, 2.0]
+
+
+# ---------------------------------------------------------------- early stopping, subsets
+
+
+def test_patience_counts_validations_in_the_last_stoppable_stretch_only():
+    from fednas_mpi.runtime.schedule import patience_exhausted
+
+    nan = float("nan")
+    vals = [0.9, 0.95, 0.2, 0.3, 0.4, 0.35, 0.38]
+    # rounds 0-1 cannot stop (search, however good their values); from round 2 on the
+    # best is 0.4 (round 4), followed by two validations without beating it
+    can = [False, False, True, True, True, True, True]
+    assert not patience_exhausted(vals, can, 3)
+    assert patience_exhausted(vals, can, 2)
+    assert not patience_exhausted(vals[:6], can[:6], 2)
+    # rounds without a validation (NaN) do not count; ties do not reset the count
+    assert patience_exhausted([0.5, nan, 0.5, nan, 0.5], [True] * 5, 2)
+    assert not patience_exhausted([0.5, nan, 0.6, nan], [True] * 4, 1)
+    # patience 0 never stops, nor does a round that cannot stop
+    assert not patience_exhausted(vals, can, 0)
+    assert not patience_exhausted(vals, can[:-1] + [False], 1)
+
+
+def test_eval_subset_is_fixed_sorted_and_whole_when_off():
+    from fednas_mpi.runtime.schedule import eval_subset
+
+    a, b = eval_subset(1000, 100), eval_subset(1000, 100)
+    assert a is not None and len(a) == 100 == len(set(a.tolist()))
+    assert (a == b).all() and (np.diff(a) > 0).all() and a.max() < 1000
+    assert eval_subset(1000, 0) is None and eval_subset(50, 100) is None

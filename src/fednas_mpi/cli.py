@@ -170,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg, run_dir, ckpt = decide(args)
             decision = Decision(config=config_mod.to_dict(cfg), run_dir=str(run_dir),
                                 resume=ckpt is not None)
-            if ckpt is not None and ckpt.round >= cfg.run.rounds:
+            if ckpt is not None and ckpt.attrs.get("stopped_early"):
+                decision.done_message = (f"{run_dir}: the run stopped early after round "
+                                         f"{ckpt.round} (run.patience: validation accuracy "
+                                         f"stopped improving); nothing to resume.")
+            elif ckpt is not None and ckpt.round >= cfg.run.rounds:
                 decision.done_message = (f"{run_dir}: all {cfg.run.rounds} rounds are done "
                                          f"(checkpoint round {ckpt.round}); nothing to resume. "
                                          f"Raise run.rounds with --set to extend the run.")
@@ -258,6 +262,9 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
         print(f"stopped on request after round {sim.stopped_after} (SIGUSR1 or {stop.path}); "
               f"its checkpoint is complete: fednas-mpi --resume {run_dir} continues", flush=True)
         return EXIT_STOPPED
+    if sim.stopped_early is not None:
+        print(f"stopped early after round {sim.stopped_early}: val_acc did not improve for "
+              f"{cfg.run.patience} validations (run.patience)", flush=True)
     accs = _final_accuracies(run_dir)
     if accs:
         final, best = accs

@@ -51,6 +51,20 @@ class RunConfig:
     rounds: int = _f(10, "Number of communication rounds.", ge=1)
     eval_every: int = _f(1, "Evaluate the global model on the server test set every N rounds "
                             "(the last round is always evaluated).", ge=1)
+    eval_subset: int = _f(
+        0, "Server test images evaluated on the eval_every rounds: a fixed subset of this "
+           "many (the same images in every run, whatever run.seed); the last round and the "
+           "round an architecture is derived always use the whole test set. 0 = all.", ge=0)
+    val_every: int = _f(
+        0, "Every N rounds (and in the last) evaluate the global model on the union of all "
+           "clients' eval splits - the clients' own held-out data, never the server test "
+           "set - as val_acc and val_loss: the metric for tuning and early stopping. "
+           "0 = never.", ge=0)
+    patience: int = _f(
+        0, "Early stopping: end the run once val_acc has not beaten its best for this many "
+           "consecutive validations, counted only in rounds the method may stop in (FedNAS: "
+           "retraining; FedMetaNAS: after the final derivation; others: any); needs "
+           "run.val_every. 0 = run all run.rounds (then the cap).", ge=0)
     personal_eval_every: int = _f(
         0, "Every N rounds (and always in the last) the server evaluates every client's "
            "personalised model - the global model after the method's own personalisation "
@@ -160,49 +174,73 @@ class FedMetaNASConfig:
     tasks_per_epoch: int = _f(
         0, "Support/query task pairs per local epoch; 0 = as many disjoint pairs of "
            "algorithm.batch_size samples as the client's train split holds (at least 1).", ge=0)
-    task_lr_w: float = _f(0.05, "Task learning rate for the weights (eta_w^task).", gt=0.0)
-    task_lr_alpha: float = _f(0.5, "Task learning rate for alphas and betas (eta_alpha^task).",
-                              ge=0.0)
-    meta_optimizer: Literal["sgd", "adam"] = _f("sgd", "Meta learner's optimiser (eq. 7/10).")
-    meta_lr_w: float = _f(0.05, "Meta learning rate for the weights (eta_w^meta).", gt=0.0)
-    meta_lr_alpha: float = _f(0.5, "Meta learning rate for alphas and betas (eta_alpha^meta).",
-                              ge=0.0)
-    meta_momentum: float = _f(0.9, "Momentum (sgd) or beta1 (adam) of the meta optimiser.",
-                              ge=0.0, lt=1.0)
+    task_lr_w: float = _f(0.05, "Task learning rate for the weights (eta_w^task) in round 1; "
+                                "decays with meta_lr_w (see weight_lr_min).", gt=0.0)
+    task_lr_alpha: float = _f(0.5, "Task learning rate for alphas and betas (eta_alpha^task; "
+                                   "plain SGD steps of eq. 9).", ge=0.0)
+    meta_optimizer: Literal["sgd", "adam"] = _f("sgd", "Meta learner's optimiser of the "
+                                                       "weights (eq. 7/10).")
+    meta_lr_w: float = _f(0.05, "Meta learning rate for the weights (eta_w^meta) in round 1.",
+                          gt=0.0)
+    weight_lr_min: float = _f(
+        0.02, "Both weight learning rates follow a cosine from their round-1 value down to "
+              "this fraction of it in the last round (as FedNAS's weights); 1 = constant.",
+        ge=0.0, le=1.0)
+    meta_momentum: float = _f(0.9, "Momentum (sgd) or beta1 (adam) of the weights' meta "
+                                   "optimiser.", ge=0.0, lt=1.0)
     weight_decay: float = _f(3e-4, "Weight decay of the meta optimiser, on the weights only.",
                              ge=0.0)
+    arch_optimizer: Literal["adam", "sgd"] = _f(
+        "adam", "Meta optimiser of alphas and betas (eq. 7/10). adam (betas arch_betas) moves "
+                "each logit by about meta_lr_alpha per meta step whatever the scale of its "
+                "gradient, which at CPU scale is 1e-3..1e-2: plain SGD needs a step size "
+                "tuned to that scale; sgd uses meta_momentum.")
+    meta_lr_alpha: float = _f(
+        0.03, "Meta learning rate for alphas and betas (eta_alpha^meta). With adam, a logit "
+              "moves at most about meta_lr_alpha x (meta steps of the search) in total: "
+              "choose it so that this is a few units (a logit gap of 2 is a 7:1 odds).",
+        ge=0.0)
+    arch_betas: list[float] = _f([0.5, 0.999], "Adam betas of the architecture meta "
+                                               "optimiser.", min_len=2)
     grad_clip: float = _f(5.0, "Clip the gradient norm of every step (0 = off).", ge=0.0)
     temperature_start: float = _f(1.0, "Gumbel-softmax temperature lambda in round 1.", gt=0.0)
-    temperature_end: float = _f(0.03, "lambda in the last round.", gt=0.0)
+    temperature_end: float = _f(0.2, "lambda in the last search round (the final "
+                                     "derivation's).", gt=0.0)
     temperature_schedule: Literal["linear", "exponential", "constant"] = _f(
-        "exponential", "How lambda anneals over the rounds.")
+        "exponential", "How lambda anneals over the search rounds. lambda only shapes the "
+                       "relaxation (eq. 1) the weights train in; pruning and the derivation "
+                       "read the logits alone.")
     temperature_floor: float = _f(0.01, "lambda never goes below this (numerical safety).",
                                   ge=1e-3)
-    anneal_fraction: float = _f(
-        0.8, "lambda reaches temperature_end after this fraction of the rounds and stays "
-             "there, so pruning settles and the weights adapt before the final derivation.",
-        gt=0.0, le=1.0)
     arch_warmup_rounds: int = _f(
-        0, "Rounds at the start in which only the weights learn (alphas and betas frozen), "
-           "so parameter-free ops do not win merely because convolutions are untrained.",
-        ge=0)
-    prune_start: int = _f(1, "First round (1-based) after which soft pruning may run.", ge=1)
+        0, "Deterministic warm-up: in the first N rounds only the weights learn, with alphas "
+           "and betas frozen and no Gumbel noise (every op trained in the same uniform "
+           "mixture), so parameter-free ops do not win merely because convolutions are "
+           "untrained.", ge=0)
+    prune_start: int = _f(1, "First round (1-based) after which soft pruning may run (never "
+                             "during the warm-up).", ge=1)
     prune_every: int = _f(1, "Soft-prune every N rounds from prune_start (0 = never; the "
                              "final derivation still runs).", ge=0)
-    op_threshold: float = _f(0.05, "Prune an op whose deterministic mixing weight "
-                                   "softmax(log alpha / lambda) on its edge is below this.",
-                             ge=0.0, lt=1.0)
-    combo_threshold: float = _f(0.05, "Prune an input combination whose weight is below this.",
-                                ge=0.0, lt=1.0)
-    settle_threshold: float = _f(
-        0.5, "After lambda has annealed (see anneal_fraction) both thresholds rise linearly to "
-             "this by the final derivation, so the derivation itself removes almost nothing.",
-        ge=0.0, le=1.0)
-    final_round: int = _f(0, "Round (1-based) after which the genotype is derived and the "
-                             "discrete network replaces the supernet; 0 = the last round.",
-                          ge=0)
+    prune_gap: float = _f(
+        2.0, "Prune an op whose logit is more than this below the strongest live op of its "
+             "edge (probability under softmax(alpha) below exp(-gap) of the strongest's); "
+             "the temperature takes no part. 0 = never prune ops before the derivation.",
+        ge=0.0)
+    combo_prune_gap: float = _f(2.0, "The same for input combinations (beta) of a node.",
+                                ge=0.0)
+    final_round: int = _f(
+        0, "Round (1-based) after which the genotype is derived (argmax of the learned "
+           "logits over the survivors) and the discrete network, with the weights it "
+           "inherits, replaces the supernet; the rest of the run trains it (single stage, no "
+           "re-initialisation). 0 = the last round.", ge=0)
     local_eval_every: int = _f(1, "Evaluate the sampled clients' models on their eval splits "
                                   "every N rounds (and in the last); bounds the cost.", ge=1)
+
+    def prunes_after(self, done: int) -> bool:
+        """Whether soft pruning runs after 1-based round ``done`` (the warm-up excluded)."""
+        start = max(self.prune_start, self.arch_warmup_rounds + 1)
+        return bool(self.prune_every) and done >= start and \
+            (done - start) % self.prune_every == 0
 
 
 @dataclass(kw_only=True)
@@ -217,11 +255,29 @@ class FedNASConfig:
     weight_decay: float = _f(3e-4, "Weights: SGD weight decay.", ge=0.0)
     grad_clip: float = _f(5.0, "Weights: gradient norm clip (0 = off); alphas are not "
                                "clipped.", ge=0.0)
-    arch_lr: float = _f(3e-4, "Alphas: Adam learning rate (DARTS default).", gt=0.0)
+    arch_lr: float = _f(
+        0.03, "Alphas: Adam learning rate. Adam moves a logit by at most about arch_lr per "
+              "step, so the total movement is bounded by arch_lr x (search steps): DARTS's "
+              "3e-4 suits its ~20k steps (the paper configs keep it), while the CPU configs' "
+              "~100 steps need ~0.03 for the alphas to move beyond their noise.", gt=0.0)
     arch_betas: list[float] = _f([0.5, 0.999], "Alphas: Adam betas.", min_len=2)
     arch_weight_decay: float = _f(1e-3, "Alphas: Adam weight decay.", ge=0.0)
     milenas_lambda: float = _f(1.0, "MiLeNAS mixed-level weight: the alpha gradient is "
                                     "grad L_val + lambda * grad L_train.", ge=0.0)
+    local_eval_every: int = _f(1, "Evaluate the sampled clients' models on their eval splits "
+                                  "every N rounds (and in the last).", ge=1)
+
+
+@dataclass(kw_only=True)
+class RandomNASConfig:
+    genotype_seed: int = _f(0, "Which random genotype: drawn uniformly from the search space "
+                               "from this seed alone (not run.seed), so one genotype can be "
+                               "trained with several seeds.", ge=0)
+    lr: float = _f(0.025, "SGD learning rate in round 1 (cosine schedule over run.rounds).",
+                   gt=0.0)
+    lr_min: float = _f(0.001, "Learning rate in the last round.", ge=0.0)
+    momentum: float = _f(0.9, "SGD momentum.", ge=0.0, lt=1.0)
+    weight_decay: float = _f(3e-4, "SGD weight decay.", ge=0.0)
     local_eval_every: int = _f(1, "Evaluate the sampled clients' models on their eval splits "
                                   "every N rounds (and in the last).", ge=1)
 
@@ -355,7 +411,7 @@ class FedPNASConfig:
 class AlgorithmConfig:
     name: Literal["fedavg", "fedmetanas", "fednas", "perfedavg", "fedrep", "fedbabu",
                   "feddsnas", "fedrlnas", "perfedrlnas", "fedpnas", "meta_fedpnas",
-                  "meta_perfedrlnas"] = _f("fedavg", "Federated method.")
+                  "meta_perfedrlnas", "random_nas"] = _f("fedavg", "Federated method.")
     local_epochs: int = _f(1, "Local epochs E per client and round (fedrep: body epochs).",
                            ge=1)
     batch_size: int = _f(32, "Local minibatch size (fedmetanas: size of a support or query "
@@ -376,11 +432,12 @@ class AlgorithmConfig:
     fedrlnas: FedRLNASConfig = field(default_factory=FedRLNASConfig)
     perfedrlnas: PerFedRLNASConfig = field(default_factory=PerFedRLNASConfig)
     fedpnas: FedPNASConfig = field(default_factory=FedPNASConfig)
+    random_nas: RandomNASConfig = field(default_factory=RandomNASConfig)
 
 
 #: Methods that search an architecture (model.name: darts); the others train a fixed one.
 NAS_METHODS = ("fedmetanas", "fednas", "feddsnas", "fedrlnas", "perfedrlnas", "fedpnas",
-               "meta_fedpnas", "meta_perfedrlnas")
+               "meta_fedpnas", "meta_perfedrlnas", "random_nas")
 
 
 @dataclass(kw_only=True)
@@ -491,6 +548,9 @@ def _cross_checks(cfg: Config) -> list[str]:
         problems.append(f"algorithm.fednas.search_rounds = {search}: leaves no round to retrain "
                         f"(run.rounds = {cfg.run.rounds}); use a value below run.rounds, or 0 "
                         f"for half of them")
+    if cfg.run.patience and not cfg.run.val_every:
+        problems.append(f"run.patience = {cfg.run.patience}: early stopping reads val_acc; set "
+                        f"run.val_every >= 1 (or patience: 0)")
     final = cfg.algorithm.fedmetanas.final_round
     if final > cfg.run.rounds:
         problems.append(f"algorithm.fedmetanas.final_round = {final}: after the last round "

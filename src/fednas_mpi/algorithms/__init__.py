@@ -13,11 +13,12 @@ from .fedrep import FedRep
 from .fedrlnas import FedRLNAS
 from .perfedavg import PerFedAvg
 from .perfedrlnas import MetaPerFedRLNAS, PerFedRLNAS
+from .random_nas import RandomNAS
 
 REGISTRY: dict[str, type[Algorithm]] = {
     cls.name: cls for cls in (FedAvg, FedMetaNAS, FedNAS, PerFedAvg, FedRep, FedBABU,
                               FedDSNAS, FedRLNAS, PerFedRLNAS, FedPNAS, MetaFedPNAS,
-                              MetaPerFedRLNAS)}
+                              MetaPerFedRLNAS, RandomNAS)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:

@@ -106,6 +106,12 @@ class Algorithm(ABC):
         """Name of the stage a round belongs to (e.g. 'search', 'retrain')."""
         return "train"
 
+    def can_stop(self, round_: int) -> bool:
+        """Whether early stopping (``run.patience``) may end the run after this round: a
+        method with stages allows it only in its last one (the best validation accuracy
+        is tracked from the start of that stage)."""
+        return True
+
     @abstractmethod
     def init_global(self) -> GlobalModel:
         """The round-0 global model; draws only from seeded generators."""

@@ -26,10 +26,9 @@ from ..nas.mixing import gumbel_noise
 from ..nas.single_path import CELL_TYPES, argmax_choices, path_forward, sample_choices
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .fednas import cosine_lr
 from .maml import clip_present
 from .supernet import SupernetMethod, state_of
-from .training import evaluate, minibatches
+from .training import cosine_lr, evaluate, minibatches
 
 
 class PathModel(nn.Module):

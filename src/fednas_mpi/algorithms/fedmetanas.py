@@ -23,12 +23,12 @@ import torch
 from torch.nn import functional as F
 
 from ..flat import State
-from ..nas import finalize, genotype_str, prune, temperature_at
+from ..nas import finalize, genotype_str, temperature_at
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .maml import MetaLearner, TaskLearner
 from .supernet import CELLS, SupernetMethod, state_of
-from .training import evaluate
+from .training import cosine_lr, evaluate
 
 
 def task_pairs(n: int, batch: int, pairs: int, generator: torch.Generator
@@ -52,38 +52,40 @@ def task_pairs(n: int, batch: int, pairs: int, generator: torch.Generator
 
 
 class FedMetaNAS(SupernetMethod):
+    """Single stage: ``arch_warmup_rounds`` of deterministic warm-up (weights only), the
+    search with soft pruning up to ``final_round``, the final derivation, then the same
+    run trains the derived network with the weights it inherited (no re-initialisation).
+    The weights' learning rates follow a cosine over the whole run."""
+
     name = "fedmetanas"
     client_metrics = ("train_loss", "support_loss", "local_acc")
 
+    @property
+    def search_rounds(self) -> int:
+        """Rounds up to and including the final derivation's."""
+        return self.cfg.algorithm.fedmetanas.final_round or self.cfg.run.rounds
+
     def stage(self, round_: int) -> str:
         """'search' up to the final derivation, 'derived' for rounds after it (if any)."""
-        final = self.cfg.algorithm.fedmetanas.final_round or self.cfg.run.rounds
-        return "search" if round_ < final else "derived"
+        return "search" if round_ < self.search_rounds else "derived"
 
-    @property
-    def anneal_span(self) -> int:
-        """Rounds over which lambda anneals; the rest is the settle phase."""
-        f = self.cfg.algorithm.fedmetanas
-        return max(1, round(f.anneal_fraction * self.cfg.run.rounds))
+    def can_stop(self, round_: int) -> bool:
+        return self.stage(round_) == "derived"
 
     def temperature(self, round_: int) -> float:
+        """lambda anneals over the search rounds and stays at its end value after them."""
         f = self.cfg.algorithm.fedmetanas
-        return temperature_at(round_, self.anneal_span, f.temperature_start, f.temperature_end,
-                              f.temperature_schedule, f.temperature_floor)
+        return temperature_at(round_, self.search_rounds, f.temperature_start,
+                              f.temperature_end, f.temperature_schedule, f.temperature_floor)
 
-    def thresholds(self, round_: int) -> tuple[float, float]:
-        """(op, combination) pruning thresholds for a 0-based round: the configured ones
-        while lambda anneals, then rising linearly to ``settle_threshold`` at the final
-        derivation, so what the derivation would cut is pruned a little at a time while
-        the weights can still adapt, and the derivation itself changes almost nothing."""
+    def weight_lr_scale(self, round_: int) -> float:
+        """Cosine factor of both weight learning rates: 1 in round 1, ``weight_lr_min`` in
+        the last (FedNAS's weights decay the same way)."""
         f = self.cfg.algorithm.fedmetanas
-        final = (f.final_round or self.cfg.run.rounds) - 1
-        start = self.anneal_span - 1
-        if round_ <= start or final <= start:
-            return f.op_threshold, f.combo_threshold
-        t = min((round_ - start) / (final - start), 1.0)
-        return (f.op_threshold + t * max(f.settle_threshold - f.op_threshold, 0.0),
-                f.combo_threshold + t * max(f.settle_threshold - f.combo_threshold, 0.0))
+        return cosine_lr(round_, self.cfg.run.rounds, 1.0, f.weight_lr_min)
+
+    def warming_up(self, round_: int) -> bool:
+        return round_ < self.cfg.algorithm.fedmetanas.arch_warmup_rounds
 
     def init_global(self) -> GlobalModel:
         spec = self.initial_spec()
@@ -95,30 +97,39 @@ class FedMetaNAS(SupernetMethod):
     def learners(self, weights: list, arch: list, round_: int
                  ) -> tuple[TaskLearner, MetaLearner]:
         """The task and meta learners of eq. 9-10 over (weights, architecture parameters),
-        with this section's learning rates (alphas frozen during the warm-up rounds).
-        Shared by the methods that take FedMetaNAS's local search (meta-FedPNAS,
-        meta-PerFedRLNAS)."""
+        with this section's learning rates: the weights' decayed by ``weight_lr_scale``,
+        the alphas' frozen during the warm-up and stepped by their own meta optimiser
+        (Adam by default: see ``arch_optimizer``). Shared by the methods that take
+        FedMetaNAS's local search (meta-FedPNAS, meta-PerFedRLNAS)."""
         f = self.cfg.algorithm.fedmetanas
-        warm = round_ < f.arch_warmup_rounds
+        warm = self.warming_up(round_)
+        scale = self.weight_lr_scale(round_)
         task_lr_a, meta_lr_a = (0.0, 0.0) if warm else (f.task_lr_alpha, f.meta_lr_alpha)
-        task = TaskLearner([(weights, f.task_lr_w), (arch, task_lr_a)], f.inner_steps,
-                           f.grad_clip)
-        groups = [{"params": weights, "lr": f.meta_lr_w, "weight_decay": f.weight_decay}]
-        if arch:
-            groups.append({"params": arch, "lr": meta_lr_a, "weight_decay": 0.0})
+        task = TaskLearner([(weights, f.task_lr_w * scale), (arch, task_lr_a)],
+                           f.inner_steps, f.grad_clip)
+        w_group = [{"params": weights, "lr": f.meta_lr_w * scale,
+                    "weight_decay": f.weight_decay}]
         if f.meta_optimizer == "adam":
-            opt = torch.optim.Adam(groups, betas=(f.meta_momentum, 0.999))
+            opts = [torch.optim.Adam(w_group, betas=(f.meta_momentum, 0.999))]
         else:
-            opt = torch.optim.SGD(groups, momentum=f.meta_momentum)
-        return task, MetaLearner(weights + arch, opt, f.grad_clip)
+            opts = [torch.optim.SGD(w_group, momentum=f.meta_momentum)]
+        if arch and not warm:
+            if f.arch_optimizer == "adam":
+                opts.append(torch.optim.Adam(arch, lr=meta_lr_a, betas=tuple(f.arch_betas)))
+            else:
+                opts.append(torch.optim.SGD(arch, lr=meta_lr_a, momentum=f.meta_momentum))
+        # frozen alphas (warm-up) get no step at all: their gradient is dropped
+        return task, MetaLearner(weights + arch, opts, f.grad_clip)
 
     def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
                       client_state: State | None) -> ClientResult:
         f, a = self.cfg.algorithm.fedmetanas, self.cfg.algorithm
         net = self._net(model)
         net.train()
-        net.set_sampling(self.temperature(ctx.round),
-                         torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.gumbel"))
+        # The warm-up is deterministic: no Gumbel noise, every op in the same mixture.
+        gumbel = None if self.warming_up(ctx.round) else \
+            torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.gumbel")
+        net.set_sampling(self.temperature(ctx.round), gumbel)
         task, meta = self.learners(net.weight_parameters(), net.arch_parameters(), ctx.round)
         g_tasks = torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.tasks")
         g_aug = torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.augment")
@@ -150,31 +161,20 @@ class FedMetaNAS(SupernetMethod):
         done = ctx.round + 1
         lam = self.temperature(ctx.round)
         spec = model.spec
-        final = f.final_round or self.cfg.run.rounds
         if spec.get("genotype") is None:
-            if done >= final:
+            if done >= self.search_rounds:
                 spec = self._finalize(spec, averaged)
-            elif f.prune_every and done >= f.prune_start and \
-                    (done - f.prune_start) % f.prune_every == 0:
-                spec = self._prune(spec, averaged, lam, *self.thresholds(ctx.round))
+            elif f.prunes_after(done):
+                spec, pruned = self.soft_prune(spec, averaged, f.prune_gap, f.combo_prune_gap,
+                                               ctx.round)
+                metrics.update(pruned)
         state = averaged
         if spec is not model.spec:
             state = {k: averaged[k] for k in self.build(spec).state_dict()}
-        metrics.update(temperature=lam, **self.arch_metrics(spec, state, lam))
+        metrics.update(temperature=lam, weight_lr=f.meta_lr_w * self.weight_lr_scale(ctx.round),
+                       **self.arch_metrics(spec, state, lam))
         return GlobalModel(spec, state,
                            {"temperature": torch.tensor(lam, dtype=torch.float64)})
-
-    def _prune(self, spec: dict, state: State, lam: float, op_threshold: float,
-               combo_threshold: float) -> dict:
-        masks = {}
-        for c in CELLS:
-            ops, combos = prune(self.space, state[f"alpha_{c}"], state[f"beta_{c}"],
-                                spec["masks"][c]["ops"], spec["masks"][c]["combos"], lam,
-                                op_threshold, combo_threshold)
-            masks[c] = {"ops": ops, "combos": combos}
-        if masks == spec["masks"]:
-            return spec
-        return {**spec, "masks": masks}
 
     def _finalize(self, spec: dict, state: State) -> dict:
         masks, genotype = {}, {}

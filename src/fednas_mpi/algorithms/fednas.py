@@ -20,7 +20,6 @@ before the switch and the pruned network's with the inherited weights (paper Tab
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -33,7 +32,7 @@ from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .maml import clip_grad_norm
 from .supernet import CELLS, SupernetMethod, state_of
-from .training import evaluate, minibatches, sgd_epochs
+from .training import cosine_lr, evaluate, minibatches, sgd_epochs
 
 
 def milenas_grads(loss_train: torch.Tensor, loss_val: torch.Tensor,
@@ -48,13 +47,6 @@ def milenas_grads(loss_train: torch.Tensor, loss_val: torch.Tensor,
             [torch.zeros_like(p) if g is None else g for g, p in zip(ga, arch)])
 
 
-def cosine_lr(step: int, steps: int, lr: float, lr_min: float) -> float:
-    """lr at 0-based ``step`` of ``steps`` (DARTS's per-epoch cosine annealing)."""
-    if steps <= 1:
-        return lr
-    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * step / (steps - 1)))
-
-
 class FedNAS(SupernetMethod):
     name = "fednas"
     inputs = "sum"
@@ -66,6 +58,9 @@ class FedNAS(SupernetMethod):
 
     def stage(self, round_: int) -> str:
         return "search" if round_ < self.search_rounds else "retrain"
+
+    def can_stop(self, round_: int) -> bool:
+        return self.stage(round_) == "retrain"
 
     def lr(self, round_: int) -> float:
         f, s = self.cfg.algorithm.fednas, self.search_rounds

@@ -252,8 +252,10 @@ class MetaFedPNAS(FedPNAS):
         f = self.cfg.algorithm.fedmetanas
         done, lam = ctx.round + 1, self.temperature(ctx.round)
         spec, state = model.spec, averaged
-        if f.prune_every and done >= f.prune_start and (done - f.prune_start) % f.prune_every == 0:
-            spec = self.meta._prune(spec, averaged, lam, *self.meta.thresholds(ctx.round))
+        if f.prunes_after(done):
+            spec, pruned = self.soft_prune(spec, averaged, f.prune_gap, f.combo_prune_gap,
+                                           ctx.round)
+            metrics.update(pruned)
             if spec is not model.spec:
                 state = {k: averaged[k] for k in self.build(spec).state_dict()}
         metrics.update(temperature=lam, **self.arch_metrics(spec, state, lam))

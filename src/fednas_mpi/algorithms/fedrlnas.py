@@ -35,10 +35,9 @@ from ..nas.single_path import CELL_TYPES, argmax_choices
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .feddsnas import PathModel, child_genotype, child_masks
-from .fednas import cosine_lr
 from .subnet import adam_ascent, choices_of, fold, onehot, op_keys, score, train_path
 from .supernet import SupernetMethod, state_of
-from .training import evaluate
+from .training import cosine_lr, evaluate
 
 RL_KEYS = ("rl.inv_n", "rl.reward")
 

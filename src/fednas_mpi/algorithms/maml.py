@@ -50,9 +50,14 @@ class TaskLearner:
 class MetaLearner:
     """Applies the first-order meta gradient to the original parameters (eq. 10)."""
 
-    def __init__(self, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer,
+    def __init__(self, params: Sequence[nn.Parameter],
+                 optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
                  grad_clip: float = 0.0):
-        self.params, self.optimizer, self.grad_clip = list(params), optimizer, grad_clip
+        """``optimizer``: one, or several over disjoint groups (e.g. SGD for the weights,
+        Adam for the alphas); parameters no optimiser holds are restored and not stepped."""
+        self.params, self.grad_clip = list(params), grad_clip
+        self.optimizers = [optimizer] if isinstance(optimizer, torch.optim.Optimizer) \
+            else list(optimizer)
 
     def step(self, task: TaskLearner, support_loss: Loss, query_loss: Loss) -> tuple[float, float]:
         """Adapt on the support task, take the query gradient there, update the originals.
@@ -70,8 +75,10 @@ class MetaLearner:
                 p.grad = None if g is None else g.detach().clone()
         if self.grad_clip > 0:
             clip_grad_norm([p.grad for p in self.params if p.grad is not None], self.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for opt in self.optimizers:
+            opt.step()
+        for p in self.params:
+            p.grad = None
         return s_loss, float(q.detach())
 
 

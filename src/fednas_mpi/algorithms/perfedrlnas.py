@@ -30,7 +30,6 @@ import torch
 from torch.nn import functional as F
 
 from ..flat import State
-from ..nas import prune
 from ..nas.single_path import CELL_TYPES, path_forward
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
@@ -224,20 +223,13 @@ class MetaPerFedRLNAS(PerFedRLNAS):
         f = self.cfg.algorithm.fedmetanas
         done, lam = ctx.round + 1, self.meta.temperature(ctx.round)
         metrics["temperature"] = lam
-        if not (f.prune_every and done >= f.prune_start
-                and (done - f.prune_start) % f.prune_every == 0):
+        if not f.prunes_after(done):
             return out
-        op_th, _ = self.meta.thresholds(ctx.round)
-        masks = {}
-        for c in CELL_TYPES:
-            m = model.spec["masks"][c]
-            ops, _ = prune(self.space, out.state[f"alpha_{c}"],
-                           torch.zeros(self.space.num_combos), m["ops"], m["combos"], lam,
-                           op_th, 0.0)
-            masks[c] = {"ops": ops, "combos": m["combos"]}
-        if masks == model.spec["masks"]:
+        # ops only: the subnets' paths have no input-combination logits
+        spec, pruned = self.soft_prune(model.spec, out.state, f.prune_gap, 0.0, ctx.round)
+        metrics.update(pruned)
+        if spec is model.spec:
             return out
-        spec = {**model.spec, "masks": masks}
         state = {k: out.state[k] for k in self.build(spec).state_dict()}
         state.update(self.rl_entries(state))
         metrics.update(temperature=lam, **self.arch_metrics(spec, state, 1.0))

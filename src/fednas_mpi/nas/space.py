@@ -48,6 +48,13 @@ class CellSpace:
     def edge(self, j: int, i: int) -> int:
         return self.edge_offsets[j] + i
 
+    def edge_nodes(self, e: int) -> tuple[int, int]:
+        """(node j, input i) of edge index ``e`` (the inverse of ``edge``)."""
+        for j in reversed(range(self.nodes)):
+            if e >= self.edge_offsets[j]:
+                return j, e - self.edge_offsets[j]
+        raise IndexError(e)
+
     @cached_property
     def combos(self) -> list[list[tuple[int, ...]]]:
         """Per node, its k-combinations of input states, in lexicographic order."""
@@ -116,33 +123,114 @@ def _masked_probs(logits: torch.Tensor, mask: torch.Tensor, temperature: float) 
     return relaxed_weights(logits.detach().double(), temperature, None, mask)
 
 
-def prune(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor, op_mask: list[list[bool]],
-          combo_mask: list[bool], temperature: float, op_threshold: float,
-          combo_threshold: float) -> tuple[list[list[bool]], list[bool]]:
-    """Soft pruning: drop ops and input combinations whose deterministic mixing weight
-    (softmax(log alpha / lambda) over the survivors) is below the threshold.
+@dataclass(frozen=True)
+class Pruned:
+    """What one soft-pruning step keeps, and what it removed and why: each removed op as
+    (edge, op index, logit gap to the edge's best live op), each removed combination as
+    (node, combination index within the node, gap to the node's best live combination)."""
+
+    ops: list[list[bool]]
+    combos: list[bool]
+    removed_ops: list[tuple[int, int, float]]
+    removed_combos: list[tuple[int, int, float]]
+
+
+def _gaps(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per entry, how far its logit lies below the best live logit of its row (rows along
+    the last dimension); masked entries get +inf."""
+    z = logits.detach().double().masked_fill(~mask, float("-inf"))
+    return (z.max(dim=-1, keepdim=True).values - z).masked_fill(~mask, float("inf"))
+
+
+def prune(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor | None,
+          op_mask: list[list[bool]], combo_mask: list[bool], op_gap: float,
+          combo_gap: float) -> Pruned:
+    """Soft pruning on the learned distribution (section 4.4): drop an op whose logit lies
+    more than ``op_gap`` below the strongest live op of its edge, i.e. whose probability
+    under softmax(alpha) (lambda = 1) is below exp(-op_gap) times the strongest's; the same
+    for input combinations with ``combo_gap`` on beta. The annealed temperature plays no
+    part: dividing by lambda would let the schedule, not the alphas, decide. A gap of 0
+    (or less) prunes nothing.
 
     Never drops an edge's strongest op other than ``none`` (so every edge keeps a real
-    op) nor a node's strongest combination.
+    op) nor a node's strongest combination. ``beta=None``: combinations stay as they are.
     """
     none = space.primitives.index("none") if "none" in space.primitives else -1
     om = torch.tensor(op_mask)
-    p = _masked_probs(alpha, om, temperature)
-    keep = om & (p >= op_threshold)
-    real = p.clone()
+    gap = _gaps(alpha, om)
+    keep = om & ~(gap > op_gap) if op_gap > 0 else om.clone()
+    real = alpha.detach().double().masked_fill(~om, float("-inf"))
     if none >= 0:
-        real[:, none] = -1.0
-    best = real.masked_fill(~om, -1.0).argmax(dim=1)
+        real[:, none] = float("-inf")
+    best = real.argmax(dim=1)
     keep[torch.arange(len(best)), best] = True
+    removed = [(e, k, float(gap[e, k])) for e, k in (om & ~keep).nonzero().tolist()]
     cm = torch.tensor(combo_mask)
     ckeep = cm.clone()
+    removed_c: list[tuple[int, int, float]] = []
+    if beta is not None and combo_gap > 0:
+        for j, combos in enumerate(space.combos):
+            seg = slice(space.combo_offsets[j], space.combo_offsets[j] + len(combos))
+            g = _gaps(beta[seg], cm[seg])
+            node_keep = cm[seg] & ~(g > combo_gap)
+            node_keep[int(g.argmin())] = True
+            ckeep[seg] = node_keep
+            removed_c += [(j, c, float(g[c])) for c in (cm[seg] & ~node_keep).nonzero()
+                          .flatten().tolist()]
+    return Pruned(keep.tolist(), ckeep.tolist(), removed, removed_c)
+
+
+def logit_signal(logits: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How much a set of architecture logits has learned, over the rows that have a live
+    entry (rows along the last dimension, masked entries left out):
+
+    - ``range``: mean of (largest - smallest) live logit: the spread;
+    - ``gap``: mean of (largest - second largest) live logit (0 for a single survivor):
+      the margin of the decision the derivation takes;
+    - ``agreement``: mean of the largest live probability of softmax(logits). By the
+      Gumbel-max theorem, argmax(logits + G) is distributed as softmax(logits) at any
+      temperature, so this is exactly the probability that a Gumbel sample's argmax
+      equals the deterministic argmax used for pruning and evaluation (1/K when nothing
+      has been learned over K live entries, 1 once the choice is certain).
+    """
+    z = logits.detach().double()
+    rows = mask.any(dim=-1)
+    z, m = z[rows], mask[rows]
+    if not len(z):
+        return {"range": float("nan"), "gap": float("nan"), "agreement": float("nan")}
+    hi = z.masked_fill(~m, float("-inf"))
+    lo = z.masked_fill(~m, float("inf"))
+    top2 = hi.topk(min(2, z.shape[-1]), dim=-1).values
+    second = top2[:, -1] if z.shape[-1] > 1 else top2[:, 0]
+    gap = torch.where(torch.isfinite(second), top2[:, 0] - second, torch.zeros_like(second))
+    p = relaxed_weights(z, 1.0, None, m)
+    return {"range": float((hi.max(-1).values - lo.min(-1).values).mean()),
+            "gap": float(gap.mean()), "agreement": float(p.max(-1).values.mean())}
+
+
+def sample_genotype(space: CellSpace, generator: torch.Generator
+                    ) -> tuple[dict, list[list[bool]], list[bool]]:
+    """A genotype drawn uniformly from the space (the random-architecture baseline): per
+    node one of its k-combinations of inputs, per chosen edge one op other than ``none``,
+    each uniformly and independently from ``generator``. Returns the genotype and the
+    masks that keep exactly it (the format of ``finalize``), so it builds the same kind
+    of discrete network as a searched genotype."""
+    real = [k for k, name in enumerate(space.primitives) if name != "none"]
+    if not real:
+        raise ValueError("the space has no op other than none to sample")
+    op_mask = [[False] * len(space.primitives) for _ in range(space.num_edges)]
+    combo_mask = [False] * space.num_combos
+    nodes = []
     for j, combos in enumerate(space.combos):
-        seg = slice(space.combo_offsets[j], space.combo_offsets[j] + len(combos))
-        q = _masked_probs(beta[seg], cm[seg], temperature)
-        node_keep = cm[seg] & (q >= combo_threshold)
-        node_keep[int(q.argmax())] = True
-        ckeep[seg] = node_keep
-    return keep.tolist(), ckeep.tolist()
+        c = int(torch.randint(len(combos), (), generator=generator))
+        combo_mask[space.combo_offsets[j] + c] = True
+        picks = []
+        for i in combos[c]:
+            k = real[int(torch.randint(len(real), (), generator=generator))]
+            op_mask[space.edge(j, i)][k] = True
+            picks.append({"op": space.primitives[k], "input": i})
+        nodes.append({"inputs": picks})
+    return ({"nodes": nodes, "concat": list(range(2, space.nodes + 2))}, op_mask, combo_mask)
 
 
 def finalize(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor,

@@ -68,7 +68,8 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        return self.round >= self.rounds_planned
+        """All planned rounds done, or stopped early by run.patience."""
+        return self.round >= self.rounds_planned or bool(self.attrs.get("stopped_early"))
 
     def metric(self, name: str) -> np.ndarray:
         """Per-round values of a metric (NaN where not measured or not stored)."""

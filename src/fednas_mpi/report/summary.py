@@ -18,7 +18,8 @@ SCHEMA_VERSION = 1
 #: Per-round columns in this order when present; other stored metrics follow by name.
 ROUND_COLUMNS = ("global_acc", "global_loss", "local_acc", "local_acc_std", "train_loss",
                  "temperature", "ops_alive", "combos_alive", "arch_entropy_ops",
-                 "arch_entropy_inputs", "acc_before_prune", "acc_after_prune", "round_time",
+                 "arch_entropy_inputs", "alpha_gap", "argmax_agreement", "ops_pruned",
+                 "val_acc", "acc_before_prune", "acc_after_prune", "method_time", "round_time",
                  "compute_time", "comm_time", "aggregate_time", "eval_time", "checkpoint_time",
                  "clients", "client_weight")
 TIME_PARTS = ("compute_time", "comm_time", "aggregate_time", "eval_time")
@@ -66,6 +67,12 @@ def summary(run: Run) -> dict:
         "final_loss": _num(finite_last(run.metric("global_loss"))[0]),
         "local_acc": _num(local), "local_acc_std": _num(local_std),
         "local_acc_round": local_round or None,
+        "stopped_early": run.attrs.get("stopped_early"),
+        "val_acc": _num(finite_last(run.metric("val_acc"))[0]),
+        "method_time": _num(float(np.nansum(run.metric("method_time")))
+                            if "method_time" in run.metrics else float("nan")),
+        "alpha_gap": _num(finite_last(run.metric("alpha_gap"))[0]),
+        "argmax_agreement": _num(finite_last(run.metric("argmax_agreement"))[0]),
         "time_total": total, "mean_round_time": _num(total / run.round if run.round else 0.0),
         "time_per_stage": time_per_stage(run), "time_parts": parts,
         "temperature": _num(finite_last(run.metric("temperature"))[0]),
@@ -199,6 +206,8 @@ def _pct(x: float | None) -> str:
 def summary_text(s: dict) -> str:
     lines = [f"run         {s['run']}  ({s['checkpoint']}, written {s['written']})"]
     status = f"{s['status']}: {s['rounds_done']} of {s['rounds_planned']} rounds"
+    if s["stopped_early"]:
+        status += " (stopped early: validation accuracy stopped improving)"
     if s["stage"]:
         status += f", stage {s['stage']}"
     if s["writing"]:
@@ -214,6 +223,8 @@ def summary_text(s: dict) -> str:
     if s["best_acc_round"]:
         acc += f" (round {s['best_acc_round']})"
     lines.append(f"global acc  {acc}; test loss {_fmt(s['final_loss'])}")
+    if s["val_acc"] is not None:
+        lines.append(f"val acc     {_pct(s['val_acc'])} (the clients' eval splits)")
     if s["local_acc"] is not None:
         lines.append(f"local acc   {_pct(s['local_acc'])} ± {_pct(s['local_acc_std'])} "
                      f"(sampled clients' eval splits, round {s['local_acc_round']})")
@@ -223,6 +234,9 @@ def summary_text(s: dict) -> str:
                  f"{_fmt(s['mean_round_time'], 2)} s per round")
     if parts:
         lines.append(f"            parts, s: {parts}")
+    if s["method_time"] is not None:
+        lines.append(f"method time {s['method_time']:.1f} s (compute + communication + "
+                     f"aggregation; evaluation apart)")
     if s["ops_alive"] is not None:
         arch = f"ops alive {_fmt(s['ops_alive'])}"
         if s["combos_alive"] is not None:
@@ -232,6 +246,9 @@ def summary_text(s: dict) -> str:
             arch += f", inputs {_fmt(s['arch_entropy_inputs'], 3)}"
         if s["temperature"] is not None:
             arch += f"; temperature {_fmt(s['temperature'], 3)}"
+        if s["alpha_gap"] is not None:
+            arch += (f"; logit gap {_fmt(s['alpha_gap'], 3)}, argmax agreement "
+                     f"{_fmt(s['argmax_agreement'], 3)}")
         lines.append(f"arch        {arch}")
     if s["arch_change"]:
         c = s["arch_change"]

@@ -37,3 +37,30 @@ def assign(clients: Sequence[int], work: Sequence[float], num_workers: int) -> l
 
 def loads(assignment: list[list[int]], work_of: np.ndarray) -> list[float]:
     return [float(sum(work_of[c] for c in cs)) for cs in assignment]
+
+
+def patience_exhausted(val_acc: Sequence[float], stoppable: Sequence[bool],
+                       patience: int) -> bool:
+    """Early stopping after the newest round: within the newest run of consecutive
+    stoppable rounds (a method's last stage), the validations made (finite entries of
+    ``val_acc``; one per round, NaN where none was made) have not beaten their best for
+    ``patience`` consecutive validations. ``patience <= 0`` never stops."""
+    if patience <= 0 or not stoppable or not stoppable[-1]:
+        return False
+    start = len(stoppable)
+    while start > 0 and stoppable[start - 1]:
+        start -= 1
+    vals = [v for v in val_acc[start:] if np.isfinite(v)]
+    if len(vals) <= patience:
+        return False
+    best = int(np.argmax(vals))  # the first occurrence of the best: ties do not reset
+    return len(vals) - 1 - best >= patience
+
+
+def eval_subset(num_test: int, size: int) -> np.ndarray | None:
+    """Indices (sorted) of the fixed server-test subset of ``run.eval_subset``, the same
+    for every run whatever its seed; None = the whole test set."""
+    if size <= 0 or size >= num_test:
+        return None
+    rng = numpy_rng(0, -1, SERVER, "eval_subset")
+    return np.sort(rng.choice(num_test, size=size, replace=False))

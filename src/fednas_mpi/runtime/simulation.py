@@ -22,7 +22,10 @@ lower-numbered worker's partial has been added, so the float64 sum is
 timing. Per round the metrics record ``compute_time`` (slowest worker's client
 updates), ``comm_time`` (broadcast, transfers and waiting beyond that compute),
 ``aggregate_time`` (folding not hidden behind compute, averaging, server step),
-``eval_time``, ``round_time`` (all of the above) and ``checkpoint_time`` (writing
+``method_time`` (compute + comm + aggregate: the method's own cost, evaluation
+apart), ``eval_time`` (server test set - its fixed ``run.eval_subset`` except in the
+last round and where an architecture is derived - and the clients' eval splits for
+``val_acc``), ``round_time`` (all of the above) and ``checkpoint_time`` (writing
 that round's file; measured after the file is written, so it is stored from the
 next round's checkpoint on and is NaN for the newest round of a file).
 """
@@ -52,7 +55,7 @@ from ..store import Checkpoint, write_checkpoint
 from ..store.checkpoint import prune_old
 from . import comm as mpi
 from .devices import Placement, to_json
-from .schedule import assign, sample_clients
+from .schedule import assign, eval_subset, patience_exhausted, sample_clients
 from .transport import make_transport
 
 # 11 is the partial sums' tag (transport.TAG_PARTIAL)
@@ -161,6 +164,8 @@ class Simulation:
         self.placements: list[Placement] = []
         self.transport = None
         self._test: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._test_sub: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._val: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _open_transport(self) -> None:
         """Collective (serve and work_loop start together): the runtime.transport."""
@@ -210,7 +215,7 @@ class Simulation:
         round's checkpoint, ``should_stop()`` true ends the run early (preemption): the
         workers are released and ``self.stopped_after`` holds the rounds completed."""
         cfg = self.cfg
-        self.stopped_after = None
+        self.stopped_after = self.stopped_early = None
         self._open_transport()
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         if resume is None:
@@ -264,16 +269,29 @@ class Simulation:
             metrics["aggregate_time"] = time.perf_counter() - t_agg + times["fold"]
             metrics["compute_time"] = times["compute"]
             metrics["comm_time"] = times["comm"]
+            # the method's own time: what a deployment would spend (evaluation apart)
+            metrics["method_time"] = (metrics["aggregate_time"] + metrics["compute_time"]
+                                      + metrics["comm_time"])
             t_eval = time.perf_counter()
+            if cfg.run.val_every and ctx.is_due(cfg.run.val_every):
+                metrics["val_loss"], metrics["val_acc"] = self.algorithm.evaluate_global(
+                    model, *self._val_set(), client_states)
+            early = patience_exhausted(
+                [*history.get("val_acc", [float("nan")] * len(stages)),
+                 metrics.get("val_acc", float("nan"))],
+                [self.algorithm.can_stop(i) for i in range(r + 1)], cfg.run.patience)
+            last = r + 1 == cfg.run.rounds or early
             loss = acc = float("nan")
             changed = model.spec != old_spec
-            test = self._test_set()
-            if changed or ctx.is_due(cfg.run.eval_every):
+            derived = bool(model.spec.get("genotype")) and not old_spec.get("genotype")
+            # the whole test set where a result is read off (the end, the derivation)
+            test = self._test_set(whole=last or derived)
+            if changed or last or ctx.is_due(cfg.run.eval_every):
                 loss, acc = self.algorithm.evaluate_global(model, *test, client_states)
             if changed:
                 metrics.update(self._prune_accuracies(old_spec, averaged, model, acc, test))
             every = cfg.run.personal_eval_every
-            if r + 1 == cfg.run.rounds or (every and (r + 1) % every == 0):
+            if last or (every and (r + 1) % every == 0):
                 metrics.update(self.personal_accuracies(model, client_states, ctx))
             metrics.update(global_loss=loss, global_acc=acc,
                            eval_time=time.perf_counter() - t_eval,
@@ -288,7 +306,8 @@ class Simulation:
                 run_dir, r + 1, config_yaml=config_yaml, spec=model.spec, state=model.state,
                 server_state=model.server_state, client_states=client_states,
                 metrics={k: np.asarray(v) for k, v in history.items()}, stages=stages,
-                partition=partition_info, attrs={**attrs, "stage": ctx.stage},
+                partition=partition_info,
+                attrs={**attrs, "stage": ctx.stage, **({"stopped_early": r + 1} if early else {})},
                 client_metrics=per_client)
             prune_old(run_dir, cfg.store.keep)
             # stored from the next round's file on (a file cannot hold its own write time)
@@ -296,6 +315,9 @@ class Simulation:
                 time.perf_counter() - t_ckpt
             if on_round is not None:
                 on_round(r, metrics)
+            if early:
+                self.stopped_early = r + 1
+                break
             if should_stop is not None and r + 1 < cfg.run.rounds and should_stop():
                 self.stopped_after = r + 1
                 break
@@ -307,12 +329,25 @@ class Simulation:
                 json.dumps(model.spec["genotype"], indent=2) + "\n")
         return model
 
-    def _test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The server test set on the server's device (moved there once)."""
+    def _test_set(self, whole: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The server test set on the server's device (moved there once); ``whole=False``:
+        its fixed ``run.eval_subset`` (the whole set when that is 0)."""
         dev = self.algorithm.device
         if self._test is None or self._test[0].device != dev:
             self._test = (self.dataset.test_x.to(dev), self.dataset.test_y.to(dev))
-        return self._test
+            idx = eval_subset(len(self._test[1]), self.cfg.run.eval_subset)
+            self._test_sub = self._test if idx is None else \
+                tuple(t[torch.from_numpy(idx).to(dev)] for t in self._test)
+        return self._test if whole else self._test_sub
+
+    def _val_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The union of every client's eval split (client order), on the server's device:
+        the clients' own held-out data, for ``val_acc`` (built once)."""
+        if self._val is None:
+            parts = [self.client_data(c) for c in range(self.cfg.partition.num_clients)]
+            self._val = (torch.cat([p.eval_x for p in parts]),
+                         torch.cat([p.eval_y for p in parts]))
+        return self._val
 
     def personal_accuracies(self, model: GlobalModel, client_states: dict[int, State],
                             ctx: RoundContext) -> dict[str, float]:

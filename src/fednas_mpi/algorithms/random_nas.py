@@ -1,0 +1,77 @@
+"""Random-architecture baseline: a genotype drawn uniformly from the search space,
+trained federatedly from scratch.
+
+This is how NAS research shows that a search learned anything (Li and Talwalkar 2019,
+"Random search and reproducibility for NAS"; Yu et al. 2020, "Evaluating the search
+phase of NAS"): a searched genotype has to beat genotypes drawn at random from the same
+space and trained with the same budget. ``algorithm.random_nas.genotype_seed`` picks the
+genotype (independently of ``run.seed``, so one genotype can be trained with several
+seeds); ``nas.sample_genotype`` draws per node one of its k-combinations of inputs and
+per chosen edge one op other than ``none``, uniformly. The network is the discrete
+network a search derives (one op per edge, one combination per node: every mixing
+weight exactly 1), initialised from the run's seed and trained with FedAvg of plain SGD
+on a cosine learning rate - FedNAS's retraining. Compare it with the retrain budget
+for a two-stage method and with the whole run for a single-stage one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..flat import State
+from ..nas import genotype_str, sample_genotype
+from ..seeding import SERVER, SETUP, torch_rng
+from .base import ClientData, ClientResult, GlobalModel, RoundContext
+from .supernet import CELLS, SupernetMethod, state_of
+from .training import cosine_lr, evaluate, sgd_epochs
+
+
+class RandomNAS(SupernetMethod):
+    name = "random_nas"
+    client_metrics = ("train_loss", "local_acc")
+
+    def genotype_spec(self) -> dict:
+        """The spec of the sampled genotype (the same for every run seed)."""
+        seed = self.cfg.algorithm.random_nas.genotype_seed
+        g = torch_rng(seed, SETUP, SERVER, "random_nas.genotype")
+        masks, genotype = {}, {}
+        for c in CELLS:
+            genotype[c], ops, combos = sample_genotype(self.space, g)
+            masks[c] = {"ops": ops, "combos": combos}
+        genotype["text"] = genotype_str(genotype)
+        return {"masks": masks, "inputs": "combinations", "genotype": genotype}
+
+    def lr(self, round_: int) -> float:
+        f = self.cfg.algorithm.random_nas
+        return cosine_lr(round_, self.cfg.run.rounds, f.lr, f.lr_min)
+
+    def init_global(self) -> GlobalModel:
+        spec = self.genotype_spec()
+        return GlobalModel(spec, state_of(self.fresh(spec, "random_nas.init")))
+
+    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
+                      client_state: State | None) -> ClientResult:
+        f, a = self.cfg.algorithm.random_nas, self.cfg.algorithm
+        net = self._net(model)
+        net.set_sampling(1.0, None)
+        opt = torch.optim.SGD(net.weight_parameters(), lr=self.lr(ctx.round),
+                              momentum=f.momentum, weight_decay=f.weight_decay)
+        g = torch_rng(ctx.seed, ctx.round, data.client_id, "random_nas.batches")
+        train_loss = sgd_epochs(net, data.train_x, data.train_y, opt, a.batch_size,
+                                a.local_epochs, g, augment=data.augment)
+        local_acc = float("nan")
+        if ctx.is_due(f.local_eval_every):
+            _, local_acc = evaluate(net, data.eval_x, data.eval_y)
+        return ClientResult(state_of(net), float(data.num_train),
+                            {"train_loss": train_loss, "local_acc": local_acc})
+
+    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
+                    ctx: RoundContext) -> GlobalModel:
+        metrics.update(lr=self.lr(ctx.round))
+        return GlobalModel(model.spec, averaged, model.server_state)
+
+    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[float, float]:
+        net = self._net(model)
+        net.set_sampling(1.0, None)
+        return evaluate(net, x, y)
