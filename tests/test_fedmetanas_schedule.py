@@ -38,3 +38,16 @@ def test_stages_name_the_search_and_the_rounds_after_the_derivation():
     assert [_algo().stage(r) for r in (0, 9)] == ["search", "search"]
     a = _algo(final_round=8)
     assert [a.stage(r) for r in (6, 7, 8, 9)] == ["search", "search", "derived", "derived"]
+
+
+def test_settle_window_prunes_every_round_with_shrinking_gaps():
+    a = _algo(final_round=10, settle_rounds=3, prune_every=4, prune_start=1,
+              arch_warmup_rounds=2, prune_gap=2.0, combo_prune_gap=1.0)
+    gaps = {r + 1: a.prune_gaps(r) for r in range(10)}
+    assert gaps[1] is None and gaps[2] is None  # warm-up
+    assert gaps[3] == (2.0, 1.0)  # first pruning round after the warm-up (every 4)
+    assert gaps[4] is None and gaps[5] is None and gaps[6] is None
+    # rounds 7, 8, 9 settle: 3/4, 2/4, 1/4 of the gaps; round 10 derives (no pruning)
+    assert gaps[7] == pytest.approx((1.5, 0.75)) and gaps[9] == pytest.approx((0.5, 0.25))
+    assert gaps[8] == pytest.approx((1.0, 0.5)) and gaps[10] is None
+    assert _algo(final_round=10, settle_rounds=0, prune_every=0).prune_gaps(8) is None

@@ -228,6 +228,11 @@ class FedMetaNASConfig:
         ge=0.0)
     combo_prune_gap: float = _f(2.0, "The same for input combinations (beta) of a node.",
                                 ge=0.0)
+    settle_rounds: int = _f(
+        3, "In the last N search rounds before the derivation both gaps shrink linearly "
+           "towards 0 (pruning every round), so what the derivation would cut is pruned a "
+           "little at a time while the weights adapt, and the derivation itself removes "
+           "almost nothing. 0 = no settle phase.", ge=0)
     final_round: int = _f(
         0, "Round (1-based) after which the genotype is derived (argmax of the learned "
            "logits over the survivors) and the discrete network, with the weights it "

@@ -228,6 +228,38 @@ def test_round_metrics_record_every_time_component(tmp_path):
     collective(ok, msg)
 
 
+class SlowEval(FedAvg):
+    """FedAvg whose every evaluation takes at least 0.2 s more (the server's, only)."""
+
+    def evaluate(self, model, x, y):
+        import time as _time
+
+        _time.sleep(0.2)
+        return super().evaluate(model, x, y)
+
+
+def test_method_time_excludes_evaluation(tmp_path):
+    """method_time is the round's compute + communication + aggregation; the server's test
+    and validation evaluations (0.4 s extra per round here) land in eval_time only."""
+    cfg = from_dict({**CFG, "model": {"channels": [4, 8], "hidden": 16},
+                     "run": {**CFG["run"], "val_every": 1}})
+    _simulate(WORLD, SlowEval, cfg, tmp_path / "world")
+    ok, msg = True, ""
+    if WORLD.Get_rank() == 0:
+        m = read_checkpoint(tmp_path / "world" / "round_00004.h5").metrics
+        bad = []
+        parts = m["compute_time"] + m["comm_time"] + m["aggregate_time"]
+        if not np.allclose(m["method_time"], parts, rtol=1e-12):
+            bad.append(f"method_time {m['method_time']} != parts {parts}")
+        if not (m["eval_time"] >= 0.4).all():
+            bad.append(f"eval_time {m['eval_time']} misses the slow evaluations")
+        if not (m["round_time"] - m["method_time"] >= 0.4).all():
+            bad.append(f"method_time {m['method_time']} holds evaluation "
+                       f"(round_time {m['round_time']})")
+        ok, msg = not bad, "; ".join(bad)
+    collective(ok, msg)
+
+
 @pytest.mark.parametrize("algo", [FedAvg, Personal], ids=["fedavg", "personal"])
 def test_torch_gloo_transport_equals_mpi_transport(tmp_path, algo):
     """runtime.transport: torch (torch.distributed on gloo, initialised from MPI) moves the

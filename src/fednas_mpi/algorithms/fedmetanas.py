@@ -84,6 +84,22 @@ class FedMetaNAS(SupernetMethod):
         f = self.cfg.algorithm.fedmetanas
         return cosine_lr(round_, self.cfg.run.rounds, 1.0, f.weight_lr_min)
 
+    def prune_gaps(self, round_: int) -> tuple[float, float] | None:
+        """(op, combination) gaps of the soft pruning after 0-based ``round_``, or None when
+        no pruning runs then. In the settle window (the last ``settle_rounds`` search
+        rounds before the derivation's) pruning runs every round and both gaps shrink
+        linearly: after round ``final - k`` (1-based) they are k / (settle_rounds + 1) of
+        their configured values."""
+        f = self.cfg.algorithm.fedmetanas
+        done, final = round_ + 1, self.search_rounds
+        if done >= final or done <= f.arch_warmup_rounds:
+            return None
+        left = final - done
+        if f.settle_rounds and left <= f.settle_rounds:
+            scale = left / (f.settle_rounds + 1)
+            return f.prune_gap * scale, f.combo_prune_gap * scale
+        return (f.prune_gap, f.combo_prune_gap) if f.prunes_after(done) else None
+
     def warming_up(self, round_: int) -> bool:
         return round_ < self.cfg.algorithm.fedmetanas.arch_warmup_rounds
 
@@ -164,10 +180,9 @@ class FedMetaNAS(SupernetMethod):
         if spec.get("genotype") is None:
             if done >= self.search_rounds:
                 spec = self._finalize(spec, averaged)
-            elif f.prunes_after(done):
-                spec, pruned = self.soft_prune(spec, averaged, f.prune_gap, f.combo_prune_gap,
-                                               ctx.round)
-                metrics.update(pruned)
+            elif (gaps := self.prune_gaps(ctx.round)) is not None:
+                spec, pruned = self.soft_prune(spec, averaged, *gaps, ctx.round)
+                metrics.update(pruned, prune_gap=gaps[0])
         state = averaged
         if spec is not model.spec:
             state = {k: averaged[k] for k in self.build(spec).state_dict()}
