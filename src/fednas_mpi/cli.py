@@ -6,7 +6,8 @@ and broadcasts its verdict; every rank then loads the data and the collective
 reported once, by rank 0, and every rank exits with status 2 before round 1.
 
 ``fednas-mpi data stats|download ...`` are dataset tools without MPI (``data/cli.py``);
-``fednas-mpi inspect|compare|plot ...`` read runs from their checkpoints (``report/cli.py``).
+``fednas-mpi inspect|compare|plot ...`` read runs from their checkpoints (``report/cli.py``);
+``fednas-mpi export RUN_DIR --out FILE`` writes a run's model for torch alone (``export/``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
                             "simulate clients; -n 1 runs everything in one process).",
                 epilog="Tools without mpirun: fednas-mpi data stats|download, "
                        "fednas-mpi inspect RUN_DIR, fednas-mpi compare RUN_DIR..., "
-                       "fednas-mpi plot RUN_DIR... (each with --help).")
+                       "fednas-mpi plot RUN_DIR..., fednas-mpi export RUN_DIR --out FILE "
+                       "(each with --help).")
     p.add_argument("config", nargs="?", help="YAML run configuration (optional with --resume)")
     p.add_argument("--out", metavar="RUN_DIR",
                    help="run directory for the checkpoints (default runs/NAME-TIMESTAMP); "
@@ -154,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         from .report.cli import main as report_main
 
         return report_main(argv)
+    if argv[:1] == ["export"]:  # a run's model as a torch.export file: no MPI
+        from .export.cli import main as export_main
+
+        return export_main(argv[1:])
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
