@@ -60,6 +60,10 @@ def report(meta: dict) -> str:
                  f"{meta['macs'] / 1e6:.2f} M MACs per image")
     if meta.get("genotype") and meta["genotype"].get("text"):
         lines += ["  genotype:"] + [f"    {t}" for t in meta["genotype"]["text"].splitlines()]
+    elif meta.get("cells"):
+        terms = [sum(len(node) for node in cell["nodes"]) for cell in meta["cells"]]
+        lines.append(f"  architecture: the search's mixture, {terms} weighted ops per cell "
+                     f"(no derived genotype; every term is listed under 'cells' in the .json)")
     pre = meta["preprocessing"]
     lines.append(f"  input: {pre['layout']} {pre['dtype']} {pre['input_shape']}, "
                  f"{pre['formula']} (scale {pre['scale']:.6g}, mean {pre['mean']}, "
