@@ -215,6 +215,6 @@ def test_exported_quickstart_model_loads_in_a_fresh_process(tmp_path):
     assert out["modules"] == [] and out["genotype"]
     assert out["same_argmax"] and out["max_diff"] < 1e-4
     run_acc = meta["accuracy"]["run_global_acc"]
-    assert out["acc"] == pytest.approx(meta["accuracy"]["exported"], abs=1e-9)
+    assert out["acc"] == pytest.approx(meta["accuracy"]["exported"], abs=1e-6)
     assert run_acc > 0.5  # a model that learned something
     assert abs(out["acc"] - run_acc) <= 0.01, (out["acc"], run_acc)

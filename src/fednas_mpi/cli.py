@@ -27,6 +27,7 @@ from . import config as config_mod
 from .config import Config, ConfigError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 class UsageError(Exception):
@@ -136,14 +137,27 @@ def decide(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
             cfg = given
         for line in skipped:
             print(f"fednas-mpi: warning: {line}", file=sys.stderr)
+        _check_extras(cfg)
         return cfg, run_dir, ckpt
     if not args.config:
         raise UsageError("missing config file: fednas-mpi CFG.yaml (or --resume RUN_DIR)")
     cfg = config_mod.load(args.config, args.overrides)
+    _check_extras(cfg)
     run_dir = Path(args.out) if args.out else \
         Path("runs") / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_new_run_dir(run_dir, args.overwrite)
     return cfg, run_dir, None
+
+
+def _check_extras(cfg: Config) -> None:
+    """Optional packages the config asks for are there (before round 1, not after it)."""
+    if cfg.store.tensorboard:
+        from .report.tensorboard import TensorBoardUnavailable, check_available
+
+        try:
+            check_available()
+        except TensorBoardUnavailable as e:
+            raise UsageError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,7 +206,35 @@ def main(argv: list[str] | None = None) -> int:
             print(decision.done_message)
         return 0
     cfg = config_mod.from_dict(decision.config)
-    return run(cfg, comm, Path(decision.run_dir), ckpt)
+    try:
+        return run(cfg, comm, Path(decision.run_dir), ckpt)
+    except KeyboardInterrupt:
+        _interrupted(rank, Path(decision.run_dir))
+
+
+def _interrupted(rank: int, run_dir: Path) -> None:
+    """Ctrl-C: one line from rank 0 instead of a traceback per rank, then every rank leaves
+    at once (without MPI_Finalize, which would wait for ranks that are gone). Checkpoints
+    are renamed into place whole, and a file being written is deleted, so the newest one
+    is complete."""
+    if rank == 0:
+        from .store import list_checkpoints
+
+        try:
+            done = list_checkpoints(run_dir)[-1][0] if run_dir.is_dir() else 0
+        except IndexError:
+            done = 0
+        if done:
+            line = (f"interrupted at round {done + 1}; resume with: fednas-mpi --resume "
+                    f"{run_dir}")
+        else:
+            line = ("interrupted in round 1, before the first checkpoint; nothing to resume "
+                    "(run the command again with --overwrite)")
+        # on a terminal the progress bar has no newline yet
+        print(f"{chr(10) if sys.stdout.isatty() else ''}fednas-mpi: {line}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
@@ -259,7 +301,24 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
           flush=True)
     print(f"devices: {describe(placements)}", flush=True)
     progress = Progress(cfg.run.rounds, start)
-    sim.serve(run_dir, ckpt, on_round=progress.update, should_stop=stop)
+    watchers = [progress.update]
+    board = None
+    if cfg.store.tensorboard:
+        from .report.tensorboard import TensorBoardLog
+
+        board = TensorBoardLog(run_dir, start)
+        watchers.append(board)
+        print(f"tensorboard: tensorboard --logdir {board.logdir}", flush=True)
+
+    def on_round(r: int, metrics: dict) -> None:
+        for watch in watchers:
+            watch(r, metrics)
+
+    try:
+        sim.serve(run_dir, ckpt, on_round=on_round, should_stop=stop)
+    finally:
+        if board is not None:
+            board.close()
     if sim.stopped_after is not None:
         print(f"stopped on request after round {sim.stopped_after} (SIGUSR1 or {stop.path}); "
               f"its checkpoint is complete: fednas-mpi --resume {run_dir} continues", flush=True)
