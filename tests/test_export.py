@@ -5,9 +5,12 @@ alone in a process that never imports fednas_mpi."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,6 +184,9 @@ FRESH = textwrap.dedent("""
                       "modules": sorted(m for m in sys.modules if m.startswith("fednas"))}))
 """)
 
+ROOT = Path(__file__).resolve().parents[1]
+README_SNIPPET = re.compile(r"## Using the searched model.*?```python\n(.*?)```", re.S)
+
 TRAINED = {"run": {"name": "fresh", "seed": 1, "rounds": 8},
            "data": {"name": "digits"},
            "partition": {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 6},
@@ -218,3 +224,11 @@ def test_exported_quickstart_model_loads_in_a_fresh_process(tmp_path):
     assert out["acc"] == pytest.approx(meta["accuracy"]["exported"], abs=1e-6)
     assert run_acc > 0.5  # a model that learned something
     assert abs(out["acc"] - run_acc) <= 0.01, (out["acc"], run_acc)
+    # the README's loading snippet, verbatim, in the same kind of fresh process
+    snippet = README_SNIPPET.search((ROOT / "README.md").read_text()).group(1)
+    shutil.copy(tmp_path / "m.pt2", tmp_path / "model.pt2")
+    check = "\nimport sys\nassert 'fednas_mpi' not in sys.modules\n"
+    res = subprocess.run([sys.executable, "-I", "-c", snippet + check], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("fedmetanas 8 -> class "), res.stdout

@@ -49,7 +49,7 @@ def report(meta: dict) -> str:
                      f"method evaluates): {_pct(acc['frozen_batch_statistics'])}")
     if acc.get("exported_test") is not None:
         lines.append(f"  exported on the server test set: {_pct(acc['exported_test'])}")
-    lines.append(f"  run's final global accuracy {_pct(acc['run_global_acc'])}"
+    lines.append(f"  run's global accuracy at round {meta['round']} {_pct(acc['run_global_acc'])}"
                  + (f", personal accuracy (mean over clients) {_pct(acc['run_personal_acc'])}"
                     if acc["run_personal_acc"] == acc["run_personal_acc"] else ""))
     bn = meta["batchnorm"]
