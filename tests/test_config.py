@@ -62,6 +62,7 @@ ALL_KEYS = [
     "runtime.server_device", "runtime.tf32", "runtime.transport",
     "kernels.backend",
     "store.keep",
+    "store.tensorboard",
 ]
 
 
