@@ -103,6 +103,13 @@ def test_frozen_path_equals_path_forward_with_a_zero_node():
 # ------------------------------------------------------------------ every method
 
 
+def test_export_knows_how_every_registered_method_evaluates():
+    from fednas_mpi.algorithms import REGISTRY
+    from fednas_mpi.export.build import FIXED, MIXTURE, PATH
+
+    assert sorted(FIXED + MIXTURE + PATH) == sorted(REGISTRY) == sorted(METHODS)
+
+
 def _run(tmp_path, method):
     cfg = _config(tmp_path / f"{method}.yaml", method)
     out = tmp_path / method

@@ -78,6 +78,9 @@ def build_target(cfg: Config, ckpt, dataset, partition, client: int | None) -> T
     elif name == "fedrep":
         raise ExportError("fedrep has no global head (its global accuracy is the mean over "
                           "the clients' heads on the global body): pass --client ID")
+    if name not in FIXED + MIXTURE + PATH:
+        raise ExportError(f"export does not know how {name} evaluates its model; add it to "
+                          f"FIXED, MIXTURE or PATH in fednas_mpi/export/build.py")
     algo = get_algorithm(name)(cfg, DataInfo(dataset.input_shape, dataset.num_classes))
     model = GlobalModel(ckpt.spec, ckpt.state, ckpt.server_state)
     if name in FIXED:
