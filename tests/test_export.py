@@ -205,6 +205,7 @@ TRAINED = {"run": {"name": "fresh", "seed": 1, "rounds": 8},
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # an 8-round search: about a minute on an idle 2-core machine
 def test_exported_quickstart_model_loads_in_a_fresh_process(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(json.dumps(TRAINED))
