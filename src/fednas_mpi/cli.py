@@ -220,10 +220,8 @@ def _interrupted(rank: int, run_dir: Path) -> None:
     if rank == 0:
         from .store import list_checkpoints
 
-        try:
-            done = list_checkpoints(run_dir)[-1][0] if run_dir.is_dir() else 0
-        except IndexError:
-            done = 0
+        files = list_checkpoints(run_dir) if run_dir.is_dir() else []
+        done = files[-1][0] if files else 0
         if done:
             line = (f"interrupted at round {done + 1}; resume with: fednas-mpi --resume "
                     f"{run_dir}")
