@@ -66,6 +66,7 @@ ALL_KEYS = [
     "runtime.server_device", "runtime.tf32", "runtime.transport",
     "kernels.backend",
     "store.keep",
+    "store.tensorboard",
 ]
 
 

@@ -52,3 +52,17 @@ def test_every_shipped_config_loads():
     for f in files:
         load(f)  # raises ConfigError naming the file's bad key
     assert load(ROOT / "configs/fedmetanas_cifar10.yaml").model.darts.layers == 8
+
+
+def test_install_command_and_ci_pin_the_tested_torch():
+    import torch
+
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert set(pins) == {"torch", "torchvision"}
+    install = _bash_blocks((ROOT / "README.md").read_text())[0]
+    assert "pip install -c constraints.txt -e '.[mpich,test]'" in install
+    ci = (ROOT / ".ci/run").read_text()
+    assert "pip install --quiet -c constraints.txt -e '.[mpich,test]'" in ci
+    assert "torch==" not in ci  # one place for the pins
+    assert torch.__version__.split("+")[0] == pins["torch"], "tests run on another torch"

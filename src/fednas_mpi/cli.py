@@ -6,7 +6,8 @@ and broadcasts its verdict; every rank then loads the data and the collective
 reported once, by rank 0, and every rank exits with status 2 before round 1.
 
 ``fednas-mpi data stats|download ...`` are dataset tools without MPI (``data/cli.py``);
-``fednas-mpi inspect|compare|plot ...`` read runs from their checkpoints (``report/cli.py``).
+``fednas-mpi inspect|compare|plot ...`` read runs from their checkpoints (``report/cli.py``);
+``fednas-mpi export RUN_DIR --out FILE`` writes a run's model for torch alone (``export/``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from . import config as config_mod
 from .config import Config, ConfigError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 class UsageError(Exception):
@@ -49,7 +51,8 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
                             "simulate clients; -n 1 runs everything in one process).",
                 epilog="Tools without mpirun: fednas-mpi data stats|download, "
                        "fednas-mpi inspect RUN_DIR, fednas-mpi compare RUN_DIR..., "
-                       "fednas-mpi plot RUN_DIR... (each with --help).")
+                       "fednas-mpi plot RUN_DIR..., fednas-mpi export RUN_DIR --out FILE "
+                       "(each with --help).")
     p.add_argument("config", nargs="?", help="YAML run configuration (optional with --resume)")
     p.add_argument("--out", metavar="RUN_DIR",
                    help="run directory for the checkpoints (default runs/NAME-TIMESTAMP); "
@@ -134,14 +137,27 @@ def decide(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
             cfg = given
         for line in skipped:
             print(f"fednas-mpi: warning: {line}", file=sys.stderr)
+        _check_extras(cfg)
         return cfg, run_dir, ckpt
     if not args.config:
         raise UsageError("missing config file: fednas-mpi CFG.yaml (or --resume RUN_DIR)")
     cfg = config_mod.load(args.config, args.overrides)
+    _check_extras(cfg)
     run_dir = Path(args.out) if args.out else \
         Path("runs") / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_new_run_dir(run_dir, args.overwrite)
     return cfg, run_dir, None
+
+
+def _check_extras(cfg: Config) -> None:
+    """Optional packages the config asks for are there (before round 1, not after it)."""
+    if cfg.store.tensorboard:
+        from .report.tensorboard import TensorBoardUnavailable, check_available
+
+        try:
+            check_available()
+        except TensorBoardUnavailable as e:
+            raise UsageError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         from .report.cli import main as report_main
 
         return report_main(argv)
+    if argv[:1] == ["export"]:  # a run's model as a torch.export file: no MPI
+        from .export.cli import main as export_main
+
+        return export_main(argv[1:])
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
@@ -190,7 +210,33 @@ def main(argv: list[str] | None = None) -> int:
             print(decision.done_message)
         return 0
     cfg = config_mod.from_dict(decision.config)
-    return run(cfg, comm, Path(decision.run_dir), ckpt)
+    try:
+        return run(cfg, comm, Path(decision.run_dir), ckpt)
+    except KeyboardInterrupt:
+        _interrupted(rank, Path(decision.run_dir))
+
+
+def _interrupted(rank: int, run_dir: Path) -> None:
+    """Ctrl-C: one line from rank 0 instead of a traceback per rank, then every rank leaves
+    at once (without MPI_Finalize, which would wait for ranks that are gone). Checkpoints
+    are renamed into place whole, and a file being written is deleted, so the newest one
+    is complete."""
+    if rank == 0:
+        from .store import list_checkpoints
+
+        files = list_checkpoints(run_dir) if run_dir.is_dir() else []
+        done = files[-1][0] if files else 0
+        if done:
+            line = (f"interrupted at round {done + 1}; resume with: fednas-mpi --resume "
+                    f"{run_dir}")
+        else:
+            line = ("interrupted in round 1, before the first checkpoint; nothing to resume "
+                    "(run the command again with --overwrite)")
+        # on a terminal the progress bar has no newline yet
+        print(f"{chr(10) if sys.stdout.isatty() else ''}fednas-mpi: {line}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
@@ -257,7 +303,24 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
           flush=True)
     print(f"devices: {describe(placements)}", flush=True)
     progress = Progress(cfg.run.rounds, start)
-    sim.serve(run_dir, ckpt, on_round=progress.update, should_stop=stop)
+    watchers = [progress.update]
+    board = None
+    if cfg.store.tensorboard:
+        from .report.tensorboard import TensorBoardLog
+
+        board = TensorBoardLog(run_dir, start)
+        watchers.append(board)
+        print(f"tensorboard: tensorboard --logdir {board.logdir}", flush=True)
+
+    def on_round(r: int, metrics: dict) -> None:
+        for watch in watchers:
+            watch(r, metrics)
+
+    try:
+        sim.serve(run_dir, ckpt, on_round=on_round, should_stop=stop)
+    finally:
+        if board is not None:
+            board.close()
     if sim.stopped_after is not None:
         print(f"stopped on request after round {sim.stopped_after} (SIGUSR1 or {stop.path}); "
               f"its checkpoint is complete: fednas-mpi --resume {run_dir} continues", flush=True)

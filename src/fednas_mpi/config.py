@@ -493,6 +493,10 @@ class KernelsConfig:
 @dataclass(kw_only=True)
 class StoreConfig:
     keep: int = _f(0, "Keep only the newest N round checkpoints; 0 keeps all.", ge=0)
+    tensorboard: bool = _f(False, "Rank 0 also writes every round's metrics, time components, "
+                                  "architecture metrics and genotype to RUN_DIR/tensorboard "
+                                  "for live watching (needs the tensorboard extra); the HDF5 "
+                                  "checkpoints stay the source of truth.")
 
 
 @dataclass(kw_only=True)

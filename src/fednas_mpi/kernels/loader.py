@@ -97,10 +97,29 @@ def load_prebuilt() -> LoadResult | None:
     return None
 
 
-def want_cuda() -> bool:
-    from torch.utils.cpp_extension import CUDA_HOME
+def _cpp_extension():
+    """``torch.utils.cpp_extension``, imported without its import-time notice "No CUDA
+    runtime is found, using CUDA_HOME=..." (printed by every rank on a machine with a CUDA
+    toolkit but no GPU): a build for a machine without a GPU compiles no CUDA, so where
+    the toolkit lives does not matter. Real warnings of the build still show."""
+    import logging
 
-    return torch.cuda.is_available() and torch.version.cuda is not None and CUDA_HOME is not None
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    if not torch.cuda.is_available():
+        log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        log.setLevel(level)
+    return cpp_extension
+
+
+def want_cuda() -> bool:
+    """Whether a JIT build should include the CUDA kernels (a GPU, CUDA torch, a toolkit)."""
+    if not torch.cuda.is_available() or torch.version.cuda is None:
+        return False  # decided without probing for a toolkit
+    return _cpp_extension().CUDA_HOME is not None
 
 
 def cache_dir() -> Path:
@@ -144,8 +163,7 @@ def load_cached(with_cuda: bool) -> LoadResult | None:
 
 def jit_build(with_cuda: bool, verbose: bool = False) -> LoadResult:
     """Compile the sources (CPU, plus CUDA when ``with_cuda``) and load the result."""
-    from torch.utils import cpp_extension
-
+    cpp_extension = _cpp_extension()
     target = jit_target(with_cuda)
     name = target.stem
     private = target.parent / f".build-{name}-{socket.gethostname()}-{os.getpid()}"
