@@ -40,6 +40,7 @@ METHODS = {
     "fedpnas": {"model": DARTS},
     "meta_fedpnas": {"model": DARTS},
     "meta_perfedrlnas": {"model": DARTS},
+    "random_nas": {"model": DARTS},
 }
 
 

@@ -10,8 +10,8 @@ method's own code reports for it (``Target.reference_acc``, on ``Target.eval_on`
   FedRep has no global head (its global accuracy is a mean over the clients' heads), so
   it is exported per client only.
 - search-space models: a ``DeployNet`` of the method's evaluation function: the
-  deterministic mixture (fedmetanas, fednas, fedpnas, meta_fedpnas; FedPNAS's clients
-  with their personalised cells and logits) or one op per edge (feddsnas, fedrlnas and
+  deterministic mixture (fedmetanas, fednas, fedpnas, meta_fedpnas, random_nas; FedPNAS's
+  clients with their personalised cells and logits) or one op per edge (feddsnas, fedrlnas and
   the PerFedRLNAS pair: the argmax child, or a client's own subnet). Their BatchNorm uses
   batch statistics; ``Target.calibration`` names the data to recalibrate it on.
 """
@@ -36,7 +36,7 @@ from ..nas.space import genotype_str
 from . import deploy
 
 FIXED = ("fedavg", "perfedavg", "fedrep", "fedbabu")
-MIXTURE = ("fedmetanas", "fednas", "fedpnas", "meta_fedpnas")
+MIXTURE = ("fedmetanas", "fednas", "fedpnas", "meta_fedpnas", "random_nas")
 PATH = ("feddsnas", "fedrlnas", "perfedrlnas", "meta_perfedrlnas")
 PERSONAL = ("perfedavg", "fedrep", "fedbabu", "fedpnas", "meta_fedpnas", "perfedrlnas",
             "meta_perfedrlnas")
