@@ -13,6 +13,7 @@ import torch
 
 from fednas_mpi.store import (
     CheckpointError,
+    StorageError,
     checkpoint_path,
     find_latest,
     list_checkpoints,
@@ -192,7 +193,8 @@ def test_failure_in_flush_leaves_nothing(tmp_path, monkeypatch):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(h5py.File, "flush", boom)
-    with pytest.raises(RuntimeError, match="disk on fire"):
+    # h5py's write failures (RuntimeError or OSError) become one StorageError naming the file
+    with pytest.raises(StorageError, match="round_00003.h5: RuntimeError: disk on fire"):
         write_checkpoint(tmp_path, 3, **make_kwargs())
     assert leftovers(tmp_path) == []
 
