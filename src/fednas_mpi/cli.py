@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
-    from .runtime.comm import install_abort_hooks
+    from .runtime.comm import bcast_object, install_abort_hooks
 
     install_abort_hooks(comm)
     args = build_parser(rank).parse_args(argv)
@@ -254,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                                          f"Raise run.rounds with --set to extend the run.")
         except (ConfigError, UsageError) as e:
             decision = Decision(error=str(e))
-    decision = comm.bcast(decision, root=0)
+    # Polling, not MPI's spinning bcast: the other ranks would take cores from rank 0 while it
+    # decides (reading checkpoints, importing torch) on an oversubscribed node.
+    decision = bcast_object(comm, decision, 0.005)
     if decision.error:
         if rank == 0:
             print(f"fednas-mpi: error: {decision.error}", file=sys.stderr)
