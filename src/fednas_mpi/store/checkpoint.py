@@ -19,8 +19,8 @@ Layout of ``RUN_DIR/round_NNNNN.h5`` (NNNNN = rounds completed):
     /rng                   attrs: seed, scheme; dataset torch_cpu (rank 0 generator state)
 
 Tensors keep their dtype; each dataset has an attribute ``dtype`` with the torch
-dtype name. A file is written as ``.round_NNNNN.h5.tmp-PID``, flushed, fsynced
-and renamed: it is complete or absent. A failed write (full disk, I/O error, permission)
+dtype name. A file is built in memory, written as ``.round_NNNNN.h5.tmp-PID``,
+fsynced and renamed: it is complete or absent. A failed write (full disk, I/O error, permission)
 removes the temporary file, leaves the earlier files alone and raises ``StorageError``
 naming the file, the cause and the newest intact checkpoint.
 """
@@ -28,6 +28,7 @@ naming the file, the cause and the newest intact checkpoint.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import re
@@ -152,6 +153,48 @@ def _tensor_group(parent: h5py.Group, name: str, tensors: State) -> None:
     _write_tensors(g, tensors)
 
 
+def _encode(round_: int, config_yaml: str, spec: dict, state: State, server_state: State,
+            client_states: dict[int, State], metrics: dict[str, np.ndarray], stages: list[str],
+            partition: dict[str, np.ndarray], attrs: dict,
+            client_metrics: dict[str, np.ndarray] | None) -> memoryview:
+    """The checkpoint as the bytes of an HDF5 file, built in memory. HDF5 never touches the
+    disk: a full disk or an I/O error then meets a plain write(2) (a clean OSError with its
+    errno), never HDF5's flush at close, which reports such errors from deallocators (as
+    'Exception ignored', through sys.excepthook, at worst by crashing)."""
+    buf = io.BytesIO()
+    with h5py.File(buf, "w", libver="latest") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["round"] = int(round_)
+        f.attrs["config"] = config_yaml
+        f.attrs["spec"] = json.dumps(spec, sort_keys=True)
+        f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        _tensor_group(f, "state", state)
+        _tensor_group(f, "server_state", server_state)
+        clients = f.create_group("clients")
+        for cid in sorted(client_states):
+            _tensor_group(clients, str(cid), client_states[cid])
+        m = f.create_group("metrics")
+        for name, values in metrics.items():
+            m.create_dataset(name, data=np.asarray(values, dtype=np.float64))
+        m.create_dataset("stage", data=np.array(stages, dtype=h5py.string_dtype()))
+        if client_metrics:
+            cm = f.create_group("client_metrics")
+            for name, values in client_metrics.items():
+                cm.create_dataset(name, data=np.asarray(values, dtype=np.float64))
+        p = f.create_group("partition")
+        for name, values in partition.items():
+            p.create_dataset(name, data=values)
+        rng = f.create_group("rng")
+        rng.attrs["seed"] = attrs.get("seed", 0)
+        rng.attrs["scheme"] = "every draw seeded from (seed, round, client, purpose)"
+        rng.create_dataset("torch_cpu", data=torch.get_rng_state().numpy())
+        f.flush()
+    return buf.getbuffer()
+
+
 def write_checkpoint(run_dir: str | Path, round_: int, *, config_yaml: str, spec: dict,
                      state: State, server_state: State, client_states: dict[int, State],
                      metrics: dict[str, np.ndarray], stages: list[str],
@@ -161,53 +204,34 @@ def write_checkpoint(run_dir: str | Path, round_: int, *, config_yaml: str, spec
     final = checkpoint_path(run_dir, round_)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
-        with h5py.File(tmp, "w", libver="latest") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["round"] = int(round_)
-            f.attrs["config"] = config_yaml
-            f.attrs["spec"] = json.dumps(spec, sort_keys=True)
-            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            for k, v in attrs.items():
-                f.attrs[k] = v
-            _tensor_group(f, "state", state)
-            _tensor_group(f, "server_state", server_state)
-            clients = f.create_group("clients")
-            for cid in sorted(client_states):
-                _tensor_group(clients, str(cid), client_states[cid])
-            m = f.create_group("metrics")
-            for name, values in metrics.items():
-                m.create_dataset(name, data=np.asarray(values, dtype=np.float64))
-            m.create_dataset("stage", data=np.array(stages, dtype=h5py.string_dtype()))
-            if client_metrics:
-                cm = f.create_group("client_metrics")
-                for name, values in client_metrics.items():
-                    cm.create_dataset(name, data=np.asarray(values, dtype=np.float64))
-            p = f.create_group("partition")
-            for name, values in partition.items():
-                p.create_dataset(name, data=values)
-            rng = f.create_group("rng")
-            rng.attrs["seed"] = attrs.get("seed", 0)
-            rng.attrs["scheme"] = "every draw seeded from (seed, round, client, purpose)"
-            rng.create_dataset("torch_cpu", data=torch.get_rng_state().numpy())
-            f.flush()
+        data = _encode(round_, config_yaml, spec, state, server_state, client_states,
+                       metrics, stages, partition, attrs, client_metrics)
+        with open(tmp, "wb") as fh:
+            half = len(data) // 2
+            fh.write(data[:half])
+            fh.flush()
             faults.during_checkpoint_write(round_, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fh.write(data[half:])
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
-    except (OSError, RuntimeError) as e:  # h5py raises both for a failed write
+    except (OSError, RuntimeError) as e:  # write(2)'s errors; h5py's (encoding) too
         _remove_quietly(tmp)
         cause, code = _cause(e)
-        newest, _ = find_latest(run_dir)
-        raise StorageError(final, cause, code, newest.path if newest else None) from e
+        raise StorageError(final, cause, code, _newest_intact(run_dir)) from e
     except BaseException:
         _remove_quietly(tmp)
         raise
     return final
+
+
+def _newest_intact(run_dir: str | Path) -> Path | None:
+    try:
+        newest, _ = find_latest(run_dir)
+    except (OSError, RuntimeError):  # the storage may fail the reads as well
+        return None
+    return newest.path if newest is not None else None
 
 
 def _remove_quietly(path: Path) -> None:
