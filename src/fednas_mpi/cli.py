@@ -126,8 +126,6 @@ def decide(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
 
 def _decide_resume(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
     """--resume: continue from the newest valid checkpoint, or start when there is none."""
-    from .store import find_latest
-
     if not args.resume and not args.out:
         raise UsageError("--resume needs the run directory: --resume RUN_DIR, or "
                          "CFG.yaml --out RUN_DIR --resume")
@@ -137,7 +135,13 @@ def _decide_resume(args: argparse.Namespace) -> tuple[Config, Path, object | Non
     run_dir = Path(args.resume or args.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--resume {run_dir}: exists and is not a directory")
-    ckpt, skipped = find_latest(run_dir) if run_dir.is_dir() else (None, [])
+    # the store (torch, h5py) is imported only when there is something to read: rank 0
+    # decides while the other ranks wait, so a fresh start stays quick
+    ckpt, skipped = None, []
+    if _holds(run_dir, "round_"):
+        from .store import find_latest
+
+        ckpt, skipped = find_latest(run_dir)
     if ckpt is None:
         return _start_in(run_dir, args, skipped), run_dir, None
     cfg = _agreeing(args, yaml.safe_load(ckpt.config_yaml), run_dir)
@@ -194,10 +198,11 @@ def _start_in(run_dir: Path, args: argparse.Namespace, skipped: list[str]) -> Co
         raise UsageError(f"--resume {run_dir}: cannot create it ({e.strerror})") from None
     for line in skipped:  # unreadable round files: kept aside, never read again
         print(f"fednas-mpi: warning: {line}; renamed to *.broken", file=sys.stderr)
-    from .store import list_checkpoints
+    if skipped:
+        from .store import list_checkpoints
 
-    for _, path in list_checkpoints(run_dir):
-        path.rename(path.with_name(path.name + ".broken"))
+        for _, path in list_checkpoints(run_dir):
+            path.rename(path.with_name(path.name + ".broken"))
     print(f"fednas-mpi: {run_dir} holds no checkpoint yet: starting the run there",
           file=sys.stderr)
     _begin(run_dir, cfg)
@@ -213,8 +218,14 @@ def _begin(run_dir: Path, cfg: Config) -> None:
         raise UsageError(f"cannot write {run_dir / 'config.yaml'} ({e.strerror})") from None
 
 
+def _holds(run_dir: Path, prefix: str) -> bool:
+    return run_dir.is_dir() and any(n.startswith(prefix) for n in os.listdir(run_dir))
+
+
 def _remove_temporaries(run_dir: Path) -> None:
     """Temporary checkpoint files of a writer that was killed: never complete, removed."""
+    if not _holds(run_dir, ".round_"):
+        return
     from .store import remove_temporaries
 
     for path in remove_temporaries(run_dir):
