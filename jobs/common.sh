@@ -2,7 +2,7 @@
 # signal or preemption stops it cleanly and the job requeues and resumes by itself.
 #
 # Variables (set them with `sbatch --export=ALL,CONFIG=...` or export them before sbatch):
-#   CONFIG      run configuration (YAML); not needed when RUN_DIR already holds checkpoints
+#   CONFIG      run configuration (YAML); not needed once RUN_DIR holds the run's config.yaml
 #   RUN_DIR     run directory; holds the checkpoints, so it must be on a shared file system
 #   RANKS       MPI ranks (default: SLURM_NTASKS); rank 0 aggregates, the others simulate
 #   MPIRUN      launcher (default: mpirun; use "srun --mpi=pmix" or similar with a site MPI
@@ -24,16 +24,12 @@ fednas_run() {
     local -a args
     mkdir -p "$run_dir"
     rm -f "$run_dir/STOP"  # a stop request of an earlier job is done with
-    if compgen -G "$run_dir/round_*.h5" >/dev/null; then
-        args=(--resume "$run_dir")
-        echo "[$(date +%T)] job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}):" \
-             "resuming $run_dir on $ranks ranks"
-    else
-        [ -n "$config" ] || { echo "fednas_run: set CONFIG (no checkpoint in $run_dir)" >&2; return 2; }
-        # --overwrite: a job preempted before its first checkpoint left only config.yaml
-        args=("$config" --out "$run_dir" --overwrite)
-        echo "[$(date +%T)] job ${SLURM_JOB_ID:-?}: starting $config -> $run_dir on $ranks ranks"
-    fi
+    # One command starts the run when RUN_DIR holds no checkpoint yet (also after a job
+    # killed before its first one) and resumes it otherwise; without CONFIG it uses the
+    # run's own config.yaml. A CONFIG that disagrees with the run is refused (status 2).
+    args=(${config:+"$config"} --out "$run_dir" --resume)
+    echo "[$(date +%T)] job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}):" \
+         "starting or resuming ${config:-the run} in $run_dir on $ranks ranks"
     trap 'stop=1; echo "[$(date +%T)] signal: rank 0 stops after the current round"; touch "$run_dir/STOP"' USR1 TERM
     # shellcheck disable=SC2086  # MPIRUN, FEDNAS and EXTRA_ARGS may hold several words
     $mpirun -n "$ranks" $fednas "${args[@]}" ${EXTRA_ARGS:-} &

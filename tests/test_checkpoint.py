@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -11,15 +12,18 @@ import numpy as np
 import pytest
 import torch
 
+from fednas_mpi import faults
 from fednas_mpi.store import (
     CheckpointError,
+    StorageError,
     checkpoint_path,
     find_latest,
     list_checkpoints,
     read_checkpoint,
+    remove_temporaries,
     write_checkpoint,
 )
-from fednas_mpi.store.checkpoint import FORMAT, FORMAT_VERSION, prune_old
+from fednas_mpi.store.checkpoint import FORMAT, FORMAT_VERSION, errno_of, prune_old
 
 CONFIG_YAML = "run:\n  name: test\n  seed: 7\n"
 SPEC = {"kind": "cnn", "channels": [16, 32], "nested": {"a": 1.5, "b": None}}
@@ -192,7 +196,8 @@ def test_failure_in_flush_leaves_nothing(tmp_path, monkeypatch):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(h5py.File, "flush", boom)
-    with pytest.raises(RuntimeError, match="disk on fire"):
+    # h5py's write failures (RuntimeError or OSError) become one StorageError naming the file
+    with pytest.raises(StorageError, match="round_00003.h5: RuntimeError: disk on fire"):
         write_checkpoint(tmp_path, 3, **make_kwargs())
     assert leftovers(tmp_path) == []
 
@@ -361,3 +366,92 @@ def test_prune_old_zero_keeps_all(tmp_path):
         (tmp_path / f"round_{r:05d}.h5").write_bytes(b"")
     prune_old(tmp_path, keep=0)
     assert len(list_checkpoints(tmp_path)) == 3
+
+
+# ---------------------------------------------------------------- storage errors
+
+# What h5py 3 raises when write(2) fails on a full tmpfs (recorded on one): the errno is
+# only in the text.
+H5_ENOSPC = ("Can't synchronously write data (file write failed: time = Tue Dec  1 10:59:39 "
+             "2026\n, filename = '/mnt/.round_00002.h5.tmp-4672', file descriptor = 3, "
+             "errno = 28, error message = 'No space left on device', buf = 0x5558d0e81b00, "
+             "total write size = 361088, bytes this sub-write = 361088, offset = 45056)")
+
+
+def test_errno_is_found_in_h5py_text_and_exception_chains():
+    assert errno_of(RuntimeError(H5_ENOSPC)) == errno.ENOSPC
+    assert errno_of(OSError(errno.EIO, "Input/output error")) == errno.EIO
+    try:
+        try:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        except OSError as e:
+            raise RuntimeError("Unable to create file") from e
+    except RuntimeError as outer:
+        assert errno_of(outer) == errno.EACCES
+    assert errno_of(RuntimeError("no number here")) is None
+
+
+@pytest.mark.parametrize("action,code,words", [
+    ("enospc", errno.ENOSPC, "file system is full"),
+    ("eio", errno.EIO, "I/O error"),
+    ("eacces", errno.EACCES, "no permission"),
+])
+def test_injected_write_error_is_one_storage_error(tmp_path, monkeypatch, action, code, words):
+    for r in (1, 2):
+        write_checkpoint(tmp_path, r, **make_kwargs(r))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setenv(faults.CHECKPOINT, f"3:{action}")
+    faults.checkpoint_faults.cache_clear()
+    try:
+        with pytest.raises(StorageError) as info:
+            write_checkpoint(tmp_path, 3, **make_kwargs(3))
+    finally:
+        monkeypatch.delenv(faults.CHECKPOINT)
+        faults.checkpoint_faults.cache_clear()
+    e = info.value
+    assert e.code == code and e.path == tmp_path / "round_00003.h5"
+    assert words in e.cause and errno.errorcode[code] in e.cause
+    assert e.newest == tmp_path / "round_00002.h5"
+    assert str(e).startswith(f"cannot write checkpoint {tmp_path / 'round_00003.h5'}: ")
+    # temporary removed, the earlier files byte for byte as they were
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_keep_under_a_failed_write_never_loses_the_newest_intact_file(tmp_path, monkeypatch):
+    for r in (1, 2, 3):
+        write_checkpoint(tmp_path, r, **make_kwargs(r))
+        prune_old(tmp_path, 2)
+    def full(round_, path):  # a writer monkeypatched to meet a full disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(faults, "during_checkpoint_write", full)
+    with pytest.raises(StorageError):
+        write_checkpoint(tmp_path, 4, **make_kwargs(4))
+    assert leftovers(tmp_path) == ["round_00002.h5", "round_00003.h5"]
+    assert find_latest(tmp_path)[0].round == 3
+
+
+def test_remove_temporaries_takes_only_unfinished_files(tmp_path):
+    write_checkpoint(tmp_path, 1, **make_kwargs())
+    (tmp_path / ".round_00002.h5.tmp-123").write_bytes(b"half")
+    (tmp_path / ".round_00003.h5.tmp-99999").write_bytes(b"")
+    (tmp_path / ".round_00002.h5.tmp-x").write_bytes(b"not ours")
+    removed = remove_temporaries(tmp_path)
+    assert [p.name for p in removed] == [".round_00002.h5.tmp-123", ".round_00003.h5.tmp-99999"]
+    assert leftovers(tmp_path) == [".round_00002.h5.tmp-x", "round_00001.h5"]
+    assert remove_temporaries(tmp_path / "absent") == []
+
+
+def test_full_tmpfs_is_a_storage_error(tmp_path):
+    """A real full file system: a 256 KiB tmpfs (needs root and mount; skipped otherwise)."""
+    from tmpfs import mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "mnt", "256k") as mnt:
+        small = {**make_kwargs(), "state": {"w": torch.zeros(1000)}}
+        write_checkpoint(mnt, 1, **small)
+        before = (mnt / "round_00001.h5").read_bytes()
+        with pytest.raises(StorageError) as info:
+            write_checkpoint(mnt, 2, **{**small, "state": {"w": torch.zeros(200_000)}})
+        assert info.value.code == errno.ENOSPC and info.value.newest == mnt / "round_00001.h5"
+        assert leftovers(mnt) == ["round_00001.h5"]
+        assert (mnt / "round_00001.h5").read_bytes() == before

@@ -21,7 +21,7 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 # Every leaf key, in declaration order, written out by hand from config.py.
 ALL_KEYS = [
     "run.name", "run.seed", "run.rounds", "run.eval_every", "run.eval_subset", "run.val_every",
-    "run.patience", "run.personal_eval_every",
+    "run.patience", "run.personal_eval_every", "run.on_nonfinite",
     "data.name", "data.root", "data.download", "data.resize", "data.augment",
     "data.test_fraction",
     "partition.scheme", "partition.num_clients", "partition.alpha", "partition.tau",

@@ -172,7 +172,8 @@ def test_infeasible_partition_is_one_error(tmp_path):
     assert res.returncode == 2
     assert res.stderr.count("fednas-mpi: error") == 1 and "partition.min_train" in res.stderr
     assert "Traceback" not in res.stderr
-    assert not list((tmp_path / "run").iterdir())  # left empty: usable as --out again
+    # config.yaml, the run's first file, alone: usable as --out (or --resume) again
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.yaml"]
 
 
 def test_output_directory_checks(tmp_path):

@@ -28,6 +28,8 @@ from .config import Config, ConfigError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_NONFINITE = 4  # a NaN/Inf client result, global model or test loss (run.on_nonfinite)
+EXIT_STORAGE = 5  # a checkpoint could not be written (full disk, I/O error, permission)
 
 
 class UsageError(Exception):
@@ -59,8 +61,11 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
                         "must be new or empty")
     p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
                    dest="overrides", help="override one config value (repeatable)")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its newest valid checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", nargs="?", const="",
+                   help="continue the run in RUN_DIR from its newest valid checkpoint, or, "
+                        "when it holds none yet, start it (from CFG or the run's stored "
+                        "config.yaml); bare --resume with --out RUN_DIR: start or resume "
+                        "there")
     p.add_argument("--overwrite", action="store_true",
                    help="allow --out to name a directory holding an earlier run; its "
                         "checkpoints are deleted")
@@ -80,13 +85,16 @@ class Decision:
 
 
 _OURS = ("round_", ".round_", "config.yaml")
+# what a run directory may hold when a run starts in it with --resume (nothing else)
+_RUN_FILES = (*_OURS, "STOP", "genotype.json")
 
 
 def _check_new_run_dir(path: Path, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out {path}: exists and is not a directory; choose another --out")
     if path.is_dir():
-        entries = sorted(os.listdir(path))
+        # config.yaml alone: a start that failed before its first round, nothing to lose
+        entries = sorted(set(os.listdir(path)) - {"config.yaml"})
         if entries and not overwrite:
             shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
             raise UsageError(
@@ -107,45 +115,16 @@ def _check_new_run_dir(path: Path, overwrite: bool) -> None:
 
 def decide(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
     """Validate everything rank 0 can check before training. Raises ConfigError/UsageError."""
-    from .store import find_latest
-
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not run_dir.is_dir():
-            raise UsageError(f"--resume {run_dir}: no such directory")
-        if args.out and Path(args.out) != run_dir:
-            raise UsageError("--out and --resume name different directories; a resumed run "
-                             "continues in its own directory, so drop --out")
-        ckpt, skipped = find_latest(run_dir)
-        if ckpt is None:
-            why = "".join(f"\n    skipped: {s}" for s in skipped)
-            raise UsageError(f"--resume {run_dir}: no valid checkpoint (round_NNNNN.h5) "
-                             f"found{why}")
-        stored = config_mod.from_dict(yaml.safe_load(ckpt.config_yaml), args.overrides)
-        cfg = stored
-        if args.config:
-            given = config_mod.load(args.config, args.overrides)
-            diffs = config_mod.result_affecting_differences(given, stored)
-            if diffs:
-                flat_g = config_mod.flatten(config_mod.to_dict(given))
-                flat_s = config_mod.flatten(config_mod.to_dict(stored))
-                lines = [f"{k}: run has {flat_s[k]!r}, {args.config} has {flat_g[k]!r}"
-                         for k in diffs]
-                raise ConfigError([f"--resume {run_dir}: the config differs from the run's in "
-                                   f"fields that change results; resume without {args.config} "
-                                   f"or fix them:"] + lines)
-            cfg = given
-        for line in skipped:
-            print(f"fednas-mpi: warning: {line}", file=sys.stderr)
-        _check_extras(cfg)
-        return cfg, run_dir, ckpt
+    if args.resume is not None:
+        return _decide_resume(args)
     if not args.config:
         raise UsageError("missing config file: fednas-mpi CFG.yaml (or --resume RUN_DIR)")
-    cfg = config_mod.load(args.config, args.overrides)
+    cfg = config_mod.load_run(args.config, args.overrides)
     _check_extras(cfg)
     run_dir = Path(args.out) if args.out else \
         Path("runs") / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_new_run_dir(run_dir, args.overwrite)
+    _begin(run_dir, cfg)
     return cfg, run_dir, None
 
 
@@ -158,6 +137,117 @@ def _check_extras(cfg: Config) -> None:
             check_available()
         except TensorBoardUnavailable as e:
             raise UsageError(str(e)) from None
+
+
+def _decide_resume(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
+    """--resume: continue from the newest valid checkpoint, or start when there is none."""
+    if not args.resume and not args.out:
+        raise UsageError("--resume needs the run directory: --resume RUN_DIR, or "
+                         "CFG.yaml --out RUN_DIR --resume")
+    if args.resume and args.out and Path(args.out) != Path(args.resume):
+        raise UsageError("--out and --resume name different directories; a resumed run "
+                         "continues in its own directory, so drop --out")
+    run_dir = Path(args.resume or args.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--resume {run_dir}: exists and is not a directory")
+    # the store (torch, h5py) is imported only when there is something to read: rank 0
+    # decides while the other ranks wait, so a fresh start stays quick
+    ckpt, skipped = None, []
+    if _holds(run_dir, "round_"):
+        from .store import find_latest
+
+        ckpt, skipped = find_latest(run_dir)
+    if ckpt is None:
+        return _start_in(run_dir, args, skipped), run_dir, None
+    cfg = _agreeing(args, yaml.safe_load(ckpt.config_yaml), run_dir)
+    _check_extras(cfg)
+    for line in skipped:
+        print(f"fednas-mpi: warning: {line}", file=sys.stderr)
+    _remove_temporaries(run_dir)
+    return cfg, run_dir, ckpt
+
+
+def _agreeing(args: argparse.Namespace, stored_raw, run_dir: Path) -> Config:
+    """The run's stored config with the overrides, or CFG when given and it agrees with the
+    stored one in every field that changes results."""
+    stored = config_mod.from_dict(stored_raw, args.overrides)
+    if not args.config:
+        return stored
+    given = config_mod.load_run(args.config, args.overrides)
+    diffs = config_mod.result_affecting_differences(given, stored)
+    if diffs:
+        flat_g = config_mod.flatten(config_mod.to_dict(given))
+        flat_s = config_mod.flatten(config_mod.to_dict(stored))
+        lines = [f"{k}: run has {flat_s[k]!r}, {args.config} has {flat_g[k]!r}"
+                 for k in diffs]
+        raise ConfigError([f"--resume {run_dir}: the config differs from the run's in "
+                           f"fields that change results; resume without {args.config} "
+                           f"or fix them:"] + lines)
+    return given
+
+
+def _start_in(run_dir: Path, args: argparse.Namespace, skipped: list[str]) -> Config:
+    """--resume on a directory without a valid checkpoint: start the run there, from CFG
+    (checked against a config.yaml an earlier start left) or from that config.yaml."""
+    stored = run_dir / "config.yaml"
+    if stored.is_file():
+        try:
+            raw = yaml.safe_load(stored.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise UsageError(f"--resume {run_dir}: cannot read {stored} ({e})") from None
+        cfg = _agreeing(args, raw, run_dir)
+    elif args.config:
+        cfg = config_mod.load_run(args.config, args.overrides)
+    else:
+        raise UsageError(f"--resume {run_dir}: nothing to resume (no checkpoint, no "
+                         f"config.yaml) and no config given; start it with: fednas-mpi "
+                         f"CFG.yaml --out {run_dir} --resume")
+    _check_extras(cfg)
+    foreign = sorted(n for n in (os.listdir(run_dir) if run_dir.is_dir() else [])
+                     if not n.startswith(_RUN_FILES))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UsageError(f"--resume {run_dir}: holds no checkpoint and files that are not "
+                         f"a fednas-mpi run's ({shown}); choose another directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--resume {run_dir}: cannot create it ({e.strerror})") from None
+    for line in skipped:  # unreadable round files: kept aside, never read again
+        print(f"fednas-mpi: warning: {line}; renamed to *.broken", file=sys.stderr)
+    if skipped:
+        from .store import list_checkpoints
+
+        for _, path in list_checkpoints(run_dir):
+            path.rename(path.with_name(path.name + ".broken"))
+    print(f"fednas-mpi: {run_dir} holds no checkpoint yet: starting the run there",
+          file=sys.stderr)
+    _begin(run_dir, cfg)
+    return cfg
+
+
+def _begin(run_dir: Path, cfg: Config) -> None:
+    """A run starts in ``run_dir``: its config.yaml is the first file it writes."""
+    _remove_temporaries(run_dir)
+    try:
+        (run_dir / "config.yaml").write_text(config_mod.to_yaml(cfg))
+    except OSError as e:
+        raise UsageError(f"cannot write {run_dir / 'config.yaml'} ({e.strerror})") from None
+
+
+def _holds(run_dir: Path, prefix: str) -> bool:
+    return run_dir.is_dir() and any(n.startswith(prefix) for n in os.listdir(run_dir))
+
+
+def _remove_temporaries(run_dir: Path) -> None:
+    """Temporary checkpoint files of a writer that was killed: never complete, removed."""
+    if not _holds(run_dir, ".round_"):
+        return
+    from .store import remove_temporaries
+
+    for path in remove_temporaries(run_dir):
+        print(f"fednas-mpi: removed {path}, the unfinished checkpoint of a writer that was "
+              f"killed", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
-    from .runtime.comm import install_abort_hooks
+    from .runtime.comm import bcast_object, install_abort_hooks
 
     install_abort_hooks(comm)
     args = build_parser(rank).parse_args(argv)
@@ -200,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
                                          f"Raise run.rounds with --set to extend the run.")
         except (ConfigError, UsageError) as e:
             decision = Decision(error=str(e))
-    decision = comm.bcast(decision, root=0)
+    # Polling, not MPI's spinning bcast: the other ranks would take cores from rank 0 while it
+    # decides (reading checkpoints, importing torch) on an oversubscribed node.
+    decision = bcast_object(comm, decision, 0.005)
     if decision.error:
         if rank == 0:
             print(f"fednas-mpi: error: {decision.error}", file=sys.stderr)
@@ -288,13 +380,11 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     stop = StopRequest(run_dir, rank)
     if rank != 0:
         sim.work_loop()
-        return 0
+        return sim.exit_code
     if stop.path.exists():
         print(f"fednas-mpi: warning: {stop.path} exists: the run stops after its next round; "
               f"delete it to run on", file=sys.stderr)
     start = ckpt.round if ckpt is not None else 0
-    if ckpt is None:
-        (run_dir / "config.yaml").write_text(config_mod.to_yaml(cfg))
     print(f"fednas-mpi {__version__}: {cfg.algorithm.name} on {cfg.data.name}, "
           f"{cfg.partition.num_clients} clients ({cfg.partition.scheme}), "
           f"{status.backend} mixing, "
@@ -317,10 +407,12 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
             watch(r, metrics)
 
     try:
-        sim.serve(run_dir, ckpt, on_round=on_round, should_stop=stop)
+        code = _serve(sim, run_dir, ckpt, on_round, stop)
     finally:
         if board is not None:
             board.close()
+    if code:
+        return code
     if sim.stopped_after is not None:
         print(f"stopped on request after round {sim.stopped_after} (SIGUSR1 or {stop.path}); "
               f"its checkpoint is complete: fednas-mpi --resume {run_dir} continues", flush=True)
@@ -334,6 +426,33 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
         print(f"done: final global accuracy {final:.4f}, best {best:.4f}; "
               f"checkpoints in {run_dir}", flush=True)
     return 0
+
+
+def _serve(sim, run_dir: Path, ckpt, on_round, stop) -> int:
+    """Rank 0's rounds; a non-finite result or a failed checkpoint write is reported here,
+    once, and every rank exits with its status (the workers are released, not aborted)."""
+    from .runtime.guards import NonFiniteError
+    from .store import StorageError
+
+    try:
+        sim.serve(run_dir, ckpt, on_round=on_round, should_stop=stop)
+        return 0
+    except NonFiniteError as e:
+        print(f"\nfednas-mpi: error: {e}\nThe checkpoints of the earlier rounds are intact: "
+              f"after a fix, fednas-mpi --resume {run_dir} [--set algorithm.KEY=VALUE] "
+              f"continues from the newest, or add --set run.on_nonfinite=skip_client to "
+              f"drop such clients.", file=sys.stderr, flush=True)
+        code = EXIT_NONFINITE
+    except StorageError as e:
+        newest = (f"the newest intact checkpoint is {e.newest}" if e.newest is not None else
+                  "no checkpoint of this run is intact yet")
+        print(f"\nfednas-mpi: error: {e}. The temporary file was removed and earlier "
+              f"checkpoints are untouched; {newest}. Free space (or fix the cause), then "
+              f"continue: fednas-mpi --resume {run_dir}",
+              file=sys.stderr, flush=True)
+        code = EXIT_STORAGE
+    sim.release_workers(code)
+    return code
 
 
 def _prefetch(cfg: Config) -> str | None:

@@ -70,6 +70,13 @@ class RunConfig:
            "personalised model - the global model after the method's own personalisation "
            "step - on the client's eval split: metrics personal_acc and personal_acc_std "
            "(mean and std over clients; paper Table 5). 0 = the last round only.", ge=0)
+    on_nonfinite: Literal["abort", "skip_client"] = _f(
+        "abort", "A client result (state, architecture parameters, loss) with a NaN or Inf: "
+                 "abort stops the run before the round is checkpointed, naming the round, "
+                 "the client and the first bad tensor; skip_client leaves that client out of "
+                 "the round's average (metrics dropped_clients and client_metrics dropped) and "
+                 "stops only when every client of a round is dropped. A non-finite global "
+                 "model or server test loss always stops the run.")
 
 
 @dataclass(kw_only=True)
@@ -514,7 +521,8 @@ class Config:
 
 # Fields that change how a run executes but not what it computes: they may
 # differ between a run and its resumption.
-EXECUTION_ONLY = ("runtime.", "store.", "run.name", "run.rounds")
+# run.on_nonfinite may change on resume: a run stopped by a NaN continues with skip_client.
+EXECUTION_ONLY = ("runtime.", "store.", "run.name", "run.rounds", "run.on_nonfinite")
 
 
 def _cross_checks(cfg: Config) -> list[str]:
@@ -717,6 +725,27 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     Errors name the file and the key path.
     """
     return from_dict(load_raw(path), overrides)
+
+
+DEFAULTS_FILE = "configs/defaults.yaml"
+
+
+def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """``load`` for a file that is to be run: it must name its method. An empty file (or one
+    truncated before ``algorithm.name``) is an error, never a run on the defaults; those
+    are one explicit file away (``configs/defaults.yaml``)."""
+    raw = load_raw(path)
+    if raw is None or raw == {}:
+        raise ConfigError([f"{path} is empty: a run's config names at least its method "
+                           f"(algorithm.name); to run on the defaults, run "
+                           f"{DEFAULTS_FILE}"])
+    algorithm = raw.get("algorithm") if isinstance(raw, dict) else None
+    if isinstance(raw, dict) and (algorithm is None or
+                                  (isinstance(algorithm, dict) and not algorithm.get("name"))):
+        raise ConfigError([f"{path} names no method (algorithm.name, after its base: files); "
+                           f"a truncated or mistyped file is not run on the defaults. Add "
+                           f"e.g. 'algorithm: {{name: fedavg}}', or run {DEFAULTS_FILE}"])
+    return from_dict(raw, overrides)
 
 
 def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> Any:

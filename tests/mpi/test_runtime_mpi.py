@@ -280,3 +280,65 @@ def test_torch_gloo_transport_equals_mpi_transport(tmp_path, algo):
         ok, msg = not bad, f"differ: {bad}"
     import torch.distributed as dist
     collective(ok and not dist.is_initialized(), msg or "process group left initialised")
+
+
+class NanClient(FedAvg):
+    """FedAvg whose client BAD returns NaN weights in round 2 (index 1)."""
+
+    BAD = int(sample_clients(CFG["run"]["seed"], 1, CFG["partition"]["num_clients"],
+                             CFG["federation"]["clients_per_round"])[0])
+
+    def client_update(self, model, data, ctx, client_state):
+        res = super().client_update(model, data, ctx, client_state)
+        if ctx.round == 1 and data.client_id == self.BAD:
+            res.state = {k: v * float("nan") if v.is_floating_point() else v
+                         for k, v in res.state.items()}
+        return res
+
+
+def test_skip_client_on_workers_equals_one_process(tmp_path):
+    """A worker leaves the bad client out and tells the server; the result and the records
+    equal the one-process run's."""
+    cfg = from_dict({**CFG, "model": {"channels": [4, 8], "hidden": 16},
+                     "run": {**CFG["run"], "on_nonfinite": "skip_client"}})
+    _simulate(WORLD, NanClient, cfg, tmp_path / "world")
+    ok, msg = True, ""
+    if WORLD.Get_rank() == 0:
+        _simulate(MPI.COMM_SELF, NanClient, cfg, tmp_path / "solo")
+        a = read_checkpoint(tmp_path / "world" / "round_00004.h5")
+        b = read_checkpoint(tmp_path / "solo" / "round_00004.h5")
+        diff = max(float((a.state[k] - b.state[k]).abs().max()) for k in a.state)
+        dropped = a.client_metrics["dropped"]
+        ok = (diff <= 1e-6 and list(a.metrics["dropped_clients"]) == [0, 1, 0, 0]
+              and np.array_equal(dropped, b.client_metrics["dropped"], equal_nan=True)
+              and dropped[1, NanClient.BAD] == 1 and np.nansum(dropped) == 1
+              and all(bool(torch.isfinite(t).all()) for t in a.state.values()))
+        msg = f"diff {diff}, dropped_clients {a.metrics['dropped_clients']}"
+    collective(ok, msg)
+
+
+def test_abort_on_a_worker_result_releases_every_rank_with_status_4(tmp_path):
+    from fednas_mpi.runtime.guards import NonFiniteError
+
+    cfg = from_dict({**CFG, "model": {"channels": [4, 8], "hidden": 16}})
+    dataset = _dataset()
+    partition = make_partition(dataset.train_y.numpy(), cfg.partition, cfg.run.seed)
+    sim = Simulation(cfg, WORLD, dataset, partition,
+                     NanClient(cfg, DataInfo(dataset.input_shape, dataset.num_classes)))
+    ok, msg = True, ""
+    if WORLD.Get_rank() == 0:
+        try:
+            sim.serve(tmp_path / "run")
+            ok, msg = False, "serve did not raise"
+        except NonFiniteError as e:
+            text = str(e)
+            ok = f"round 2, client {NanClient.BAD}: state tensor " in text
+            msg = text
+        sim.release_workers(4)
+        files = sorted(p.name for p in (tmp_path / "run").iterdir())
+        ok = ok and files == ["round_00001.h5"]
+        msg += f" files {files}"
+    else:
+        sim.work_loop()
+        ok, msg = sim.exit_code == 4, f"worker exit code {sim.exit_code}"
+    collective(ok, msg)

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from .. import __version__, kernels
+from .. import __version__, faults, kernels
 from ..algorithms import Algorithm, ClientData, GlobalModel, RoundContext
 from ..algorithms.aggregate import ClientSums
 from ..config import Config, to_yaml
@@ -54,6 +54,7 @@ from ..flat import Layout, State
 from ..store import Checkpoint, write_checkpoint
 from ..store.checkpoint import prune_old
 from . import comm as mpi
+from . import guards
 from .devices import Placement, to_json
 from .schedule import assign, eval_subset, patience_exhausted, sample_clients
 from .transport import make_transport
@@ -72,6 +73,7 @@ class Plan:
     spec_json: str | None = None  # set when the model spec or layout changed
     layout_meta: list | None = None
     incoming: dict[int, list] = field(default_factory=dict)  # worker -> [(client, layout)]
+    exit_code: int = 0  # with round None: the run failed on the server, workers exit with it
 
 
 def versions() -> str:
@@ -166,6 +168,9 @@ class Simulation:
         self._test: tuple[torch.Tensor, torch.Tensor] | None = None
         self._test_sub: tuple[torch.Tensor, torch.Tensor] | None = None
         self._val: tuple[torch.Tensor, torch.Tensor] | None = None
+        # clients of the current round left out for a non-finite result (client -> why)
+        self.dropped: dict[int, str] = {}
+        self.exit_code = 0  # a worker's: what the server's last plan said
 
     def _open_transport(self) -> None:
         """Collective (serve and work_loop start together): the runtime.transport."""
@@ -195,10 +200,16 @@ class Simulation:
         t0 = time.perf_counter()
         sums = ClientSums(Layout.of(model.state), self.algorithm.client_metrics, round_clients)
         states_out: dict[int, State] = {}
+        self.dropped = {}
         for cid in clients:
             res = self.algorithm.client_update(model, self.client_data(cid), ctx,
                                                states_in.get(cid))
-            sums.add(on_cpu(res.state), res.weight, res.metrics, client=cid)
+            state = faults.poison_client(ctx.round, cid, on_cpu(res.state))
+            bad = guards.check_client(state, res.weight, res.metrics, res.client_state)
+            if bad is not None:  # never folded in; the server applies run.on_nonfinite
+                self.dropped[cid] = bad
+                continue
+            sums.add(state, res.weight, res.metrics, client=cid)
             if res.client_state is not None:
                 states_out[cid] = on_cpu(res.client_state)
         return sums, states_out, time.perf_counter() - t0
@@ -257,15 +268,19 @@ class Simulation:
                 r, ctx, model, layout, assignment, client_states,
                 spec_changed=spec_key != sent_spec)
             sent_spec = spec_key
+            guards.judge_round(cfg.run.on_nonfinite, r, clients, self.dropped)
             t_agg = time.perf_counter()
             averaged, metrics = sums.finish(total)
-            per_client = _append_clients(per_client, sums.per_client(total), len(stages),
-                                         cfg.partition.num_clients)
+            per_client = _append_clients(
+                per_client, guards.mark_dropped(sums.per_client(total), self.dropped,
+                                                cfg.run.on_nonfinite),
+                len(stages), cfg.partition.num_clients)
             client_states.update(new_states)
             client_states.update({c: on_cpu(st) for c, st in self.algorithm.server_client_step(
                 client_states, sorted(int(c) for c in clients), metrics, ctx).items()})
             old_spec = model.spec
             model = _on_cpu(self.algorithm.server_step(model, averaged, metrics, ctx))
+            guards.check_global(model.state, r)
             metrics["aggregate_time"] = time.perf_counter() - t_agg + times["fold"]
             metrics["compute_time"] = times["compute"]
             metrics["comm_time"] = times["comm"]
@@ -288,11 +303,13 @@ class Simulation:
             test = self._test_set(whole=last or derived)
             if changed or last or ctx.is_due(cfg.run.eval_every):
                 loss, acc = self.algorithm.evaluate_global(model, *test, client_states)
+                guards.check_loss(loss, r)
             if changed:
                 metrics.update(self._prune_accuracies(old_spec, averaged, model, acc, test))
             every = cfg.run.personal_eval_every
             if last or (every and (r + 1) % every == 0):
                 metrics.update(self.personal_accuracies(model, client_states, ctx))
+            metrics.update(guards.round_metrics(cfg.run.on_nonfinite, self.dropped))
             metrics.update(global_loss=loss, global_acc=acc,
                            eval_time=time.perf_counter() - t_eval,
                            round_time=time.perf_counter() - t_round,
@@ -321,13 +338,19 @@ class Simulation:
             if should_stop is not None and r + 1 < cfg.run.rounds and should_stop():
                 self.stopped_after = r + 1
                 break
-        if self.comm.Get_size() > 1:
-            mpi.bcast_object(self.comm, Plan(round=None), self.poll)
-        self._close_transport()
+        self.release_workers()
         if model.spec.get("genotype") and self.stopped_after is None:
             (Path(run_dir) / "genotype.json").write_text(
                 json.dumps(model.spec["genotype"], indent=2) + "\n")
         return model
+
+    def release_workers(self, exit_code: int = 0) -> None:
+        """End the workers' loops (they exit with ``exit_code``) and close the transport.
+        Also the way out after a failed round (non-finite result, storage error): the
+        workers then wait for the next plan, so they end cleanly, never by MPI_Abort."""
+        if self.comm.Get_size() > 1:
+            mpi.bcast_object(self.comm, Plan(round=None, exit_code=exit_code), self.poll)
+        self._close_transport()
 
     def _test_set(self, whole: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The server test set on the server's device (moved there once); ``whole=False``:
@@ -395,7 +418,7 @@ class Simulation:
         size = ClientSums.buffer_size(layout, self.algorithm.client_metrics, len(round_clients))
         if self.comm.Get_size() == 1:
             sums, states, seconds = self.run_clients(model, assignment[0], ctx, client_states,
-                                                     round_clients)
+                                                     round_clients)  # sets self.dropped
             t0 = time.perf_counter()
             total = np.zeros(size, dtype=np.float64)
             total += sums.buffer  # as the server adds worker buffers: 0 + p_1 (bit-equal)
@@ -422,8 +445,10 @@ class Simulation:
         total, fold_tail = fold_in_order(reqs, [bufs[w] for w in busy], size, poll)
         t_arrived = time.perf_counter() - fold_tail
         states: dict[int, State] = {}
+        self.dropped = {}
         for w in busy:
-            meta = mpi.recv_object(comm, w + 1, TAG_STATES_META, poll)
+            meta, dropped = mpi.recv_object(comm, w + 1, TAG_STATES_META, poll)
+            self.dropped.update(dropped)
             if meta:
                 buf = np.empty(sum(Layout.from_meta(m).size for _, m in meta))
                 mpi.recv_array(comm, buf, w + 1, TAG_STATES_OUT, poll)
@@ -442,6 +467,7 @@ class Simulation:
         while True:
             plan: Plan = mpi.bcast_object(comm, None, poll)
             if plan.round is None:
+                self.exit_code = plan.exit_code
                 self._close_transport()
                 return
             if plan.spec_json is not None:
@@ -464,6 +490,6 @@ class Simulation:
                 model, mine, ctx, states_in, sorted(c for cs in plan.assignment for c in cs))
             self.transport.send(np.append(sums.buffer, seconds), 0)
             meta, out = _concat(sorted(states_out.items()))
-            mpi.send_object(comm, meta, 0, TAG_STATES_META, poll)
+            mpi.send_object(comm, (meta, self.dropped), 0, TAG_STATES_META, poll)
             if meta:
                 mpi.send_array(comm, out, 0, TAG_STATES_OUT, poll)

@@ -19,15 +19,20 @@ Layout of ``RUN_DIR/round_NNNNN.h5`` (NNNNN = rounds completed):
     /rng                   attrs: seed, scheme; dataset torch_cpu (rank 0 generator state)
 
 Tensors keep their dtype; each dataset has an attribute ``dtype`` with the torch
-dtype name. A file is written as ``.round_NNNNN.h5.tmp-PID``, flushed, fsynced
-and renamed: it is complete or absent.
+dtype name. A file is built in memory, written as ``.round_NNNNN.h5.tmp-PID``,
+fsynced and renamed: it is complete or absent. A failed write (full disk, I/O error, permission)
+removes the temporary file, leaves the earlier files alone and raises ``StorageError``
+naming the file, the cause and the newest intact checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,15 +41,61 @@ import h5py
 import numpy as np
 import torch
 
+from .. import faults
 from ..flat import State
 
 FORMAT = "fednas-mpi-checkpoint"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^round_(\d{5,})\.h5$")
+_TEMPORARY = re.compile(r"^\.round_(\d{5,})\.h5\.tmp-(\d+)$")
+# h5py reports a failed write as RuntimeError/OSError text carrying the C errno
+_H5_ERRNO = re.compile(r"errno\s*=\s*(\d+)")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file."""
+
+
+class StorageError(OSError):
+    """A checkpoint could not be written. ``path`` is the file, ``cause`` the reason in
+    words (with the errno's name when known), ``newest`` the newest checkpoint that still
+    reads back whole (None if there is none). The temporary file has been removed."""
+
+    def __init__(self, path: Path, cause: str, code: int | None, newest: Path | None):
+        super().__init__(code or 0, cause, str(path))
+        self.path, self.cause, self.code, self.newest = path, cause, code, newest
+
+    def __str__(self) -> str:
+        return f"cannot write checkpoint {self.path}: {self.cause}"
+
+
+def errno_of(exc: BaseException) -> int | None:
+    """The operating system's error number behind ``exc`` (an OSError, or h5py's text
+    ``errno = N`` anywhere in its chain), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno:
+            return exc.errno
+        m = _H5_ERRNO.search(str(exc))
+        if m and int(m.group(1)):
+            return int(m.group(1))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _cause(exc: BaseException) -> tuple[str, int | None]:
+    code = errno_of(exc)
+    if code is None:
+        return f"{type(exc).__name__}: {exc}", None
+    name = errno.errorcode.get(code, str(code))
+    hint = {errno.ENOSPC: "the file system is full", errno.EDQUOT: "the disk quota is used up",
+            errno.EIO: "the storage reported an I/O error",
+            errno.EACCES: "no permission to write there",
+            errno.EPERM: "no permission to write there",
+            errno.EROFS: "the file system is read-only"}.get(code)
+    text = f"{os.strerror(code)} ({name})"
+    return (f"{text}: {hint}" if hint else text), code
 
 
 @dataclass
@@ -102,6 +153,48 @@ def _tensor_group(parent: h5py.Group, name: str, tensors: State) -> None:
     _write_tensors(g, tensors)
 
 
+def _encode(round_: int, config_yaml: str, spec: dict, state: State, server_state: State,
+            client_states: dict[int, State], metrics: dict[str, np.ndarray], stages: list[str],
+            partition: dict[str, np.ndarray], attrs: dict,
+            client_metrics: dict[str, np.ndarray] | None) -> memoryview:
+    """The checkpoint as the bytes of an HDF5 file, built in memory. HDF5 never touches the
+    disk: a full disk or an I/O error then meets a plain write(2) (a clean OSError with its
+    errno), never HDF5's flush at close, which reports such errors from deallocators (as
+    'Exception ignored', through sys.excepthook, at worst by crashing)."""
+    buf = io.BytesIO()
+    with h5py.File(buf, "w", libver="latest") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["round"] = int(round_)
+        f.attrs["config"] = config_yaml
+        f.attrs["spec"] = json.dumps(spec, sort_keys=True)
+        f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        _tensor_group(f, "state", state)
+        _tensor_group(f, "server_state", server_state)
+        clients = f.create_group("clients")
+        for cid in sorted(client_states):
+            _tensor_group(clients, str(cid), client_states[cid])
+        m = f.create_group("metrics")
+        for name, values in metrics.items():
+            m.create_dataset(name, data=np.asarray(values, dtype=np.float64))
+        m.create_dataset("stage", data=np.array(stages, dtype=h5py.string_dtype()))
+        if client_metrics:
+            cm = f.create_group("client_metrics")
+            for name, values in client_metrics.items():
+                cm.create_dataset(name, data=np.asarray(values, dtype=np.float64))
+        p = f.create_group("partition")
+        for name, values in partition.items():
+            p.create_dataset(name, data=values)
+        rng = f.create_group("rng")
+        rng.attrs["seed"] = attrs.get("seed", 0)
+        rng.attrs["scheme"] = "every draw seeded from (seed, round, client, purpose)"
+        rng.create_dataset("torch_cpu", data=torch.get_rng_state().numpy())
+        f.flush()
+    return buf.getbuffer()
+
+
 def write_checkpoint(run_dir: str | Path, round_: int, *, config_yaml: str, spec: dict,
                      state: State, server_state: State, client_states: dict[int, State],
                      metrics: dict[str, np.ndarray], stages: list[str],
@@ -111,47 +204,59 @@ def write_checkpoint(run_dir: str | Path, round_: int, *, config_yaml: str, spec
     final = checkpoint_path(run_dir, round_)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
-        with h5py.File(tmp, "w", libver="latest") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["round"] = int(round_)
-            f.attrs["config"] = config_yaml
-            f.attrs["spec"] = json.dumps(spec, sort_keys=True)
-            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            for k, v in attrs.items():
-                f.attrs[k] = v
-            _tensor_group(f, "state", state)
-            _tensor_group(f, "server_state", server_state)
-            clients = f.create_group("clients")
-            for cid in sorted(client_states):
-                _tensor_group(clients, str(cid), client_states[cid])
-            m = f.create_group("metrics")
-            for name, values in metrics.items():
-                m.create_dataset(name, data=np.asarray(values, dtype=np.float64))
-            m.create_dataset("stage", data=np.array(stages, dtype=h5py.string_dtype()))
-            if client_metrics:
-                cm = f.create_group("client_metrics")
-                for name, values in client_metrics.items():
-                    cm.create_dataset(name, data=np.asarray(values, dtype=np.float64))
-            p = f.create_group("partition")
-            for name, values in partition.items():
-                p.create_dataset(name, data=values)
-            rng = f.create_group("rng")
-            rng.attrs["seed"] = attrs.get("seed", 0)
-            rng.attrs["scheme"] = "every draw seeded from (seed, round, client, purpose)"
-            rng.create_dataset("torch_cpu", data=torch.get_rng_state().numpy())
-            f.flush()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        data = _encode(round_, config_yaml, spec, state, server_state, client_states,
+                       metrics, stages, partition, attrs, client_metrics)
+        with open(tmp, "wb") as fh:
+            half = len(data) // 2
+            fh.write(data[:half])
+            fh.flush()
+            faults.during_checkpoint_write(round_, tmp)
+            fh.write(data[half:])
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+    except (OSError, RuntimeError) as e:  # write(2)'s errors; h5py's (encoding) too
+        _remove_quietly(tmp)
+        cause, code = _cause(e)
+        raise StorageError(final, cause, code, _newest_intact(run_dir)) from e
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise
     return final
+
+
+def _newest_intact(run_dir: str | Path) -> Path | None:
+    try:
+        newest, _ = find_latest(run_dir)
+    except (OSError, RuntimeError):  # the storage may fail the reads as well
+        return None
+    return newest.path if newest is not None else None
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:  # an I/O error may refuse this too; say so, do not mask the first
+        print(f"fednas-mpi: warning: could not remove {path}: {e.strerror}", file=sys.stderr)
+
+
+def remove_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary files (``.round_NNNNN.h5.tmp-PID``) a killed writer left in
+    ``run_dir``; returns the ones removed. They are never complete checkpoints (a finished
+    file is renamed), so nothing is lost. Call it only when no writer is running there."""
+    removed = []
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return removed
+    for p in sorted(run_dir.iterdir()):
+        if _TEMPORARY.match(p.name) and p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -228,4 +333,10 @@ def prune_old(run_dir: str | Path, keep: int) -> None:
     if keep <= 0:
         return
     for _, path in list_checkpoints(run_dir)[:-keep]:
-        path.unlink(missing_ok=True)
+        # only after the newest file was written, so an intact one always remains; a file
+        # that cannot be removed (I/O error) is left and reported, not fatal
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            print(f"fednas-mpi: warning: store.keep: could not remove {path}: {e.strerror}",
+                  file=sys.stderr)
