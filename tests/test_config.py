@@ -39,7 +39,7 @@ ALL_KEYS = [
         "meta_lr_alpha", "arch_betas", "grad_clip",
         "temperature_start", "temperature_end", "temperature_schedule", "temperature_floor",
         "arch_warmup_rounds", "prune_start", "prune_every", "prune_gap", "combo_prune_gap",
-        "final_round", "local_eval_every")),
+        "settle_rounds", "final_round", "local_eval_every")),
     *(f"algorithm.fednas.{k}" for k in (
         "search_rounds", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
         "arch_betas", "arch_weight_decay", "milenas_lambda", "local_eval_every")),
