@@ -57,5 +57,6 @@ def test_missing_cifar_is_one_error_naming_the_fetch_command(tmp_path):
     assert res.stderr.count("fednas-mpi: error") == 1, res.stderr
     assert res.stderr.count(f"fednas-mpi data download cifar10 --root {root}") == 1
     assert "data_batch_1" in res.stderr and "Traceback" not in res.stderr
-    assert not list((tmp_path / "run").iterdir())
+    # config.yaml, the run's first file, alone: usable as --out (or --resume) again
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.yaml"]
 

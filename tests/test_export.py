@@ -201,7 +201,9 @@ TRAINED = {"run": {"name": "fresh", "seed": 1, "rounds": 8},
            "model": {"name": "darts", "darts": {"init_channels": 6, "layers": 3, "nodes": 2}},
            "algorithm": {"name": "fedmetanas", "local_epochs": 2, "batch_size": 16,
                          "fedmetanas": {"arch_warmup_rounds": 2, "prune_start": 3,
-                                        "temperature_end": 0.05}}}
+                                        "temperature_end": 0.5, "meta_lr_alpha": 0.1,
+                                        "prune_gap": 1.0, "combo_prune_gap": 1.0,
+                                        "final_round": 5}}}
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quickstart_prints_no_warning(tmp_path):
     res = launch(3, [str(ROOT / "configs/quickstart.yaml"), "--out", str(tmp_path / "run"),
-                     "--set", "run.rounds=1"], timeout=840)
+                     "--set", "run.rounds=1", "--set", "algorithm.fedmetanas.final_round=1"],
+                 timeout=840)
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
     lines = res.stdout.splitlines()
