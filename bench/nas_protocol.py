@@ -182,7 +182,10 @@ def main() -> None:
     # the random baseline: tune its learning rate on genotype 0 (whole-run budget)
     rnd = proto["random"]
     budgets = rnd["budgets"]  # method -> "retrain" | "run"
-    rounds_cap = int(common.get("run.rounds", 0)) or None
+    if "run.rounds" not in common:
+        raise SystemExit("the protocol's common overrides must set run.rounds (the round cap "
+                         "every method and the random baseline's budgets derive from)")
+    rounds_cap = int(common["run.rounds"])
 
     def budget_rounds(kind: str) -> int:
         if kind == "run":

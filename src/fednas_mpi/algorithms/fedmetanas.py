@@ -120,9 +120,9 @@ class FedMetaNAS(SupernetMethod):
         f = self.cfg.algorithm.fedmetanas
         warm = self.warming_up(round_)
         scale = self.weight_lr_scale(round_)
-        task_lr_a, meta_lr_a = (0.0, 0.0) if warm else (f.task_lr_alpha, f.meta_lr_alpha)
-        task = TaskLearner([(weights, f.task_lr_w * scale), (arch, task_lr_a)],
-                           f.inner_steps, f.grad_clip)
+        task = TaskLearner([(weights, f.task_lr_w * scale),
+                            (arch, 0.0 if warm else f.task_lr_alpha)], f.inner_steps,
+                           f.grad_clip)
         w_group = [{"params": weights, "lr": f.meta_lr_w * scale,
                     "weight_decay": f.weight_decay}]
         if f.meta_optimizer == "adam":
@@ -131,9 +131,10 @@ class FedMetaNAS(SupernetMethod):
             opts = [torch.optim.SGD(w_group, momentum=f.meta_momentum)]
         if arch and not warm:
             if f.arch_optimizer == "adam":
-                opts.append(torch.optim.Adam(arch, lr=meta_lr_a, betas=tuple(f.arch_betas)))
+                opts.append(torch.optim.Adam(arch, lr=f.meta_lr_alpha,
+                                             betas=tuple(f.arch_betas)))
             else:
-                opts.append(torch.optim.SGD(arch, lr=meta_lr_a, momentum=f.meta_momentum))
+                opts.append(torch.optim.SGD(arch, lr=f.meta_lr_alpha, momentum=f.meta_momentum))
         # frozen alphas (warm-up) get no step at all: their gradient is dropped
         return task, MetaLearner(weights + arch, opts, f.grad_clip)
 

@@ -232,5 +232,5 @@ class MetaPerFedRLNAS(PerFedRLNAS):
             return out
         state = {k: out.state[k] for k in self.build(spec).state_dict()}
         state.update(self.rl_entries(state))
-        metrics.update(temperature=lam, **self.arch_metrics(spec, state, 1.0))
+        metrics.update(self.arch_metrics(spec, state, 1.0))
         return GlobalModel(spec, state, out.server_state)
