@@ -7,7 +7,8 @@ reported once, by rank 0, and every rank exits with status 2 before round 1.
 
 ``fednas-mpi data stats|download ...`` are dataset tools without MPI (``data/cli.py``);
 ``fednas-mpi inspect|compare|plot ...`` read runs from their checkpoints (``report/cli.py``);
-``fednas-mpi export RUN_DIR --out FILE`` writes a run's model for torch alone (``export/``).
+``fednas-mpi export RUN_DIR --out FILE`` writes a run's model for torch alone (``export/``);
+``fednas-mpi configs`` lists the shipped run configs (``configs_index.py``).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
                 description="Federated neural architecture search simulator; launch with "
                             "`mpirun -n N fednas-mpi CFG.yaml` (rank 0 aggregates, ranks 1..N-1 "
                             "simulate clients; -n 1 runs everything in one process).",
-                epilog="Tools without mpirun: fednas-mpi data stats|download, "
+                epilog="Tools without mpirun: fednas-mpi configs (the shipped configs), "
+                       "fednas-mpi data stats|download, "
                        "fednas-mpi inspect RUN_DIR, fednas-mpi compare RUN_DIR..., "
                        "fednas-mpi plot RUN_DIR..., fednas-mpi export RUN_DIR --out FILE "
                        "(each with --help).")
@@ -115,6 +117,7 @@ def _check_new_run_dir(path: Path, overwrite: bool) -> None:
 
 def decide(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
     """Validate everything rank 0 can check before training. Raises ConfigError/UsageError."""
+    _check_not_moved(args)
     if args.resume is not None:
         return _decide_resume(args)
     if not args.config:
@@ -126,6 +129,25 @@ def decide(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
     _check_new_run_dir(run_dir, args.overwrite)
     _begin(run_dir, cfg)
     return cfg, run_dir, None
+
+
+def _check_not_moved(args: argparse.Namespace) -> None:
+    """A config path of the earlier flat configs/ layout: one error naming its new file.
+
+    An error rather than a warning and a run: the old name is fixed once in the script that
+    used it, and a run's command line never names a file that does not exist."""
+    if not args.config or Path(args.config).exists():
+        return
+    from .configs_index import moved_to
+
+    new = moved_to(args.config)
+    if new is None:
+        return
+    resume = (" (or leave CFG out: --resume reads RUN_DIR/config.yaml once a run has "
+              "started there)") if args.resume is not None else ""
+    raise UsageError(f"{args.config} has moved to {new} (configs/ is now "
+                     f"SCALE/DATASET/METHOD.yaml; fednas-mpi configs lists it): give {new} "
+                     f"instead{resume}")
 
 
 def _check_extras(cfg: Config) -> None:
@@ -260,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         from .report.cli import main as report_main
 
         return report_main(argv)
+    if argv[:1] == ["configs"]:  # the index of the shipped configs: no MPI
+        from .configs_index import main as configs_main
+
+        return configs_main(argv[1:])
     if argv[:1] == ["export"]:  # a run's model as a torch.export file: no MPI
         from .export.cli import main as export_main
 
