@@ -114,7 +114,7 @@ SETTINGS = {"dir0.3": ("dirichlet", 0.3, None), "dir0.1": ("dirichlet", 0.1, Non
 @pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_paper_configs(dataset, setting):
-    cfg = load(CONFIGS / "paper" / f"{dataset}_{setting}.yaml")
+    cfg = load(CONFIGS / "paper" / dataset / f"fedavg-cnn-{setting}.yaml")
     scheme, alpha, tau = SETTINGS[setting]
     p = cfg.partition
     assert cfg.data.name == dataset and p.scheme == scheme
@@ -127,10 +127,10 @@ def test_paper_configs(dataset, setting):
     assert cfg.run.name == f"{dataset}_{setting}"
 
 
-@pytest.mark.parametrize("name", ["digits_dir0.1", "fashion_mnist_dir0.1"])
+@pytest.mark.parametrize("name", ["digits/fedavg-cnn-dir0.1", "fashion_mnist/fedavg-cnn-20clients"])
 def test_cpu_scale_configs(name):
-    cfg = load(CONFIGS / f"{name}.yaml")
-    assert cfg.data.name == name.split("_dir")[0]
+    cfg = load(CONFIGS / "cpu" / f"{name}.yaml")
+    assert cfg.data.name == name.split("/")[0]
     assert (cfg.partition.scheme, cfg.partition.alpha) == ("dirichlet", 0.1)
     assert cfg.algorithm.name == "fedavg" and cfg.model.name == "cnn"
     assert cfg.partition.train_size > 0 and not cfg.partition.overlap
@@ -138,7 +138,8 @@ def test_cpu_scale_configs(name):
 
 def test_base_files_load_alone():
     for path in sorted((CONFIGS / "data").glob("*.yaml")) + sorted(
-            (CONFIGS / "partition").glob("*.yaml")):
+            (CONFIGS / "partition").glob("*.yaml")) + [CONFIGS / "cpu" / "setup.yaml",
+                                                       CONFIGS / "paper" / "setup.yaml"]:
         load(path)
 
 
@@ -148,14 +149,14 @@ NAS_METHODS = ["feddsnas", "fedrlnas", "perfedrlnas", "fedpnas", "meta_fedpnas",
 
 @pytest.mark.parametrize("method", NAS_METHODS)
 def test_every_baseline_has_cpu_and_paper_scale_configs(method):
-    fm = load(CONFIGS / "fedmetanas_fashion_mnist.yaml")
-    for scale in ("digits", "fashion_mnist", "cifar10", "cifar100"):
-        cfg = load(CONFIGS / f"{method}_{scale}.yaml")
+    for scale, dataset in (("cpu", "digits"), ("cpu", "fashion_mnist"), ("paper", "cifar10"),
+                           ("paper", "cifar100")):
+        cfg = load(CONFIGS / scale / dataset / f"{method}.yaml")
         assert cfg.algorithm.name == method and cfg.model.name == "darts"
-        assert cfg.data.name == scale and cfg.run.name == f"{method}_{scale}"
-    # same data, partition, clients and rounds as FedMetaNAS at CPU scale
-    cpu = load(CONFIGS / f"{method}_fashion_mnist.yaml")
-    assert (cpu.partition, cpu.federation, cpu.run.rounds, cpu.data) == \
-        (fm.partition, fm.federation, fm.run.rounds, fm.data)
-    paper = load(CONFIGS / f"{method}_cifar10.yaml")
+        assert cfg.data.name == dataset and cfg.run.name == f"{method}_{dataset}"
+        # same data, partition, clients, rounds and search space as FedMetaNAS there
+        fm = load(CONFIGS / scale / dataset / "fedmetanas.yaml")
+        assert (cfg.partition, cfg.federation, cfg.run.rounds, cfg.data, cfg.model) == \
+            (fm.partition, fm.federation, fm.run.rounds, fm.data, fm.model)
+    paper = load(CONFIGS / "paper" / "cifar10" / f"{method}.yaml")
     assert paper.partition.num_clients == 100 and paper.model.darts.layers == 8
