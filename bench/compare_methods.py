@@ -17,9 +17,10 @@ change (FedNAS: the hard pruning, with inherited weights; FedMetaNAS: the final
 derivation) - paper Table 3. Times are ratios to the first config's, all measured in this
 invocation on this machine.
 
-Any method's configs can be given; ``--nas SUFFIX`` adds the configs of every NAS method
-for one scale, e.g. ``--nas fashion_mnist`` = configs/{fedmetanas,fednas,feddsnas,fedrlnas,
-fedpnas,meta_fedpnas,perfedrlnas,meta_perfedrlnas}_fashion_mnist.yaml (Tables 2 and 5).
+Any method's configs can be given; ``--nas SCALE/DATASET`` adds the configs of every NAS
+method there, e.g. ``--nas cpu/fashion_mnist`` = configs/cpu/fashion_mnist/{fedmetanas,fednas,
+feddsnas,fedrlnas,fedpnas,meta_fedpnas,perfedrlnas,meta_perfedrlnas}.yaml (Tables 2 and 5),
+which share clients, rounds and search space (``fednas-mpi configs`` lists the tree).
 """
 
 from __future__ import annotations
@@ -91,17 +92,17 @@ def ms(values, scale: float = 1.0, digits: int = 2) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("configs", nargs="*")
-    p.add_argument("--nas", metavar="SUFFIX", help="add configs/METHOD_SUFFIX.yaml of every "
-                   "NAS method (e.g. fashion_mnist, digits)")
+    p.add_argument("--nas", metavar="SCALE/DATASET", help="add configs/SCALE/DATASET/METHOD.yaml "
+                   "of every NAS method (e.g. cpu/fashion_mnist, cpu/digits)")
     p.add_argument("--ranks", type=int, default=3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--target", type=float, default=0.9)
     p.add_argument("--set", dest="sets", action="append", default=[])
     a = p.parse_args()
     if a.nas:
-        a.configs += [str(ROOT / "configs" / f"{m}_{a.nas}.yaml") for m in NAS_METHODS]
+        a.configs += [str(ROOT / "configs" / a.nas / f"{m}.yaml") for m in NAS_METHODS]
     if not a.configs:
-        p.error("give configs or --nas SUFFIX")
+        p.error("give configs or --nas SCALE/DATASET")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, cfg in enumerate(a.configs):

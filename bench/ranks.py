@@ -1,6 +1,7 @@
 """Wall time of a FedAvg digits run against the rank count and the idle-wait policy.
 
-    python bench/ranks.py [--rounds 30] [--ranks 1 2 3 5] [--config configs/fedavg_digits.yaml]
+    python bench/ranks.py [--rounds 30] [--ranks 1 2 3 5]
+        [--config configs/cpu/digits/fedavg-cnn.yaml]
 
 For each rank count it runs ``mpirun -n N fednas-mpi CFG`` twice: with idle ranks polling
 MPI requests with a 1 ms sleep (``runtime.poll_interval_ms=1``, the default) and blocking in
@@ -41,7 +42,7 @@ def run(n: int, cfg: str, rounds: int, poll: float, out: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(ROOT / "configs/fedavg_digits.yaml"))
+    p.add_argument("--config", default=str(ROOT / "configs/cpu/digits/fedavg-cnn.yaml"))
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3, 5])
     a = p.parse_args()
