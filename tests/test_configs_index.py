@@ -115,10 +115,12 @@ def test_moved_path_is_one_error_naming_the_new_file(tmp_path):
 
 
 def test_configs_command_lists_every_run(capsys):
-    assert main([str(CONFIGS)]) == 0
+    assert cli.main(["configs", str(CONFIGS)]) == 0  # without MPI, like data and inspect
     out = capsys.readouterr().out
     for r in RUNS:
         assert str(CONFIGS / r.path) in out and r.description in out
+    assert main([str(CONFIGS), "--markdown"]) == 0
+    assert capsys.readouterr().out.strip() == markdown(CONFIGS)
 
 
 def test_readme_config_table_is_current():
