@@ -37,10 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from helpers import mpirun  # noqa: E402
 
+from fednas_mpi.algorithms.registry import SEARCH_METHODS as NAS_METHODS  # noqa: E402
 from fednas_mpi.store import list_checkpoints, read_checkpoint  # noqa: E402
-
-NAS_METHODS = ("fedmetanas", "fednas", "feddsnas", "fedrlnas", "fedpnas", "meta_fedpnas",
-               "perfedrlnas", "meta_perfedrlnas")
 
 
 def _last_finite(values) -> float:

@@ -33,7 +33,9 @@ class Method:
     dataclass; ``top``: a dataclass whose keys it reads at ``algorithm.`` top level (beside
     name, local_epochs and batch_size, which every method reads). ``nas``: it builds a
     DARTS supernet (model.name: darts); otherwise it trains a fixed model. ``baseline``:
-    a NAS reference point that does not search (left out of the search comparisons)."""
+    a NAS reference point that does not search (left out of the search comparisons).
+    For export: ``path``, it evaluates a single-path child (one op per edge) rather than
+    the mixture; ``personal``, each client has its own personalised model."""
 
     name: str
     cls: type[Algorithm]
@@ -41,6 +43,8 @@ class Method:
     sections: dict[str, type] = field(default_factory=dict)
     top: type | None = None
     baseline: bool = False
+    path: bool = False
+    personal: bool = False
 
     def __post_init__(self) -> None:
         assert self.cls.name == self.name, (self.cls, self.name)
@@ -66,17 +70,22 @@ METHODS = (
     Method("fedavg", FedAvg, nas=False, top=SGD),
     Method("fedmetanas", FedMetaNAS, nas=True, sections={"fedmetanas": FedMetaNASConfig}),
     Method("fednas", FedNAS, nas=True, sections={"fednas": FedNASConfig}),
-    Method("perfedavg", PerFedAvg, nas=False, top=SGD, sections={"perfedavg": PerFedAvgConfig}),
-    Method("fedrep", FedRep, nas=False, top=SGD, sections={"fedrep": FedRepConfig}),
-    Method("fedbabu", FedBABU, nas=False, top=SGD, sections={"fedbabu": FedBABUConfig}),
-    Method("feddsnas", FedDSNAS, nas=True, sections={"feddsnas": FedDSNASConfig}),
-    Method("fedrlnas", FedRLNAS, nas=True, sections={"fedrlnas": FedRLNASConfig}),
-    Method("perfedrlnas", PerFedRLNAS, nas=True, sections={"perfedrlnas": PerFedRLNASConfig}),
-    Method("fedpnas", FedPNAS, nas=True, sections={"fedpnas": FedPNASConfig}),
+    Method("perfedavg", PerFedAvg, nas=False, top=SGD, sections={"perfedavg": PerFedAvgConfig},
+           personal=True),
+    Method("fedrep", FedRep, nas=False, top=SGD, sections={"fedrep": FedRepConfig},
+           personal=True),
+    Method("fedbabu", FedBABU, nas=False, top=SGD, sections={"fedbabu": FedBABUConfig},
+           personal=True),
+    Method("feddsnas", FedDSNAS, nas=True, sections={"feddsnas": FedDSNASConfig}, path=True),
+    Method("fedrlnas", FedRLNAS, nas=True, sections={"fedrlnas": FedRLNASConfig}, path=True),
+    Method("perfedrlnas", PerFedRLNAS, nas=True, sections={"perfedrlnas": PerFedRLNASConfig},
+           path=True, personal=True),
+    Method("fedpnas", FedPNAS, nas=True, sections={"fedpnas": FedPNASConfig}, personal=True),
     Method("meta_fedpnas", MetaFedPNAS, nas=True,
-           sections={"fedpnas": FedPNASConfig, "fedmetanas": FedMetaNASConfig}),
+           sections={"fedpnas": FedPNASConfig, "fedmetanas": FedMetaNASConfig}, personal=True),
     Method("meta_perfedrlnas", MetaPerFedRLNAS, nas=True,
-           sections={"perfedrlnas": PerFedRLNASConfig, "fedmetanas": FedMetaNASConfig}),
+           sections={"perfedrlnas": PerFedRLNASConfig, "fedmetanas": FedMetaNASConfig},
+           path=True, personal=True),
     Method("random_nas", RandomNAS, nas=True, sections={"random_nas": RandomNASConfig},
            baseline=True),
 )

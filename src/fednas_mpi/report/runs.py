@@ -132,6 +132,7 @@ def _read(path: Path, directory: Path) -> Run:
     config = yaml.safe_load(ck.config_yaml) or {}
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its config attribute is not a YAML mapping")
+    config = config_mod.stored(config)  # older runs stored every method's section
     prims = config.get("model", {}).get("darts", {}).get("primitives", [])
     client_subnets = {c: {cell: [prims[k] if 0 <= k < len(prims) else str(k) for k in ops]
                           for cell, ops in sn.items()} for c, sn in sorted(subnets.items())}
