@@ -17,9 +17,9 @@ change (FedNAS: the hard pruning, with inherited weights; FedMetaNAS: the final
 derivation) - paper Table 3. Times are ratios to the first config's, all measured in this
 invocation on this machine.
 
-Any method's configs can be given; ``--nas SUFFIX`` adds the configs of every NAS method
-for one scale, e.g. ``--nas fashion_mnist`` = configs/{fedmetanas,fednas,feddsnas,fedrlnas,
-fedpnas,meta_fedpnas,perfedrlnas,meta_perfedrlnas}_fashion_mnist.yaml (Tables 2 and 5).
+Any method's configs can be given; ``--nas SUFFIX`` adds the configs of every searching NAS
+method of the registry (``registry.SEARCH_METHODS``) for one scale, e.g. ``--nas
+fashion_mnist`` = configs/METHOD_fashion_mnist.yaml (Tables 2 and 5).
 """
 
 from __future__ import annotations
