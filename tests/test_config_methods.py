@@ -167,6 +167,25 @@ def test_resume_from_a_run_directory_whose_config_yaml_is_old_style(tmp_path):
         "name", "local_epochs", "batch_size", "fedmetanas"}
 
 
+def test_resume_from_a_checkpoint_whose_stored_config_is_old_style(tmp_path):
+    from fednas_mpi import cli
+    from fednas_mpi.store import write_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_checkpoint(run, 1, config_yaml=OLD_STORED.read_text(), spec={}, state={},
+                     server_state={}, client_states={}, metrics={}, stages=["x"],
+                     partition={}, attrs={})
+    args = cli.build_parser().parse_args(["--resume", str(run), "--set", "run.rounds=5"])
+    cfg, _, ckpt = cli.decide(args)
+    assert ckpt.round == 1 and cfg.run.rounds == 5 and cfg.algorithm.name == "fedmetanas"
+    # the same config, written new-style, agrees with the run's old-style one
+    given = tmp_path / "given.yaml"
+    given.write_text(config_mod.to_yaml(from_stored(yaml.safe_load(OLD_STORED.read_text()))))
+    args = cli.build_parser().parse_args([str(given), "--out", str(run), "--resume"])
+    assert cli.decide(args)[0] == from_stored(yaml.safe_load(OLD_STORED.read_text()))
+
+
 def test_report_reads_an_old_style_stored_config_like_a_new_one():
     old = config_mod.stored(yaml.safe_load(OLD_STORED.read_text()))
     new = to_dict(from_stored(old))

@@ -4,6 +4,10 @@ Every field carries its type and, where it matters, its allowed range in the
 field metadata.  Loading walks the dataclasses, so an unknown key, a wrong type
 or an out-of-range value is reported with its dotted path, the bad value and
 what is allowed.  All problems of a file are reported together.
+
+The shared sections are defined here; each method's ``algorithm`` keys come from its own
+dataclass in its module, listed in ``algorithms.registry``, so a run accepts (and stores)
+only the keys its method reads, and likewise only its model's ``model`` keys.
 """
 
 from __future__ import annotations
