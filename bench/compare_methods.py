@@ -17,10 +17,10 @@ change (FedNAS: the hard pruning, with inherited weights; FedMetaNAS: the final
 derivation) - paper Table 3. Times are ratios to the first config's, all measured in this
 invocation on this machine.
 
-Any method's configs can be given; ``--nas SCALE/DATASET`` adds the configs of every NAS
-method there, e.g. ``--nas cpu/fashion_mnist`` = configs/cpu/fashion_mnist/{fedmetanas,fednas,
-feddsnas,fedrlnas,fedpnas,meta_fedpnas,perfedrlnas,meta_perfedrlnas}.yaml (Tables 2 and 5),
-which share clients, rounds and search space (``fednas-mpi configs`` lists the tree).
+Any method's configs can be given; ``--nas SCALE/DATASET`` adds the configs of every
+searching NAS method of the registry (``registry.SEARCH_METHODS``) there, e.g. ``--nas
+cpu/fashion_mnist`` = configs/cpu/fashion_mnist/METHOD.yaml (Tables 2 and 5), which share
+clients, rounds and search space (``fednas-mpi configs`` lists the tree).
 """
 
 from __future__ import annotations
@@ -38,10 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from helpers import mpirun  # noqa: E402
 
+from fednas_mpi.algorithms.registry import SEARCH_METHODS as NAS_METHODS  # noqa: E402
 from fednas_mpi.store import list_checkpoints, read_checkpoint  # noqa: E402
-
-NAS_METHODS = ("fedmetanas", "fednas", "feddsnas", "fedrlnas", "fedpnas", "meta_fedpnas",
-               "perfedrlnas", "meta_perfedrlnas")
 
 
 def _last_finite(values) -> float:

@@ -123,7 +123,7 @@ def test_load_quickstart():
     assert cfg.data.name == "digits"  # from its base: data/digits.yaml
     # keys the file leaves out keep their defaults
     assert cfg.run.eval_every == 1
-    assert cfg.algorithm.weight_decay == 0.0
+    assert cfg.algorithm.fedmetanas.meta_momentum == 0.9
     assert cfg.store.keep == 0
 
 

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from fednas_mpi import cli
+from fednas_mpi.algorithms import registry
 from fednas_mpi.cli import UsageError
 from fednas_mpi.config import load, load_raw, load_run
 from fednas_mpi.configs_index import MOVED_FILE, main, markdown, moved, moved_to, names_method, runs
@@ -13,13 +14,6 @@ from fednas_mpi.configs_index import MOVED_FILE, main, markdown, moved, moved_to
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 RUNS = runs(CONFIGS)
-# The sections of algorithm each method reads besides name, local_epochs and batch_size
-# (its own, plus FedMetaNAS's for the meta_ variants; the client SGD keys for the four
-# conventional FL methods), from cfg.algorithm.<section> in algorithms/*.py.
-SGD = {"lr", "momentum", "weight_decay"}
-READS = {"fedavg": SGD, "perfedavg": SGD | {"perfedavg"}, "fedrep": SGD | {"fedrep"},
-         "fedbabu": SGD | {"fedbabu"}, "meta_fedpnas": {"fedpnas", "fedmetanas"},
-         "meta_perfedrlnas": {"perfedrlnas", "fedmetanas"}}
 # configs/quickstart.yaml is cpu/digits/fedmetanas.yaml under another run name: the README's
 # first command keeps its path and cannot drift from the file in the tree
 ALIASES = {"quickstart.yaml": "cpu/digits/fedmetanas.yaml"}
@@ -81,7 +75,7 @@ def test_no_run_bases_on_a_file_that_names_a_method():
 def test_runs_carry_only_the_algorithm_keys_their_method_reads():
     for r in RUNS:
         algorithm = load_raw(CONFIGS / r.path).get("algorithm", {})
-        allowed = {"name", "local_epochs", "batch_size"} | READS.get(r.method, {r.method})
+        allowed = set(registry.method(r.method).keys)  # the registry says what it reads
         assert set(algorithm) <= allowed, (r.path, set(algorithm) - allowed)
 
 

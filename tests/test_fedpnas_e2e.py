@@ -27,7 +27,9 @@ def _config(name: str) -> dict:
             "init_channels": 4, "layers": 2, "nodes": 2,
             "primitives": ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]}},
         "algorithm": {"name": name, "local_epochs": 1, "batch_size": 16,
-                      "fedmetanas": {"prune_gap": 0.05, "combo_prune_gap": 0.05}},
+                      # meta_fedpnas's pruning; fedpnas does not read the section
+                      **({"fedmetanas": {"prune_gap": 0.05, "combo_prune_gap": 0.05}}
+                         if name == "meta_fedpnas" else {})},
     }
 
 

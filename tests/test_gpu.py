@@ -16,6 +16,7 @@ import pytest
 import torch
 from helpers import launch
 
+from fednas_mpi.algorithms import registry
 from fednas_mpi.cli import main
 from fednas_mpi.store import list_checkpoints, read_checkpoint
 
@@ -25,23 +26,18 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(),
 DARTS = {"name": "darts", "darts": {"init_channels": 4, "layers": 3, "nodes": 2}}
 SMALL = {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 5, "min_train": 8,
          "train_size": 40, "eval_size": 16}
-METHODS = {
-    "fedavg": {},
-    "perfedavg": {"model": {"name": "mobilenet_v3_small", "mobilenet": {"width_mult": 0.25}}},
-    "fedrep": {"model": {"name": "mobilenet_v3_small", "mobilenet": {"width_mult": 0.25}}},
-    "fedbabu": {"model": {"name": "mobilenet_v3_small", "mobilenet": {"width_mult": 0.25}}},
+_MOBILENET = {"model": {"name": "mobilenet_v3_small", "mobilenet": {"width_mult": 0.25}}}
+# beside the defaults (the CNN, or DARTS for NAS methods): what a method needs on a GPU
+_EXTRA = {
+    "perfedavg": _MOBILENET, "fedrep": _MOBILENET, "fedbabu": _MOBILENET,
     "fedmetanas": {"model": DARTS, "algorithm": {"fedmetanas": {
         "temperature_start": 1.0, "temperature_end": 0.5, "arch_warmup_rounds": 0,
         "prune_start": 1, "prune_gap": 0.05}}},
     "fednas": {"model": DARTS, "algorithm": {"fednas": {"search_rounds": 1}}},
-    "feddsnas": {"model": DARTS},
-    "fedrlnas": {"model": DARTS},
-    "perfedrlnas": {"model": DARTS},
-    "fedpnas": {"model": DARTS},
-    "meta_fedpnas": {"model": DARTS},
-    "meta_perfedrlnas": {"model": DARTS},
-    "random_nas": {"model": DARTS},
 }
+#: every registered method
+METHODS = {m.name: _EXTRA.get(m.name, {"model": DARTS} if m.nas else {})
+           for m in registry.METHODS}
 
 
 def _config(path, method):

@@ -192,7 +192,7 @@ def _decide_resume(args: argparse.Namespace) -> tuple[Config, Path, object | Non
 def _agreeing(args: argparse.Namespace, stored_raw, run_dir: Path) -> Config:
     """The run's stored config with the overrides, or CFG when given and it agrees with the
     stored one in every field that changes results."""
-    stored = config_mod.from_dict(stored_raw, args.overrides)
+    stored = config_mod.from_stored(stored_raw, args.overrides)
     if not args.config:
         return stored
     given = config_mod.load_run(args.config, args.overrides)
@@ -200,7 +200,8 @@ def _agreeing(args: argparse.Namespace, stored_raw, run_dir: Path) -> Config:
     if diffs:
         flat_g = config_mod.flatten(config_mod.to_dict(given))
         flat_s = config_mod.flatten(config_mod.to_dict(stored))
-        lines = [f"{k}: run has {flat_s[k]!r}, {args.config} has {flat_g[k]!r}"
+        lines = [f"{k}: run has {flat_s.get(k, '(not set)')!r}, {args.config} has "
+                 f"{flat_g.get(k, '(not set)')!r}"
                  for k in diffs]
         raise ConfigError([f"--resume {run_dir}: the config differs from the run's in "
                            f"fields that change results; resume without {args.config} "

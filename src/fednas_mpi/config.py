@@ -4,6 +4,10 @@ Every field carries its type and, where it matters, its allowed range in the
 field metadata.  Loading walks the dataclasses, so an unknown key, a wrong type
 or an out-of-range value is reported with its dotted path, the bad value and
 what is allowed.  All problems of a file are reported together.
+
+The shared sections are defined here; each method's ``algorithm`` keys come from its own
+dataclass in its module, listed in ``algorithms.registry``, so a run accepts (and stores)
+only the keys its method reads, and likewise only its model's ``model`` keys.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ class ConfigError(ValueError):
         return f"invalid configuration ({len(self.problems)} problem(s)):\n{lines}"
 
 
-def _f(default: Any, help: str, **limits: Any) -> Any:
-    """A config field with a default, a one-line description and optional limits.
+def option(default: Any, help: str, **limits: Any) -> Any:
+    """A config field with a default, a one-line description and optional limits; the
+    method modules declare their config sections with it.
 
     Limits: ``ge``, ``gt``, ``le``, ``lt`` for numbers, ``min_len`` for lists.
     """
@@ -42,6 +47,9 @@ def _f(default: Any, help: str, **limits: Any) -> Any:
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+_f = option
 
 
 @dataclass(kw_only=True)
@@ -176,280 +184,62 @@ class ModelConfig:
 
 
 @dataclass(kw_only=True)
-class FedMetaNASConfig:
-    inner_steps: int = _f(2, "M: task-learner steps on the support task (eq. 6/9).", ge=1)
-    tasks_per_epoch: int = _f(
-        0, "Support/query task pairs per local epoch; 0 = as many disjoint pairs of "
-           "algorithm.batch_size samples as the client's train split holds (at least 1).", ge=0)
-    task_lr_w: float = _f(0.05, "Task learning rate for the weights (eta_w^task) in round 1; "
-                                "decays with meta_lr_w (see weight_lr_min).", gt=0.0)
-    task_lr_alpha: float = _f(0.5, "Task learning rate for alphas and betas (eta_alpha^task; "
-                                   "plain SGD steps of eq. 9).", ge=0.0)
-    meta_optimizer: Literal["sgd", "adam"] = _f("sgd", "Meta learner's optimiser of the "
-                                                       "weights (eq. 7/10).")
-    meta_lr_w: float = _f(0.05, "Meta learning rate for the weights (eta_w^meta) in round 1.",
-                          gt=0.0)
-    weight_lr_min: float = _f(
-        0.02, "Both weight learning rates follow a cosine from their round-1 value down to "
-              "this fraction of it in the last round (as FedNAS's weights); 1 = constant.",
-        ge=0.0, le=1.0)
-    meta_momentum: float = _f(0.9, "Momentum (sgd) or beta1 (adam) of the weights' meta "
-                                   "optimiser.", ge=0.0, lt=1.0)
-    weight_decay: float = _f(3e-4, "Weight decay of the meta optimiser, on the weights only.",
-                             ge=0.0)
-    arch_optimizer: Literal["adam", "sgd"] = _f(
-        "adam", "Meta optimiser of alphas and betas (eq. 7/10). adam (betas arch_betas) moves "
-                "each logit by about meta_lr_alpha per meta step whatever the scale of its "
-                "gradient, which at CPU scale is 1e-3..1e-2: plain SGD needs a step size "
-                "tuned to that scale; sgd uses meta_momentum.")
-    meta_lr_alpha: float = _f(
-        0.03, "Meta learning rate for alphas and betas (eta_alpha^meta). With adam, a logit "
-              "moves at most about meta_lr_alpha x (meta steps of the search) in total: "
-              "choose it so that this is a few units (a logit gap of 2 is a 7:1 odds).",
-        ge=0.0)
-    arch_betas: list[float] = _f([0.5, 0.999], "Adam betas of the architecture meta "
-                                               "optimiser.", min_len=2)
-    grad_clip: float = _f(5.0, "Clip the gradient norm of every step (0 = off).", ge=0.0)
-    temperature_start: float = _f(1.0, "Gumbel-softmax temperature lambda in round 1.", gt=0.0)
-    temperature_end: float = _f(0.2, "lambda in the last search round (the final "
-                                     "derivation's).", gt=0.0)
-    temperature_schedule: Literal["linear", "exponential", "constant"] = _f(
-        "exponential", "How lambda anneals over the search rounds. lambda only shapes the "
-                       "relaxation (eq. 1) the weights train in; pruning and the derivation "
-                       "read the logits alone.")
-    temperature_floor: float = _f(0.01, "lambda never goes below this (numerical safety).",
-                                  ge=1e-3)
-    arch_warmup_rounds: int = _f(
-        0, "Deterministic warm-up: in the first N rounds only the weights learn, with alphas "
-           "and betas frozen and no Gumbel noise (every op trained in the same uniform "
-           "mixture), so parameter-free ops do not win merely because convolutions are "
-           "untrained.", ge=0)
-    prune_start: int = _f(1, "First round (1-based) after which soft pruning may run (never "
-                             "during the warm-up).", ge=1)
-    prune_every: int = _f(1, "Soft-prune every N rounds from prune_start (0 = never; the "
-                             "final derivation still runs).", ge=0)
-    prune_gap: float = _f(
-        2.0, "Prune an op whose logit is more than this below the strongest live op of its "
-             "edge (probability under softmax(alpha) below exp(-gap) of the strongest's); "
-             "the temperature takes no part. 0 = never prune ops before the derivation.",
-        ge=0.0)
-    combo_prune_gap: float = _f(2.0, "The same for input combinations (beta) of a node.",
-                                ge=0.0)
-    settle_rounds: int = _f(
-        3, "In the last N search rounds before the derivation both gaps shrink linearly "
-           "towards 0 (pruning every round), so what the derivation would cut is pruned a "
-           "little at a time while the weights adapt, and the derivation itself removes "
-           "almost nothing. 0 = no settle phase.", ge=0)
-    final_round: int = _f(
-        0, "Round (1-based) after which the genotype is derived (argmax of the learned "
-           "logits over the survivors) and the discrete network, with the weights it "
-           "inherits, replaces the supernet; the rest of the run trains it (single stage, no "
-           "re-initialisation). 0 = the last round.", ge=0)
-    local_eval_every: int = _f(1, "Evaluate the sampled clients' models on their eval splits "
-                                  "every N rounds (and in the last); bounds the cost.", ge=1)
-
-    def prunes_after(self, done: int) -> bool:
-        """Whether soft pruning runs after 1-based round ``done`` (the warm-up excluded)."""
-        start = max(self.prune_start, self.arch_warmup_rounds + 1)
-        return bool(self.prune_every) and done >= start and \
-            (done - start) % self.prune_every == 0
-
-
-@dataclass(kw_only=True)
-class FedNASConfig:
-    search_rounds: int = _f(0, "Rounds of MiLeNAS search before hard pruning; the rest of "
-                               "run.rounds retrain the derived network from scratch. "
-                               "0 = half of run.rounds.", ge=0)
-    lr: float = _f(0.025, "Weights: SGD learning rate at the start of each stage (cosine "
-                          "schedule over the stage's rounds).", gt=0.0)
-    lr_min: float = _f(0.001, "Weights: learning rate at the end of each stage.", ge=0.0)
-    momentum: float = _f(0.9, "Weights: SGD momentum.", ge=0.0, lt=1.0)
-    weight_decay: float = _f(3e-4, "Weights: SGD weight decay.", ge=0.0)
-    grad_clip: float = _f(5.0, "Weights: gradient norm clip (0 = off); alphas are not "
-                               "clipped.", ge=0.0)
-    arch_lr: float = _f(
-        0.03, "Alphas: Adam learning rate. Adam moves a logit by at most about arch_lr per "
-              "step, so the total movement is bounded by arch_lr x (search steps): DARTS's "
-              "3e-4 suits its ~20k steps (the paper configs keep it), while the CPU configs' "
-              "~100 steps need ~0.03 for the alphas to move beyond their noise.", gt=0.0)
-    arch_betas: list[float] = _f([0.5, 0.999], "Alphas: Adam betas.", min_len=2)
-    arch_weight_decay: float = _f(1e-3, "Alphas: Adam weight decay.", ge=0.0)
-    milenas_lambda: float = _f(1.0, "MiLeNAS mixed-level weight: the alpha gradient is "
-                                    "grad L_val + lambda * grad L_train.", ge=0.0)
-    local_eval_every: int = _f(1, "Evaluate the sampled clients' models on their eval splits "
-                                  "every N rounds (and in the last).", ge=1)
-
-
-@dataclass(kw_only=True)
-class RandomNASConfig:
-    genotype_seed: int = _f(0, "Which random genotype: drawn uniformly from the search space "
-                               "from this seed alone (not run.seed), so one genotype can be "
-                               "trained with several seeds.", ge=0)
-    lr: float = _f(0.025, "SGD learning rate in round 1 (cosine schedule over run.rounds).",
-                   gt=0.0)
-    lr_min: float = _f(0.001, "Learning rate in the last round.", ge=0.0)
-    momentum: float = _f(0.9, "SGD momentum.", ge=0.0, lt=1.0)
-    weight_decay: float = _f(3e-4, "SGD weight decay.", ge=0.0)
-    local_eval_every: int = _f(1, "Evaluate the sampled clients' models on their eval splits "
-                                  "every N rounds (and in the last).", ge=1)
-
-
-@dataclass(kw_only=True)
-class PerFedAvgConfig:
-    variant: Literal["first_order", "hessian_free"] = _f(
-        "first_order", "Meta gradient: first_order drops the Hessian term; hessian_free "
-                       "estimates it by a finite difference of gradients on a third batch.")
-    alpha: float = _f(0.01, "Inner (adaptation) step size alpha; the outer step size beta is "
-                            "algorithm.lr.", gt=0.0)
-    hf_delta: float = _f(0.001, "hessian_free: finite-difference step delta of the "
-                                "Hessian-vector product.", gt=0.0)
-    adapt_steps: int = _f(1, "Personalisation before local evaluation: SGD steps of size "
-                             "alpha on minibatches of the client's train split.", ge=1)
-
-
-@dataclass(kw_only=True)
-class FedRepConfig:
-    head_epochs: int = _f(5, "Epochs over the client's train split that update only the "
-                             "client's head (body fixed) before algorithm.local_epochs "
-                             "epochs update only the body.", ge=1)
-    head_lr: float = _f(0.05, "SGD learning rate of the head epochs (momentum and weight "
-                              "decay as algorithm.*).", gt=0.0)
-
-
-@dataclass(kw_only=True)
-class FedBABUConfig:
-    finetune_epochs: int = _f(5, "Personalisation before local evaluation: epochs of head "
-                                 "fine-tuning on the client's train split (body fixed).",
-                              ge=1)
-    finetune_lr: float = _f(0.05, "SGD learning rate of the head fine-tuning (momentum as "
-                                  "algorithm.momentum).", gt=0.0)
-
-
-@dataclass(kw_only=True)
-class FedDSNASConfig:
-    lr: float = _f(0.025, "Weights: SGD learning rate (cosine schedule over run.rounds).",
-                   gt=0.0)
-    lr_min: float = _f(0.001, "Weights: learning rate in the last round.", ge=0.0)
-    momentum: float = _f(0.9, "Weights: SGD momentum (ops not sampled in a step keep their "
-                              "weights and momentum untouched).", ge=0.0, lt=1.0)
-    weight_decay: float = _f(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
-    grad_clip: float = _f(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
-    arch_lr: float = _f(1e-3, "Alphas: Adam learning rate of the DSNAS estimator's "
-                              "gradient.", gt=0.0)
-    arch_betas: list[float] = _f([0.5, 0.999], "Alphas: Adam betas.", min_len=2)
-    arch_weight_decay: float = _f(1e-3, "Alphas: Adam weight decay.", ge=0.0)
-    local_eval_every: int = _f(1, "Evaluate the sampled clients' argmax children on their "
-                                  "eval splits every N rounds (and in the last).", ge=1)
-
-
-@dataclass(kw_only=True)
-class FedRLNASConfig:
-    lr: float = _f(0.025, "Weights: client SGD learning rate (cosine schedule over "
-                          "run.rounds).", gt=0.0)
-    lr_min: float = _f(0.001, "Weights: learning rate in the last round.", ge=0.0)
-    momentum: float = _f(0.9, "Weights: SGD momentum (ops off the sampled path are not "
-                              "touched).", ge=0.0, lt=1.0)
-    weight_decay: float = _f(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
-    grad_clip: float = _f(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
-    epsilon: float = _f(0.0, "epsilon-greedy sampling: per edge, with this probability a "
-                             "uniformly random op instead of a draw from softmax(alpha).",
-                        ge=0.0, le=1.0)
-    val_fraction: float = _f(0.2, "Fraction of each client's train split held out to "
-                                  "measure the reward (the subnet's accuracy).", gt=0.0,
-                             lt=1.0)
-    arch_lr: float = _f(0.05, "Policy alpha: Adam learning rate of the REINFORCE ascent.",
-                        gt=0.0)
-    arch_betas: list[float] = _f([0.5, 0.999], "Policy alpha: Adam betas.", min_len=2)
-    baseline_decay: float = _f(0.9, "Reward baseline b <- decay * b + (1 - decay) * mean "
-                                    "reward of the round (started at the first round's).",
-                               ge=0.0, lt=1.0)
-    local_eval_every: int = _f(1, "Evaluate the clients' trained subnets on their eval "
-                                  "splits every N rounds (and in the last).", ge=1)
-
-
-@dataclass(kw_only=True)
-class PerFedRLNASConfig:
-    lr: float = _f(0.025, "Weights: client SGD learning rate (cosine schedule over "
-                          "run.rounds).", gt=0.0)
-    lr_min: float = _f(0.001, "Weights: learning rate in the last round.", ge=0.0)
-    momentum: float = _f(0.9, "Weights: SGD momentum (ops off the sampled path are not "
-                              "touched).", ge=0.0, lt=1.0)
-    weight_decay: float = _f(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
-    grad_clip: float = _f(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
-    epsilon: float = _f(0.0, "epsilon-greedy sampling from each client's policy (per edge).",
-                        ge=0.0, le=1.0)
-    val_fraction: float = _f(0.2, "Fraction of each client's train split held out to "
-                                  "measure its reward.", gt=0.0, lt=1.0)
-    arch_lr: float = _f(0.05, "Client policies: Adam learning rate of the REINFORCE ascent.",
-                        gt=0.0)
-    arch_betas: list[float] = _f([0.5, 0.999], "Client policies: Adam betas.", min_len=2)
-    time_lambda: float = _f(0.01, "lambda_time of the reward acc - mean best acc - "
-                                  "lambda_time * (time - fastest time of the round); time "
-                                  "is the deterministic cost samples x path parameters / 1e6.",
-                            ge=0.0)
-    local_eval_every: int = _f(1, "Evaluate the clients' personalised subnets on their eval "
-                                  "splits every N rounds (and in the last).", ge=1)
-
-
-@dataclass(kw_only=True)
-class FedPNASConfig:
-    personal_layers: int = _f(1, "Last cells that (with the classifier) form each client's "
-                                 "personalised part, with their own architecture logits; "
-                                 "the rest is the shared base (also used by meta_fedpnas).",
-                              ge=0)
-    inner_steps: int = _f(1, "SGD steps of the personalised part on each support task.",
-                          ge=1)
-    inner_lr_w: float = _f(0.05, "Personalised weights: learning rate of the inner steps.",
-                           gt=0.0)
-    inner_lr_alpha: float = _f(0.1, "Personalised logits: learning rate of the inner steps.",
-                               ge=0.0)
-    lr: float = _f(0.05, "Base weights: SGD learning rate of the first-order meta step.",
-                   gt=0.0)
-    momentum: float = _f(0.9, "Base weights: SGD momentum.", ge=0.0, lt=1.0)
-    weight_decay: float = _f(3e-4, "Base weights: SGD weight decay.", ge=0.0)
-    arch_lr: float = _f(3e-3, "Base logits: Adam learning rate of the meta step.", ge=0.0)
-    grad_clip: float = _f(5.0, "Gradient norm clip of both steps (0 = off).", ge=0.0)
-    temperature_start: float = _f(1.0, "SNAS sampler: Gumbel-softmax temperature in round 1.",
-                                  gt=0.0)
-    temperature_end: float = _f(0.1, "SNAS sampler: temperature in the last round "
-                                     "(exponential schedule).", gt=0.0)
-    tasks_per_epoch: int = _f(0, "Support/query task pairs per local epoch; 0 = as many "
-                                 "disjoint pairs as the train split holds.", ge=0)
-    local_eval_every: int = _f(1, "Evaluate the clients' personalised models on their eval "
-                                  "splits every N rounds (and in the last).", ge=1)
-
-
-@dataclass(kw_only=True)
 class AlgorithmConfig:
-    name: Literal["fedavg", "fedmetanas", "fednas", "perfedavg", "fedrep", "fedbabu",
-                  "feddsnas", "fedrlnas", "perfedrlnas", "fedpnas", "meta_fedpnas",
-                  "meta_perfedrlnas", "random_nas"] = _f("fedavg", "Federated method.")
+    """The keys every method reads. A run's ``cfg.algorithm`` is an instance of its method's
+    subclass (``method_config``), which adds the keys and sections that method reads and
+    nothing else: a key of another method has no field to land in, so it is an error."""
+
+    name: str = _f("fedavg", "Federated method (see the method table above).")
     local_epochs: int = _f(1, "Local epochs E per client and round (fedrep: body epochs).",
                            ge=1)
     batch_size: int = _f(32, "Local minibatch size (fedmetanas: size of a support or query "
                              "task; perfedavg: of each of the batches of one meta step).",
                          ge=1)
+
+
+@dataclass(kw_only=True)
+class ClientSGDConfig:
+    """Plain client SGD of the fixed-model methods; its keys sit at ``algorithm.`` top level
+    (``algorithm.lr``), as they always have, for the methods that register it as ``top``."""
+
     lr: float = _f(0.05, "fedavg, fedrep, fedbabu: client SGD learning rate; perfedavg: the "
                          "outer (meta) step size beta.", gt=0.0)
     momentum: float = _f(0.9, "fedavg, perfedavg, fedrep, fedbabu: client SGD momentum.",
                          ge=0.0, lt=1.0)
     weight_decay: float = _f(0.0, "fedavg, perfedavg, fedrep, fedbabu: client SGD weight "
                                   "decay.", ge=0.0)
-    fedmetanas: FedMetaNASConfig = field(default_factory=FedMetaNASConfig)
-    fednas: FedNASConfig = field(default_factory=FedNASConfig)
-    perfedavg: PerFedAvgConfig = field(default_factory=PerFedAvgConfig)
-    fedrep: FedRepConfig = field(default_factory=FedRepConfig)
-    fedbabu: FedBABUConfig = field(default_factory=FedBABUConfig)
-    feddsnas: FedDSNASConfig = field(default_factory=FedDSNASConfig)
-    fedrlnas: FedRLNASConfig = field(default_factory=FedRLNASConfig)
-    perfedrlnas: PerFedRLNASConfig = field(default_factory=PerFedRLNASConfig)
-    fedpnas: FedPNASConfig = field(default_factory=FedPNASConfig)
-    random_nas: RandomNASConfig = field(default_factory=RandomNASConfig)
 
 
-#: Methods that search an architecture (model.name: darts); the others train a fixed one.
-NAS_METHODS = ("fedmetanas", "fednas", "feddsnas", "fedrlnas", "perfedrlnas", "fedpnas",
-               "meta_fedpnas", "meta_perfedrlnas", "random_nas")
+def method_config(method: str, top: type | None, sections: dict[str, type]) -> type:
+    """The ``algorithm`` dataclass of one method: the shared keys, ``top``'s fields at the
+    same level and one field per section, each a dataclass the method's module owns."""
+    hints = typing.get_type_hints(top) if top is not None else {}
+    fields: list[tuple[str, Any, Any]] = [
+        ("name", str, _f(method, AlgorithmConfig.__dataclass_fields__["name"].metadata["help"]))]
+    for f in dataclasses.fields(top) if top is not None else ():
+        fields.append((f.name, hints[f.name], field(default=f.default,
+                                                    default_factory=f.default_factory,
+                                                    metadata=f.metadata)))
+    fields += [(key, cls, field(default_factory=cls)) for key, cls in sections.items()]
+    camel = "".join(part.capitalize() for part in method.split("_"))
+    return dataclasses.make_dataclass(f"{camel}AlgorithmConfig", fields,
+                                      bases=(AlgorithmConfig,), kw_only=True)
+
+
+def _registry():
+    # Imported here, not at the top: the registry imports the method modules (torch), which
+    # import this module; loading a config is the first thing that needs the methods.
+    from .algorithms import registry
+
+    return registry
+
+
+def __getattr__(name: str) -> Any:
+    # NAS_METHODS is derived from the registry; a module attribute looked up on use keeps
+    # ``config.NAS_METHODS`` working without importing the methods at import time.
+    if name == "NAS_METHODS":
+        return _registry().NAS_METHODS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(kw_only=True)
@@ -512,7 +302,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    algorithm: AlgorithmConfig = field(default_factory=lambda: _registry().method("fedavg")
+                                       .config())
     federation: FederationConfig = field(default_factory=FederationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     kernels: KernelsConfig = field(default_factory=KernelsConfig)
@@ -546,10 +337,11 @@ def _cross_checks(cfg: Config) -> list[str]:
     if cfg.data.augment and cfg.data.name not in ("cifar10", "cifar100"):
         problems.append(f"data.augment = True: crop-and-flip augmentation is for cifar10 and "
                         f"cifar100, not data.name = {cfg.data.name!r}")
-    if cfg.algorithm.name in NAS_METHODS and cfg.model.name != "darts":
+    nas = _registry().method(cfg.algorithm.name).nas
+    if nas and cfg.model.name != "darts":
         problems.append(f"model.name = {cfg.model.name!r}: algorithm.name = "
                         f"{cfg.algorithm.name!r} searches an architecture; use model.name: darts")
-    if cfg.algorithm.name not in NAS_METHODS and cfg.model.name not in FIXED_MODELS:
+    if not nas and cfg.model.name not in FIXED_MODELS:
         problems.append(f"model.name = {cfg.model.name!r}: {cfg.algorithm.name} trains a fixed "
                         f"model; use model.name: {' | '.join(FIXED_MODELS)}")
     prims = cfg.model.darts.primitives
@@ -557,23 +349,108 @@ def _cross_checks(cfg: Config) -> list[str]:
         problems.append(f"model.darts.primitives = {prims}: an op is listed twice")
     if prims and set(prims) <= {"none"}:
         problems.append("model.darts.primitives: needs at least one op other than none")
-    search = cfg.algorithm.fednas.search_rounds
-    if cfg.algorithm.name == "fednas" and cfg.run.rounds < 2:
-        problems.append(f"run.rounds = {cfg.run.rounds}: fednas needs at least 2 rounds (search, "
-                        f"then retrain the derived network)")
-    elif cfg.algorithm.name == "fednas" and search >= cfg.run.rounds:
-        problems.append(f"algorithm.fednas.search_rounds = {search}: leaves no round to retrain "
-                        f"(run.rounds = {cfg.run.rounds}); use a value below run.rounds, or 0 "
-                        f"for half of them")
     if cfg.run.patience and not cfg.run.val_every:
         problems.append(f"run.patience = {cfg.run.patience}: early stopping reads val_acc; set "
                         f"run.val_every >= 1 (or patience: 0)")
-    final = cfg.algorithm.fedmetanas.final_round
-    if final > cfg.run.rounds:
-        problems.append(f"algorithm.fedmetanas.final_round = {final}: after the last round "
-                        f"(run.rounds = {cfg.run.rounds}); use 0 (the last) or a round <= "
-                        f"{cfg.run.rounds}")
+    for section in _sections(cfg.algorithm):  # a method section's own checks
+        check = getattr(section, "cross_checks", None)
+        problems += check(cfg) if check else []
     return problems
+
+
+def _sections(alg: AlgorithmConfig) -> list[Any]:
+    return [getattr(alg, f.name) for f in dataclasses.fields(alg)
+            if dataclasses.is_dataclass(getattr(alg, f.name))]
+
+
+# ------------------------------------------------- keys the run does not read
+
+#: The ``model.`` keys each model reads beside model.name; the others belong to other models.
+MODEL_READS = {"cnn": ("channels", "hidden"), "darts": ("darts",),
+               "mobilenet_v3_small": ("mobilenet",), "mobilenet_v3_large": ("mobilenet",)}
+
+
+def _method_class(raw: dict, path: str, problems: list[str]) -> type | None:
+    reg = _registry()
+    name = raw.get("name", AlgorithmConfig.__dataclass_fields__["name"].default)
+    if not isinstance(name, str) or name not in reg.names():
+        problems.append(f"{path}.name = {name!r}: expected one of "
+                        f"{', '.join(repr(n) for n in reg.names())}")
+        return None
+    return reg.method(name).config
+
+
+def _unread_algorithm_keys(raw: dict, path: str) -> dict[str, str]:
+    """A problem line for each key of ``raw`` that another method reads but this one does
+    not. Keys no method knows are left to the unknown-key check."""
+    reg = _registry()
+    default = "name" not in raw
+    this = reg.method(raw.get("name", AlgorithmConfig.__dataclass_fields__["name"].default))
+    readers: dict[str, list[str]] = {}
+    sections: set[str] = set()
+    for m in reg.METHODS:
+        for key in m.keys:
+            readers.setdefault(key, []).append(m.name)
+        sections |= set(m.sections)
+    chosen = f"{this.name} (the default of {path}.name)" if default else \
+        f"{this.name} ({path}.name)"
+    reads = f"{path}.{{{', '.join(this.keys)}}}"
+    out = {}
+    for key, value in raw.items():
+        if key in this.keys or key not in readers:
+            continue
+        who = ", ".join(readers[key])
+        if key in sections:
+            sets = f" (sets {', '.join(map(str, value))})" if isinstance(value, dict) else ""
+            kind = "section of method" + ("s" if len(readers[key]) > 1 else "")
+            out[key] = (f"{path}.{key}: {kind} {who}{sets}; this run's method is {chosen}, "
+                        f"which reads {reads}")
+        else:
+            out[key] = (f"{path}.{key}: not read by {this.name}, only by {who}; this run's "
+                        f"method is {chosen}, which reads {reads}")
+    return out
+
+
+def _unread_model_keys(raw: dict, path: str) -> dict[str, str]:
+    name = raw.get("name", ModelConfig.__dataclass_fields__["name"].default)
+    if name not in MODEL_READS:
+        return {}  # the type check reports the bad name
+    out = {}
+    for key in raw:
+        users = [m for m, keys in MODEL_READS.items() if key in keys]
+        if users and key not in MODEL_READS[name]:
+            out[key] = (f"{path}.{key}: read only by model.name {' | '.join(users)}; this run's "
+                        f"model is {name!r}, which reads "
+                        f"{path}.{{{', '.join(('name',) + MODEL_READS[name])}}}")
+    return out
+
+
+def stored(raw: Any) -> Any:
+    """A config as a run stored it, without the keys this run does not read.
+
+    Runs stored before each method owned its section carry every method's section and
+    every model's keys; those changed nothing and are dropped here. Only for stored
+    configs (checkpoints, RUN_DIR/config.yaml): a user's file is checked strictly.
+    """
+    if not isinstance(raw, dict):
+        return raw
+    raw = _deepcopy_plain(raw)
+    alg, model = raw.get("algorithm"), raw.get("model")
+    reg = _registry()
+    if isinstance(alg, dict) and alg.get("name") in reg.names():
+        known = {k for m in reg.METHODS for k in m.keys}
+        keep = reg.method(alg["name"]).keys
+        raw["algorithm"] = {k: v for k, v in alg.items() if k in keep or k not in known}
+    if isinstance(model, dict) and model.get("name", "cnn") in MODEL_READS:
+        variant = {k for keys in MODEL_READS.values() for k in keys}
+        keep = MODEL_READS[model.get("name", "cnn")]
+        raw["model"] = {k: v for k, v in model.items() if k in keep or k not in variant}
+    return raw
+
+
+def from_stored(raw: Any, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """``from_dict`` for a stored config (``stored``); the overrides are checked strictly."""
+    return from_dict(stored(raw), overrides)
 
 
 # ---------------------------------------------------------------- loading
@@ -650,17 +527,27 @@ def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         problems.append(f"{where}: expected a mapping of keys, got {raw!r}")
-        return cls()
+        return _registry().method("fedavg").config() if cls is AlgorithmConfig else cls()
+    unread: dict[str, str] = {}
+    if cls is AlgorithmConfig:  # the chosen method's own dataclass
+        cls = _method_class(raw, path, problems)
+        if cls is None:  # no valid algorithm.name: its other keys cannot be judged
+            return _registry().method("fedavg").config()
+        unread = _unread_algorithm_keys(raw, path)
+    elif cls is ModelConfig:
+        unread = _unread_model_keys(raw, path)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
-        if key not in fields:
+        if key in unread:
+            problems.append(unread[key])
+        elif key not in fields:
             known = ", ".join(sorted(fields))
             problems.append(f"{path + '.' if path else ''}{key}: unknown key; "
                             f"known keys {'in ' + path if path else 'at the top level'}: {known}")
     kwargs = {}
     for name, f in fields.items():
-        if name not in raw:
+        if name not in raw or name in unread:
             continue
         sub = f"{path}.{name}" if path else name
         before = len(problems)
@@ -802,7 +689,12 @@ def _merge(under: dict, over: dict) -> dict:
 
 
 def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    """The resolved config: only the keys the run reads (its method's, its model's)."""
+    out = dataclasses.asdict(cfg)
+    out["model"] = {k: v for k, v in out["model"].items()
+                    if k == "name" or k in MODEL_READS[cfg.model.name]
+                    or not any(k in keys for keys in MODEL_READS.values())}
+    return out
 
 
 def to_yaml(cfg: Config) -> str:
@@ -820,10 +712,15 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_ABSENT = "(not set)"
+
+
 def result_affecting_differences(a: Config, b: Config) -> list[str]:
     """Dotted keys whose values differ and that change what a run computes."""
     fa, fb = flatten(to_dict(a)), flatten(to_dict(b))
-    return [k for k in fa if fa[k] != fb[k]
+    # another method or model has other keys: a key only one side has differs too
+    keys = list(fa) + [k for k in fb if k not in fa]
+    return [k for k in keys if fa.get(k, _ABSENT) != fb.get(k, _ABSENT)
             and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in EXECUTION_ONLY)]
 
 
@@ -835,9 +732,14 @@ def reference() -> list[tuple[str, str, str, str]]:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
+            if tp is AlgorithmConfig:
+                walk_algorithm(f"{prefix}{f.name}.")
+                continue
             if dataclasses.is_dataclass(tp):
                 walk(tp, f"{prefix}{f.name}.")
                 continue
+            if cls is AlgorithmConfig and f.name == "name":
+                tp = Literal[_registry().names()]
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             limits = [f"{s} {f.metadata[k]}" for k, s in
                       (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if k in f.metadata]
@@ -846,8 +748,31 @@ def reference() -> list[tuple[str, str, str, str]]:
                 help_ += f" ({', '.join(limits)})"
             rows.append((prefix + f.name, _type_name(tp), repr(default), help_))
 
+    def walk_algorithm(prefix: str) -> None:
+        # the shared keys, then every registered method's keys once, in registry order
+        walk(AlgorithmConfig, prefix)
+        seen = {f.name for f in dataclasses.fields(AlgorithmConfig)}
+        for m in _registry().METHODS:
+            for key, cls in ([("", m.top)] if m.top else []) + list(m.sections.items()):
+                if key not in seen and (key or cls not in seen):
+                    seen.add(key or cls)
+                    walk(cls, f"{prefix}{key}." if key else prefix)
+
     walk(Config, "")
     return rows
+
+
+def methods_markdown() -> str:
+    """The table of registered methods as it appears in the README."""
+    shared = [f.name for f in dataclasses.fields(AlgorithmConfig)]
+    lines = [f"| `algorithm.name` | model | reads `algorithm.` (beside "
+             f"{', '.join(shared[1:])}) |", "|---|---|---|"]
+    for m in _registry().METHODS:
+        model = "darts" + (" (baseline, no search)" if m.baseline else "") if m.nas else \
+            " \\| ".join(FIXED_MODELS)
+        own = [f"`{k}`" for k in m.keys if k not in shared]
+        lines.append(f"| `{m.name}` | {model} | {', '.join(own)} |")
+    return "\n".join(lines)
 
 
 def _deepcopy_plain(d: Any) -> Any:
@@ -859,8 +784,9 @@ def _deepcopy_plain(d: Any) -> Any:
 
 
 def reference_markdown() -> str:
-    """The config reference table as it appears in the README."""
-    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    """The config reference tables as they appear in the README: the methods and the keys
+    they read, then every key."""
+    lines = [methods_markdown(), "", "| key | type | default | meaning |", "|---|---|---|---|"]
     for key, tp, default, help_ in reference():
         lines.append(f"| `{key}` | {tp} | `{default}` | {help_} |")
     return "\n".join(lines)

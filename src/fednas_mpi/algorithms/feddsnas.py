@@ -16,10 +16,13 @@ accuracy of every round is that argmax child's, with the current averaged weight
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..config import option
 from ..flat import State
 from ..nas import genotype_str
 from ..nas.mixing import gumbel_noise
@@ -29,6 +32,23 @@ from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .maml import clip_present
 from .supernet import SupernetMethod, state_of
 from .training import cosine_lr, evaluate, minibatches
+
+
+@dataclass(kw_only=True)
+class FedDSNASConfig:
+    lr: float = option(0.025, "Weights: SGD learning rate (cosine schedule over run.rounds).",
+                        gt=0.0)
+    lr_min: float = option(0.001, "Weights: learning rate in the last round.", ge=0.0)
+    momentum: float = option(0.9, "Weights: SGD momentum (ops not sampled in a step keep their "
+                                   "weights and momentum untouched).", ge=0.0, lt=1.0)
+    weight_decay: float = option(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
+    grad_clip: float = option(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
+    arch_lr: float = option(1e-3, "Alphas: Adam learning rate of the DSNAS estimator's "
+                                   "gradient.", gt=0.0)
+    arch_betas: list[float] = option([0.5, 0.999], "Alphas: Adam betas.", min_len=2)
+    arch_weight_decay: float = option(1e-3, "Alphas: Adam weight decay.", ge=0.0)
+    local_eval_every: int = option(1, "Evaluate the sampled clients' argmax children on their "
+                                       "eval splits every N rounds (and in the last).", ge=1)
 
 
 class PathModel(nn.Module):

@@ -26,9 +26,12 @@ the same run and -n 1 equals -n 3.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.nn import functional as F
 
+from ..config import option
 from ..flat import State
 from ..nas.single_path import CELL_TYPES, path_forward
 from ..seeding import torch_rng
@@ -39,6 +42,30 @@ from .fedrlnas import FedRLNAS, holdout
 from .subnet import adam_ascent, choices_of, fold, onehot, op_keys, score, train_path
 from .supernet import state_of
 from .training import evaluate
+
+
+@dataclass(kw_only=True)
+class PerFedRLNASConfig:
+    lr: float = option(0.025, "Weights: client SGD learning rate (cosine schedule over "
+                               "run.rounds).", gt=0.0)
+    lr_min: float = option(0.001, "Weights: learning rate in the last round.", ge=0.0)
+    momentum: float = option(0.9, "Weights: SGD momentum (ops off the sampled path are not "
+                                   "touched).", ge=0.0, lt=1.0)
+    weight_decay: float = option(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
+    grad_clip: float = option(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
+    epsilon: float = option(0.0, "epsilon-greedy sampling from each client's policy (per edge).",
+                             ge=0.0, le=1.0)
+    val_fraction: float = option(0.2, "Fraction of each client's train split held out to "
+                                       "measure its reward.", gt=0.0, lt=1.0)
+    arch_lr: float = option(0.05, "Client policies: Adam learning rate of the REINFORCE ascent.",
+                             gt=0.0)
+    arch_betas: list[float] = option([0.5, 0.999], "Client policies: Adam betas.", min_len=2)
+    time_lambda: float = option(0.01, "lambda_time of the reward acc - mean best acc - "
+                                       "lambda_time * (time - fastest time of the round); time "
+                                       "is the deterministic cost samples x path parameters / 1e6.",
+                                 ge=0.0)
+    local_eval_every: int = option(1, "Evaluate the clients' personalised subnets on their eval "
+                                       "splits every N rounds (and in the last).", ge=1)
 
 
 def path_params(net, choices) -> int:

@@ -16,14 +16,31 @@ for a two-stage method and with the whole run for a single-stage one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ..config import option
 from ..flat import State
 from ..nas import genotype_str, sample_genotype
 from ..seeding import SERVER, SETUP, torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .supernet import CELLS, SupernetMethod, state_of
 from .training import cosine_lr, evaluate, sgd_epochs
+
+
+@dataclass(kw_only=True)
+class RandomNASConfig:
+    genotype_seed: int = option(0, "Which random genotype: drawn uniformly from the search space "
+                                    "from this seed alone (not run.seed), so one genotype can be "
+                                    "trained with several seeds.", ge=0)
+    lr: float = option(0.025, "SGD learning rate in round 1 (cosine schedule over run.rounds).",
+                        gt=0.0)
+    lr_min: float = option(0.001, "Learning rate in the last round.", ge=0.0)
+    momentum: float = option(0.9, "SGD momentum.", ge=0.0, lt=1.0)
+    weight_decay: float = option(3e-4, "SGD weight decay.", ge=0.0)
+    local_eval_every: int = option(1, "Evaluate the sampled clients' models on their eval splits "
+                                       "every N rounds (and in the last).", ge=1)
 
 
 class RandomNAS(SupernetMethod):

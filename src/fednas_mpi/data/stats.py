@@ -102,7 +102,7 @@ def from_run(run_dir: str | Path, part: str) -> tuple[np.ndarray, Config, Path]:
         except (CheckpointError, OSError, KeyError) as e:
             skipped.append(f"{path.name}: {e}")
             continue
-        cfg = config_mod.from_dict(yaml.safe_load(ckpt.config_yaml))
+        cfg = config_mod.from_stored(yaml.safe_load(ckpt.config_yaml))
         return hist, cfg, path
     why = "".join(f"\n    skipped {s}" for s in skipped)
     raise FileNotFoundError(f"{run_dir}: no readable checkpoint (round_NNNNN.h5){why}")

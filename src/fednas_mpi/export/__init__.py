@@ -99,7 +99,7 @@ def export_run(run_dir: str | Path, out: str | Path, round_: int | None = None,
     run_dir, out = Path(run_dir), Path(out)
     ckpt = _checkpoint(run_dir, round_)
     try:
-        cfg = config_mod.from_dict(yaml.safe_load(ckpt.config_yaml))
+        cfg = config_mod.from_stored(yaml.safe_load(ckpt.config_yaml))
     except ConfigError as e:
         raise ExportError(f"{ckpt.path}: this fednas-mpi cannot read the run's config "
                           f"({e})") from None

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..algorithms import DataInfo, get_algorithm
+from ..algorithms import DataInfo, get_algorithm, registry
 from ..algorithms.base import ClientData, GlobalModel, RoundContext
 from ..algorithms.feddsnas import PathModel, child_genotype
 from ..algorithms.fedpnas import SplitModel, mixing_from
@@ -35,11 +35,11 @@ from ..nas.single_path import CELL_TYPES, argmax_choices
 from ..nas.space import genotype_str
 from . import deploy
 
-FIXED = ("fedavg", "perfedavg", "fedrep", "fedbabu")
-MIXTURE = ("fedmetanas", "fednas", "fedpnas", "meta_fedpnas", "random_nas")
-PATH = ("feddsnas", "fedrlnas", "perfedrlnas", "meta_perfedrlnas")
-PERSONAL = ("perfedavg", "fedrep", "fedbabu", "fedpnas", "meta_fedpnas", "perfedrlnas",
-            "meta_perfedrlnas")
+# how each method evaluates its model, from the registry's flags
+FIXED = tuple(m.name for m in registry.METHODS if not m.nas)
+MIXTURE = tuple(m.name for m in registry.METHODS if m.nas and not m.path)
+PATH = tuple(m.name for m in registry.METHODS if m.nas and m.path)
+PERSONAL = tuple(m.name for m in registry.METHODS if m.personal)
 
 
 class ExportError(ValueError):
@@ -79,8 +79,8 @@ def build_target(cfg: Config, ckpt, dataset, partition, client: int | None) -> T
         raise ExportError("fedrep has no global head (its global accuracy is the mean over "
                           "the clients' heads on the global body): pass --client ID")
     if name not in FIXED + MIXTURE + PATH:
-        raise ExportError(f"export does not know how {name} evaluates its model; add it to "
-                          f"FIXED, MIXTURE or PATH in fednas_mpi/export/build.py")
+        raise ExportError(f"export does not know how {name} evaluates its model: it is not "
+                          f"in fednas_mpi/algorithms/registry.py")
     algo = get_algorithm(name)(cfg, DataInfo(dataset.input_shape, dataset.num_classes))
     model = GlobalModel(ckpt.spec, ckpt.state, ckpt.server_state)
     if name in FIXED:

@@ -132,6 +132,7 @@ def _read(path: Path, directory: Path) -> Run:
     config = yaml.safe_load(ck.config_yaml) or {}
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its config attribute is not a YAML mapping")
+    config = config_mod.stored(config)  # older runs stored every method's section
     prims = config.get("model", {}).get("darts", {}).get("primitives", [])
     client_subnets = {c: {cell: [prims[k] if 0 <= k < len(prims) else str(k) for k in ops]
                           for cell, ops in sn.items()} for c, sn in sorted(subnets.items())}
@@ -260,8 +261,9 @@ def group_settings(runs: list[Run], max_label: int = 48) -> tuple[list[Setting],
             for a, va in zip(settings, values) for b, vb in zip(settings, values))
         if shared or same_method_differs:
             shown.append(k)
+    # a key another method reads is not part of this run's label (its config has none)
     labels = [", ".join(f"{k.split('.', 1)[1] if k.count('.') > 1 else k}={_value(f.get(k))}"
-                        for k in shown) for f in flats]
+                        for k in shown if k in f) for f in flats]
     legend = []
     if any(len(label) > max_label for label in labels):
         legend = [f"S{i + 1}: {label}" for i, label in enumerate(labels)]
