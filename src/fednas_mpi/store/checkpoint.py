@@ -298,15 +298,29 @@ def read_checkpoint(path: str | Path, *, tensors: bool = True) -> Checkpoint:
                 ck.client_metrics = {k: np.asarray(v[()])
                                      for k, v in f["client_metrics"].items()}
             if tensors:
-                ck.state = _read_tensors(f["state"])
+                ck.state = _without(_read_tensors(f["state"]), _LEGACY_STATE)
                 ck.server_state = _read_tensors(f["server_state"])
-                ck.client_states = {int(c): _read_tensors(g) for c, g in f["clients"].items()}
+                ck.client_states = {int(c): _without(_read_tensors(g), _LEGACY_CLIENT)
+                                    for c, g in f["clients"].items()}
                 ck.rng_torch_cpu = torch.from_numpy(np.asarray(f["rng/torch_cpu"][()]))
     except CheckpointError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: unreadable or incomplete checkpoint ({e})") from None
     return ck
+
+
+# Entries of files written before the auxiliary channel (algorithms.base.ClientResult.aux):
+# FedRLNAS and PerFedRLNAS kept the round's sums in the global state as rl.* (zeros
+# between rounds, so a checkpoint's were always zero), PerFedRLNAS a client's report in its
+# state as pending.* (cleared by the server before the file was written). Dropped on read
+# so such a run resumes where it stopped, with the same numbers.
+_LEGACY_STATE = ("rl.",)
+_LEGACY_CLIENT = ("pending.",)
+
+
+def _without(tensors: State, prefixes: tuple[str, ...]) -> State:
+    return {k: v for k, v in tensors.items() if not k.startswith(prefixes)}
 
 
 def _plain(v):
