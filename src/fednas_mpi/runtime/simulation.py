@@ -8,11 +8,12 @@ same ``run_clients`` code. Per round:
             broadcast the plan and the global state (one flat buffer),
             send stored per-client state to the workers that need it
     worker: run the method's client update for each assigned client and fold
-            the results into one pre-reduced buffer; send it, then any
-            updated per-client state
+            the results (state and ``ClientResult.aux``, both weighted) into one
+            pre-reduced buffer; send it, then any updated per-client state and
+            each client's ``client_aux``
     server: fold each partial sum in as it arrives (non-blocking receives,
             while slower workers still compute), in worker order, average,
-            server step, evaluate on the server test set (and, on
+            per-client server step, server step, evaluate on the server test set (and, on
             run.personal_eval_every's schedule, every client's personalised model
             on its eval split), checkpoint, report progress
 
