@@ -129,3 +129,26 @@ def test_per_client_history_grows_by_rounds_and_pads_runs_from_before_it():
     h = _append_clients(h, {"weight": {0: 1.0}, "acc": {0: 0.25}}, 3, 4)
     assert h["acc"].shape == (4, 4) and h["acc"][3, 0] == 0.25
     np.testing.assert_array_equal(h["acc"][2], [np.nan, 0.5, np.nan, np.nan])
+
+
+def test_aux_means_travel_in_the_state_buffer_and_leave_it_unchanged():
+    """ClientResult.aux entries are summed behind the state's in one buffer: the state's
+    average is bit for bit what it is without them, the aux means are the weighted ones."""
+    from fednas_mpi.runtime.simulation import summed_layout
+
+    states = [{"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, -1.0])}]
+    aux = [{"r": torch.tensor(0.5, dtype=torch.float64)},
+           {"r": torch.tensor(0.25, dtype=torch.float64)}]
+    weights = [3.0, 5.0]
+    layout = summed_layout(states[0], {"r": ()})
+    assert layout.names == ("w", "r") and layout.dtypes[-1] == torch.float64
+    both, plain = ClientSums(layout, ()), ClientSums(Layout.of(states[0]), ())
+    for s, a, w in zip(states, aux, weights):
+        both.add({**s, **a}, w, {})
+        plain.add(s, w, {})
+    avg, _ = both.finish(both.buffer)
+    want, _ = plain.finish(plain.buffer)
+    assert torch.equal(avg["w"], want["w"])
+    assert float(avg["r"]) == (3.0 * 0.5 + 5.0 * 0.25) / 8.0
+    with pytest.raises(ValueError, match="names of global state entries"):
+        summed_layout(states[0], {"w": (2,)})

@@ -19,6 +19,8 @@ from fednas_mpi.store import (
     checkpoint_path,
     find_latest,
     list_checkpoints,
+    newest_readable,
+    no_readable_message,
     read_checkpoint,
     remove_temporaries,
     write_checkpoint,
@@ -283,6 +285,95 @@ def test_find_latest_with_nothing_usable(tmp_path):
     ck, skipped = find_latest(tmp_path)
     assert ck is None
     assert len(skipped) == 1 and "round_00001.h5" in skipped[0]
+
+
+# ------------------------------------------------ the one "newest readable" policy
+
+
+@pytest.mark.parametrize("defect", ["corrupt", "truncated"])
+def test_newest_readable_skips_a_bad_newest_file_and_says_why(tmp_path, defect):
+    good = write_checkpoint(tmp_path, 2, **make_kwargs())
+    bad = tmp_path / "round_00003.h5"
+    if defect == "corrupt":
+        bad.write_bytes(b"\x89HDF\r\n garbage " * 64)
+    else:
+        truncated_copy(good, bad)
+    ck, skipped = newest_readable(tmp_path)
+    assert ck.round == 2 and ck.path == good
+    assert len(skipped) == 1 and skipped[0].startswith(f"{bad}: ")
+
+
+def test_newest_readable_with_a_custom_load_skips_what_it_cannot_read(tmp_path):
+    """A caller reading more than the checkpoint (data stats: a partition group) gets
+    the same policy: a file lacking what it reads is passed over."""
+    write_checkpoint(tmp_path, 1, **make_kwargs())
+    newer = write_checkpoint(tmp_path, 2, **make_kwargs())
+    with h5py.File(newer, "a") as f:
+        del f["partition/train_hist"]
+
+    def load(path):
+        with h5py.File(path, "r") as f:
+            return path, np.asarray(f["partition/train_hist"][()])
+
+    (path, hist), skipped = newest_readable(tmp_path, load)
+    assert path.name == "round_00001.h5" and hist.shape == (3, 2)
+    assert len(skipped) == 1 and "round_00002.h5" in skipped[0]
+
+
+def test_newest_readable_none_names_the_directory_and_the_reasons(tmp_path):
+    missing = tmp_path / "absent"
+    ck, skipped = newest_readable(missing)
+    assert ck is None and no_readable_message(missing, skipped) == \
+        f"{missing}: no such directory"
+    assert newest_readable(tmp_path) == (None, [])
+    assert no_readable_message(tmp_path, []) == \
+        f"{tmp_path}: no readable checkpoint (round_NNNNN.h5)"
+    write_foreign(tmp_path / "round_00001.h5")
+    (tmp_path / "round_00002.h5").write_bytes(b"truncated")
+    ck, skipped = newest_readable(tmp_path)
+    msg = no_readable_message(tmp_path, skipped)
+    assert ck is None and msg.startswith(f"{tmp_path}: no readable checkpoint")
+    assert "round_00002.h5: unreadable" in msg and "not a fednas-mpi checkpoint" in msg
+    assert msg.index("round_00002.h5") < msg.index("round_00001.h5")  # newest first
+
+
+def test_newest_readable_tolerates_a_file_removed_by_store_keep(tmp_path):
+    """While a reader falls back past a bad newest file, the writer adds a round and
+    store.keep removes the oldest: the vanished file is no defect; the directory is read
+    again and the new round is the answer."""
+    write_checkpoint(tmp_path, 1, **make_kwargs(1))
+    (tmp_path / "round_00002.h5").write_bytes(b"truncated")
+    calls = []
+
+    def load(path):
+        calls.append(path.name)
+        if path.name == "round_00001.h5" and len(calls) == 2:
+            write_checkpoint(tmp_path, 3, **make_kwargs(3))
+            prune_old(tmp_path, 2)  # round 1 goes
+        return read_checkpoint(path)
+
+    ck, skipped = newest_readable(tmp_path, load)
+    assert ck.round == 3
+    assert calls == ["round_00002.h5", "round_00001.h5", "round_00003.h5"]
+    assert len(skipped) == 1 and "round_00002.h5" in skipped[0]
+
+
+# ------------------------------------------------ checkpoints of earlier versions
+
+
+def test_checkpoints_with_the_old_in_state_channel_drop_it_on_read(tmp_path):
+    """Files written before ClientResult.aux held FedRLNAS's round sums as rl.* state
+    entries and PerFedRLNAS's reports as pending.* client entries; they read without."""
+    kw = make_kwargs()
+    old = dict(kw, state={**kw["state"], "rl.inv_n": torch.zeros((), dtype=torch.float64),
+                          "rl.count_normal": torch.zeros(5, 8, dtype=torch.float64)},
+               client_states={**kw["client_states"],
+                              4: {"alpha_normal": torch.ones(5, 8, dtype=torch.float64),
+                                  "pending.acc": torch.tensor(0.5, dtype=torch.float64)}})
+    ck = read_checkpoint(write_checkpoint(tmp_path, 1, **old))
+    assert_same_state(kw["state"], ck.state)
+    assert list(ck.client_states[4]) == ["alpha_normal"]
+    assert_same_state(kw["client_states"][2], ck.client_states[2])
 
 
 def test_read_truncated_raises_naming_file(tmp_path):

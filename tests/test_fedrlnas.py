@@ -114,7 +114,9 @@ def test_server_step_is_reinforce_with_a_baseline_by_hand():
     r1, r2 = results
     assert r1.weight == 12.0 and r2.weight == 20.0
     assert set(r1.state) == set(model.state)
-    avg = weighted_average([r.state for r in results], [r.weight for r in results])
+    assert set(r1.aux) == set(algo.aux_shapes(model))
+    # the runtime averages the aux entries with the state, in one sum
+    avg = weighted_average([{**r.state, **r.aux} for r in results], [r.weight for r in results])
     metrics: dict[str, float] = {}
     new = algo.server_step(model, avg, metrics, ctx)
     rewards = [r.metrics["reward"] for r in results]
@@ -123,17 +125,17 @@ def test_server_step_is_reinforce_with_a_baseline_by_hand():
     assert metrics["baseline"] == pytest.approx(mean_r, abs=1e-9)  # first round: b = mean R
     for c in ("normal", "reduce"):
         # each client's score, recovered from its own rl entries
-        scores = [r.state[f"rl.score_{c}"] * r.weight for r in results]
+        scores = [r.aux[f"rl.score_{c}"] * r.weight for r in results]
         g = sum((rr - mean_r) * s for rr, s in zip(rewards, scores)) / 2
         step = 0.1 * g / (g.abs() + 1e-8)  # Adam's first step
         torch.testing.assert_close(new.state[f"alpha_{c}"].double() - model.state[f"alpha_{c}"],
                                    step, atol=1e-6, rtol=0)
         # each client's op indicator is one op per edge
-        assert (r1.state[f"rl.count_{c}"].sum(1) == 1).all()
+        assert (r1.aux[f"rl.count_{c}"].sum(1) == 1).all()
     assert float(new.server_state["baseline"]) == pytest.approx(mean_r)
     assert new.server_state["adam_normal.t"] == 1.0
-    # the rl entries are reset for the next round
-    assert float(new.state["rl.inv_n"]) == 0.0
+    # the round's sums stay out of the global model (and so out of broadcasts, checkpoints)
+    assert not any(k.startswith("rl.") for k in new.state)
 
 
 def test_client_trains_only_its_path_and_is_deterministic():
@@ -144,7 +146,8 @@ def test_client_trains_only_its_path_and_is_deterministic():
     b = algo.client_update(model, _data(1), ctx, None)
     for k in a.state:
         assert torch.equal(a.state[k], b.state[k]), k
-    count = a.state["rl.count_normal"]
+    assert not any(k.startswith("rl.") for k in a.state)
+    count = a.aux["rl.count_normal"]
     prims = algo.space.primitives
     for k in model.state:
         if ".edges." not in k or not model.state[k].is_floating_point():
@@ -153,7 +156,7 @@ def test_client_trains_only_its_path_and_is_deterministic():
         kind = "reduce" if algo.build(model.spec).cells[int(li)].reduction else "normal"
         j, i = map(int, key.split("_"))
         e = algo.space.edge(j, i)
-        chosen = bool(a.state[f"rl.count_{kind}"][e, prims.index(name)])
+        chosen = bool(a.aux[f"rl.count_{kind}"][e, prims.index(name)])
         if not chosen:
             assert torch.equal(a.state[k], model.state[k]), k
     assert count.sum() == algo.space.num_edges
@@ -166,7 +169,7 @@ def test_last_round_derives_the_argmax_child():
     model = algo.init_global()
     ctx = RoundContext(0, 1, 5, "search")
     res = [algo.client_update(model, _data(c), ctx, None) for c in (1, 2)]
-    avg = weighted_average([r.state for r in res], [r.weight for r in res])
+    avg = weighted_average([{**r.state, **r.aux} for r in res], [r.weight for r in res])
     new = algo.server_step(model, avg, {}, ctx)
     assert new.spec["genotype"] is not None
     # the raw average of subnet states is no model of the method

@@ -55,10 +55,12 @@ def test_each_cell_types_score_uses_its_own_logits():
     for c in ("normal", "reduce"):
         choice = cs[f"subnet_{c}"].long().tolist()
         want = score(st[f"alpha_{c}"], getattr(net, f"op_mask_{c}"), choice)
-        torch.testing.assert_close(cs[f"pending.score_{c}"], want)
+        torch.testing.assert_close(res.client_aux[f"score_{c}"], want)
     # the reduce score is not the normal cell's (uniform) one
     wrong = score(st["alpha_normal"], net.op_mask_reduce, cs["subnet_reduce"].long().tolist())
-    assert not torch.allclose(cs["pending.score_reduce"], wrong)
+    assert not torch.allclose(res.client_aux["score_reduce"], wrong)
+    # what the round leaves for the server travels beside the state, not in it
+    assert not any(k.startswith("pending.") for k in cs)
 
 
 def test_server_moves_each_round_clients_policy_by_its_reward():
@@ -70,7 +72,8 @@ def test_server_moves_each_round_clients_policy_by_its_reward():
     states[0] = {**algo.initial_client_state(model), "best_acc": torch.tensor(0.9,
                                                                                dtype=torch.float64)}
     metrics: dict[str, float] = {}
-    new = algo.server_client_step(states, [1, 3], metrics, ctx)
+    aux = {c: r.client_aux for c, r in res.items()}
+    new = algo.server_client_step(states, [1, 3], aux, metrics, ctx)
     assert set(new) == {1, 3}
     acc = {c: r.metrics["reward"] for c, r in res.items()}
     time = {c: r.metrics["time_cost"] for c, r in res.items()}
@@ -81,7 +84,7 @@ def test_server_moves_each_round_clients_policy_by_its_reward():
         assert float(new[c]["best_acc"]) == pytest.approx(acc[c])
         assert not any(k.startswith("pending.") for k in new[c])
         for cell in ("normal", "reduce"):
-            g = want[c] * states[c][f"pending.score_{cell}"]
+            g = want[c] * aux[c][f"score_{cell}"]
             torch.testing.assert_close(new[c][f"alpha_{cell}"] - states[c][f"alpha_{cell}"],
                                        0.1 * g / (g.abs() + 1e-8), atol=1e-6, rtol=0)
     assert metrics["mean_best_acc"] == pytest.approx(sum(best.values()) / 3)
@@ -134,7 +137,7 @@ def test_meta_variant_trains_the_path_by_maml_and_prunes_the_mean_policy():
         li, key, name = int(k.split(".")[1]), k.split(".")[3], k.split(".")[4]
         kind = "reduce" if net.cells[li].reduction else "normal"
         j, i = map(int, key.split("_"))
-        chosen = bool(r.state[f"rl.count_{kind}"][algo.space.edge(j, i), prims.index(name)])
+        chosen = bool(r.aux[f"rl.count_{kind}"][algo.space.edge(j, i), prims.index(name)])
         if not chosen:
             assert torch.equal(r.state[k], model.state[k]), k
         elif not torch.equal(r.state[k], model.state[k]):
@@ -145,14 +148,16 @@ def test_meta_variant_trains_the_path_by_maml_and_prunes_the_mean_policy():
     for st in states.values():
         st["alpha_normal"][:, 4] = 3.0
         st["alpha_reduce"][:, 4] = 3.0
-    avg = weighted_average([x.state for x in res.values()], [x.weight for x in res.values()])
+    avg = weighted_average([{**x.state, **x.aux} for x in res.values()],
+                           [x.weight for x in res.values()])
     avg["alpha_normal"] = states[1]["alpha_normal"].float()
     avg["alpha_reduce"] = states[1]["alpha_reduce"].float()
     metrics: dict[str, float] = {}
     new = algo.server_step(model, avg, metrics, ctx)
     assert new.spec != model.spec and metrics["ops_alive"] < 80
     # clients keep sampling within the pruned masks, from their full-size policies
-    upd = algo.server_client_step(states, [1, 2], {}, ctx)
+    upd = algo.server_client_step(states, [1, 2], {c: x.client_aux for c, x in res.items()},
+                                  {}, ctx)
     r2 = algo.client_update(new, _data(1), RoundContext(1, 3, 5, "search"), upd[1])
     assert set(r2.state) == set(new.state)
     for c in ("normal", "reduce"):

@@ -273,6 +273,20 @@ def _foreign(path: Path) -> None:
         f.create_dataset("images", data=np.zeros((2, 2)))
 
 
+def test_a_bad_newest_checkpoint_is_skipped_with_a_warning(runs, tmp_path, capsys):
+    """The store's one policy (newest_readable): the report reads the newest file that
+    reads back and says which newer one it passed over, and why."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(runs["avg7"] / "round_00001.h5", run)
+    _foreign(run / "round_00002.h5")
+    code, out, err = run_cli(capsys, "inspect", str(run))
+    assert code == 0, err
+    assert "round_00001.h5" in out
+    assert err.startswith("fednas-mpi: warning: ") and f"{run}/round_00002.h5" in err
+    assert "not a fednas-mpi checkpoint" in err
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "temp_only", "truncated", "foreign",
                                   "foreign_file", "not_a_run", "just_started"])
 def test_unusable_input_is_one_clear_error(runs, tmp_path, capsys, case):
@@ -287,10 +301,9 @@ def test_unusable_input_is_one_clear_error(runs, tmp_path, capsys, case):
         data = (sorted(runs["avg7"].glob("round_*.h5"))[-1]).read_bytes()
         (run / "round_00003.h5").write_bytes(data[: len(data) // 2])
         named = str(run / "round_00003.h5")
-    elif case == "foreign":
-        shutil.copy(runs["avg7"] / "round_00001.h5", run)
+    elif case == "foreign":  # nothing readable: the directory and each file's reason
         _foreign(run / "round_00002.h5")
-        named = str(run / "round_00002.h5")
+        named = f"{run}: no readable checkpoint (round_NNNNN.h5); skipped {run}/round_00002.h5"
     elif case == "foreign_file":
         target = run / "data.h5"
         _foreign(target)

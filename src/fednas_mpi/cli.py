@@ -176,9 +176,9 @@ def _decide_resume(args: argparse.Namespace) -> tuple[Config, Path, object | Non
     # decides while the other ranks wait, so a fresh start stays quick
     ckpt, skipped = None, []
     if _holds(run_dir, "round_"):
-        from .store import find_latest
+        from .store import newest_readable
 
-        ckpt, skipped = find_latest(run_dir)
+        ckpt, skipped = newest_readable(run_dir)
     if ckpt is None:
         return _start_in(run_dir, args, skipped), run_dir, None
     cfg = _agreeing(args, yaml.safe_load(ckpt.config_yaml), run_dir)
@@ -496,13 +496,10 @@ def _prefetch(cfg: Config) -> str | None:
 def _final_accuracies(run_dir: Path) -> tuple[float, float] | None:
     import numpy as np
 
-    from .store import list_checkpoints, read_checkpoint
+    from .store import newest_readable, read_checkpoint
 
-    files = list_checkpoints(run_dir)
-    if not files:
-        return None
-    ckpt = read_checkpoint(files[-1][1], tensors=False)
-    if "global_acc" not in ckpt.metrics:
+    ckpt, _ = newest_readable(run_dir, lambda p: read_checkpoint(p, tensors=False))
+    if ckpt is None or "global_acc" not in ckpt.metrics:
         return None
     acc = ckpt.metrics["global_acc"]
     acc = acc[np.isfinite(acc)]

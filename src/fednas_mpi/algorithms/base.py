@@ -81,10 +81,24 @@ class GlobalModel:
 
 @dataclass
 class ClientResult:
+    """One client's report. Besides the model state a client may send values the server
+    needs for its step but that are no part of any model (the auxiliary channel); they
+    never enter the global state, the broadcast or a checkpoint:
+
+    - ``aux``: averaged like the state (sum over clients of weight * value, divided by
+      the total weight, in float64, pre-reduced per worker with the state); the names
+      and shapes are the ones ``Algorithm.aux_shapes`` declares, and ``server_step``
+      finds the means in ``averaged`` beside the state's entries.
+    - ``client_aux``: gathered, not reduced: the server gets each client's own tensors
+      exactly, in ``server_client_step``'s ``aux``.
+    """
+
     state: State  # averaged by the server, weighted by ``weight``
     weight: float  # FedAvg weight: the client's number of training samples
     metrics: dict[str, float]  # one value per name in Algorithm.client_metrics
     client_state: State | None = None  # kept for this client until it is next sampled
+    aux: State = field(default_factory=dict)  # weighted means across clients
+    client_aux: State = field(default_factory=dict)  # each client's own, to the server
 
 
 class Algorithm(ABC):
@@ -121,19 +135,27 @@ class Algorithm(ABC):
                       client_state: State | None) -> ClientResult:
         """Local work of one client on a copy of the global model."""
 
+    def aux_shapes(self, model: GlobalModel) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of the ``ClientResult.aux`` entries every client of a round on
+        ``model`` returns (float64; none by default). Declared up front because the
+        server sizes the round's receive buffers before any client has run."""
+        return {}
+
     def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
                     ctx: RoundContext) -> GlobalModel:
-        """Next global model from the FedAvg average; plain FedAvg keeps it as is."""
+        """Next global model from the FedAvg average (of the state's entries and of the
+        ``aux`` ones); plain FedAvg keeps it as is."""
         return GlobalModel(model.spec, averaged, model.server_state)
 
     def server_client_step(self, states: dict[int, State], clients: list[int],
-                           metrics: dict[str, float], ctx: RoundContext) -> dict[int, State]:
+                           aux: dict[int, State], metrics: dict[str, float],
+                           ctx: RoundContext) -> dict[int, State]:
         """Server-side update of per-client state after a round, once every client of the
         round has reported: ``states`` holds every client's stored state (this round's
-        new ones included), ``clients`` this round's clients. Returns the states to
-        replace (default: none); may add round metrics. Runs on the server only, before
-        ``server_step``, so it can use values only the whole round knows (e.g. the
-        fastest client)."""
+        new ones included), ``clients`` this round's clients, ``aux`` each reporting
+        client's ``ClientResult.client_aux``. Returns the states to replace (default:
+        none); may add round metrics. Runs on the server only, before ``server_step``, so
+        it can use values only the whole round knows (e.g. the fastest client)."""
         return {}
 
     @abstractmethod

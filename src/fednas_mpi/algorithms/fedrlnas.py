@@ -16,10 +16,12 @@ and moves alpha by REINFORCE.
 - REINFORCE: alpha <- Adam ascent on mean_i (R_i - b) * grad log p(a_i), b a moving
   average of the rounds' mean rewards (started at the first round's mean).
 
-How the per-client values reach the server: the runtime sums client states weighted by
-sample counts, so every client also returns ``rl.*`` entries: its op indicator
-(-> the sample share of each op), and R, score and R * score divided by its sample count
-(-> sums over clients, whose ratio to the summed 1/n is the plain mean over clients).
+How the per-client values reach the server: on the auxiliary channel
+(``ClientResult.aux``), which the runtime averages like the state, weighted by sample
+counts. Every client sends ``rl.*`` entries there: its op indicator (-> the sample share
+of each op), and R, score and R * score divided by its sample count (-> sums over clients,
+whose ratio to the summed 1/n is the plain mean over clients). The global model holds
+none of them.
 
 The argmax child of alpha is the global model that is evaluated; it becomes the final
 model (with its supernet weights, no retraining) after the last round.
@@ -100,12 +102,12 @@ class SubnetSearch(SupernetMethod):
 
     def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[float, float]:
-        if any(float(model.state[f"rl.count_{c}"].abs().sum()) > 0 for c in CELL_TYPES
-               if f"rl.count_{c}" in model.state):
+        if any(f"rl.count_{c}" in model.state for c in CELL_TYPES):
             # A raw FedAvg of the clients' subnet states (what the runtime offers as the
-            # model "before" an architecture change) is not a model of this method: its
-            # ops are not folded and its policy not updated. The derivation itself keeps
-            # every weight, so there is no before/after difference to report.
+            # model "before" an architecture change; it carries the round's aux means) is
+            # not a model of this method: its ops are not folded and its policy not
+            # updated. The derivation itself keeps every weight, so there is no
+            # before/after difference to report.
             return float("nan"), float("nan")
         net = self.net_of(model.spec, model.state)
         return evaluate(PathModel(net, argmax_choices(net)), x, y)
@@ -130,17 +132,16 @@ class FedRLNAS(SubnetSearch):
     def init_global(self) -> GlobalModel:
         spec = self.initial_spec()
         state = state_of(self.fresh(spec))
-        return GlobalModel(spec, {**state, **self.rl_entries(state)},
+        return GlobalModel(spec, state,
                            {"baseline": torch.zeros((), dtype=torch.float64),
                             "baseline_set": torch.zeros((), dtype=torch.float64)})
 
-    @staticmethod
-    def rl_entries(state: State) -> State:
-        out = {k: torch.zeros((), dtype=torch.float64) for k in RL_KEYS}
+    def aux_shapes(self, model: GlobalModel) -> dict[str, tuple[int, ...]]:
+        out: dict[str, tuple[int, ...]] = {k: () for k in RL_KEYS}
         for c in CELL_TYPES:
-            shape = state[f"alpha_{c}"].shape
+            shape = tuple(model.state[f"alpha_{c}"].shape)
             for part in ("count", "score", "rscore"):
-                out[f"rl.{part}_{c}"] = torch.zeros(shape, dtype=torch.float64)
+                out[f"rl.{part}_{c}"] = shape
         return out
 
     # ------------------------------------------------------------ client
@@ -166,15 +167,16 @@ class FedRLNAS(SubnetSearch):
             _, local_acc = evaluate(path, data.eval_x, data.eval_y)
         n = float(data.num_train)
         state = state_of(net)
-        state["rl.inv_n"] = torch.tensor(1.0 / n, dtype=torch.float64)
-        state["rl.reward"] = torch.tensor(reward / n, dtype=torch.float64)
+        aux = {"rl.inv_n": torch.tensor(1.0 / n, dtype=torch.float64),
+               "rl.reward": torch.tensor(reward / n, dtype=torch.float64)}
         for c in CELL_TYPES:
             s = score(alpha[c], masks[c], choices[c])
-            state[f"rl.count_{c}"] = onehot(s.shape, choices[c])
-            state[f"rl.score_{c}"] = s / n
-            state[f"rl.rscore_{c}"] = s * (reward / n)
+            aux[f"rl.count_{c}"] = onehot(s.shape, choices[c])
+            aux[f"rl.score_{c}"] = s / n
+            aux[f"rl.rscore_{c}"] = s * (reward / n)
         return ClientResult({k: state[k] for k in model.state}, n,
-                            {"train_loss": loss, "reward": reward, "local_acc": local_acc})
+                            {"train_loss": loss, "reward": reward, "local_acc": local_acc},
+                            aux=aux)
 
     # ------------------------------------------------------------ server
     def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
@@ -200,8 +202,6 @@ class FedRLNAS(SubnetSearch):
         spec = model.spec
         if spec.get("genotype") is None and ctx.round + 1 == self.cfg.run.rounds:
             spec, state = self.derive_child(spec, state)
-        else:
-            state.update(self.rl_entries(state))
         metrics.update(self.arch_metrics(spec, state, 1.0))
         return GlobalModel(spec, state, server)
 

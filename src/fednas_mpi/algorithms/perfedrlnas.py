@@ -2,9 +2,9 @@
 
 - Client state (persistent, checkpointed): its policy ``alpha_normal``/``alpha_reduce``
   (the reduction cell's policy is its own: its score uses ``alpha_reduce``, not the
-  normal cell's as in Plato's version), the policy's Adam moments, its best reward so
-  far, and what its last round left for the server (score of the sampled path, reward,
-  time).
+  normal cell's as in Plato's version), the policy's Adam moments and its best reward so
+  far. What a round leaves for the server (score of the sampled path, reward, time)
+  travels on the auxiliary channel (``ClientResult.client_aux``), not in this state.
 - Client, each round it is sampled: draws one op per edge from its own softmax(alpha)
   (epsilon-greedy; in the last round its argmax subnet, so every client ends with its
   own subnet), trains only that path of the shared supernet (``subnet.train_path``),
@@ -103,10 +103,8 @@ class PerFedRLNAS(FedRLNAS):
         model = super().init_global()
         return GlobalModel(model.spec, model.state, {})
 
-    @staticmethod
-    def rl_entries(state: State) -> State:
-        return {f"rl.count_{c}": torch.zeros(state[f"alpha_{c}"].shape, dtype=torch.float64)
-                for c in CELL_TYPES}
+    def aux_shapes(self, model: GlobalModel) -> dict[str, tuple[int, ...]]:
+        return {f"rl.count_{c}": tuple(model.state[f"alpha_{c}"].shape) for c in CELL_TYPES}
 
     def initial_client_state(self, model: GlobalModel) -> State:
         st: State = {f"alpha_{c}": torch.zeros_like(model.state[f"alpha_{c}"],
@@ -151,33 +149,35 @@ class PerFedRLNAS(FedRLNAS):
         if ctx.is_due(f.local_eval_every):
             _, local_acc = evaluate(path, data.eval_x, data.eval_y)
         state = state_of(net)
+        aux: State = {}
+        mine: State = {"acc": torch.tensor(reward, dtype=torch.float64),
+                       "time": torch.tensor(cost, dtype=torch.float64)}
         for c in CELL_TYPES:
             state[f"alpha_{c}"] = policy[f"alpha_{c}"].to(state[f"alpha_{c}"].dtype)
-            state[f"rl.count_{c}"] = onehot(policy[f"alpha_{c}"].shape, choices[c])
-            policy[f"pending.score_{c}"] = score(policy[f"alpha_{c}"], masks[c], choices[c])
+            aux[f"rl.count_{c}"] = onehot(policy[f"alpha_{c}"].shape, choices[c])
+            mine[f"score_{c}"] = score(policy[f"alpha_{c}"], masks[c], choices[c])
             policy[f"subnet_{c}"] = torch.tensor(choices[c], dtype=torch.float64)
-        policy["pending.acc"] = torch.tensor(reward, dtype=torch.float64)
-        policy["pending.time"] = torch.tensor(cost, dtype=torch.float64)
         policy["local_acc"] = torch.tensor(local_acc, dtype=torch.float64)
         return ClientResult({k: state[k] for k in model.state}, float(data.num_train),
                             {"train_loss": loss, "reward": reward, "local_acc": local_acc,
-                             "time_cost": cost}, client_state=policy)
+                             "time_cost": cost}, client_state=policy, aux=aux, client_aux=mine)
 
     # ------------------------------------------------------------ server
     def server_client_step(self, states: dict[int, State], clients: list[int],
-                           metrics: dict[str, float], ctx: RoundContext) -> dict[int, State]:
+                           aux: dict[int, State], metrics: dict[str, float],
+                           ctx: RoundContext) -> dict[int, State]:
         f = self.conf
-        acc = {c: float(states[c]["pending.acc"]) for c in clients}
-        best = {c: max(float(s["best_acc"]), float(s["pending.acc"]))
-                if "pending.acc" in s else float(s["best_acc"]) for c, s in states.items()}
-        time = {c: float(states[c]["pending.time"]) for c in clients}
+        acc = {c: float(aux[c]["acc"]) for c in clients}
+        best = {c: max(float(s["best_acc"]), float(aux[c]["acc"]))
+                if c in aux else float(s["best_acc"]) for c, s in states.items()}
+        time = {c: float(aux[c]["time"]) for c in clients}
         rewards = personal_rewards(acc, best, time, f.time_lambda)
         out: dict[int, State] = {}
         for c in clients:
-            st = {k: v for k, v in states[c].items() if not k.startswith("pending.")}
+            st = dict(states[c])
             for cell in CELL_TYPES:
                 st[f"alpha_{cell}"] = adam_ascent(
-                    st[f"alpha_{cell}"], rewards[c] * states[c][f"pending.score_{cell}"], st,
+                    st[f"alpha_{cell}"], rewards[c] * aux[c][f"score_{cell}"], st,
                     f"adam_{cell}.", f.arch_lr, f.arch_betas)
             st["best_acc"] = torch.tensor(best[c], dtype=torch.float64)
             st["seen"] = st["seen"] + 1
@@ -199,7 +199,6 @@ class PerFedRLNAS(FedRLNAS):
         state = fold(model.state, averaged, op_keys(net), share, names)
         for c in CELL_TYPES:  # the mean policy of the round's clients
             state[f"alpha_{c}"] = averaged[f"alpha_{c}"]
-        state.update(self.rl_entries(state))
         metrics.update(lr=self.lr(ctx.round), **self.arch_metrics(model.spec, state, 1.0))
         return GlobalModel(model.spec, state, model.server_state)
 
@@ -258,6 +257,5 @@ class MetaPerFedRLNAS(PerFedRLNAS):
         if spec is model.spec:
             return out
         state = {k: out.state[k] for k in self.build(spec).state_dict()}
-        state.update(self.rl_entries(state))
         metrics.update(self.arch_metrics(spec, state, 1.0))
         return GlobalModel(spec, state, out.server_state)

@@ -87,25 +87,24 @@ def heatmap(hist: np.ndarray, path: str | Path, title: str) -> Path:
 
 
 def from_run(run_dir: str | Path, part: str) -> tuple[np.ndarray, Config, Path]:
-    """(histogram, config, checkpoint) from the newest checkpoint of a run that reads back.
+    """(histogram, config, checkpoint) from the newest checkpoint of a run that reads back
+    (``store.newest_readable``: newer unreadable files are skipped).
 
-    Raises FileNotFoundError naming the directory when it holds none.
+    Raises FileNotFoundError naming the directory and the reasons when it holds none.
     """
-    from ..store import CheckpointError, list_checkpoints, read_checkpoint
+    from ..store import newest_readable, no_readable_message, read_checkpoint
 
-    skipped = []
-    for _, path in reversed(list_checkpoints(run_dir)):
-        try:
-            ckpt = read_checkpoint(path, tensors=False)
-            with h5py.File(path, "r") as f:
-                hist = np.asarray(f[f"partition/{part}_hist"][()])
-        except (CheckpointError, OSError, KeyError) as e:
-            skipped.append(f"{path.name}: {e}")
-            continue
-        cfg = config_mod.from_stored(yaml.safe_load(ckpt.config_yaml))
-        return hist, cfg, path
-    why = "".join(f"\n    skipped {s}" for s in skipped)
-    raise FileNotFoundError(f"{run_dir}: no readable checkpoint (round_NNNNN.h5){why}")
+    def load(path: Path):
+        ckpt = read_checkpoint(path, tensors=False)
+        with h5py.File(path, "r", locking=False) as f:
+            return np.asarray(f[f"partition/{part}_hist"][()]), ckpt
+
+    found, skipped = newest_readable(run_dir, load)
+    if found is None:
+        raise FileNotFoundError(no_readable_message(run_dir, skipped))
+    hist, ckpt = found
+    cfg = config_mod.from_stored(yaml.safe_load(ckpt.config_yaml))
+    return hist, cfg, ckpt.path
 
 
 def from_config(cfg: Config, part: str) -> np.ndarray:

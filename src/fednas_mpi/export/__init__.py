@@ -20,7 +20,13 @@ from .. import __version__
 from .. import config as config_mod
 from ..config import ConfigError
 from ..seeding import SERVER, SETUP, numpy_rng, torch_rng
-from ..store import CheckpointError, checkpoint_path, find_latest, read_checkpoint
+from ..store import (
+    CheckpointError,
+    checkpoint_path,
+    newest_readable,
+    no_readable_message,
+    read_checkpoint,
+)
 from . import artifact, deploy
 from .build import PERSONAL, ExportError, build_target, client_data
 
@@ -39,10 +45,9 @@ def _checkpoint(run_dir: Path, round_: int | None):
             raise ExportError(str(e)) from None
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: no such run directory")
-    ckpt, skipped = find_latest(run_dir)
+    ckpt, skipped = newest_readable(run_dir)
     if ckpt is None:
-        why = "".join(f"; skipped: {s}" for s in skipped)
-        raise ExportError(f"{run_dir}: no valid checkpoint round_NNNNN.h5{why}")
+        raise ExportError(no_readable_message(run_dir, skipped))
     return ckpt
 
 

@@ -9,6 +9,7 @@ checkpoint holds the whole history of the run (every round's metrics).
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import yaml
 
 from .. import config as config_mod
 from ..config import Config, ConfigError
-from ..store import CheckpointError, list_checkpoints, read_checkpoint
+from ..store import CheckpointError, newest_readable, no_readable_message, read_checkpoint
 
 _TEMP = re.compile(r"^\.round_\d{5,}\.h5\.tmp-\d+$")
 #: Config keys that do not change what a run computes, besides the seed: runs that differ
@@ -46,6 +47,7 @@ class Run:
     client_metrics: dict[str, np.ndarray] = field(default_factory=dict)
     partition: dict[str, np.ndarray] = field(default_factory=dict)
     writing: list[str] = field(default_factory=list)  # temporary files of a round in progress
+    skipped: list[str] = field(default_factory=list)  # newer files that did not read back
     #: per client, its own subnet (cell type -> op per edge) where the method keeps one
     #: in its client state (PerFedRLNAS and its meta variant)
     client_subnets: dict[int, dict[str, list[str]]] = field(default_factory=dict)
@@ -121,6 +123,13 @@ def _no_checkpoint(directory: Path) -> ReportError:
 
 
 def _read(path: Path, directory: Path) -> Run:
+    try:
+        return _read_run(path, directory)
+    except (yaml.YAMLError, TypeError) as e:  # a config attribute that is no YAML mapping
+        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from None
+
+
+def _read_run(path: Path, directory: Path) -> Run:
     ck = read_checkpoint(path, tensors=False)
     with h5py.File(path, "r", locking=False) as f:
         partition = {k: np.asarray(v[()]) for k, v in f["partition"].items()} \
@@ -144,7 +153,9 @@ def _read(path: Path, directory: Path) -> Run:
 
 
 def load_run(source: str | Path) -> Run:
-    """A run from its directory (newest complete checkpoint) or from one checkpoint file.
+    """A run from its directory (its newest checkpoint that reads back, by the store's one
+    policy: ``store.newest_readable``; each newer file passed over is a warning on stderr
+    and in ``Run.skipped``) or from one checkpoint file.
 
     Raises ReportError naming the directory or the file that cannot be used.
     """
@@ -152,34 +163,24 @@ def load_run(source: str | Path) -> Run:
     if not source.exists():
         raise ReportError(f"{source}: no such file or directory; give a run directory")
     if source.is_file():
-        directory, files = source.parent, [source]
-    else:
-        directory = source
-        files = []
-    for _attempt in range(3):  # with store.keep the newest may be replaced while we look
-        if source.is_dir():
-            files = [p for _, p in list_checkpoints(directory)][-1:]
-            if not files:
-                raise _no_checkpoint(directory)
         try:
-            run = _read(files[-1], directory)
-        except FileNotFoundError:
-            continue
-        except CheckpointError as e:
-            raise ReportError(_with_fix(str(e), files[-1], source.is_dir())) from None
-        except (OSError, KeyError, ValueError, TypeError, yaml.YAMLError) as e:
-            raise ReportError(_with_fix(f"{files[-1]}: unreadable checkpoint ({e})",
-                                        files[-1], source.is_dir())) from None
-        run.writing = temp_files(directory)
+            run = _read(source, source.parent)
+        except (CheckpointError, OSError, KeyError, ValueError) as e:
+            text = str(e) if str(e).startswith(str(source)) else \
+                f"{source}: unreadable checkpoint ({e})"
+            raise ReportError(f"{text}; give a fednas-mpi checkpoint or run directory") from None
+        run.writing = temp_files(source.parent)
         return run
-    raise ReportError(f"{directory}: checkpoints kept disappearing while reading; try again")
-
-
-def _with_fix(message: str, path: Path, in_directory: bool) -> str:
-    if not in_directory:
-        return f"{message}; give a fednas-mpi checkpoint or run directory"
-    return (f"{message}; move {path.name} out of {path.parent} to read the run up to its "
-            f"previous checkpoint")
+    run, skipped = newest_readable(source, lambda path: _read(path, source))
+    if run is None:
+        if not skipped:
+            raise _no_checkpoint(source)
+        raise ReportError(no_readable_message(source, skipped))
+    for note in skipped:
+        print(f"fednas-mpi: warning: {note}; reading {run.checkpoint.name}", file=sys.stderr)
+    run.skipped = skipped
+    run.writing = temp_files(source)
+    return run
 
 
 def load_runs(sources: list[str]) -> list[Run]:

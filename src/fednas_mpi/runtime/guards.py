@@ -44,15 +44,19 @@ def _describe(kind: str, name: str, t: torch.Tensor) -> str:
 
 def check_client(state: Mapping[str, torch.Tensor], weight: float,
                  metrics: Mapping[str, float],
-                 client_state: Mapping[str, torch.Tensor] | None) -> str | None:
-    """What is wrong with one client result, or None when it is finite throughout."""
+                 client_state: Mapping[str, torch.Tensor] | None,
+                 aux: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> str | None:
+    """What is wrong with one client result, or None when it is finite throughout.
+    ``aux``: the result's auxiliary tensors by channel (``{"aux": ..., "client aux": ...}``),
+    checked like the state: a NaN there would poison the server step as surely."""
     name = first_nonfinite(state)
     if name is not None:
         return _describe("state", name, state[name])
-    if client_state is not None:
-        name = first_nonfinite(client_state)
+    parts = {"client state": client_state or {}, **(aux or {})}
+    for what, tensors in parts.items():
+        name = first_nonfinite(tensors)
         if name is not None:
-            return _describe("client state", name, client_state[name])
+            return _describe(what, name, tensors[name])
     if not math.isfinite(float(weight)):
         return f"weight = {weight}"
     for key, value in metrics.items():

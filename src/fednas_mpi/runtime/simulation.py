@@ -8,11 +8,12 @@ same ``run_clients`` code. Per round:
             broadcast the plan and the global state (one flat buffer),
             send stored per-client state to the workers that need it
     worker: run the method's client update for each assigned client and fold
-            the results into one pre-reduced buffer; send it, then any
-            updated per-client state
+            the results (state and ``ClientResult.aux``, both weighted) into one
+            pre-reduced buffer; send it, then any updated per-client state and
+            each client's ``client_aux``
     server: fold each partial sum in as it arrives (non-blocking receives,
             while slower workers still compute), in worker order, average,
-            server step, evaluate on the server test set (and, on
+            per-client server step, server step, evaluate on the server test set (and, on
             run.personal_eval_every's schedule, every client's personalised model
             on its eval split), checkpoint, report progress
 
@@ -153,6 +154,53 @@ def _on_cpu(model: GlobalModel) -> GlobalModel:
     return GlobalModel(model.spec, on_cpu(model.state), on_cpu(model.server_state))
 
 
+def summed_layout(state: State, aux_shapes: dict[str, tuple[int, ...]]) -> Layout:
+    """What a round's client results are summed in: the state's entries, then the
+    method's mean-reduced aux entries (float64), so both take one pre-reduced buffer."""
+    clash = sorted(set(state) & set(aux_shapes))
+    if clash:
+        raise ValueError(f"aux entries {clash[:3]} have the names of global state entries")
+    base = Layout.of(state)
+    return Layout(base.names + tuple(aux_shapes),
+                  base.shapes + tuple(tuple(s) for s in aux_shapes.values()),
+                  base.dtypes + (torch.float64,) * len(aux_shapes))
+
+
+def _method_times(metrics: dict[str, float], times: dict[str, float], aggregate: float) -> None:
+    """The round's cost components (module docstring); ``aggregate``: the seconds from
+    the reports' arrival through the server step."""
+    metrics["aggregate_time"] = aggregate + times["fold"]
+    metrics["compute_time"] = times["compute"]
+    metrics["comm_time"] = times["comm"]
+    # the method's own time: what a deployment would spend (evaluation apart)
+    metrics["method_time"] = (metrics["aggregate_time"] + metrics["compute_time"]
+                              + metrics["comm_time"])
+
+
+@dataclass
+class _Run:
+    """What the server carries from round to round (and stores in every checkpoint)."""
+
+    model: GlobalModel
+    client_states: dict[int, State]
+    history: dict[str, list[float]]  # metric -> one value per round
+    stages: list[str]
+    per_client: dict[str, np.ndarray]  # client metric -> rounds x clients
+    start: int  # the first round to run
+    sent: tuple | None = None  # (spec JSON, layout) the workers hold
+
+
+@dataclass
+class _Reports:
+    """A round's client results as they reach the server."""
+
+    layout: Layout  # of the summed part (summed_layout)
+    total: np.ndarray  # the folded pre-reduced sums (ClientSums buffer)
+    states: dict[int, State]  # updated per-client states
+    aux: dict[int, State]  # each client's ClientResult.client_aux
+    times: dict[str, float]  # compute, comm, fold (seconds)
+
+
 class Simulation:
     def __init__(self, cfg: Config, comm: MPI.Comm, dataset: Dataset, partition: Partition,
                  algorithm: Algorithm):
@@ -194,25 +242,38 @@ class Simulation:
 
     def run_clients(self, model: GlobalModel, clients: list[int], ctx: RoundContext,
                     states_in: dict[int, State], round_clients: list[int]
-                    ) -> tuple[ClientSums, dict[int, State], float]:
-        """Run the client update of each client in turn; pre-reduce the results.
-        ``round_clients`` (all of the round's clients, sorted) fixes the per-client slots."""
+                    ) -> tuple[ClientSums, dict[int, State], dict[int, State], float]:
+        """Run the client update of each client in turn; pre-reduce the results (state and
+        mean-reduced aux in one buffer). ``round_clients`` (all of the round's clients,
+        sorted) fixes the per-client slots. Returns (sums, updated client states, each
+        client's ``client_aux``, seconds)."""
         t0 = time.perf_counter()
-        sums = ClientSums(Layout.of(model.state), self.algorithm.client_metrics, round_clients)
+        declared = self.algorithm.aux_shapes(model)
+        sums = ClientSums(summed_layout(model.state, declared), self.algorithm.client_metrics,
+                          round_clients)
         states_out: dict[int, State] = {}
+        aux_out: dict[int, State] = {}
         self.dropped = {}
         for cid in clients:
             res = self.algorithm.client_update(model, self.client_data(cid), ctx,
                                                states_in.get(cid))
+            if set(res.aux) != set(declared):
+                raise ValueError(f"{self.algorithm.name}: client {cid} returned aux entries "
+                                 f"{sorted(res.aux)}, aux_shapes declares {sorted(declared)}")
             state = faults.poison_client(ctx.round, cid, on_cpu(res.state))
-            bad = guards.check_client(state, res.weight, res.metrics, res.client_state)
+            aux, client_aux = on_cpu(res.aux), on_cpu(res.client_aux)
+            bad = guards.check_client(state, res.weight, res.metrics, res.client_state,
+                                      {"aux": aux, "client aux": client_aux})
             if bad is not None:  # never folded in; the server applies run.on_nonfinite
                 self.dropped[cid] = bad
                 continue
-            sums.add(state, res.weight, res.metrics, client=cid)
+            sums.add({**state, **{k: aux[k] for k in declared}}, res.weight, res.metrics,
+                     client=cid)
             if res.client_state is not None:
                 states_out[cid] = on_cpu(res.client_state)
-        return sums, states_out, time.perf_counter() - t0
+            if client_aux:
+                aux_out[cid] = client_aux
+        return sums, states_out, aux_out, time.perf_counter() - t0
 
     def context(self, round_: int, stage: str | None = None) -> RoundContext:
         return RoundContext(round_, self.cfg.run.rounds, self.cfg.run.seed,
@@ -224,112 +285,31 @@ class Simulation:
               should_stop: Callable[[], bool] | None = None) -> GlobalModel:
         """Run the rounds from ``resume`` (or from scratch) to ``run.rounds``. After each
         round's checkpoint, ``should_stop()`` true ends the run early (preemption): the
-        workers are released and ``self.stopped_after`` holds the rounds completed."""
+        workers are released and ``self.stopped_after`` holds the rounds completed.
+
+        A round is Algorithm 1's: sample clients, broadcast and client updates (with the
+        fold of their results), aggregate, server step (which may prune), then evaluate
+        and record (history, checkpoint); each a method below."""
         cfg = self.cfg
         self.stopped_after = self.stopped_early = None
         self._open_transport()
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        if resume is None:
-            model, client_states, start = _on_cpu(self.algorithm.init_global()), {}, 0
-            history: dict[str, list[float]] = {}
-            stages: list[str] = []
-            per_client: dict[str, np.ndarray] = {}
-        else:
-            model = GlobalModel(resume.spec, resume.state, resume.server_state)
-            client_states, start = dict(resume.client_states), resume.round
-            history = {k: list(v) for k, v in resume.metrics.items()}
-            stages = list(resume.stages)
-            per_client = dict(resume.client_metrics)  # empty from checkpoints before it existed
-            if resume.rng_torch_cpu is not None:
-                torch.set_rng_state(resume.rng_torch_cpu)
-        labels = self.dataset.train_y.numpy()
-        partition_info = {
-            "train_sizes": self.partition.train_sizes(),
-            "eval_sizes": np.array([len(c.eval) for c in self.partition.clients]),
-            "train_hist": self.partition.histograms(labels, "train"),
-            "eval_hist": self.partition.histograms(labels, "eval"),
-        }
-        attrs = {"rounds_planned": cfg.run.rounds, "world_size": self.comm.Get_size(),
-                 "seed": cfg.run.seed, "algorithm": cfg.algorithm.name,
-                 "dataset": cfg.data.name, "versions": versions(),
-                 "kernels": kernels.status().backend, "devices": to_json(self.placements)}
-        config_yaml = to_yaml(cfg)
-        sent_spec = None
-        for r in range(start, cfg.run.rounds):
+        run = self._start(resume)
+        fixed = self._fixed_record()
+        for r in range(run.start, cfg.run.rounds):
             t_round = time.perf_counter()
             ctx = self.context(r)
             clients = sample_clients(cfg.run.seed, r, cfg.partition.num_clients,
                                      cfg.federation.clients_per_round)
-            assignment = assign(clients, self.work[clients], self.num_workers)
-            layout = Layout.of(model.state)
-            spec_key = (model.spec_json(), layout)
-            sums = ClientSums(layout, self.algorithm.client_metrics, clients)
-            total, new_states, times = self._dispatch(
-                r, ctx, model, layout, assignment, client_states,
-                spec_changed=spec_key != sent_spec)
-            sent_spec = spec_key
-            guards.judge_round(cfg.run.on_nonfinite, r, clients, self.dropped)
+            reports = self._client_updates(ctx, run, clients)
             t_agg = time.perf_counter()
-            averaged, metrics = sums.finish(total)
-            per_client = _append_clients(
-                per_client, guards.mark_dropped(sums.per_client(total), self.dropped,
-                                                cfg.run.on_nonfinite),
-                len(stages), cfg.partition.num_clients)
-            client_states.update(new_states)
-            client_states.update({c: on_cpu(st) for c, st in self.algorithm.server_client_step(
-                client_states, sorted(int(c) for c in clients), metrics, ctx).items()})
-            old_spec = model.spec
-            model = _on_cpu(self.algorithm.server_step(model, averaged, metrics, ctx))
-            guards.check_global(model.state, r)
-            metrics["aggregate_time"] = time.perf_counter() - t_agg + times["fold"]
-            metrics["compute_time"] = times["compute"]
-            metrics["comm_time"] = times["comm"]
-            # the method's own time: what a deployment would spend (evaluation apart)
-            metrics["method_time"] = (metrics["aggregate_time"] + metrics["compute_time"]
-                                      + metrics["comm_time"])
-            t_eval = time.perf_counter()
-            if cfg.run.val_every and ctx.is_due(cfg.run.val_every):
-                metrics["val_loss"], metrics["val_acc"] = self.algorithm.evaluate_global(
-                    model, *self._val_set(), client_states)
-            early = patience_exhausted(
-                [*history.get("val_acc", [float("nan")] * len(stages)),
-                 metrics.get("val_acc", float("nan"))],
-                [self.algorithm.can_stop(i) for i in range(r + 1)], cfg.run.patience)
-            last = r + 1 == cfg.run.rounds or early
-            loss = acc = float("nan")
-            changed = model.spec != old_spec
-            derived = bool(model.spec.get("genotype")) and not old_spec.get("genotype")
-            # the whole test set where a result is read off (the end, the derivation)
-            test = self._test_set(whole=last or derived)
-            if changed or last or ctx.is_due(cfg.run.eval_every):
-                loss, acc = self.algorithm.evaluate_global(model, *test, client_states)
-                guards.check_loss(loss, r)
-            if changed:
-                metrics.update(self._prune_accuracies(old_spec, averaged, model, acc, test))
-            every = cfg.run.personal_eval_every
-            if last or (every and (r + 1) % every == 0):
-                metrics.update(self.personal_accuracies(model, client_states, ctx))
-            metrics.update(guards.round_metrics(cfg.run.on_nonfinite, self.dropped))
-            metrics.update(global_loss=loss, global_acc=acc,
-                           eval_time=time.perf_counter() - t_eval,
-                           round_time=time.perf_counter() - t_round,
-                           checkpoint_time=float("nan"))
-            for name in set(history) | set(metrics):
-                history.setdefault(name, [float("nan")] * len(stages))
-                history[name].append(metrics.get(name, float("nan")))
-            stages.append(ctx.stage)
-            t_ckpt = time.perf_counter()
-            write_checkpoint(
-                run_dir, r + 1, config_yaml=config_yaml, spec=model.spec, state=model.state,
-                server_state=model.server_state, client_states=client_states,
-                metrics={k: np.asarray(v) for k, v in history.items()}, stages=stages,
-                partition=partition_info,
-                attrs={**attrs, "stage": ctx.stage, **({"stopped_early": r + 1} if early else {})},
-                client_metrics=per_client)
-            prune_old(run_dir, cfg.store.keep)
-            # stored from the next round's file on (a file cannot hold its own write time)
-            metrics["checkpoint_time"] = history["checkpoint_time"][-1] = \
-                time.perf_counter() - t_ckpt
+            averaged, metrics = self._aggregate(ctx, run, clients, reports)
+            old_spec = run.model.spec
+            self._server_step(ctx, run, averaged, metrics)
+            _method_times(metrics, reports.times, time.perf_counter() - t_agg)
+            early = self._evaluate(ctx, run, old_spec, averaged, metrics)
+            metrics["round_time"] = time.perf_counter() - t_round
+            self._record(run_dir, ctx, run, metrics, fixed, early)
             if on_round is not None:
                 on_round(r, metrics)
             if early:
@@ -339,10 +319,137 @@ class Simulation:
                 self.stopped_after = r + 1
                 break
         self.release_workers()
+        self._write_genotype(run_dir, run.model)
+        return run.model
+
+    def _start(self, resume: Checkpoint | None) -> _Run:
+        """Round 0's run state, or the one a checkpoint holds (with the torch CPU stream)."""
+        if resume is None:
+            return _Run(_on_cpu(self.algorithm.init_global()), {}, {}, [], {}, 0)
+        if resume.rng_torch_cpu is not None:
+            torch.set_rng_state(resume.rng_torch_cpu)
+        return _Run(GlobalModel(resume.spec, resume.state, resume.server_state),
+                    dict(resume.client_states), {k: list(v) for k, v in resume.metrics.items()},
+                    list(resume.stages),
+                    dict(resume.client_metrics),  # empty from checkpoints before it existed
+                    resume.round)
+
+    def _fixed_record(self) -> dict:
+        """What every checkpoint of this run stores unchanged: config, partition, attrs."""
+        cfg = self.cfg
+        labels = self.dataset.train_y.numpy()
+        partition = {
+            "train_sizes": self.partition.train_sizes(),
+            "eval_sizes": np.array([len(c.eval) for c in self.partition.clients]),
+            "train_hist": self.partition.histograms(labels, "train"),
+            "eval_hist": self.partition.histograms(labels, "eval"),
+        }
+        attrs = {"rounds_planned": cfg.run.rounds, "world_size": self.comm.Get_size(),
+                 "seed": cfg.run.seed, "algorithm": cfg.algorithm.name,
+                 "dataset": cfg.data.name, "versions": versions(),
+                 "kernels": kernels.status().backend, "devices": to_json(self.placements)}
+        return {"config_yaml": to_yaml(cfg), "partition": partition, "attrs": attrs}
+
+    def _client_updates(self, ctx: RoundContext, run: _Run, clients: list[int]) -> _Reports:
+        """Broadcast the global model and run the round's client updates (Algorithm 1,
+        lines 4-6), here or on the workers; their results come back folded."""
+        assignment = assign(clients, self.work[clients], self.num_workers)
+        layout = Layout.of(run.model.state)
+        sent = (run.model.spec_json(), layout)
+        reports = self._dispatch(ctx, run.model, layout, assignment, run.client_states,
+                                 spec_changed=sent != run.sent)
+        run.sent = sent
+        return reports
+
+    def _aggregate(self, ctx: RoundContext, run: _Run, clients: list[int], reports: _Reports
+                   ) -> tuple[State, dict[str, float]]:
+        """FedAvg of the reports (Algorithm 1, lines 7-8; aux means included), each
+        client's own metrics, its new stored state and the method's per-client server
+        update. Returns (averaged, the round's metrics so far)."""
+        cfg = self.cfg
+        guards.judge_round(cfg.run.on_nonfinite, ctx.round, clients, self.dropped)
+        sums = ClientSums(reports.layout, self.algorithm.client_metrics, clients)
+        averaged, metrics = sums.finish(reports.total)
+        run.per_client = _append_clients(
+            run.per_client, guards.mark_dropped(sums.per_client(reports.total), self.dropped,
+                                                cfg.run.on_nonfinite),
+            len(run.stages), cfg.partition.num_clients)
+        run.client_states.update(reports.states)
+        updated = self.algorithm.server_client_step(
+            run.client_states, sorted(int(c) for c in clients), reports.aux, metrics, ctx)
+        run.client_states.update({c: on_cpu(st) for c, st in updated.items()})
+        metrics.update(guards.round_metrics(cfg.run.on_nonfinite, self.dropped))
+        return averaged, metrics
+
+    def _server_step(self, ctx: RoundContext, run: _Run, averaged: State,
+                     metrics: dict[str, float]) -> None:
+        """The method's server step: the next global model (a pruning or a derivation
+        changes its spec)."""
+        run.model = _on_cpu(self.algorithm.server_step(run.model, averaged, metrics, ctx))
+        guards.check_global(run.model.state, ctx.round)
+
+    def _evaluate(self, ctx: RoundContext, run: _Run, old_spec: dict, averaged: State,
+                  metrics: dict[str, float]) -> bool:
+        """Measure the new global model (apart from the method's time): ``val_acc`` on
+        ``run.val_every``'s schedule, then, as that decides whether this round is the
+        last, the server test set, the accuracies around a pruning and the personalised
+        ones. Returns whether early stopping (``run.patience``) ends the run here."""
+        t_eval = time.perf_counter()
+        cfg, model, r = self.cfg, run.model, ctx.round
+        if cfg.run.val_every and ctx.is_due(cfg.run.val_every):
+            metrics["val_loss"], metrics["val_acc"] = self.algorithm.evaluate_global(
+                model, *self._val_set(), run.client_states)
+        early = patience_exhausted(
+            [*run.history.get("val_acc", [float("nan")] * len(run.stages)),
+             metrics.get("val_acc", float("nan"))],
+            [self.algorithm.can_stop(i) for i in range(r + 1)], cfg.run.patience)
+        last = r + 1 == cfg.run.rounds or early
+        loss = acc = float("nan")
+        changed = model.spec != old_spec
+        derived = bool(model.spec.get("genotype")) and not old_spec.get("genotype")
+        # the whole test set where a result is read off (the end, the derivation)
+        test = self._test_set(whole=last or derived)
+        if changed or last or ctx.is_due(cfg.run.eval_every):
+            loss, acc = self.algorithm.evaluate_global(model, *test, run.client_states)
+            guards.check_loss(loss, r)
+        if changed:
+            metrics.update(self._prune_accuracies(old_spec, averaged, model, acc, test))
+        every = cfg.run.personal_eval_every
+        if last or (every and (r + 1) % every == 0):
+            metrics.update(self.personal_accuracies(model, run.client_states, ctx))
+        metrics.update(global_loss=loss, global_acc=acc, eval_time=time.perf_counter() - t_eval)
+        return early
+
+    def _record(self, run_dir, ctx: RoundContext, run: _Run, metrics: dict[str, float],
+                fixed: dict, early: bool) -> None:
+        """Append the round to the history and write its checkpoint (then store.keep)."""
+        metrics["checkpoint_time"] = float("nan")
+        for name in set(run.history) | set(metrics):
+            run.history.setdefault(name, [float("nan")] * len(run.stages))
+            run.history[name].append(metrics.get(name, float("nan")))
+        run.stages.append(ctx.stage)
+        t_ckpt = time.perf_counter()
+        model, r = run.model, ctx.round
+        write_checkpoint(
+            run_dir, r + 1, config_yaml=fixed["config_yaml"], spec=model.spec,
+            state=model.state, server_state=model.server_state,
+            client_states=run.client_states,
+            metrics={k: np.asarray(v) for k, v in run.history.items()}, stages=run.stages,
+            partition=fixed["partition"],
+            attrs={**fixed["attrs"], "stage": ctx.stage,
+                   **({"stopped_early": r + 1} if early else {})},
+            client_metrics=run.per_client)
+        prune_old(run_dir, self.cfg.store.keep)
+        # stored from the next round's file on (a file cannot hold its own write time)
+        metrics["checkpoint_time"] = run.history["checkpoint_time"][-1] = \
+            time.perf_counter() - t_ckpt
+
+    def _write_genotype(self, run_dir, model: GlobalModel) -> None:
+        """genotype.json beside the checkpoints once a run that derives one has ended
+        (not after a preemption: the run is not over)."""
         if model.spec.get("genotype") and self.stopped_after is None:
             (Path(run_dir) / "genotype.json").write_text(
                 json.dumps(model.spec["genotype"], indent=2) + "\n")
-        return model
 
     def release_workers(self, exit_code: int = 0) -> None:
         """End the workers' loops (they exit with ``exit_code``) and close the transport.
@@ -406,31 +513,31 @@ class Simulation:
             acc_after = float("nan")
         return {"acc_before_prune": acc_before, "acc_after_prune": acc_after}
 
-    def _dispatch(self, r: int, ctx: RoundContext, model: GlobalModel, layout: Layout,
+    def _dispatch(self, ctx: RoundContext, model: GlobalModel, layout: Layout,
                   assignment: list[list[int]], client_states: dict[int, State],
-                  spec_changed: bool) -> tuple[np.ndarray, dict[int, State], dict[str, float]]:
+                  spec_changed: bool) -> _Reports:
         """Run a round's clients (here or on the workers) and fold their partial sums.
 
-        Returns (total, updated client states, times) with times ``compute`` (slowest
-        worker), ``comm`` (the rest of the wait) and ``fold`` (folding not overlapped with
-        the workers' compute)."""
+        Returns the reports with times ``compute`` (slowest worker), ``comm`` (the rest of
+        the wait) and ``fold`` (folding not overlapped with the workers' compute)."""
         round_clients = sorted(c for cs in assignment for c in cs)
-        size = ClientSums.buffer_size(layout, self.algorithm.client_metrics, len(round_clients))
+        summed = summed_layout(model.state, self.algorithm.aux_shapes(model))
+        size = ClientSums.buffer_size(summed, self.algorithm.client_metrics, len(round_clients))
         if self.comm.Get_size() == 1:
-            sums, states, seconds = self.run_clients(model, assignment[0], ctx, client_states,
-                                                     round_clients)  # sets self.dropped
+            sums, states, aux, seconds = self.run_clients(
+                model, assignment[0], ctx, client_states, round_clients)  # sets self.dropped
             t0 = time.perf_counter()
             total = np.zeros(size, dtype=np.float64)
             total += sums.buffer  # as the server adds worker buffers: 0 + p_1 (bit-equal)
-            return total, states, {"compute": seconds, "comm": 0.0,
-                                   "fold": time.perf_counter() - t0}
+            return _Reports(summed, total, states, aux,
+                            {"compute": seconds, "comm": 0.0, "fold": time.perf_counter() - t0})
         comm, poll = self.comm, self.poll
         t_start = time.perf_counter()
         incoming = {w: [(c, client_states[c]) for c in cs if c in client_states]
                     for w, cs in enumerate(assignment)}
         incoming = {w: v for w, v in incoming.items() if v}
         packed = {w: _concat(v) for w, v in incoming.items()}
-        plan = Plan(round=r, stage=ctx.stage, assignment=assignment,
+        plan = Plan(round=ctx.round, stage=ctx.stage, assignment=assignment,
                     spec_json=model.spec_json() if spec_changed else None,
                     layout_meta=layout.to_meta() if spec_changed else None,
                     incoming={w: meta for w, (meta, _) in packed.items()})
@@ -445,18 +552,22 @@ class Simulation:
         total, fold_tail = fold_in_order(reqs, [bufs[w] for w in busy], size, poll)
         t_arrived = time.perf_counter() - fold_tail
         states: dict[int, State] = {}
+        aux: dict[int, State] = {}
         self.dropped = {}
         for w in busy:
-            meta, dropped = mpi.recv_object(comm, w + 1, TAG_STATES_META, poll)
+            meta, aux_meta, dropped = mpi.recv_object(comm, w + 1, TAG_STATES_META, poll)
             self.dropped.update(dropped)
-            if meta:
-                buf = np.empty(sum(Layout.from_meta(m).size for _, m in meta))
+            if meta or aux_meta:
+                buf = np.empty(sum(Layout.from_meta(m).size for _, m in meta + aux_meta))
                 mpi.recv_array(comm, buf, w + 1, TAG_STATES_OUT, poll)
                 states.update(_split(meta, buf))
+                aux.update(_split(aux_meta, buf[sum(Layout.from_meta(m).size
+                                                    for _, m in meta):]))
         compute = max((float(bufs[w][-1]) for w in busy), default=0.0)
         t_end = time.perf_counter()
         comm_s = max(t_arrived - t_start - compute, 0.0) + (t_end - t_arrived - fold_tail)
-        return total, states, {"compute": compute, "comm": comm_s, "fold": fold_tail}
+        return _Reports(summed, total, states, aux,
+                        {"compute": compute, "comm": comm_s, "fold": fold_tail})
 
     # ------------------------------------------------------------ worker
     def work_loop(self) -> None:
@@ -486,10 +597,12 @@ class Simulation:
                 continue
             model = GlobalModel(spec, layout.unpack(buf))
             ctx = self.context(plan.round, plan.stage)
-            sums, states_out, seconds = self.run_clients(
+            sums, states_out, aux_out, seconds = self.run_clients(
                 model, mine, ctx, states_in, sorted(c for cs in plan.assignment for c in cs))
             self.transport.send(np.append(sums.buffer, seconds), 0)
+            # the updated client states, then the clients' own aux, in one array
             meta, out = _concat(sorted(states_out.items()))
-            mpi.send_object(comm, (meta, self.dropped), 0, TAG_STATES_META, poll)
-            if meta:
-                mpi.send_array(comm, out, 0, TAG_STATES_OUT, poll)
+            aux_meta, aux_buf = _concat(sorted(aux_out.items()))
+            mpi.send_object(comm, (meta, aux_meta, self.dropped), 0, TAG_STATES_META, poll)
+            if meta or aux_meta:
+                mpi.send_array(comm, np.concatenate([out, aux_buf]), 0, TAG_STATES_OUT, poll)

@@ -7,11 +7,13 @@ from .checkpoint import (
                          checkpoint_path,
                          find_latest,
                          list_checkpoints,
+                         newest_readable,
+                         no_readable_message,
                          read_checkpoint,
                          remove_temporaries,
                          write_checkpoint,
 )
 
 __all__ = ["Checkpoint", "CheckpointError", "checkpoint_path", "find_latest",
-           "list_checkpoints", "read_checkpoint", "remove_temporaries", "StorageError",
-           "write_checkpoint"]
+           "list_checkpoints", "newest_readable", "no_readable_message", "read_checkpoint",
+           "remove_temporaries", "StorageError", "write_checkpoint"]

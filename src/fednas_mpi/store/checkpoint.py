@@ -33,9 +33,11 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import h5py
 import numpy as np
@@ -48,6 +50,7 @@ FORMAT = "fednas-mpi-checkpoint"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^round_(\d{5,})\.h5$")
 _TEMPORARY = re.compile(r"^\.round_(\d{5,})\.h5\.tmp-(\d+)$")
+T = TypeVar("T")
 # h5py reports a failed write as RuntimeError/OSError text carrying the C errno
 _H5_ERRNO = re.compile(r"errno\s*=\s*(\d+)")
 
@@ -298,15 +301,29 @@ def read_checkpoint(path: str | Path, *, tensors: bool = True) -> Checkpoint:
                 ck.client_metrics = {k: np.asarray(v[()])
                                      for k, v in f["client_metrics"].items()}
             if tensors:
-                ck.state = _read_tensors(f["state"])
+                ck.state = _without(_read_tensors(f["state"]), _LEGACY_STATE)
                 ck.server_state = _read_tensors(f["server_state"])
-                ck.client_states = {int(c): _read_tensors(g) for c, g in f["clients"].items()}
+                ck.client_states = {int(c): _without(_read_tensors(g), _LEGACY_CLIENT)
+                                    for c, g in f["clients"].items()}
                 ck.rng_torch_cpu = torch.from_numpy(np.asarray(f["rng/torch_cpu"][()]))
     except CheckpointError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: unreadable or incomplete checkpoint ({e})") from None
     return ck
+
+
+# Entries of files written before the auxiliary channel (algorithms.base.ClientResult.aux):
+# FedRLNAS and PerFedRLNAS kept the round's sums in the global state as rl.* (zeros
+# between rounds, so a checkpoint's were always zero), PerFedRLNAS a client's report in its
+# state as pending.* (cleared by the server before the file was written). Dropped on read
+# so such a run resumes where it stopped, with the same numbers.
+_LEGACY_STATE = ("rl.",)
+_LEGACY_CLIENT = ("pending.",)
+
+
+def _without(tensors: State, prefixes: tuple[str, ...]) -> State:
+    return {k: v for k, v in tensors.items() if not k.startswith(prefixes)}
 
 
 def _plain(v):
@@ -317,15 +334,58 @@ def _plain(v):
     return v
 
 
-def find_latest(run_dir: str | Path) -> tuple[Checkpoint | None, list[str]]:
-    """The newest checkpoint that reads back whole, and a note for each newer one skipped."""
-    skipped = []
-    for _, path in reversed(list_checkpoints(run_dir)):
+def newest_readable(run_dir: str | Path, load: Callable[[Path], T] = read_checkpoint,
+                    attempts: int = 3) -> tuple[T | None, list[str]]:
+    """The newest checkpoint of ``run_dir`` that reads back whole: ``load(path)`` of it (by
+    default the whole Checkpoint) and a note ``"PATH: why"`` for each newer file passed
+    over; (None, notes) when none reads (``no_readable_message`` words that).
+
+    The one policy for everything that picks "the newest" (resume, export, report, data
+    stats): files are tried newest first; one that ``load`` fails on (CheckpointError,
+    OSError, KeyError, ValueError: truncated, foreign, missing a group) is skipped with its
+    reason. Safe while a run writes: temporaries are never opened, and a file that
+    vanishes while being read (``store.keep`` removed it) is not a defect: the directory is
+    listed again, up to ``attempts`` times, as a newer file has appeared meanwhile.
+    """
+    run_dir = Path(run_dir)
+    skipped: dict[Path, str] = {}
+    for _ in range(attempts):
         try:
-            return read_checkpoint(path), skipped
-        except CheckpointError as e:
-            skipped.append(str(e))
-    return None, skipped
+            files = list_checkpoints(run_dir)
+        except FileNotFoundError:
+            return None, [f"{run_dir}: no such directory"]
+        except OSError as e:
+            return None, [f"{run_dir}: cannot list the directory ({e.strerror or e})"]
+        vanished = False
+        for _, path in reversed(files):
+            if path in skipped:
+                continue
+            try:
+                return load(path), list(skipped.values())
+            except (CheckpointError, OSError, KeyError, ValueError) as e:
+                if not path.exists():
+                    vanished = True
+                    break
+                text = str(e)
+                skipped[path] = text if text.startswith(str(path)) else f"{path}: {text}"
+        if not vanished:
+            break
+    return None, list(skipped.values())
+
+
+def no_readable_message(run_dir: str | Path, skipped: list[str]) -> str:
+    """Why ``newest_readable`` found nothing: the directory, then each file's reason."""
+    why = "".join(f"; skipped {s}" for s in skipped if not s.startswith(f"{run_dir}: "))
+    own = [s for s in skipped if s.startswith(f"{run_dir}: ")]
+    if own:
+        return own[0]
+    return f"{run_dir}: no readable checkpoint (round_NNNNN.h5){why}"
+
+
+def find_latest(run_dir: str | Path) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint that reads back whole, and a note for each newer one skipped
+    (``newest_readable`` with the whole checkpoint)."""
+    return newest_readable(run_dir)
 
 
 def prune_old(run_dir: str | Path, keep: int) -> None:
