@@ -16,7 +16,7 @@ from __future__ import annotations
 from ..flat import State
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .fixed import FixedModelMethod, clone_state
+from .common.fixed import FixedModelMethod, clone_state
 
 
 class FedBABU(FixedModelMethod):

@@ -29,8 +29,8 @@ from torch.nn import functional as F
 from ..flat import State
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .fixed import FixedModelMethod, clone_state
-from .training import evaluate, minibatches
+from .common.fixed import FixedModelMethod, clone_state
+from .common.training import evaluate, minibatches
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
