@@ -10,9 +10,9 @@ and moves alpha by REINFORCE.
 - Client: holds out ``val_fraction`` of its train split, trains only the subnet's path
   with SGD (ops off the path keep grad None: no momentum or weight decay touches them),
   and takes the reward R = the trained subnet's accuracy on the held-out part.
-- Fold: each op moves by the sample-weighted mean update of the clients that trained it
-  (``subnet.fold``); an op chosen by one small client is not shrunk towards its old
-  value by the clients that did not train it (as Plato's fusion does).
+- Fold: each op moves by the sample-weighted mean update of the clients that trained
+  it (``common.subnet.fold``); an op chosen by one small client is not shrunk towards
+  its old value by the clients that did not train it (as Plato's fusion does).
 - REINFORCE: alpha <- Adam ascent on mean_i (R_i - b) * grad log p(a_i), b a moving
   average of the rounds' mean rewards (started at the first round's mean).
 

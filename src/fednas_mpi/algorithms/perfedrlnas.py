@@ -7,9 +7,9 @@
   time).
 - Client, each round it is sampled: draws one op per edge from its own softmax(alpha)
   (epsilon-greedy; in the last round its argmax subnet, so every client ends with its
-  own subnet), trains only that path of the shared supernet (``subnet.train_path``),
-  takes the reward accuracy on a held-out part of its train split and reports its
-  personalised subnet's accuracy on its eval split (``local_acc``).
+  own subnet), trains only that path of the shared supernet and takes the reward
+  accuracy on a held-out part of its train split (``SubnetSearch.train_subnet``), and
+  reports its personalised subnet's accuracy on its eval split (``local_acc``).
 - Server, once the round is complete (``server_client_step``): for each of the round's
   clients, reward R_i = acc_i - mean over clients of their best accuracies
   - lambda_time * (time_i - fastest time of the round); the client's policy moves by
