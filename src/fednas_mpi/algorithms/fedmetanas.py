@@ -122,10 +122,10 @@ class FedMetaNAS(SupernetMethod):
         f = self.cfg.algorithm.fedmetanas
         done = ctx.round + 1
         lam = self.temperature(ctx.round)
-        spec = model.spec
-        if ArchSpec.of(spec).genotype is None:
+        spec, arch = model.spec, ArchSpec.of(model.spec)
+        if arch.genotype is None:
             if done >= self.search_rounds:
-                spec = final_spec(self.space, ArchSpec.of(spec), averaged).to_dict()
+                spec = final_spec(self.space, arch, averaged).to_dict()
             elif (gaps := self.prune_gaps(ctx.round)) is not None:
                 spec, pruned = soft_prune(self.space, spec, averaged, *gaps, ctx.round)
                 metrics.update(pruned, prune_gap=gaps[0])
