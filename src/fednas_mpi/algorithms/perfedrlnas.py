@@ -168,11 +168,12 @@ class MetaPerFedRLNAS(PerFedRLNAS):
     """PerFedRLNAS with FedMetaNAS's local search and soft pruning.
 
     Local step: the sampled path's weights are trained by FedMetaNAS's first-order MAML
-    (``common.meta.MetaSearch.learners``: support/query task pairs, M inner steps, meta update; ops
-    off the path get no gradient and are not touched). The policies stay the server's
-    REINFORCE business. Server: after the fold, FedMetaNAS's soft pruning on the mean
-    policy of the round's clients (its temperature and threshold schedule): an op
-    pruned there leaves the supernet and every client's sampling for good.
+    (``common.meta.MetaSearch.learners``: support/query task pairs, M inner steps, meta
+    update; ops off the path get no gradient and are not touched). The policies stay the
+    server's REINFORCE business. Server: after the fold, FedMetaNAS's soft pruning
+    (``common.pruning``, ops only) on the mean policy of the round's clients (its
+    temperature and threshold schedule): an op pruned there leaves the supernet and
+    every client's sampling for good.
     """
 
     name = "meta_perfedrlnas"
