@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fednas_mpi.algorithms.aggregate import ClientSums, weighted_average
+from fednas_mpi.algorithms.common.aggregate import ClientSums, weighted_average
 from fednas_mpi.flat import Layout
 
 

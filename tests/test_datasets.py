@@ -19,7 +19,7 @@ from datafiles import (
     write_mnist,
 )
 
-from fednas_mpi.algorithms.training import sgd_epochs
+from fednas_mpi.algorithms.common.training import sgd_epochs
 from fednas_mpi.config import DataConfig, PartitionConfig
 from fednas_mpi.data import DataError, Dataset, load_dataset, make_partition, vision
 from fednas_mpi.data.augment import CropFlip, random_crop_flip

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from fednas_mpi.algorithms import ClientData, DataInfo, GlobalModel, RoundContext
-from fednas_mpi.algorithms.feddsnas import FedDSNAS, PathModel, dsnas_step
+from fednas_mpi.algorithms.common.subnet import PathModel
+from fednas_mpi.algorithms.feddsnas import FedDSNAS, dsnas_step
 from fednas_mpi.config import from_dict
 from fednas_mpi.kernels import gumbel_mix, hard_index
+from fednas_mpi.nas.derive import argmax_choices
 from fednas_mpi.nas.mixing import gumbel_noise
-from fednas_mpi.nas.single_path import argmax_choices, path_forward, sample_choices
+from fednas_mpi.nas.single_path import path_forward, sample_choices
 
 # ---------------------------------------------------------------- estimator by hand
 

@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from fednas_mpi.algorithms import ClientData, DataInfo, GlobalModel, RoundContext
+from fednas_mpi.algorithms.common.schedules import cosine_lr
 from fednas_mpi.algorithms.fednas import FedNAS, milenas_grads
-from fednas_mpi.algorithms.training import cosine_lr
 from fednas_mpi.config import from_dict
 from fednas_mpi.nas import PRIMITIVES, CellSpace, SearchNetwork, derive_darts, genotype_str
 from fednas_mpi.seeding import torch_rng

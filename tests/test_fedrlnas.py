@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from fednas_mpi.algorithms import ClientData, DataInfo, GlobalModel, RoundContext
-from fednas_mpi.algorithms.aggregate import weighted_average
-from fednas_mpi.algorithms.fedrlnas import FedRLNAS, holdout
-from fednas_mpi.algorithms.subnet import adam_ascent, fold, sample_policy, score
+from fednas_mpi.algorithms.common.aggregate import weighted_average
+from fednas_mpi.algorithms.common.policy import adam_ascent, sample_policy, score
+from fednas_mpi.algorithms.common.subnet import fold
+from fednas_mpi.algorithms.common.tasks import holdout
+from fednas_mpi.algorithms.fedrlnas import FedRLNAS
 from fednas_mpi.config import from_dict
 
 # ---------------------------------------------------------------- score function by hand

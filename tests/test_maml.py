@@ -12,8 +12,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from fednas_mpi.algorithms import ClientData, DataInfo, GlobalModel, RoundContext
-from fednas_mpi.algorithms.fedmetanas import FedMetaNAS, task_pairs
-from fednas_mpi.algorithms.maml import MetaLearner, TaskLearner
+from fednas_mpi.algorithms.common.maml import MetaLearner, TaskLearner
+from fednas_mpi.algorithms.common.tasks import task_pairs
+from fednas_mpi.algorithms.fedmetanas import FedMetaNAS
 from fednas_mpi.config import from_dict
 from fednas_mpi.nas import PRIMITIVES, CellSpace, SearchNetwork
 from fednas_mpi.seeding import torch_rng

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fednas_mpi.algorithms import ClientData, DataInfo, RoundContext
+from fednas_mpi.algorithms.common.policy import score
 from fednas_mpi.algorithms.perfedrlnas import PerFedRLNAS, personal_rewards
-from fednas_mpi.algorithms.subnet import score
 from fednas_mpi.config import from_dict
 
 
@@ -121,7 +121,7 @@ def _meta(rounds: int = 3, **fm):
 
 
 def test_meta_variant_trains_the_path_by_maml_and_prunes_the_mean_policy():
-    from fednas_mpi.algorithms.aggregate import weighted_average
+    from fednas_mpi.algorithms.common.aggregate import weighted_average
 
     algo = _meta(prune_start=1, prune_every=1, prune_gap=0.1)
     model = algo.init_global()

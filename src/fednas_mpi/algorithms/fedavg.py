@@ -11,8 +11,8 @@ import torch
 from ..flat import State
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .fixed import FixedModelMethod, clone_state
-from .training import evaluate, sgd_epochs
+from .common.fixed import FixedModelMethod, clone_state
+from .common.training import evaluate, sgd_epochs
 
 
 class FedAvg(FixedModelMethod):

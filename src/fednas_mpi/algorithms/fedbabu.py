@@ -19,7 +19,7 @@ from ..config import option
 from ..flat import State
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .fixed import FixedModelMethod, clone_state
+from .common.fixed import FixedModelMethod, clone_state
 
 
 @dataclass(kw_only=True)

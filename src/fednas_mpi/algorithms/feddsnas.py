@@ -19,19 +19,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from ..config import option
 from ..flat import State
-from ..nas import genotype_str
+from ..nas import CELL_TYPES
 from ..nas.mixing import gumbel_noise
-from ..nas.single_path import CELL_TYPES, argmax_choices, path_forward, sample_choices
+from ..nas.single_path import path_forward, sample_choices
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .maml import clip_present
-from .supernet import SupernetMethod, state_of
-from .training import cosine_lr, evaluate, minibatches
+from .common.maml import clip_present
+from .common.subnet import SinglePathMethod
+from .common.supernet import state_of
+from .common.training import evaluate, minibatches
 
 
 @dataclass(kw_only=True)
@@ -51,57 +51,13 @@ class FedDSNASConfig:
                                        "eval splits every N rounds (and in the last).", ge=1)
 
 
-class PathModel(nn.Module):
-    """A search network restricted to one fixed path (for evaluation loops)."""
-
-    def __init__(self, net: nn.Module, choices):
-        super().__init__()
-        self.net, self.choices = net, choices
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return path_forward(self.net, x, self.choices)
-
-
-def child_genotype(space, choices, alpha: dict[str, torch.Tensor]) -> dict:
-    """Genotype of a one-op-per-edge child: per node its edges whose op is not ``none``."""
-    genotype: dict = {}
-    for c in CELL_TYPES:
-        p = torch.softmax(alpha[c].detach().double(), dim=-1)
-        nodes = []
-        for j in range(space.nodes):
-            picks = []
-            for i in range(space.inputs_of(j)):
-                e = space.edge(j, i)
-                k = int(choices[c][e])
-                if space.primitives[k] != "none":
-                    picks.append({"op": space.primitives[k], "input": i,
-                                  "p_op": round(float(p[e, k]), 4)})
-            nodes.append({"inputs": picks})
-        genotype[c] = {"nodes": nodes, "concat": list(range(2, space.nodes + 2))}
-    return genotype
-
-
-def child_masks(space, choices, old_masks: dict) -> dict:
-    """Masks that keep exactly one op (the chosen one) per edge."""
-    masks = {}
-    for c in CELL_TYPES:
-        ops = [[k == int(choices[c][e]) for k in range(len(space.primitives))]
-               for e in range(space.num_edges)]
-        masks[c] = {"ops": ops, "combos": old_masks[c]["combos"]}
-    return masks
-
-
-class FedDSNAS(SupernetMethod):
+class FedDSNAS(SinglePathMethod):
     name = "feddsnas"
-    inputs = "sum"
     client_metrics = ("train_loss", "local_acc")
 
-    def stage(self, round_: int) -> str:
-        return "search"
-
-    def lr(self, round_: int) -> float:
-        f = self.cfg.algorithm.feddsnas
-        return cosine_lr(round_, self.cfg.run.rounds, f.lr, f.lr_min)
+    @property
+    def conf(self):
+        return self.cfg.algorithm.feddsnas
 
     def init_global(self) -> GlobalModel:
         spec = self.initial_spec()
@@ -131,8 +87,7 @@ class FedDSNAS(SupernetMethod):
                 total, count = total + loss * len(idx), count + len(idx)
         local_acc = float("nan")
         if ctx.is_due(f.local_eval_every):
-            _, local_acc = evaluate(PathModel(net, argmax_choices(net)), data.eval_x,
-                                    data.eval_y)
+            _, local_acc = evaluate(self.argmax_model(net), data.eval_x, data.eval_y)
         return ClientResult(state_of(net), float(data.num_train),
                             {"train_loss": total / max(count, 1), "local_acc": local_acc})
 
@@ -140,23 +95,14 @@ class FedDSNAS(SupernetMethod):
     def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
                     ctx: RoundContext) -> GlobalModel:
         spec, state = model.spec, averaged
-        if spec.get("genotype") is None and ctx.round + 1 == self.cfg.run.rounds:
-            net = self.build(spec)
-            net.load_state_dict(averaged, strict=False)
-            choices = argmax_choices(net)
-            alpha = {c: averaged[f"alpha_{c}"] for c in CELL_TYPES}
-            genotype = child_genotype(self.space, choices, alpha)
-            genotype["text"] = genotype_str(genotype)
-            spec = {**spec, "masks": child_masks(self.space, choices, spec["masks"]),
-                    "genotype": genotype}
-            state = {k: averaged[k] for k in self.build(spec).state_dict()}
+        if self.derives_after(spec, ctx.round):
+            spec, state = self.derive_child(spec, averaged)
         metrics.update(lr=self.lr(ctx.round), **self.arch_metrics(spec, state, 1.0))
         return GlobalModel(spec, state, model.server_state)
 
     def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[float, float]:
-        net = self._net(model)
-        return evaluate(PathModel(net, argmax_choices(net)), x, y)
+        return evaluate(self.argmax_model(self._net(model)), x, y)
 
 
 def dsnas_step(net, x: torch.Tensor, y: torch.Tensor, w_opt: torch.optim.Optimizer,

@@ -27,12 +27,15 @@ from torch.nn import functional as F
 
 from ..config import option
 from ..flat import State
-from ..nas import finalize, genotype_str, temperature_at
+from ..nas import ArchSpec, final_spec
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .maml import MetaLearner, TaskLearner
-from .supernet import CELLS, SupernetMethod, state_of
-from .training import cosine_lr, evaluate
+from .common.maml import MetaLearner, TaskLearner
+from .common.meta import MetaSearch
+from .common.pruning import prunes_after, soft_prune
+from .common.supernet import SupernetMethod, state_of
+from .common.tasks import task_pairs
+from .common.training import evaluate
 
 
 @dataclass(kw_only=True)
@@ -110,9 +113,7 @@ class FedMetaNASConfig:
 
     def prunes_after(self, done: int) -> bool:
         """Whether soft pruning runs after 1-based round ``done`` (the warm-up excluded)."""
-        start = max(self.prune_start, self.arch_warmup_rounds + 1)
-        return bool(self.prune_every) and done >= start and \
-            (done - start) % self.prune_every == 0
+        return prunes_after(done, self.prune_start, self.prune_every, self.arch_warmup_rounds)
 
     def cross_checks(self, cfg) -> list[str]:
         """Problems of this section against the rest of the run's config."""
@@ -121,26 +122,6 @@ class FedMetaNASConfig:
                     f"round (run.rounds = {cfg.run.rounds}); use 0 (the last) or a round <= "
                     f"{cfg.run.rounds}"]
         return []
-
-
-def task_pairs(n: int, batch: int, pairs: int, generator: torch.Generator
-               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Disjoint (support, query) index batches from seeded permutations of range(n).
-
-    pairs=0: as many disjoint pairs as one permutation holds (at least one; a client
-    with fewer than 2*batch samples splits what it has in half).
-    """
-    size = min(batch, max(n // 2, 1))
-    per_perm = max(n // (2 * size), 1)
-    want = pairs or per_perm
-    out: list[tuple[torch.Tensor, torch.Tensor]] = []
-    while len(out) < want:
-        perm = torch.randperm(n, generator=generator)
-        for p in range(min(per_perm, want - len(out))):
-            s = perm[2 * p * size:(2 * p + 1) * size]
-            q = perm[(2 * p + 1) * size:(2 * p + 2) * size]
-            out.append((s, q if len(q) else s))
-    return out
 
 
 class FedMetaNAS(SupernetMethod):
@@ -152,10 +133,14 @@ class FedMetaNAS(SupernetMethod):
     name = "fedmetanas"
     client_metrics = ("train_loss", "support_loss", "local_acc")
 
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        self.meta = MetaSearch(cfg)
+
     @property
     def search_rounds(self) -> int:
         """Rounds up to and including the final derivation's."""
-        return self.cfg.algorithm.fedmetanas.final_round or self.cfg.run.rounds
+        return self.meta.search_rounds
 
     def stage(self, round_: int) -> str:
         """'search' up to the final derivation, 'derived' for rounds after it (if any)."""
@@ -165,35 +150,16 @@ class FedMetaNAS(SupernetMethod):
         return self.stage(round_) == "derived"
 
     def temperature(self, round_: int) -> float:
-        """lambda anneals over the search rounds and stays at its end value after them."""
-        f = self.cfg.algorithm.fedmetanas
-        return temperature_at(round_, self.search_rounds, f.temperature_start,
-                              f.temperature_end, f.temperature_schedule, f.temperature_floor)
+        return self.meta.temperature(round_)
 
     def weight_lr_scale(self, round_: int) -> float:
-        """Cosine factor of both weight learning rates: 1 in round 1, ``weight_lr_min`` in
-        the last (FedNAS's weights decay the same way)."""
-        f = self.cfg.algorithm.fedmetanas
-        return cosine_lr(round_, self.cfg.run.rounds, 1.0, f.weight_lr_min)
+        return self.meta.weight_lr_scale(round_)
 
     def prune_gaps(self, round_: int) -> tuple[float, float] | None:
-        """(op, combination) gaps of the soft pruning after 0-based ``round_``, or None when
-        no pruning runs then. In the settle window (the last ``settle_rounds`` search
-        rounds before the derivation's) pruning runs every round and both gaps shrink
-        linearly: after round ``final - k`` (1-based) they are k / (settle_rounds + 1) of
-        their configured values."""
-        f = self.cfg.algorithm.fedmetanas
-        done, final = round_ + 1, self.search_rounds
-        if done >= final or done <= f.arch_warmup_rounds:
-            return None
-        left = final - done
-        if f.settle_rounds and left <= f.settle_rounds:
-            scale = left / (f.settle_rounds + 1)
-            return f.prune_gap * scale, f.combo_prune_gap * scale
-        return (f.prune_gap, f.combo_prune_gap) if f.prunes_after(done) else None
+        return self.meta.prune_gaps(round_)
 
     def warming_up(self, round_: int) -> bool:
-        return round_ < self.cfg.algorithm.fedmetanas.arch_warmup_rounds
+        return self.meta.warming_up(round_)
 
     def init_global(self) -> GlobalModel:
         spec = self.initial_spec()
@@ -204,31 +170,8 @@ class FedMetaNAS(SupernetMethod):
     # ------------------------------------------------------------ client
     def learners(self, weights: list, arch: list, round_: int
                  ) -> tuple[TaskLearner, MetaLearner]:
-        """The task and meta learners of eq. 9-10 over (weights, architecture parameters),
-        with this section's learning rates: the weights' decayed by ``weight_lr_scale``,
-        the alphas' frozen during the warm-up and stepped by their own meta optimiser
-        (Adam by default: see ``arch_optimizer``). Shared by the methods that take
-        FedMetaNAS's local search (meta-FedPNAS, meta-PerFedRLNAS)."""
-        f = self.cfg.algorithm.fedmetanas
-        warm = self.warming_up(round_)
-        scale = self.weight_lr_scale(round_)
-        task = TaskLearner([(weights, f.task_lr_w * scale),
-                            (arch, 0.0 if warm else f.task_lr_alpha)], f.inner_steps,
-                           f.grad_clip)
-        w_group = [{"params": weights, "lr": f.meta_lr_w * scale,
-                    "weight_decay": f.weight_decay}]
-        if f.meta_optimizer == "adam":
-            opts = [torch.optim.Adam(w_group, betas=(f.meta_momentum, 0.999))]
-        else:
-            opts = [torch.optim.SGD(w_group, momentum=f.meta_momentum)]
-        if arch and not warm:
-            if f.arch_optimizer == "adam":
-                opts.append(torch.optim.Adam(arch, lr=f.meta_lr_alpha,
-                                             betas=tuple(f.arch_betas)))
-            else:
-                opts.append(torch.optim.SGD(arch, lr=f.meta_lr_alpha, momentum=f.meta_momentum))
-        # frozen alphas (warm-up) get no step at all: their gradient is dropped
-        return task, MetaLearner(weights + arch, opts, f.grad_clip)
+        """The task and meta learners of eq. 9-10 (``MetaSearch.learners``)."""
+        return self.meta.learners(weights, arch, round_)
 
     def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
                       client_state: State | None) -> ClientResult:
@@ -269,30 +212,20 @@ class FedMetaNAS(SupernetMethod):
         f = self.cfg.algorithm.fedmetanas
         done = ctx.round + 1
         lam = self.temperature(ctx.round)
-        spec = model.spec
-        if spec.get("genotype") is None:
+        spec, arch = model.spec, ArchSpec.of(model.spec)
+        if arch.genotype is None:
             if done >= self.search_rounds:
-                spec = self._finalize(spec, averaged)
+                spec = final_spec(self.space, arch, averaged).to_dict()
             elif (gaps := self.prune_gaps(ctx.round)) is not None:
-                spec, pruned = self.soft_prune(spec, averaged, *gaps, ctx.round)
+                spec, pruned = soft_prune(self.space, spec, averaged, *gaps, ctx.round)
                 metrics.update(pruned, prune_gap=gaps[0])
         state = averaged
         if spec is not model.spec:
-            state = {k: averaged[k] for k in self.build(spec).state_dict()}
+            state = self.restrict(spec, averaged)
         metrics.update(temperature=lam, weight_lr=f.meta_lr_w * self.weight_lr_scale(ctx.round),
                        **self.arch_metrics(spec, state, lam))
         return GlobalModel(spec, state,
                            {"temperature": torch.tensor(lam, dtype=torch.float64)})
-
-    def _finalize(self, spec: dict, state: State) -> dict:
-        masks, genotype = {}, {}
-        for c in CELLS:
-            genotype[c], ops, combos = finalize(
-                self.space, state[f"alpha_{c}"], state[f"beta_{c}"], spec["masks"][c]["ops"],
-                spec["masks"][c]["combos"])
-            masks[c] = {"ops": ops, "combos": combos}
-        genotype["text"] = genotype_str(genotype)
-        return {**spec, "masks": masks, "genotype": genotype}
 
     def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
                  ) -> tuple[float, float]:

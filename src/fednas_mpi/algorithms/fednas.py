@@ -29,12 +29,13 @@ from torch.nn import functional as F
 
 from ..config import option
 from ..flat import State
-from ..nas import derive_darts, genotype_str
+from ..nas import ArchSpec, darts_spec
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .maml import clip_grad_norm
-from .supernet import CELLS, SupernetMethod, state_of
-from .training import cosine_lr, evaluate, minibatches, sgd_epochs
+from .common.maml import clip_grad_norm
+from .common.schedules import cosine_lr
+from .common.supernet import SupernetMethod, state_of
+from .common.training import evaluate, minibatches, sgd_epochs
 
 
 @dataclass(kw_only=True)
@@ -178,13 +179,7 @@ class FedNAS(SupernetMethod):
                     ctx: RoundContext) -> GlobalModel:
         spec, state = model.spec, averaged
         if ctx.stage == "search" and ctx.round + 1 == self.search_rounds:
-            masks, genotype = {}, {}
-            for c in CELLS:
-                genotype[c], ops, combos = derive_darts(self.space, averaged[f"alpha_{c}"],
-                                                        spec["masks"][c]["ops"])
-                masks[c] = {"ops": ops, "combos": combos}
-            genotype["text"] = genotype_str(genotype)
-            spec = {**spec, "masks": masks, "genotype": genotype}
+            spec = darts_spec(self.space, ArchSpec.of(spec), averaged).to_dict()
             # Retraining starts from scratch: a fresh, seeded initialisation.
             state = state_of(self.fresh(spec, "fednas.retrain.init"))
         metrics.update(lr=self.lr(ctx.round), **self.arch_metrics(spec, state, 1.0))

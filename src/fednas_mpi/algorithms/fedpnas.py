@@ -10,15 +10,16 @@ stem, the other cells and the global alphas/betas the base.
   weights and its own architecture logits (``palpha_*``, ``pbeta_*``), which mix the
   personalised cells in place of the global ones. A client seen for the first time
   starts from the global model's personalised part and the global logits.
-- FedPNAS local step, per support/query task pair (``fedmetanas.task_pairs``): the
+- FedPNAS local step, per support/query task pair (``common.tasks.task_pairs``): the
   personalised part (weights and logits) takes ``inner_steps`` SGD steps on the support
   task and keeps them; the base takes the first-order meta step: the query loss's
   gradient at the adapted personalised part (SGD with momentum for the weights, Adam
   for the base logits).
 - meta-FedPNAS local step: FedMetaNAS's first-order MAML on all parameters (base and
-  personalised weights and logits: ``FedMetaNAS.learners``, eq. 9-10, its config
-  section), and on the server FedMetaNAS's temperature schedule and soft pruning of
-  the global logits (the masks apply to every cell, the personalised ones included).
+  personalised weights and logits: ``common.meta.MetaSearch.learners``, eq. 9-10, the
+  fedmetanas config section), and on the server its temperature schedule and soft
+  pruning of the global logits (the masks apply to every cell, the personalised ones
+  included).
 - Server: FedAvg of the whole state; the averaged personalised part is what new clients
   start from and what the global accuracy uses (base + averaged personalised part,
   global logits). ``local_acc`` is each client's personalised model on its eval split.
@@ -34,16 +35,14 @@ from torch.nn import functional as F
 
 from ..config import option
 from ..flat import State
-from ..nas import temperature_at
-from ..nas.mixing import gumbel_noise
-from ..nas.network import SearchNetwork
-from ..nas.single_path import CELL_TYPES
+from ..nas import CELL_TYPES, SearchNetwork, temperature_at
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .fedmetanas import FedMetaNAS, task_pairs
-from .maml import TaskLearner, clip_present
-from .supernet import SupernetMethod, state_of
-from .training import evaluate
+from .common.maml import TaskLearner, clip_present
+from .common.meta import MetaSearch
+from .common.supernet import SupernetMethod, state_of
+from .common.tasks import task_pairs
+from .common.training import evaluate
 
 
 @dataclass(kw_only=True)
@@ -77,34 +76,15 @@ class FedPNASConfig:
 ARCH_NAMES = ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
 
 
-def mixing_from(net: SearchNetwork, cell: str, alpha: torch.Tensor, beta: torch.Tensor,
-                noisy: bool):
-    """``SearchNetwork.mixing_weights`` for logits given from outside."""
-    op_noise = combo_noise = None
-    if noisy and net.generator is not None:
-        op_noise = gumbel_noise(alpha.shape, net.generator, alpha.dtype, alpha.device)
-        combo_noise = gumbel_noise(beta.shape, net.generator, beta.dtype, beta.device)
-    op_w = net.space.op_weights(alpha, net.temperature, op_noise,
-                                getattr(net, f"op_mask_{cell}"))
-    coefs = net.space.input_coefficients(beta, net.temperature, combo_noise,
-                                         getattr(net, f"combo_mask_{cell}"))
-    return op_w, coefs
-
-
 def split_forward(net: SearchNetwork, x: torch.Tensor, personal: dict[str, torch.Tensor],
                   first_personal: int) -> torch.Tensor:
     """Forward with the global logits for cells before ``first_personal`` and the
     personalised logits (``palpha_*``, ``pbeta_*``) from there on."""
     noisy = net.training
     base = {c: net.mixing_weights(c, noisy) for c in CELL_TYPES}
-    pers = {c: mixing_from(net, c, personal[f"palpha_{c}"], personal[f"pbeta_{c}"], noisy)
+    pers = {c: net.mixing_weights(c, noisy, personal[f"palpha_{c}"], personal[f"pbeta_{c}"])
             for c in CELL_TYPES}
-    s0 = s1 = net.stem(x)
-    for li, cell in enumerate(net.cells):
-        kind = "reduce" if cell.reduction else "normal"
-        op_w, coefs = (pers if li >= first_personal else base)[kind]
-        s0, s1 = s1, cell(s0, s1, op_w, coefs)
-    return net.classifier(net.pool(s1).flatten(1))
+    return net(x, lambda layer, kind: (pers if layer >= first_personal else base)[kind])
 
 
 class SplitModel(nn.Module):
@@ -262,7 +242,8 @@ class MetaFedPNAS(FedPNAS):
 
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
-        self.meta = FedMetaNAS(cfg, info)
+        self.meta = MetaSearch(cfg)
+        self.pruning = self.meta.pruning()
 
     def temperature(self, round_: int) -> float:
         return self.meta.temperature(round_)
@@ -281,14 +262,12 @@ class MetaFedPNAS(FedPNAS):
 
     def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
                     ctx: RoundContext) -> GlobalModel:
-        f = self.cfg.algorithm.fedmetanas
-        done, lam = ctx.round + 1, self.temperature(ctx.round)
+        lam = self.temperature(ctx.round)
         spec, state = model.spec, averaged
-        if f.prunes_after(done):
-            spec, pruned = self.soft_prune(spec, averaged, f.prune_gap, f.combo_prune_gap,
-                                           ctx.round)
+        if (gaps := self.pruning.gaps_after(ctx.round + 1)) is not None:
+            spec, pruned = self.pruning.step(self.space, spec, averaged, gaps, ctx.round)
             metrics.update(pruned)
             if spec is not model.spec:
-                state = {k: averaged[k] for k in self.build(spec).state_dict()}
+                state = self.restrict(spec, averaged)
         metrics.update(temperature=lam, **self.arch_metrics(spec, state, lam))
         return GlobalModel(spec, state, {"temperature": torch.tensor(lam, dtype=torch.float64)})

@@ -29,8 +29,8 @@ from ..flat import State
 from ..models import split_state
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .fixed import FixedModelMethod, clone_state, features
-from .training import evaluate
+from .common.fixed import FixedModelMethod, clone_state, features
+from .common.training import evaluate
 
 
 @dataclass(kw_only=True)

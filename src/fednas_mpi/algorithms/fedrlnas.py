@@ -10,9 +10,9 @@ and moves alpha by REINFORCE.
 - Client: holds out ``val_fraction`` of its train split, trains only the subnet's path
   with SGD (ops off the path keep grad None: no momentum or weight decay touches them),
   and takes the reward R = the trained subnet's accuracy on the held-out part.
-- Fold: each op moves by the sample-weighted mean update of the clients that trained it
-  (``subnet.fold``); an op chosen by one small client is not shrunk towards its old
-  value by the clients that did not train it (as Plato's fusion does).
+- Fold: each op moves by the sample-weighted mean update of the clients that trained
+  it (``common.subnet.fold``); an op chosen by one small client is not shrunk towards
+  its old value by the clients that did not train it (as Plato's fusion does).
 - REINFORCE: alpha <- Adam ascent on mean_i (R_i - b) * grad log p(a_i), b a moving
   average of the rounds' mean rewards (started at the first round's mean).
 
@@ -35,14 +35,12 @@ import torch
 
 from ..config import option
 from ..flat import State
-from ..nas import genotype_str
-from ..nas.single_path import CELL_TYPES, argmax_choices
+from ..nas import CELL_TYPES
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .feddsnas import PathModel, child_genotype, child_masks
-from .subnet import adam_ascent, choices_of, fold, onehot, op_keys, score, train_path
-from .supernet import SupernetMethod, state_of
-from .training import cosine_lr, evaluate
+from .common.policy import adam_ascent, choices_of, onehot, score
+from .common.subnet import SubnetSearch
+from .common.supernet import state_of
 
 
 @dataclass(kw_only=True)
@@ -73,46 +71,6 @@ class FedRLNASConfig:
 RL_KEYS = ("rl.inv_n", "rl.reward")
 
 
-def holdout(n: int, fraction: float, generator: torch.Generator
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, validation) index split of range(n); validation at least one sample and,
-    with n > 1, never all of them."""
-    perm = torch.randperm(n, generator=generator)
-    v = min(max(1, round(fraction * n)), n - 1) if n > 1 else 1
-    return (perm[v:] if n > 1 else perm), perm[:v]
-
-
-class SubnetSearch(SupernetMethod):
-    """Base of the methods that train one sampled subnet of a supernet per client."""
-
-    inputs = "sum"
-
-    def net_of(self, spec: dict, state: State):
-        net = self.build(spec)
-        names = net.state_dict().keys()
-        missing = [k for k in names if k not in state]
-        if missing:
-            raise ValueError(f"global state does not fit the network of its spec: {missing[:3]}")
-        net.load_state_dict({k: state[k] for k in names})
-        return net
-
-    def masks_of(self, net) -> dict[str, torch.Tensor]:
-        """The op masks on the CPU, where the policies live and are sampled."""
-        return {c: getattr(net, f"op_mask_{c}").cpu() for c in CELL_TYPES}
-
-    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[float, float]:
-        if any(f"rl.count_{c}" in model.state for c in CELL_TYPES):
-            # A raw FedAvg of the clients' subnet states (what the runtime offers as the
-            # model "before" an architecture change; it carries the round's aux means) is
-            # not a model of this method: its ops are not folded and its policy not
-            # updated. The derivation itself keeps every weight, so there is no
-            # before/after difference to report.
-            return float("nan"), float("nan")
-        net = self.net_of(model.spec, model.state)
-        return evaluate(PathModel(net, argmax_choices(net)), x, y)
-
-
 class FedRLNAS(SubnetSearch):
     name = "fedrlnas"
     client_metrics = ("train_loss", "reward", "local_acc")
@@ -121,13 +79,6 @@ class FedRLNAS(SubnetSearch):
     @property
     def conf(self):
         return self.cfg.algorithm.fedrlnas
-
-    def stage(self, round_: int) -> str:
-        return "search"
-
-    def lr(self, round_: int) -> float:
-        f = self.conf
-        return cosine_lr(round_, self.cfg.run.rounds, f.lr, f.lr_min)
 
     def init_global(self) -> GlobalModel:
         spec = self.initial_spec()
@@ -147,24 +98,12 @@ class FedRLNAS(SubnetSearch):
     # ------------------------------------------------------------ client
     def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
                       client_state: State | None) -> ClientResult:
-        f, a = self.conf, self.cfg.algorithm
         net = self.net_of(model.spec, model.state)
         masks = self.masks_of(net)
         alpha = {c: model.state[f"alpha_{c}"] for c in CELL_TYPES}
         choices = choices_of(alpha, masks, torch_rng(ctx.seed, ctx.round, data.client_id,
-                                                     f"{self.purpose}.arch"), f.epsilon)
-        tr, va = holdout(data.num_train, f.val_fraction,
-                         torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.purpose}.val"))
-        opt = torch.optim.SGD(net.weight_parameters(), lr=self.lr(ctx.round),
-                              momentum=f.momentum, weight_decay=f.weight_decay)
-        g = torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.purpose}.batches")
-        loss = train_path(net, choices, data.train_x[tr], data.train_y[tr], opt, a.batch_size,
-                          a.local_epochs, g, f.grad_clip, data.augment)
-        path = PathModel(net, choices)
-        _, reward = evaluate(path, data.train_x[va], data.train_y[va])
-        local_acc = float("nan")
-        if ctx.is_due(f.local_eval_every):
-            _, local_acc = evaluate(path, data.eval_x, data.eval_y)
+                                                     f"{self.purpose}.arch"), self.conf.epsilon)
+        _, loss, reward, local_acc = self.train_subnet(net, choices, data, ctx)
         n = float(data.num_train)
         state = state_of(net)
         aux = {"rl.inv_n": torch.tensor(1.0 / n, dtype=torch.float64),
@@ -182,10 +121,7 @@ class FedRLNAS(SubnetSearch):
     def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
                     ctx: RoundContext) -> GlobalModel:
         f = self.conf
-        net = self.build(model.spec)
-        names = list(net.state_dict())
-        share = {c: averaged[f"rl.count_{c}"] for c in CELL_TYPES}
-        state = fold(model.state, averaged, op_keys(net), share, names)
+        state = self.fold_round(model, averaged)
         # REINFORCE on alpha: mean over clients of (R_i - b) * score_i
         inv = float(averaged["rl.inv_n"])
         mean_r = float(averaged["rl.reward"]) / inv
@@ -200,18 +136,7 @@ class FedRLNAS(SubnetSearch):
         server["baseline_set"] = torch.ones((), dtype=torch.float64)
         metrics.update(lr=self.lr(ctx.round), mean_reward=mean_r, baseline=b)
         spec = model.spec
-        if spec.get("genotype") is None and ctx.round + 1 == self.cfg.run.rounds:
+        if self.derives_after(spec, ctx.round):
             spec, state = self.derive_child(spec, state)
         metrics.update(self.arch_metrics(spec, state, 1.0))
         return GlobalModel(spec, state, server)
-
-    def derive_child(self, spec: dict, state: State) -> tuple[dict, State]:
-        """The argmax child of alpha with the supernet's weights (no retraining)."""
-        net = self.net_of(spec, state)
-        choices = argmax_choices(net)
-        genotype = child_genotype(self.space, choices,
-                                  {c: state[f"alpha_{c}"] for c in CELL_TYPES})
-        genotype["text"] = genotype_str(genotype)
-        spec = {**spec, "masks": child_masks(self.space, choices, spec["masks"]),
-                "genotype": genotype}
-        return spec, {k: state[k] for k in self.build(spec).state_dict()}

@@ -32,8 +32,8 @@ from ..config import option
 from ..flat import State
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .fixed import FixedModelMethod, clone_state
-from .training import evaluate, minibatches
+from .common.fixed import FixedModelMethod, clone_state
+from .common.training import evaluate, minibatches
 
 
 @dataclass(kw_only=True)

@@ -7,9 +7,9 @@
   travels on the auxiliary channel (``ClientResult.client_aux``), not in this state.
 - Client, each round it is sampled: draws one op per edge from its own softmax(alpha)
   (epsilon-greedy; in the last round its argmax subnet, so every client ends with its
-  own subnet), trains only that path of the shared supernet (``subnet.train_path``),
-  takes the reward accuracy on a held-out part of its train split and reports its
-  personalised subnet's accuracy on its eval split (``local_acc``).
+  own subnet), trains only that path of the shared supernet and takes the reward
+  accuracy on a held-out part of its train split (``SubnetSearch.train_subnet``), and
+  reports its personalised subnet's accuracy on its eval split (``local_acc``).
 - Server, once the round is complete (``server_client_step``): for each of the round's
   clients, reward R_i = acc_i - mean over clients of their best accuracies
   - lambda_time * (time_i - fastest time of the round); the client's policy moves by
@@ -33,15 +33,15 @@ from torch.nn import functional as F
 
 from ..config import option
 from ..flat import State
-from ..nas.single_path import CELL_TYPES, path_forward
+from ..nas import CELL_TYPES
+from ..nas.single_path import path_forward
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .feddsnas import PathModel
-from .fedmetanas import FedMetaNAS, task_pairs
-from .fedrlnas import FedRLNAS, holdout
-from .subnet import adam_ascent, choices_of, fold, onehot, op_keys, score, train_path
-from .supernet import state_of
-from .training import evaluate
+from .common.meta import MetaSearch
+from .common.policy import adam_ascent, choices_of, onehot, score
+from .common.subnet import SubnetSearch, op_keys
+from .common.supernet import state_of
+from .common.tasks import task_pairs
 
 
 @dataclass(kw_only=True)
@@ -90,7 +90,7 @@ def personal_rewards(acc: dict[int, float], best: dict[int, float], time: dict[i
     return {c: acc[c] - mean_best - lam * (time[c] - fastest) for c in acc}
 
 
-class PerFedRLNAS(FedRLNAS):
+class PerFedRLNAS(SubnetSearch):
     name = "perfedrlnas"
     client_metrics = ("train_loss", "reward", "local_acc", "time_cost")
     purpose = "perfedrlnas"
@@ -100,8 +100,9 @@ class PerFedRLNAS(FedRLNAS):
         return self.cfg.algorithm.perfedrlnas
 
     def init_global(self) -> GlobalModel:
-        model = super().init_global()
-        return GlobalModel(model.spec, model.state, {})
+        spec = self.initial_spec()
+        state = state_of(self.fresh(spec))
+        return GlobalModel(spec, state, {})
 
     def aux_shapes(self, model: GlobalModel) -> dict[str, tuple[int, ...]]:
         return {f"rl.count_{c}": tuple(model.state[f"alpha_{c}"].shape) for c in CELL_TYPES}
@@ -122,32 +123,17 @@ class PerFedRLNAS(FedRLNAS):
         return choices_of({c: policy[f"alpha_{c}"] for c in CELL_TYPES}, masks, g,
                           self.conf.epsilon)
 
-    def local_train(self, net, choices, data: ClientData, tr: torch.Tensor,
-                    ctx: RoundContext) -> float:
-        f, a = self.conf, self.cfg.algorithm
-        opt = torch.optim.SGD(net.weight_parameters(), lr=self.lr(ctx.round),
-                              momentum=f.momentum, weight_decay=f.weight_decay)
-        g = torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.purpose}.batches")
-        return train_path(net, choices, data.train_x[tr], data.train_y[tr], opt, a.batch_size,
-                          a.local_epochs, g, f.grad_clip, data.augment)
-
     def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
                       client_state: State | None) -> ClientResult:
-        f, a = self.conf, self.cfg.algorithm
+        a = self.cfg.algorithm
         policy = dict(client_state) if client_state is not None else \
             self.initial_client_state(model)
         net = self.net_of(model.spec, model.state)
         masks = self.masks_of(net)
         choices = self.sample(policy, masks, ctx, data.client_id)
-        tr, va = holdout(data.num_train, f.val_fraction,
-                         torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.purpose}.val"))
+        # the path's parameter count is the same before and after training
+        tr, loss, reward, local_acc = self.train_subnet(net, choices, data, ctx)
         cost = a.local_epochs * len(tr) * path_params(net, choices) / 1e6
-        loss = self.local_train(net, choices, data, tr, ctx)
-        path = PathModel(net, choices)
-        _, reward = evaluate(path, data.train_x[va], data.train_y[va])
-        local_acc = float("nan")
-        if ctx.is_due(f.local_eval_every):
-            _, local_acc = evaluate(path, data.eval_x, data.eval_y)
         state = state_of(net)
         aux: State = {}
         mine: State = {"acc": torch.tensor(reward, dtype=torch.float64),
@@ -193,10 +179,7 @@ class PerFedRLNAS(FedRLNAS):
 
     def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
                     ctx: RoundContext) -> GlobalModel:
-        net = self.build(model.spec)
-        names = list(net.state_dict())
-        share = {c: averaged[f"rl.count_{c}"] for c in CELL_TYPES}
-        state = fold(model.state, averaged, op_keys(net), share, names)
+        state = self.fold_round(model, averaged)
         for c in CELL_TYPES:  # the mean policy of the round's clients
             state[f"alpha_{c}"] = averaged[f"alpha_{c}"]
         metrics.update(lr=self.lr(ctx.round), **self.arch_metrics(model.spec, state, 1.0))
@@ -211,18 +194,20 @@ class MetaPerFedRLNAS(PerFedRLNAS):
     """PerFedRLNAS with FedMetaNAS's local search and soft pruning.
 
     Local step: the sampled path's weights are trained by FedMetaNAS's first-order MAML
-    (``FedMetaNAS.learners``: support/query task pairs, M inner steps, meta update; ops
-    off the path get no gradient and are not touched). The policies stay the server's
-    REINFORCE business. Server: after the fold, FedMetaNAS's soft pruning on the mean
-    policy of the round's clients (its temperature and threshold schedule): an op
-    pruned there leaves the supernet and every client's sampling for good.
+    (``common.meta.MetaSearch.learners``: support/query task pairs, M inner steps, meta
+    update; ops off the path get no gradient and are not touched). The policies stay the
+    server's REINFORCE business. Server: after the fold, FedMetaNAS's soft pruning
+    (``common.pruning``, ops only) on the mean policy of the round's clients (its
+    temperature and threshold schedule): an op pruned there leaves the supernet and
+    every client's sampling for good.
     """
 
     name = "meta_perfedrlnas"
 
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
-        self.meta = FedMetaNAS(cfg, info)
+        self.meta = MetaSearch(cfg)
+        self.pruning = self.meta.pruning(combos=False)  # the paths have no combination logits
 
     def local_train(self, net, choices, data: ClientData, tr: torch.Tensor,
                     ctx: RoundContext) -> float:
@@ -246,16 +231,13 @@ class MetaPerFedRLNAS(PerFedRLNAS):
     def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
                     ctx: RoundContext) -> GlobalModel:
         out = super().server_step(model, averaged, metrics, ctx)
-        f = self.cfg.algorithm.fedmetanas
-        done, lam = ctx.round + 1, self.meta.temperature(ctx.round)
-        metrics["temperature"] = lam
-        if not f.prunes_after(done):
+        metrics["temperature"] = self.meta.temperature(ctx.round)
+        if (gaps := self.pruning.gaps_after(ctx.round + 1)) is None:
             return out
-        # ops only: the subnets' paths have no input-combination logits
-        spec, pruned = self.soft_prune(model.spec, out.state, f.prune_gap, 0.0, ctx.round)
+        spec, pruned = self.pruning.step(self.space, model.spec, out.state, gaps, ctx.round)
         metrics.update(pruned)
         if spec is model.spec:
             return out
-        state = {k: out.state[k] for k in self.build(spec).state_dict()}
+        state = self.restrict(spec, out.state)
         metrics.update(self.arch_metrics(spec, state, 1.0))
         return GlobalModel(spec, state, out.server_state)

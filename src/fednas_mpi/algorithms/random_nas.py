@@ -22,11 +22,12 @@ import torch
 
 from ..config import option
 from ..flat import State
-from ..nas import genotype_str, sample_genotype
+from ..nas import sampled_spec
 from ..seeding import SERVER, SETUP, torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .supernet import CELLS, SupernetMethod, state_of
-from .training import cosine_lr, evaluate, sgd_epochs
+from .common.schedules import cosine_lr
+from .common.supernet import SupernetMethod, state_of
+from .common.training import evaluate, sgd_epochs
 
 
 @dataclass(kw_only=True)
@@ -50,13 +51,8 @@ class RandomNAS(SupernetMethod):
     def genotype_spec(self) -> dict:
         """The spec of the sampled genotype (the same for every run seed)."""
         seed = self.cfg.algorithm.random_nas.genotype_seed
-        g = torch_rng(seed, SETUP, SERVER, "random_nas.genotype")
-        masks, genotype = {}, {}
-        for c in CELLS:
-            genotype[c], ops, combos = sample_genotype(self.space, g)
-            masks[c] = {"ops": ops, "combos": combos}
-        genotype["text"] = genotype_str(genotype)
-        return {"masks": masks, "inputs": "combinations", "genotype": genotype}
+        return sampled_spec(self.space, torch_rng(seed, SETUP, SERVER, "random_nas.genotype")
+                            ).to_dict()
 
     def lr(self, round_: int) -> float:
         f = self.cfg.algorithm.random_nas

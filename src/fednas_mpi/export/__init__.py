@@ -97,7 +97,7 @@ def export_run(run_dir: str | Path, out: str | Path, round_: int | None = None,
     """Export the model of ``run_dir`` (newest checkpoint, or round ``round_``; the
     personalised model of ``client``) to ``out``; returns its description with the
     measured accuracies. Raises ExportError on requests the run cannot satisfy."""
-    from ..algorithms.training import evaluate
+    from ..algorithms.common.training import evaluate
     from ..data import DataError, load_dataset, make_partition
     from ..kernels import use_reference
 

@@ -27,12 +27,12 @@ from torch import nn
 
 from ..algorithms import DataInfo, get_algorithm, registry
 from ..algorithms.base import ClientData, GlobalModel, RoundContext
-from ..algorithms.feddsnas import PathModel, child_genotype
-from ..algorithms.fedpnas import SplitModel, mixing_from
-from ..algorithms.training import evaluate
+from ..algorithms.common.subnet import PathModel
+from ..algorithms.common.training import evaluate
+from ..algorithms.fedpnas import SplitModel
 from ..config import Config
-from ..nas.single_path import CELL_TYPES, argmax_choices
-from ..nas.space import genotype_str
+from ..nas import CELL_TYPES, ArchSpec, Genotype, argmax_choices
+from ..nas.derive import child_genotype
 from . import deploy
 
 # how each method evaluates its model, from the registry's flags
@@ -126,7 +126,8 @@ def _temperature(algo, model) -> float:
 def _mixture(algo, model, ckpt, dataset, partition, client) -> Target:
     net = algo._net(model)
     temp = _temperature(algo, model)
-    genotype = model.spec.get("genotype")
+    genotype = ArchSpec.of(model.spec).genotype
+    genotype = None if genotype is None else genotype.to_dict()
     if client is None:
         acc = algo.evaluate(model, dataset.test_x, dataset.test_y)[1]
         net.set_sampling(temp, None)
@@ -151,7 +152,7 @@ def _mixture(algo, model, ckpt, dataset, partition, client) -> Target:
                    data.eval_y)[1]
     with torch.no_grad():
         base = {c: net.mixing_weights(c, False) for c in CELL_TYPES}
-        pers = {c: mixing_from(net, c, personal[f"palpha_{c}"], personal[f"pbeta_{c}"], False)
+        pers = {c: net.mixing_weights(c, False, personal[f"palpha_{c}"], personal[f"pbeta_{c}"])
                 for c in CELL_TYPES}
     plans = [deploy.mixture_plan(net, cell, *(pers if li >= algo.first_personal else base)[
         "reduce" if cell.reduction else "normal"]) for li, cell in enumerate(net.cells)]
@@ -185,7 +186,6 @@ def _path(algo, model, ckpt, dataset, partition, client) -> Target:
     net.eval()
     plans = [deploy.path_plan(net, cell, choices["reduce" if cell.reduction else "normal"])
              for cell in net.cells]
-    genotype = child_genotype(algo.space, choices, alpha)
-    genotype["text"] = genotype_str(genotype)
+    genotype = Genotype.from_dict(child_genotype(algo.space, choices, alpha)).to_dict()
     return Target(deploy.freeze(net, plans), True, eval_on, acc, calib, genotype,
                   deploy.describe(net, plans), notes)

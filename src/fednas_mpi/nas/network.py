@@ -9,9 +9,16 @@ Pruned ops and edges that no surviving combination uses have no module at all:
 they are neither computed nor sent. A network whose masks keep one op per edge
 and one combination per node is the discrete (derived) network; its mixing
 weights are exactly 1 and it inherits the searched weights unchanged.
+
+``SearchNetwork.run_cells`` is the one forward (stem, cells, pooling, classifier) with a
+hook for each cell's computation; ``forward`` runs every cell on mixing weights (its own,
+or per layer from a ``mixing`` hook: FedPNAS's personalised cells), and
+``single_path.path_forward`` runs one op per edge through the same loop.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -20,6 +27,11 @@ from ..kernels import mix
 from .mixing import gumbel_noise
 from .operations import OPS, FactorizedReduce, ReLUConvBN, batch_norm
 from .space import CellSpace
+from .spec import CELL_TYPES, CellMasks
+
+Mixing = tuple[torch.Tensor, list[torch.Tensor]]  # (op weights (edges, ops), coefs per node)
+MixingHook = Callable[[int, str], Mixing]  # (layer, cell type) -> that cell's mixing
+CellForward = Callable[[int, "SearchCell", torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class SearchCell(nn.Module):
@@ -40,6 +52,11 @@ class SearchCell(nn.Module):
                     if op_mask[e][k] and OPS[name] is not None:
                         ops[name] = OPS[name](c, stride)
                 self.edges[f"{j}_{i}"] = ops
+
+    @property
+    def kind(self) -> str:
+        """The cell type whose logits and masks this cell uses."""
+        return "reduce" if self.reduction else "normal"
 
     def forward(self, s0, s1, op_w: torch.Tensor, coefs: list[torch.Tensor]) -> torch.Tensor:
         states = [self.pre0(s0), self.pre1(s1)]
@@ -63,13 +80,14 @@ class SearchNetwork(nn.Module):
     """Stem, ``layers`` cells (reductions at 1/3 and 2/3 of the depth), classifier."""
 
     def __init__(self, in_channels: int, num_classes: int, init_channels: int, layers: int,
-                 space: CellSpace, stem_multiplier: int, masks: dict,
-                 inputs: str = "combinations"):
+                 space: CellSpace, stem_multiplier: int,
+                 masks: Mapping[str, CellMasks | Mapping], inputs: str = "combinations"):
         super().__init__()
         if inputs not in ("combinations", "sum"):
             raise ValueError(f"inputs must be 'combinations' or 'sum', not {inputs!r}")
         self.space, self.inputs = space, inputs
-        self.masks = masks  # {"normal"|"reduce": {"ops": [[bool]], "combos": [bool]}}
+        # per cell type, a spec's ``CellMasks`` (or their dict form)
+        self.masks = masks = {c: CellMasks.of(masks[c]) for c in CELL_TYPES}
         e, k, n = space.num_edges, len(space.primitives), space.num_combos
         self.alpha_normal = nn.Parameter(torch.zeros(e, k))
         self.alpha_reduce = nn.Parameter(torch.zeros(e, k))
@@ -77,9 +95,9 @@ class SearchNetwork(nn.Module):
             self.beta_normal = nn.Parameter(torch.zeros(n))
             self.beta_reduce = nn.Parameter(torch.zeros(n))
         for cell in ("normal", "reduce"):
-            self.register_buffer(f"op_mask_{cell}", torch.tensor(masks[cell]["ops"]),
+            self.register_buffer(f"op_mask_{cell}", torch.tensor(masks[cell].ops),
                                  persistent=False)
-            self.register_buffer(f"combo_mask_{cell}", torch.tensor(masks[cell]["combos"]),
+            self.register_buffer(f"combo_mask_{cell}", torch.tensor(masks[cell].combos),
                                  persistent=False)
         c_cur = stem_multiplier * init_channels
         self.stem = nn.Sequential(nn.Conv2d(in_channels, c_cur, 3, padding=1, bias=False),
@@ -94,7 +112,7 @@ class SearchNetwork(nn.Module):
                 c *= 2
             kind = "reduce" if reduction else "normal"
             self.cells.append(SearchCell(space, c_pp, c_p, c, reduction, reduction_prev,
-                                         masks[kind]["ops"], masks[kind]["combos"]))
+                                         masks[kind].ops, masks[kind].combos))
             reduction_prev = reduction
             c_pp, c_p = c_p, space.nodes * c
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -114,9 +132,14 @@ class SearchNetwork(nn.Module):
         """Gumbel noise from ``generator`` in each forward; None = deterministic weights."""
         self.temperature, self.generator = float(temperature), generator
 
-    def mixing_weights(self, cell: str, noisy: bool = False):
-        """(op weights (edges, ops), input coefficients per node) of a cell type."""
-        alpha, beta = getattr(self, f"alpha_{cell}"), getattr(self, f"beta_{cell}", None)
+    def mixing_weights(self, cell: str, noisy: bool = False, alpha: torch.Tensor | None = None,
+                       beta: torch.Tensor | None = None) -> Mixing:
+        """(op weights (edges, ops), input coefficients per node) of a cell type: eq. 1 over
+        the ops, eq. 8 over the input combinations (or DARTS's sum). ``alpha`` and ``beta``
+        given: those logits in place of the network's own (a client's personalised ones),
+        under the same masks, temperature and noise stream."""
+        if alpha is None:
+            alpha, beta = getattr(self, f"alpha_{cell}"), getattr(self, f"beta_{cell}", None)
         op_noise = combo_noise = None
         if noisy and self.generator is not None:
             op_noise = gumbel_noise(alpha.shape, self.generator, alpha.dtype, alpha.device)
@@ -136,11 +159,22 @@ class SearchNetwork(nn.Module):
                                                   combo_mask)
         return op_w, coefs
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        noisy = self.training
-        weights = {c: self.mixing_weights(c, noisy) for c in ("normal", "reduce")}
+    def run_cells(self, x: torch.Tensor, cell_forward: CellForward) -> torch.Tensor:
+        """Stem, each cell as ``cell_forward(layer, cell, s0, s1)`` computes it, pooling and
+        classifier: the forward every adapter (mixture, single path, personalised) shares."""
         s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            op_w, coefs = weights["reduce" if cell.reduction else "normal"]
-            s0, s1 = s1, cell(s0, s1, op_w, coefs)
+        for layer, cell in enumerate(self.cells):
+            s0, s1 = s1, cell_forward(layer, cell, s0, s1)
         return self.classifier(self.pool(s1).flatten(1))
+
+    def forward(self, x: torch.Tensor, mixing: MixingHook | None = None) -> torch.Tensor:
+        """The mixture forward. ``mixing(layer, cell type)`` gives a cell's mixing weights;
+        without it every cell uses the network's own, Gumbel-noised in training mode."""
+        if mixing is None:
+            weights = {c: self.mixing_weights(c, self.training) for c in CELL_TYPES}
+
+            def mixing(layer: int, kind: str) -> Mixing:
+                return weights[kind]
+
+        return self.run_cells(x, lambda layer, cell, s0, s1:
+                              cell(s0, s1, *mixing(layer, cell.kind)))

@@ -2,8 +2,9 @@
 
 ``choices[cell][e]`` is the index of the op edge ``e`` uses in every cell of that type
 (the architecture of DSNAS's sampled child, of an RL-sampled subnet, or of the argmax
-child). The op modules of the other candidates are not touched: their weights get no
-gradient (``grad`` stays None), their BN statistics do not move. ``none`` (or an op
+child, ``derive.argmax_choices``). The op modules of the other candidates are not
+touched: their weights get no gradient (``grad`` stays None), their BN statistics do
+not move. ``none`` (or an op
 without a module) contributes zero; a node whose edges all contribute zero is zero.
 
 With ``noise`` (per cell type, Gumbel noise of the logits' shape), every edge's output
@@ -20,16 +21,9 @@ import torch
 
 from ..kernels import gumbel_mix, hard_index
 from .network import SearchCell, SearchNetwork
+from .spec import CELL_TYPES
 
-CELL_TYPES = ("normal", "reduce")
 Choices = Mapping[str, Sequence[int]]
-
-
-def argmax_choices(net: SearchNetwork) -> dict[str, list[int]]:
-    """The argmax child: per edge the strongest op the mask keeps."""
-    return {c: [hard_index(row, None, m) for row, m in
-                zip(getattr(net, f"alpha_{c}").detach(), getattr(net, f"op_mask_{c}"))]
-            for c in CELL_TYPES}
 
 
 def sample_choices(net: SearchNetwork, noise: Mapping[str, torch.Tensor]
@@ -43,12 +37,10 @@ def sample_choices(net: SearchNetwork, noise: Mapping[str, torch.Tensor]
 
 def path_forward(net: SearchNetwork, x: torch.Tensor, choices: Choices,
                  noise: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-    s0 = s1 = net.stem(x)
-    for cell in net.cells:
-        kind = "reduce" if cell.reduction else "normal"
-        s0, s1 = s1, _cell(net, cell, kind, s0, s1, choices[kind],
-                           None if noise is None else noise[kind])
-    return net.classifier(net.pool(s1).flatten(1))
+    """``net``'s forward (``run_cells``) with each cell running only its chosen ops."""
+    return net.run_cells(x, lambda layer, cell, s0, s1: _cell(
+        net, cell, cell.kind, s0, s1, choices[cell.kind],
+        None if noise is None else noise[cell.kind]))
 
 
 def _cell(net: SearchNetwork, cell: SearchCell, kind: str, s0, s1, choice: Sequence[int],

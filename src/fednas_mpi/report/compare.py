@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..nas.spec import genotype_of
 from .runs import Run, Setting, finite_best, finite_last, group_settings, time_per_stage
 from .summary import to_csv
 
@@ -121,9 +122,9 @@ def markdown(settings: list[Setting], legend: list[str], target: float | None) -
     if incomplete:
         notes.append("incomplete runs (still running or interrupted): " + ", ".join(incomplete))
     notes.append("mean ± sample std over the runs of a setting; time: sum of round times")
-    genotypes = [f"{s.title}, seed {r.seed} ({r.directory}):\n{r.spec['genotype']['text']}"
+    genotypes = [f"{s.title}, seed {r.seed} ({r.directory}):\n{g.text}"
                  for s in settings for r in s.runs
-                 if isinstance(r.spec.get("genotype"), dict) and r.spec["genotype"].get("text")]
+                 if (g := genotype_of(r.spec)) is not None and g.text]
     out = "\n".join(lines) + "\n\n" + "\n".join(notes)
     if genotypes:
         out += "\n\nGenotypes found (s0, s1: cell inputs; s2.. intermediate nodes):\n\n```\n" \

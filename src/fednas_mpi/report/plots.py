@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.stats import describe, heatmap
+from ..nas.spec import genotype_of
 from .dag import draw_cell
 from .runs import Run, Setting, group_settings
 
@@ -172,11 +173,11 @@ def times(settings: list[Setting], path: Path) -> Path:
 
 def genotype(run: Run, title: str, path: Path) -> Path:
     fig, axes = _figure("genotype", 2, 1)
-    g = run.spec["genotype"]
+    g = genotype_of(run.spec)
     for ax, cell, name in ((axes[0][0], "normal", "normal cell"),
                            (axes[1][0], "reduce", "reduction cell")):
-        if cell in g:
-            draw_cell(ax, g[cell], name)
+        if g is not None and cell in g.cells:
+            draw_cell(ax, g.cells[cell].to_dict(), name)
         else:
             ax.axis("off")
     fig.suptitle(title, fontsize=10)
@@ -205,8 +206,8 @@ def plot_all(runs: list[Run], out: Path) -> tuple[list[Path], list[str]]:
     written.append(times(settings, out / "time.png"))
     written += _partitions(settings, out, notes)
     for run, name in zip(runs, _unique_names(runs)):
-        g = run.spec.get("genotype") if isinstance(run.spec, dict) else None
-        if isinstance(g, dict) and ("normal" in g or "reduce" in g):
+        g = genotype_of(run.spec)
+        if g is not None and g.cells:
             title = f"{run.method} on {run.dataset}, seed {run.seed}: {run.directory}"
             written.append(genotype(run, title, out / f"genotype_{name}.png"))
         elif "masks" in run.spec:

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from ..data.stats import describe
+from ..nas.spec import genotype_of
 from .runs import Run, finite_best, finite_last, time_per_stage
 
 SCHEMA = "fednas-mpi-inspect"
@@ -49,7 +50,7 @@ def summary(run: Run) -> dict:
     if parts:
         parts["other"] = max(total - sum(parts.values()), 0.0)
     before, change_round = finite_last(run.metric("acc_before_prune"))
-    genotype = run.spec.get("genotype") if isinstance(run.spec, dict) else None
+    genotype = genotype_of(run.spec)
     fed = run.config.get("federation", {})
     part = run.config.get("partition", {})
     return {
@@ -83,8 +84,8 @@ def summary(run: Run) -> dict:
         "arch_change": None if not change_round else {
             "round": change_round, "acc_before": _num(before),
             "acc_after": _num(run.metric("acc_after_prune")[change_round - 1])},
-        "genotype": genotype,
-        "genotype_text": genotype.get("text") if isinstance(genotype, dict) else None,
+        "genotype": None if genotype is None else genotype.to_dict(),
+        "genotype_text": None if genotype is None else genotype.text,
         "client_subnets": len(run.client_subnets) or None,
         "distinct_client_subnets": len({json.dumps(v, sort_keys=True)
                                         for v in run.client_subnets.values()}) or None,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import h5py
 
+from ..nas.spec import genotype_of
 from ..store import checkpoint_path
 
 SUBDIR = "tensorboard"
@@ -78,7 +79,7 @@ class TensorBoardLog:
         if stage and stage != self.stage:
             self.writer.add_text("stage", str(stage), step)
             self.stage = stage
-        genotype = (spec.get("genotype") or {}).get("text")
+        genotype = g.text if (g := genotype_of(spec)) is not None else None
         if genotype and genotype != self.genotype:
             # Markdown: one line per cell type, kept as written
             self.writer.add_text("genotype", "\n\n".join(

@@ -48,7 +48,7 @@ from mpi4py import MPI
 
 from .. import __version__, faults, kernels
 from ..algorithms import Algorithm, ClientData, GlobalModel, RoundContext
-from ..algorithms.aggregate import ClientSums
+from ..algorithms.common.aggregate import ClientSums
 from ..config import Config, to_yaml
 from ..data import Dataset, Partition
 from ..flat import Layout, State

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..flat import Layout, State
+from ...flat import Layout, State
 
 
 def accumulate(total: np.ndarray, layout: Layout, state: Mapping[str, torch.Tensor],

@@ -14,10 +14,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..flat import State
-from ..models import build_model, split_state
-from ..seeding import SERVER, SETUP, torch_rng
-from .base import Algorithm, ClientData, GlobalModel
+from ...flat import State
+from ...models import build_model, split_state
+from ...seeding import SERVER, SETUP, torch_rng
+from ..base import Algorithm, ClientData, GlobalModel
 from .training import device_of, evaluate, sgd_epochs
 
 

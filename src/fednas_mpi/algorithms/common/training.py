@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-
-def cosine_lr(step: int, steps: int, lr: float, lr_min: float) -> float:
-    """lr at 0-based ``step`` of ``steps`` (DARTS's per-epoch cosine annealing): ``lr`` at
-    step 0, ``lr_min`` at the last step."""
-    if steps <= 1:
-        return lr
-    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * step / (steps - 1)))
 
 
 def minibatches(n: int, batch_size: int, generator: torch.Generator):

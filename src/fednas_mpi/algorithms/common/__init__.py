@@ -1,0 +1,15 @@
+"""What the federated methods share, so that no method imports another:
+
+- ``aggregate``: FedAvg arithmetic on flat buffers (the runtime's, and the tests');
+- ``schedules``: learning-rate schedules; ``training``: minibatches, SGD epochs, evaluation;
+- ``tasks``: support/query task pairs and train/validation holdouts of a client's data;
+- ``maml``: the first-order MAML task and meta learners (eq. 9-10);
+- ``meta``: FedMetaNAS's local search and schedules as a component (temperature, learners,
+  when soft pruning runs), composed by FedMetaNAS and its meta variants;
+- ``pruning``: soft pruning of a spec, and the "prune this round?" schedule;
+- ``supernet``: base of the methods that search the DARTS space;
+- ``subnet``: base of the single-path methods (FedDSNAS, the RL family): the argmax
+  child, training one path, folding subnet updates into the supernet;
+- ``policy``: REINFORCE on per-edge categorical policies;
+- ``fixed``: base of the fixed-architecture methods.
+"""

@@ -1,0 +1,108 @@
+"""The layering of the package, read from the import statements (``ast``, nothing is
+imported): a method module imports ``algorithms.base``, ``algorithms.common``, ``nas``,
+``models`` and the layers below, never another method; ``algorithms.common`` never
+imports a method; ``nas`` imports nothing distributed and no layer above it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "src" / "fednas_mpi"
+ALGORITHMS = PKG / "algorithms"
+# what is not a method module under algorithms/
+NOT_METHODS = {"__init__", "base", "registry"}
+LOWER = ("fednas_mpi.flat", "fednas_mpi.seeding", "fednas_mpi.config", "fednas_mpi.kernels")
+METHOD_MAY_IMPORT = ("fednas_mpi.algorithms.base", "fednas_mpi.algorithms.common",
+                     "fednas_mpi.nas", "fednas_mpi.models", *LOWER)
+COMMON_MAY_IMPORT = METHOD_MAY_IMPORT
+NAS_MAY_NOT_IMPORT = ("fednas_mpi.algorithms", "fednas_mpi.runtime", "fednas_mpi.store",
+                      "fednas_mpi.export", "fednas_mpi.report", "fednas_mpi.cli",
+                      "fednas_mpi.data", "mpi4py")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, source: str | None = None) -> set[str]:
+    """Absolute names of every module ``path`` (or ``source`` read as that file) imports
+    (``from X import y`` counts as X and, where y may be a submodule, X.y)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    text = path.read_text() if source is None else source
+    for node in ast.walk(ast.parse(text, str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names)
+    return out
+
+
+def within(mod: str, prefixes: tuple[str, ...]) -> bool:
+    return any(mod == p or mod.startswith(p + ".") for p in prefixes)
+
+
+def method_modules() -> list[Path]:
+    return sorted(p for p in ALGORITHMS.glob("*.py") if p.stem not in NOT_METHODS)
+
+
+def ours(mods: set[str]) -> set[str]:
+    return {m for m in mods if m == "fednas_mpi" or m.startswith("fednas_mpi.")}
+
+
+def real_modules(mods: set[str]) -> set[str]:
+    """Drop ``X.y`` where y is a name in module X rather than a submodule."""
+    out = set()
+    for m in mods:
+        rel = m.removeprefix("fednas_mpi").lstrip(".").replace(".", "/")
+        if not rel or (PKG / rel).is_dir() or (PKG / f"{rel}.py").exists():
+            out.add(m)
+    return out
+
+
+def test_there_are_method_modules():
+    names = {p.stem for p in method_modules()}
+    assert {"fednas", "fedrlnas", "perfedrlnas", "fedpnas", "fedmetanas"} <= names
+
+
+@pytest.mark.parametrize("path", method_modules(), ids=lambda p: p.stem)
+def test_a_method_imports_no_other_method(path):
+    bad = {m for m in real_modules(ours(imported_modules(path)))
+           if not within(m, METHOD_MAY_IMPORT)}
+    assert not bad, f"{path.name} imports {sorted(bad)}: shared code belongs in " \
+                    f"algorithms/common/ or nas/"
+
+
+@pytest.mark.parametrize("path", sorted((ALGORITHMS / "common").glob("*.py")),
+                         ids=lambda p: p.stem)
+def test_common_imports_no_method(path):
+    bad = {m for m in real_modules(ours(imported_modules(path)))
+           if not within(m, COMMON_MAY_IMPORT)}
+    assert not bad, f"common/{path.name} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("path", sorted((PKG / "nas").glob("*.py")), ids=lambda p: p.stem)
+def test_nas_imports_nothing_distributed_nor_above_it(path):
+    bad = {m for m in imported_modules(path) if within(m, NAS_MAY_NOT_IMPORT)}
+    assert not bad, f"nas/{path.name} imports {sorted(bad)}"
+
+
+def test_the_check_sees_a_method_importing_a_method():
+    path = ALGORITHMS / "fedrlnas.py"
+    for line in ("from .fednas import FedNAS", "from . import fednas",
+                 "from fednas_mpi.algorithms.fednas import FedNAS",
+                 "import fednas_mpi.algorithms.fednas"):
+        mods = real_modules(ours(imported_modules(path, path.read_text() + f"\n{line}\n")))
+        assert not all(within(m, METHOD_MAY_IMPORT) for m in mods), line
