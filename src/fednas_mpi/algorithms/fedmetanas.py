@@ -33,7 +33,7 @@ from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.maml import MetaLearner, TaskLearner
 from .common.meta import MetaSearch
 from .common.pruning import prunes_after, soft_prune
-from .common.supernet import SupernetMethod, state_of
+from .common.supernet import GumbelSupernetMethod, state_of
 from .common.tasks import task_pairs
 from .common.training import evaluate
 
@@ -124,7 +124,7 @@ class FedMetaNASConfig:
         return []
 
 
-class FedMetaNAS(SupernetMethod):
+class FedMetaNAS(GumbelSupernetMethod):
     """Single stage: ``arch_warmup_rounds`` of deterministic warm-up (weights only), the
     search with soft pruning up to ``final_round``, the final derivation, then the same
     run trains the derived network with the weights it inherited (no re-initialisation).
@@ -226,12 +226,6 @@ class FedMetaNAS(SupernetMethod):
                        **self.arch_metrics(spec, state, lam))
         return GlobalModel(spec, state,
                            {"temperature": torch.tensor(lam, dtype=torch.float64)})
-
-    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[float, float]:
-        net = self._net(model)
-        net.set_sampling(float(model.server_state.get("temperature", 1.0)), None)
-        return evaluate(net, x, y)
 
 
 def _loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):

@@ -40,7 +40,7 @@ from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.maml import TaskLearner, clip_present
 from .common.meta import MetaSearch
-from .common.supernet import SupernetMethod, state_of
+from .common.supernet import GumbelSupernetMethod, state_of
 from .common.tasks import task_pairs
 from .common.training import evaluate
 
@@ -96,7 +96,7 @@ class SplitModel(nn.Module):
         return split_forward(self.net, x, self.personal, self.first)
 
 
-class FedPNAS(SupernetMethod):
+class FedPNAS(GumbelSupernetMethod):
     name = "fedpnas"
     client_metrics = ("train_loss", "support_loss", "local_acc")
 
@@ -227,12 +227,6 @@ class FedPNAS(SupernetMethod):
         metrics.update(temperature=lam, **self.arch_metrics(model.spec, averaged, lam))
         return GlobalModel(model.spec, averaged,
                            {"temperature": torch.tensor(lam, dtype=torch.float64)})
-
-    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[float, float]:
-        net = self._net(model)
-        net.set_sampling(float(model.server_state.get("temperature", 1.0)), None)
-        return evaluate(net, x, y)
 
 
 class MetaFedPNAS(FedPNAS):

@@ -39,33 +39,17 @@ from ..nas import CELL_TYPES
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.policy import adam_ascent, choices_of, onehot, score
-from .common.subnet import SubnetSearch
+from .common.subnet import SubnetSearch, SubnetSearchConfig
 from .common.supernet import state_of
 
 
 @dataclass(kw_only=True)
-class FedRLNASConfig:
-    lr: float = option(0.025, "Weights: client SGD learning rate (cosine schedule over "
-                               "run.rounds).", gt=0.0)
-    lr_min: float = option(0.001, "Weights: learning rate in the last round.", ge=0.0)
-    momentum: float = option(0.9, "Weights: SGD momentum (ops off the sampled path are not "
-                                   "touched).", ge=0.0, lt=1.0)
-    weight_decay: float = option(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
-    grad_clip: float = option(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
-    epsilon: float = option(0.0, "epsilon-greedy sampling: per edge, with this probability a "
-                                  "uniformly random op instead of a draw from softmax(alpha).",
-                             ge=0.0, le=1.0)
-    val_fraction: float = option(0.2, "Fraction of each client's train split held out to "
-                                       "measure the reward (the subnet's accuracy).", gt=0.0,
-                                  lt=1.0)
-    arch_lr: float = option(0.05, "Policy alpha: Adam learning rate of the REINFORCE ascent.",
-                             gt=0.0)
-    arch_betas: list[float] = option([0.5, 0.999], "Policy alpha: Adam betas.", min_len=2)
+class FedRLNASConfig(SubnetSearchConfig):
+    """FedRLNAS: the shared subnet-search keys and the reward baseline."""
+
     baseline_decay: float = option(0.9, "Reward baseline b <- decay * b + (1 - decay) * mean "
                                          "reward of the round (started at the first round's).",
                                     ge=0.0, lt=1.0)
-    local_eval_every: int = option(1, "Evaluate the clients' trained subnets on their eval "
-                                       "splits every N rounds (and in the last).", ge=1)
 
 
 RL_KEYS = ("rl.inv_n", "rl.reward")

@@ -39,33 +39,20 @@ from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.meta import MetaSearch
 from .common.policy import adam_ascent, choices_of, onehot, score
-from .common.subnet import SubnetSearch, op_keys
+from .common.subnet import SubnetSearch, SubnetSearchConfig, op_keys
 from .common.supernet import state_of
 from .common.tasks import task_pairs
 
 
 @dataclass(kw_only=True)
-class PerFedRLNASConfig:
-    lr: float = option(0.025, "Weights: client SGD learning rate (cosine schedule over "
-                               "run.rounds).", gt=0.0)
-    lr_min: float = option(0.001, "Weights: learning rate in the last round.", ge=0.0)
-    momentum: float = option(0.9, "Weights: SGD momentum (ops off the sampled path are not "
-                                   "touched).", ge=0.0, lt=1.0)
-    weight_decay: float = option(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
-    grad_clip: float = option(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
-    epsilon: float = option(0.0, "epsilon-greedy sampling from each client's policy (per edge).",
-                             ge=0.0, le=1.0)
-    val_fraction: float = option(0.2, "Fraction of each client's train split held out to "
-                                       "measure its reward.", gt=0.0, lt=1.0)
-    arch_lr: float = option(0.05, "Client policies: Adam learning rate of the REINFORCE ascent.",
-                             gt=0.0)
-    arch_betas: list[float] = option([0.5, 0.999], "Client policies: Adam betas.", min_len=2)
+class PerFedRLNASConfig(SubnetSearchConfig):
+    """PerFedRLNAS: the shared subnet-search keys (here of each client's own policy) and
+    the time penalty of its reward."""
+
     time_lambda: float = option(0.01, "lambda_time of the reward acc - mean best acc - "
                                        "lambda_time * (time - fastest time of the round); time "
                                        "is the deterministic cost samples x path parameters / 1e6.",
                                  ge=0.0)
-    local_eval_every: int = option(1, "Evaluate the clients' personalised subnets on their eval "
-                                       "splits every N rounds (and in the last).", ge=1)
 
 
 def path_params(net, choices) -> int:

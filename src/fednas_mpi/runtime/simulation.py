@@ -52,6 +52,7 @@ from ..algorithms.common.aggregate import ClientSums
 from ..config import Config, to_yaml
 from ..data import Dataset, Partition
 from ..flat import Layout, State
+from ..nas.spec import genotype_of
 from ..store import Checkpoint, write_checkpoint
 from ..store.checkpoint import prune_old
 from . import comm as mpi
@@ -406,7 +407,7 @@ class Simulation:
         last = r + 1 == cfg.run.rounds or early
         loss = acc = float("nan")
         changed = model.spec != old_spec
-        derived = bool(model.spec.get("genotype")) and not old_spec.get("genotype")
+        derived = genotype_of(model.spec) is not None and genotype_of(old_spec) is None
         # the whole test set where a result is read off (the end, the derivation)
         test = self._test_set(whole=last or derived)
         if changed or last or ctx.is_due(cfg.run.eval_every):
@@ -447,9 +448,10 @@ class Simulation:
     def _write_genotype(self, run_dir, model: GlobalModel) -> None:
         """genotype.json beside the checkpoints once a run that derives one has ended
         (not after a preemption: the run is not over)."""
-        if model.spec.get("genotype") and self.stopped_after is None:
+        genotype = genotype_of(model.spec)
+        if genotype is not None and self.stopped_after is None:
             (Path(run_dir) / "genotype.json").write_text(
-                json.dumps(model.spec["genotype"], indent=2) + "\n")
+                json.dumps(genotype.to_dict(), indent=2) + "\n")
 
     def release_workers(self, exit_code: int = 0) -> None:
         """End the workers' loops (they exit with ``exit_code``) and close the transport.

@@ -20,6 +20,7 @@ from ...nas.mixing import relaxed_weights
 from ...nas.space import entropy
 from ...seeding import SERVER, SETUP, derive_seed
 from ..base import Algorithm, GlobalModel
+from .training import evaluate
 
 
 def state_of(net: torch.nn.Module) -> State:
@@ -116,6 +117,18 @@ class SupernetMethod(Algorithm):
                 out.update(beta_gap=_mean(sig_combos, "gap"),
                            combo_agreement=_mean(sig_combos, "agreement"))
         return out
+
+
+class GumbelSupernetMethod(SupernetMethod):
+    """A supernet relaxed with Gumbel-softmax (eq. 1, 8) at a temperature the server anneals
+    and keeps in its server state (``temperature``). Evaluated without noise at that
+    temperature: the network the clients train, less the sampling."""
+
+    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[float, float]:
+        net = self._net(model)
+        net.set_sampling(float(model.server_state.get("temperature", 1.0)), None)
+        return evaluate(net, x, y)
 
 
 def _mean(rows: list[dict[str, float]], key: str) -> float:
