@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The GPU checks of one lent device session, as one script (device time is scarce):
-# kernels built with CUDA, the CUDA kernel tests, every method on the GPU (tests/test_gpu.py),
+# kernels built with CUDA, the CUDA kernel tests, every method on the GPU (tests/gpu/test_gpu.py),
 # the kernel benchmark and the round-time benchmark on the GPU. Each step has its own time
 # limit so a slow or failing one leaves time for the rest; logs go to $OUT (or ./gpu_out).
 #
 #   bash bench/gpu_check.sh [STEP ...]   steps: build kernels kerrors methods kbench rbench
-#   (METHODS_K=EXPR selects tests/test_gpu.py tests with pytest -k)
+#   (METHODS_K=EXPR selects tests/gpu/test_gpu.py tests with pytest -k)
 #
 # Python packages the GPU image lacks (mpich, mpi4py built for it, pytest-mpi) are taken from
 # ./.whl when present (pip download ... -d .whl, see /work/.library/device/README.md).
@@ -44,18 +44,18 @@ r = kernels.load(); print(r); print("cuda kernels:", loader.has_cuda_kernels(), 
         ;;
     kernels)
         step "kernels: tests on the GPU"
-        timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py --timeout 200 \
+        timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/kernels/test_kernels.py --timeout 200 \
             -k "not bad_arguments"
         ;;
     kerrors)
         # alone: a C++ exception from the op once crashed the process under torch 2.11
         step "kernels: errors raised from C++ reach Python"
-        timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py --timeout 100 \
+        timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/kernels/test_kernels.py --timeout 100 \
             -k "bad_arguments"
         ;;
     methods)
-        step "every method on the GPU (tests/test_gpu.py)"
-        timeout 420 "$PY" -m pytest -q -p no:cacheprovider -s tests/test_gpu.py --timeout 200 \
+        step "every method on the GPU (tests/gpu/test_gpu.py)"
+        timeout 420 "$PY" -m pytest -q -p no:cacheprovider -s tests/gpu/test_gpu.py --timeout 200 \
             -k "${METHODS_K:-}" \
             | grep -vE "^round |^fednas-mpi |^devices: |^done: |^$"
         ;;

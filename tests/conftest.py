@@ -9,6 +9,17 @@ def pytest_configure(config):
 
 import pytest  # noqa: E402
 
+# Folders whose every test runs whole jobs (mpirun, SLURM, fault injection): marked slow, so
+# `python -m pytest -m "not slow"` is the fast unit suite (README, "Tests").
+SLOW_FOLDERS = ("e2e", "faults", "slurm")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = item.path.parts
+        if "tests" in parts and parts[parts.index("tests") + 1] in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def kernel_library():

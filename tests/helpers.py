@@ -72,3 +72,40 @@ def run_per_rank_count(root: Path, base: dict, ranks=(1, 3), timeout: float = 24
         assert res.returncode == 0, res.stderr
         out[n] = root / f"n{n}"
     return out
+
+
+# ------------------------------------------------------------------ method unit tests
+
+#: The smallest DARTS space the method unit tests build a supernet on.
+TINY_DARTS = {"init_channels": 4, "layers": 3, "nodes": 2, "input_k": 2, "stem_multiplier": 1}
+
+
+def darts_unit_config(method: str, rounds: int = 3, **algorithm):
+    """The config the NAS methods' unit tests build their method on: TINY_DARTS, 4 clients
+    (2 a round), batch 4, one local epoch, seed 5; ``algorithm``: further keys of the
+    algorithm section, e.g. ``fednas={"search_rounds": 2}``."""
+    from fednas_mpi.config import from_dict
+
+    return from_dict({
+        "run": {"seed": 5, "rounds": rounds},
+        "model": {"name": "darts", "darts": dict(TINY_DARTS)},
+        "algorithm": {"name": method, "local_epochs": 1, "batch_size": 4, **algorithm},
+        "partition": {"num_clients": 4}, "federation": {"clients_per_round": 2},
+    })
+
+
+def client_data(cid: int = 2, n: int = 16, n_eval: int = 8, eval_fill: float | None = None):
+    """Random 8x8 one-channel client data with 10 classes, drawn from a generator seeded by
+    the client id (100 + cid), so two calls with the same id give the same client;
+    ``eval_fill``: a constant eval split instead (for tests that must tell it apart)."""
+    import torch
+
+    from fednas_mpi.algorithms import ClientData
+
+    g = torch.Generator().manual_seed(100 + cid)
+    x, y = torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+    ex = torch.randn(n_eval, 1, 8, 8, generator=g)
+    ey = torch.randint(0, 10, (n_eval,), generator=g)
+    if eval_fill is not None:
+        ex = torch.full_like(ex, eval_fill)
+    return ClientData(cid, x, y, ex, ey)

@@ -48,7 +48,7 @@ def test_every_shipped_run_config_loads():
     from fednas_mpi.config import load
     from fednas_mpi.configs_index import runs
 
-    # the fragments (data/, partition/, model/, */setup.yaml): tests/test_configs_index.py
+    # the fragments (data/, partition/, model/, */setup.yaml): tests/config/test_configs_index.py
     files = [ROOT / "configs" / r.path for r in runs(ROOT / "configs")]
     assert len(files) > 20
     for f in files:

@@ -4,7 +4,7 @@ The tree is ``configs/SCALE/DATASET/METHOD[-VARIANT].yaml``; a file is a *run* w
 its method (``algorithm.name``, possibly through ``base:``), anything else is a fragment
 (``data/``, ``partition/``, ``model/``, ``SCALE/setup.yaml``) that runs layer together. Each
 run's first line, a ``# `` comment, is its description here. The README's table of runs is
-``markdown()`` of the same list, so the two cannot disagree (tests/test_configs_index.py).
+``markdown()`` of the same list, so the two cannot disagree (tests/config/test_configs_index.py).
 
 ``configs/MOVED.yaml`` maps the paths of the earlier flat layout to their new files;
 ``moved_to`` finds a missing path there so the CLI can name the new one.

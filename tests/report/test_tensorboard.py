@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_gpu import _config
+from methods import run_config as _config
 
 from fednas_mpi.cli import main
 from fednas_mpi.report.tensorboard import tag

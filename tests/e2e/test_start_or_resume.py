@@ -14,7 +14,7 @@ from fednas_mpi.config import ConfigError, from_dict, load_run, to_dict
 from fednas_mpi.configs_index import runs
 from fednas_mpi.store import write_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def decide(*argv: str):

@@ -5,27 +5,14 @@ shared FedMetaNAS learners and soft pruning."""
 from __future__ import annotations
 
 import torch
+from helpers import client_data, darts_unit_config
 
-from fednas_mpi.algorithms import ClientData, DataInfo, GlobalModel, RoundContext
+from fednas_mpi.algorithms import DataInfo, GlobalModel, RoundContext
 from fednas_mpi.algorithms.fedpnas import FedPNAS, MetaFedPNAS, split_forward
-from fednas_mpi.config import from_dict
 
 
 def _cfg(name: str = "fedpnas", rounds: int = 3, **extra):
-    return from_dict({
-        "run": {"seed": 5, "rounds": rounds},
-        "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 3, "nodes": 2,
-                                             "input_k": 2, "stem_multiplier": 1}},
-        "algorithm": {"name": name, "local_epochs": 1, "batch_size": 4, **extra},
-        "partition": {"num_clients": 4}, "federation": {"clients_per_round": 2},
-    })
-
-
-def _data(cid: int, n: int = 16) -> ClientData:
-    g = torch.Generator().manual_seed(100 + cid)
-    return ClientData(cid, torch.randn(n, 1, 8, 8, generator=g),
-                      torch.randint(0, 10, (n,), generator=g),
-                      torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))
+    return darts_unit_config(name, rounds, **extra)
 
 
 INFO = DataInfo((1, 8, 8), 10)
@@ -51,7 +38,7 @@ def test_personal_part_persists_and_only_it_is_kept():
     assert algo.first_personal == 2
     model = algo.init_global()
     ctx = RoundContext(0, 3, 5, "search")
-    r1 = algo.client_update(model, _data(1), ctx, None)
+    r1 = algo.client_update(model, client_data(1), ctx, None)
     kept = r1.client_state
     assert set(kept) == {k for k in model.state if algo.is_personal(k)} | {
         "palpha_normal", "palpha_reduce", "pbeta_normal", "pbeta_reduce"}
@@ -68,12 +55,12 @@ def test_personal_part_persists_and_only_it_is_kept():
     mine = algo.personal_state(model, kept)
     for k in kept:
         assert torch.equal(mine[k], kept[k]), k
-    r2 = algo.client_update(model, _data(1), ctx2, kept)
-    fresh = algo.client_update(model, _data(1), ctx2, None)
+    r2 = algo.client_update(model, client_data(1), ctx2, kept)
+    fresh = algo.client_update(model, client_data(1), ctx2, None)
     assert not torch.equal(r2.client_state["classifier.weight"],
                            fresh.client_state["classifier.weight"])
     # deterministic
-    again = algo.client_update(model, _data(1), ctx2, kept)
+    again = algo.client_update(model, client_data(1), ctx2, kept)
     for k in r2.state:
         assert torch.equal(r2.state[k], again.state[k]), k
 
@@ -85,7 +72,7 @@ def test_meta_fedpnas_shares_fedmetanas_and_prunes():
     model = algo.init_global()
     assert algo.temperature(0) == algo.meta.temperature(0)
     ctx = RoundContext(0, 3, 5, "search")
-    res = algo.client_update(model, _data(1), ctx, None)
+    res = algo.client_update(model, client_data(1), ctx, None)
     assert res.client_state is not None and "palpha_normal" in res.client_state
     state = dict(res.state)
     alpha = torch.zeros_like(state["alpha_normal"])
@@ -97,7 +84,7 @@ def test_meta_fedpnas_shares_fedmetanas_and_prunes():
     assert metrics["ops_alive"] < 80
     assert set(new.state) < set(state)
     # a client with a state from before the pruning still fits the pruned network
-    r2 = algo.client_update(new, _data(1), RoundContext(1, 3, 5, "search"), res.client_state)
+    r2 = algo.client_update(new, client_data(1), RoundContext(1, 3, 5, "search"), res.client_state)
     assert set(r2.state) == set(new.state)
     x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
     assert 0.0 <= algo.evaluate(GlobalModel(new.spec, r2.state, new.server_state), x, y)[1] <= 1

@@ -17,7 +17,7 @@ from helpers import TINY, launch, write_config
 
 pytestmark = pytest.mark.build
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 PROBE = """

@@ -16,7 +16,7 @@ from fednas_mpi.config import (
     result_affecting_differences,
 )
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 # Every leaf key, in declaration order, written out by hand from config.py.
 ALL_KEYS = [

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import client_data, darts_unit_config
 
-from fednas_mpi.algorithms import ClientData, DataInfo, RoundContext
+from fednas_mpi.algorithms import DataInfo, RoundContext
 from fednas_mpi.algorithms.common.policy import score
 from fednas_mpi.algorithms.perfedrlnas import PerFedRLNAS, personal_rewards
 from fednas_mpi.config import from_dict
@@ -23,22 +24,8 @@ def test_personal_reward_by_hand():
 
 
 def _algo(rounds: int = 3, **f) -> PerFedRLNAS:
-    cfg = from_dict({
-        "run": {"seed": 5, "rounds": rounds},
-        "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 3, "nodes": 2,
-                                             "input_k": 2, "stem_multiplier": 1}},
-        "algorithm": {"name": "perfedrlnas", "local_epochs": 1, "batch_size": 4,
-                      "perfedrlnas": f},
-        "partition": {"num_clients": 4}, "federation": {"clients_per_round": 2},
-    })
-    return PerFedRLNAS(cfg, DataInfo((1, 8, 8), 10))
-
-
-def _data(cid: int, n: int = 16) -> ClientData:
-    g = torch.Generator().manual_seed(100 + cid)
-    return ClientData(cid, torch.randn(n, 1, 8, 8, generator=g),
-                      torch.randint(0, 10, (n,), generator=g),
-                      torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))
+    return PerFedRLNAS(darts_unit_config("perfedrlnas", rounds, perfedrlnas=f),
+                       DataInfo((1, 8, 8), 10))
 
 
 def test_each_cell_types_score_uses_its_own_logits():
@@ -49,7 +36,7 @@ def test_each_cell_types_score_uses_its_own_logits():
     st["alpha_normal"] = torch.zeros_like(st["alpha_normal"])
     st["alpha_reduce"] = torch.linspace(-1, 1, st["alpha_reduce"].numel(),
                                         dtype=torch.float64).view_as(st["alpha_reduce"])
-    res = algo.client_update(model, _data(1), ctx, st)
+    res = algo.client_update(model, client_data(1), ctx, st)
     cs = res.client_state
     net = algo.net_of(model.spec, model.state)
     for c in ("normal", "reduce"):
@@ -67,7 +54,8 @@ def test_server_moves_each_round_clients_policy_by_its_reward():
     algo = _algo(arch_lr=0.1, time_lambda=0.5)
     model = algo.init_global()
     ctx = RoundContext(0, 3, 5, "search")
-    res = {c: algo.client_update(model, _data(c, n), ctx, None) for c, n in ((1, 12), (3, 20))}
+    res = {c: algo.client_update(model, client_data(c, n), ctx, None)
+           for c, n in ((1, 12), (3, 20))}
     states = {c: r.client_state for c, r in res.items()}
     states[0] = {**algo.initial_client_state(model), "best_acc": torch.tensor(0.9,
                                                                                dtype=torch.float64)}
@@ -96,7 +84,7 @@ def test_last_round_trains_and_reports_the_clients_own_subnet():
     st = algo.initial_client_state(model)
     st["alpha_normal"][:, 4] = 3.0  # sep_conv_3x3 everywhere
     st["alpha_reduce"][:, 1] = 3.0  # max_pool_3x3 everywhere
-    res = algo.client_update(model, _data(2), RoundContext(1, 2, 5, "search"), st)
+    res = algo.client_update(model, client_data(2), RoundContext(1, 2, 5, "search"), st)
     assert res.client_state["subnet_normal"].tolist() == [4.0] * algo.space.num_edges
     assert res.client_state["subnet_reduce"].tolist() == [1.0] * algo.space.num_edges
     assert algo.client_subnet(st) == {"normal": [4] * 5, "reduce": [1] * 5}
@@ -126,7 +114,7 @@ def test_meta_variant_trains_the_path_by_maml_and_prunes_the_mean_policy():
     algo = _meta(prune_start=1, prune_every=1, prune_gap=0.1)
     model = algo.init_global()
     ctx = RoundContext(0, 3, 5, "search")
-    res = {c: algo.client_update(model, _data(c), ctx, None) for c in (1, 2)}
+    res = {c: algo.client_update(model, client_data(c), ctx, None) for c in (1, 2)}
     r = res[1]
     prims = algo.space.primitives
     net = algo.build(model.spec)
@@ -158,7 +146,7 @@ def test_meta_variant_trains_the_path_by_maml_and_prunes_the_mean_policy():
     # clients keep sampling within the pruned masks, from their full-size policies
     upd = algo.server_client_step(states, [1, 2], {c: x.client_aux for c, x in res.items()},
                                   {}, ctx)
-    r2 = algo.client_update(new, _data(1), RoundContext(1, 3, 5, "search"), upd[1])
+    r2 = algo.client_update(new, client_data(1), RoundContext(1, 3, 5, "search"), upd[1])
     assert set(r2.state) == set(new.state)
     for c in ("normal", "reduce"):
         mask = torch.tensor(new.spec["masks"][c]["ops"])

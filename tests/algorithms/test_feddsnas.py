@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import client_data, darts_unit_config
 
-from fednas_mpi.algorithms import ClientData, DataInfo, GlobalModel, RoundContext
+from fednas_mpi.algorithms import DataInfo, GlobalModel, RoundContext
 from fednas_mpi.algorithms.common.subnet import PathModel
 from fednas_mpi.algorithms.feddsnas import FedDSNAS, dsnas_step
-from fednas_mpi.config import from_dict
 from fednas_mpi.kernels import gumbel_mix, hard_index
 from fednas_mpi.nas.derive import argmax_choices
 from fednas_mpi.nas.mixing import gumbel_noise
@@ -54,21 +54,7 @@ def test_dsnas_gradient_respects_the_mask():
 
 
 def _cfg(rounds: int = 3, **f):
-    return from_dict({
-        "run": {"seed": 5, "rounds": rounds},
-        "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 3, "nodes": 2,
-                                             "input_k": 2, "stem_multiplier": 1}},
-        "algorithm": {"name": "feddsnas", "local_epochs": 1, "batch_size": 4,
-                      "feddsnas": f},
-        "partition": {"num_clients": 4}, "federation": {"clients_per_round": 2},
-    })
-
-
-def _data(cid: int = 2, n: int = 16) -> ClientData:
-    g = torch.Generator().manual_seed(100 + cid)
-    return ClientData(cid, torch.randn(n, 1, 8, 8, generator=g),
-                      torch.randint(0, 10, (n,), generator=g),
-                      torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))
+    return darts_unit_config("feddsnas", rounds, feddsnas=f)
 
 
 def _algo(**f) -> FedDSNAS:
@@ -82,7 +68,7 @@ def test_only_sampled_ops_get_gradients_and_move():
     net.train()
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=0.01)
-    d = _data()
+    d = client_data()
     g = torch.Generator().manual_seed(3)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     # replay the step's noise to know which ops it sampled
@@ -142,8 +128,8 @@ def test_client_update_is_deterministic_and_changes_alpha():
     algo = _algo()
     model = algo.init_global()
     ctx = RoundContext(0, 3, 5, "search")
-    r1 = algo.client_update(model, _data(), ctx, None)
-    r2 = algo.client_update(model, _data(), ctx, None)
+    r1 = algo.client_update(model, client_data(), ctx, None)
+    r2 = algo.client_update(model, client_data(), ctx, None)
     for k in r1.state:
         assert torch.equal(r1.state[k], r2.state[k]), k
     assert not torch.equal(r1.state["alpha_normal"], model.state["alpha_normal"])

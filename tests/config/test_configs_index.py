@@ -11,7 +11,7 @@ from fednas_mpi.cli import UsageError
 from fednas_mpi.config import load, load_raw, load_run
 from fednas_mpi.configs_index import MOVED_FILE, main, markdown, moved, moved_to, names_method, runs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 RUNS = runs(CONFIGS)
 # configs/quickstart.yaml is cpu/digits/fedmetanas.yaml under another run name: the README's

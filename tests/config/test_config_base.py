@@ -9,7 +9,7 @@ import pytest
 from fednas_mpi.algorithms import registry
 from fednas_mpi.config import ConfigError, from_dict, load, load_raw
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def write(path: Path, text: str) -> Path:

@@ -8,13 +8,13 @@ import math
 
 import pytest
 import torch
+from helpers import client_data, darts_unit_config
 from torch import nn
 from torch.nn import functional as F
 
 from fednas_mpi.algorithms import ClientData, DataInfo, GlobalModel, RoundContext
 from fednas_mpi.algorithms.common.schedules import cosine_lr
 from fednas_mpi.algorithms.fednas import FedNAS, milenas_grads
-from fednas_mpi.config import from_dict
 from fednas_mpi.nas import PRIMITIVES, CellSpace, SearchNetwork, derive_darts, genotype_str
 from fednas_mpi.seeding import torch_rng
 
@@ -271,29 +271,11 @@ def test_search_network_rejects_an_unknown_input_mode():
 
 
 def _cfg(rounds: int = 4, search_rounds: int = 2, **fn):
-    return from_dict({
-        "run": {"seed": 5, "rounds": rounds},
-        "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 3, "nodes": 2,
-                                             "input_k": 2, "stem_multiplier": 1}},
-        "algorithm": {"name": "fednas", "local_epochs": 1, "batch_size": 4,
-                      "fednas": {"search_rounds": search_rounds, **fn}},
-        "partition": {"num_clients": 4}, "federation": {"clients_per_round": 2},
-    })
+    return darts_unit_config("fednas", rounds, fednas={"search_rounds": search_rounds, **fn})
 
 
 def _algo(cfg) -> FedNAS:
     return FedNAS(cfg, DataInfo((1, 8, 8), 10))
-
-
-def _data(cid: int = 2, n: int = 16, eval_fill: float | None = None,
-          n_eval: int = 8) -> ClientData:
-    g = torch.Generator().manual_seed(100 + cid)
-    x, y = torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
-    ex, ey = torch.randn(n_eval, 1, 8, 8, generator=g), torch.randint(0, 10, (n_eval,),
-                                                                       generator=g)
-    if eval_fill is not None:
-        ex = torch.full_like(ex, eval_fill)
-    return ClientData(cid, x, y, ex, ey)
 
 
 def _ctx(algo: FedNAS, round_: int) -> RoundContext:
@@ -400,7 +382,7 @@ def test_search_client_update_matches_a_written_out_milenas_reference():
     algo.cfg.algorithm.local_epochs = 2
     gm = algo.init_global()
     before = {k: v.clone() for k, v in gm.state.items()}
-    data, ctx = _data(n=14), _ctx(algo, 1)
+    data, ctx = client_data(n=14), _ctx(algo, 1)
     assert ctx.stage == "search"
     res = algo.client_update(gm, data, ctx, None)
     assert set(res.state) == set(gm.state)
@@ -424,8 +406,8 @@ def test_search_is_deterministic_softmax_and_never_reads_the_eval_split():
     algo = _algo(_cfg())
     gm = algo.init_global()
     ctx = _ctx(algo, 0)
-    a = algo.client_update(gm, _data(), ctx, None)
-    b = algo.client_update(gm, _data(), ctx, None)
+    a = algo.client_update(gm, client_data(), ctx, None)
+    b = algo.client_update(gm, client_data(), ctx, None)
     assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
     assert a.metrics == b.metrics
     # no Gumbel noise: the training-mode mixing is softmax(alpha) exactly
@@ -439,8 +421,8 @@ def test_search_is_deterministic_softmax_and_never_reads_the_eval_split():
         assert all(torch.equal(x, torch.ones_like(x)) for x in coefs)
     # the validation half comes from the client's train split: poisoned or missing eval
     # data leave the search unchanged (it only feeds local_acc)
-    poisoned = algo.client_update(gm, _data(eval_fill=float("nan")), ctx, None)
-    empty = algo.client_update(gm, _data(n_eval=0), ctx, None)
+    poisoned = algo.client_update(gm, client_data(eval_fill=float("nan")), ctx, None)
+    empty = algo.client_update(gm, client_data(n_eval=0), ctx, None)
     for res in (poisoned, empty):
         for k in a.state:
             assert torch.isfinite(res.state[k]).all(), k
@@ -449,7 +431,7 @@ def test_search_is_deterministic_softmax_and_never_reads_the_eval_split():
         assert res.metrics["val_loss"] == a.metrics["val_loss"]
     assert math.isnan(empty.metrics["local_acc"])
     # another round draws other batches
-    other = algo.client_update(gm, _data(), _ctx(algo, 1), None)
+    other = algo.client_update(gm, client_data(), _ctx(algo, 1), None)
     assert not torch.equal(other.state["alpha_normal"], a.state["alpha_normal"])
 
 
@@ -534,7 +516,7 @@ def test_retrain_client_update_is_plain_sgd_on_the_discrete_network():
     algo = _algo(_cfg(grad_clip=1e-3))  # clipping applies to the search only
     gm = algo.init_global()
     new = algo.server_step(gm, _hand_alphas(algo, gm), {}, _ctx(algo, 1))
-    data, ctx = _data(cid=1, n=12), _ctx(algo, 2)
+    data, ctx = client_data(cid=1, n=12), _ctx(algo, 2)
     assert ctx.stage == "retrain"
     res = algo.client_update(new, data, ctx, None)
     assert set(res.state) == set(new.state) and res.weight == 12.0
@@ -571,7 +553,7 @@ def test_retrain_client_update_is_plain_sgd_on_the_discrete_network():
 def test_evaluate_uses_the_deterministic_softmax_network():
     algo = _algo(_cfg())
     gm = algo.init_global()
-    data = _data(n=8)
+    data = client_data(n=8)
     loss1, acc1 = algo.evaluate(gm, data.train_x, data.train_y)
     loss2, acc2 = algo.evaluate(gm, data.train_x, data.train_y)
     assert (loss1, acc1) == (loss2, acc2) and math.isfinite(loss1) and 0.0 <= acc1 <= 1.0

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import client_data, darts_unit_config
 
-from fednas_mpi.algorithms import ClientData, DataInfo, GlobalModel, RoundContext
+from fednas_mpi.algorithms import DataInfo, GlobalModel, RoundContext
 from fednas_mpi.algorithms.common.aggregate import weighted_average
 from fednas_mpi.algorithms.common.policy import adam_ascent, sample_policy, score
 from fednas_mpi.algorithms.common.subnet import fold
 from fednas_mpi.algorithms.common.tasks import holdout
 from fednas_mpi.algorithms.fedrlnas import FedRLNAS
-from fednas_mpi.config import from_dict
 
 # ---------------------------------------------------------------- score function by hand
 
@@ -91,28 +91,15 @@ def test_holdout_splits_disjointly():
 
 
 def _algo(rounds: int = 3, **f) -> FedRLNAS:
-    cfg = from_dict({
-        "run": {"seed": 5, "rounds": rounds},
-        "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 3, "nodes": 2,
-                                             "input_k": 2, "stem_multiplier": 1}},
-        "algorithm": {"name": "fedrlnas", "local_epochs": 1, "batch_size": 4, "fedrlnas": f},
-        "partition": {"num_clients": 4}, "federation": {"clients_per_round": 2},
-    })
-    return FedRLNAS(cfg, DataInfo((1, 8, 8), 10))
-
-
-def _data(cid: int, n: int = 16) -> ClientData:
-    g = torch.Generator().manual_seed(100 + cid)
-    return ClientData(cid, torch.randn(n, 1, 8, 8, generator=g),
-                      torch.randint(0, 10, (n,), generator=g),
-                      torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))
+    return FedRLNAS(darts_unit_config("fedrlnas", rounds, fedrlnas=f), DataInfo((1, 8, 8), 10))
 
 
 def test_server_step_is_reinforce_with_a_baseline_by_hand():
     algo = _algo(arch_lr=0.1)
     model = algo.init_global()
     ctx = RoundContext(0, 3, 5, "search")
-    results = [algo.client_update(model, _data(c, n), ctx, None) for c, n in ((1, 12), (2, 20))]
+    results = [algo.client_update(model, client_data(c, n), ctx, None)
+               for c, n in ((1, 12), (2, 20))]
     r1, r2 = results
     assert r1.weight == 12.0 and r2.weight == 20.0
     assert set(r1.state) == set(model.state)
@@ -144,8 +131,8 @@ def test_client_trains_only_its_path_and_is_deterministic():
     algo = _algo()
     model = algo.init_global()
     ctx = RoundContext(0, 3, 5, "search")
-    a = algo.client_update(model, _data(1), ctx, None)
-    b = algo.client_update(model, _data(1), ctx, None)
+    a = algo.client_update(model, client_data(1), ctx, None)
+    b = algo.client_update(model, client_data(1), ctx, None)
     for k in a.state:
         assert torch.equal(a.state[k], b.state[k]), k
     assert not any(k.startswith("rl.") for k in a.state)
@@ -170,7 +157,7 @@ def test_last_round_derives_the_argmax_child():
     algo = _algo(rounds=1)
     model = algo.init_global()
     ctx = RoundContext(0, 1, 5, "search")
-    res = [algo.client_update(model, _data(c), ctx, None) for c in (1, 2)]
+    res = [algo.client_update(model, client_data(c), ctx, None) for c in (1, 2)]
     avg = weighted_average([{**r.state, **r.aux} for r in res], [r.weight for r in res])
     new = algo.server_step(model, avg, {}, ctx)
     assert new.spec["genotype"] is not None

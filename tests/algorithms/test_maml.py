@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import client_data, darts_unit_config
 from torch import nn
 from torch.nn import functional as F
 
@@ -15,7 +16,6 @@ from fednas_mpi.algorithms import ClientData, DataInfo, GlobalModel, RoundContex
 from fednas_mpi.algorithms.common.maml import MetaLearner, TaskLearner
 from fednas_mpi.algorithms.common.tasks import task_pairs
 from fednas_mpi.algorithms.fedmetanas import FedMetaNAS
-from fednas_mpi.config import from_dict
 from fednas_mpi.nas import PRIMITIVES, CellSpace, SearchNetwork
 from fednas_mpi.seeding import torch_rng
 
@@ -276,21 +276,7 @@ def test_small_clients_get_one_pair_of_half_their_data(n):
 
 
 def _cfg(rounds: int = 3, **fm):
-    return from_dict({
-        "run": {"seed": 5, "rounds": rounds},
-        "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 3, "nodes": 2,
-                                             "input_k": 2, "stem_multiplier": 1}},
-        "algorithm": {"name": "fedmetanas", "local_epochs": 1, "batch_size": 4,
-                      "fedmetanas": fm},
-        "partition": {"num_clients": 4}, "federation": {"clients_per_round": 2},
-    })
-
-
-def _data(cid: int = 2, n: int = 16) -> ClientData:
-    g = torch.Generator().manual_seed(100 + cid)
-    return ClientData(cid, torch.randn(n, 1, 8, 8, generator=g),
-                      torch.randint(0, 10, (n,), generator=g),
-                      torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))
+    return darts_unit_config("fedmetanas", rounds, fedmetanas=fm)
 
 
 def _ctx(cfg, round_: int) -> RoundContext:
@@ -382,7 +368,7 @@ def test_client_update_matches_a_plain_reference_and_leaves_the_global_model_alo
     before = {k: v.clone() for k, v in gm.state.items()}
     assert not any(k.endswith("num_batches_tracked") for k in gm.state)
     assert float(gm.server_state["temperature"]) == cfg.algorithm.fedmetanas.temperature_start
-    data, ctx = _data(), _ctx(cfg, 0)
+    data, ctx = client_data(), _ctx(cfg, 0)
     res = algo.client_update(gm, data, ctx, None)
     assert set(res.state) == set(gm.state)
     assert res.weight == 16.0 and res.client_state is None
@@ -410,7 +396,7 @@ def test_temperature_annealing_and_architecture_warmup(monkeypatch):
     assert [algo.temperature(r) for r in (4, 5, 9)] == pytest.approx([0.03] * 3, rel=1e-12)
     gm = algo.init_global()
     arch = ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
-    data = _data()
+    data = client_data()
     warm = algo.client_update(gm, data, _ctx(cfg, 0), None)
     for name in arch:  # round 0 is a warm-up round: only the weights learn
         assert torch.equal(warm.state[name], gm.state[name]), name
@@ -437,9 +423,10 @@ def test_client_update_is_a_function_of_seed_round_and_client():
     cfg = _cfg()
     algo = FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
     gm = algo.init_global()
-    data = _data(n=8)
+    data = client_data(n=8)
     a = algo.client_update(gm, data, _ctx(cfg, 0), None)
-    other = algo.client_update(gm, _data(3, n=8), _ctx(cfg, 0), None)  # the cached net is reused
+    # the cached net is reused
+    other = algo.client_update(gm, client_data(3, n=8), _ctx(cfg, 0), None)
     b = algo.client_update(gm, data, _ctx(cfg, 0), None)
     c = algo.client_update(gm, data, _ctx(cfg, 1), None)
     assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
@@ -488,7 +475,7 @@ def test_server_step_prunes_and_shrinks_the_state():
                meta_lr_alpha=0.2)
     algo = FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
     gm = algo.init_global()
-    res = algo.client_update(gm, _data(n=8), _ctx(cfg, 0), None)
+    res = algo.client_update(gm, client_data(n=8), _ctx(cfg, 0), None)
     averaged = res.state
     metrics: dict[str, float] = {}
     new = algo.server_step(gm, averaged, metrics, _ctx(cfg, 0))
@@ -523,7 +510,7 @@ def test_server_step_prunes_and_shrinks_the_state():
     assert metrics["ops_alive"] == ops_alive
     assert metrics["combos_alive"] == sum(sum(new.spec["masks"][c]["combos"]) for c in CELLS)
     # the pruned model trains and evaluates with its smaller state
-    res2 = algo.client_update(new, _data(n=8), _ctx(cfg, 1), None)
+    res2 = algo.client_update(new, client_data(n=8), _ctx(cfg, 1), None)
     assert set(res2.state) == set(new.state)
     loss, acc = algo.evaluate(new, torch.randn(6, 1, 8, 8), torch.arange(6))
     assert math.isfinite(loss) and 0.0 <= acc <= 1.0
@@ -533,7 +520,7 @@ def test_final_round_derives_the_genotype_and_the_discrete_model_evaluates():
     cfg = _cfg(final_round=1, prune_every=0)
     algo = FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
     gm = algo.init_global()
-    res = algo.client_update(gm, _data(n=8), _ctx(cfg, 0), None)
+    res = algo.client_update(gm, client_data(n=8), _ctx(cfg, 0), None)
     metrics: dict[str, float] = {}
     new = algo.server_step(gm, res.state, metrics, _ctx(cfg, 0))
     geno = new.spec["genotype"]
@@ -557,7 +544,7 @@ def test_final_round_derives_the_genotype_and_the_discrete_model_evaluates():
     loss, acc = algo.evaluate(new, torch.randn(6, 1, 8, 8), torch.arange(6))
     assert math.isfinite(loss) and 0.0 <= acc <= 1.0
     # the discrete network keeps training; the genotype is fixed from here on
-    res2 = algo.client_update(new, _data(n=8), _ctx(cfg, 1), None)
+    res2 = algo.client_update(new, client_data(n=8), _ctx(cfg, 1), None)
     assert set(res2.state) == set(new.state)
     assert all(torch.isfinite(v).all() for v in res2.state.values())
     after = algo.server_step(new, res2.state, {}, _ctx(cfg, 1))

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_gpu import METHODS, _config
+from methods import METHODS
+from methods import run_config as _config
 from torch import nn
 
 from fednas_mpi.cli import main
@@ -191,7 +192,7 @@ FRESH = textwrap.dedent("""
                       "modules": sorted(m for m in sys.modules if m.startswith("fednas"))}))
 """)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README_SNIPPET = re.compile(r"## Using the searched model.*?```python\n(.*?)```", re.S)
 
 TRAINED = {"run": {"name": "fresh", "seed": 1, "rounds": 8},

@@ -21,7 +21,7 @@ from fednas_mpi.report import group_settings, load_run
 from fednas_mpi.report.plots import SIZES
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SHARED = {"partition": {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 6, "min_train": 8},
           "federation": {"clients_per_round": 3}, "run": {"name": "r", "seed": 7, "rounds": 3}}

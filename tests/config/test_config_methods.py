@@ -25,7 +25,7 @@ from fednas_mpi.config import (
     to_dict,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 OLD_STORED = Path(__file__).parent / "fixtures" / "stored_config_all_sections.yaml"
 
@@ -208,12 +208,12 @@ def test_the_registry_is_the_one_list_of_methods():
     table = re.findall(r"^\| `(\w+)` \| (?:darts|cnn)", readme, flags=re.M)
     assert table == names
     # lists elsewhere derive from the registry
-    from test_gpu import _EXTRA
-    from test_gpu import METHODS as GPU_METHODS
+    from methods import EXTRA
+    from methods import METHODS as GPU_METHODS
 
     from fednas_mpi.export.build import FIXED, MIXTURE, PATH
 
-    assert list(GPU_METHODS) == names and set(_EXTRA) <= set(names)
+    assert list(GPU_METHODS) == names and set(EXTRA) <= set(names)
     assert sorted(FIXED + MIXTURE + PATH) == sorted(names)
     bench = ast.parse((ROOT / "bench" / "compare_methods.py").read_text())
     literal_lists = [n for n in ast.walk(bench) if isinstance(n, (ast.Tuple, ast.List))
