@@ -48,10 +48,20 @@ def _last_finite(values) -> float:
     return float(v[-1]) if v.size else float("nan")
 
 
-def run_one(cfg: str, seed: int, ranks: int, sets: list[str], target: float,
-            out: Path) -> dict:
-    cmd = [mpirun(), "-n", str(ranks), sys.executable, "-m", "fednas_mpi", cfg, "--out",
-           str(out), "--set", f"run.seed={seed}"]
+def run_one(cfg: str, seed: int, ranks: int, sets: list[str], target: float, out: Path) -> dict:
+    cmd = [
+        mpirun(),
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "fednas_mpi",
+        cfg,
+        "--out",
+        str(out),
+        "--set",
+        f"run.seed={seed}",
+    ]
     for s in sets:
         cmd += ["--set", s]
     t0 = time.perf_counter()
@@ -65,16 +75,21 @@ def run_one(cfg: str, seed: int, ranks: int, sets: list[str], target: float,
     for stage, t in zip(ck.stages, rt):
         stages[stage] = stages.get(stage, 0.0) + float(t)
     nan = [np.nan]
-    return {"method": ck.attrs["algorithm"], "final": _last_finite(acc),
-            "best": float(np.nanmax(acc)), "local": _last_finite(m.get("local_acc", nan)),
-            "local_std": _last_finite(m.get("local_acc_std", nan)),
-            "personal": _last_finite(m.get("personal_acc", nan)),
-            "personal_std": _last_finite(m.get("personal_acc_std", nan)),
-            "before": _last_finite(m.get("acc_before_prune", [np.nan])),
-            "after": _last_finite(m.get("acc_after_prune", [np.nan])),
-            "wall": wall, "stages": stages,
-            "to_target": float(np.sum(rt[: reached[0] + 1])) if reached.size else np.nan,
-            "genotype": (ck.spec.get("genotype") or {}).get("text", "")}
+    return {
+        "method": ck.attrs["algorithm"],
+        "final": _last_finite(acc),
+        "best": float(np.nanmax(acc)),
+        "local": _last_finite(m.get("local_acc", nan)),
+        "local_std": _last_finite(m.get("local_acc_std", nan)),
+        "personal": _last_finite(m.get("personal_acc", nan)),
+        "personal_std": _last_finite(m.get("personal_acc_std", nan)),
+        "before": _last_finite(m.get("acc_before_prune", [np.nan])),
+        "after": _last_finite(m.get("acc_after_prune", [np.nan])),
+        "wall": wall,
+        "stages": stages,
+        "to_target": float(np.sum(rt[: reached[0] + 1])) if reached.size else np.nan,
+        "genotype": (ck.spec.get("genotype") or {}).get("text", ""),
+    }
 
 
 def ms(values, scale: float = 1.0, digits: int = 2) -> str:
@@ -90,8 +105,12 @@ def ms(values, scale: float = 1.0, digits: int = 2) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("configs", nargs="*")
-    p.add_argument("--nas", metavar="SCALE/DATASET", help="add configs/SCALE/DATASET/METHOD.yaml "
-                   "of every NAS method (e.g. cpu/fashion_mnist, cpu/digits)")
+    p.add_argument(
+        "--nas",
+        metavar="SCALE/DATASET",
+        help="add configs/SCALE/DATASET/METHOD.yaml "
+        "of every NAS method (e.g. cpu/fashion_mnist, cpu/digits)",
+    )
     p.add_argument("--ranks", type=int, default=3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--target", type=float, default=0.9)
@@ -108,30 +127,42 @@ def main() -> None:
             for s in a.seeds:
                 runs.append(run_one(cfg, s, a.ranks, a.sets, a.target, Path(tmp) / f"c{i}-s{s}"))
                 r = runs[-1]
-                print(f"{cfg} seed {s}: final {r['final']:.4f} personal {r['personal']:.4f} "
-                      f"wall {r['wall']:.1f}s", file=sys.stderr, flush=True)
+                print(
+                    f"{cfg} seed {s}: final {r['final']:.4f} personal {r['personal']:.4f} "
+                    f"wall {r['wall']:.1f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             rows.append((cfg, runs))
     base = np.mean([r["wall"] for r in rows[0][1]])
     print(f"mpirun -n {a.ranks}; seeds {a.seeds}; overrides {a.sets}; target {a.target:.0%}")
-    print("| config | method | final acc % | best acc % | personal acc % | std across clients "
-          "% | local acc % | clients' std of local acc % | wall s | x first | round time per "
-          "stage s | time to target s | acc before -> after last architecture change % |")
+    print(
+        "| config | method | final acc % | best acc % | personal acc % | std across clients "
+        "% | local acc % | clients' std of local acc % | wall s | x first | round time per "
+        "stage s | time to target s | acc before -> after last architecture change % |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for cfg, runs in rows:
         wall = [r["wall"] for r in runs]
         stages = sorted({s for r in runs for s in r["stages"]})
-        per_stage = ", ".join(f"{s} {ms([r['stages'].get(s, 0.0) for r in runs], digits=1)}"
-                              for s in stages)
-        prune = "-" if all(np.isnan(r["before"]) for r in runs) else \
-            f"{ms([r['before'] for r in runs], 100)} -> {ms([r['after'] for r in runs], 100)}"
-        print(f"| {Path(cfg).name} | {runs[0]['method']} | {ms([r['final'] for r in runs], 100)} "
-              f"| {ms([r['best'] for r in runs], 100)} "
-              f"| {ms([r['personal'] for r in runs], 100)} "
-              f"| {ms([r['personal_std'] for r in runs], 100)} "
-              f"| {ms([r['local'] for r in runs], 100)} "
-              f"| {ms([r['local_std'] for r in runs], 100)} "
-              f"| {ms(wall, digits=1)} | {np.mean(wall) / base:.2f} | {per_stage} "
-              f"| {ms([r['to_target'] for r in runs], digits=1)} | {prune} |")
+        per_stage = ", ".join(
+            f"{s} {ms([r['stages'].get(s, 0.0) for r in runs], digits=1)}" for s in stages
+        )
+        prune = (
+            "-"
+            if all(np.isnan(r["before"]) for r in runs)
+            else f"{ms([r['before'] for r in runs], 100)} -> {ms([r['after'] for r in runs], 100)}"
+        )
+        print(
+            f"| {Path(cfg).name} | {runs[0]['method']} | {ms([r['final'] for r in runs], 100)} "
+            f"| {ms([r['best'] for r in runs], 100)} "
+            f"| {ms([r['personal'] for r in runs], 100)} "
+            f"| {ms([r['personal_std'] for r in runs], 100)} "
+            f"| {ms([r['local'] for r in runs], 100)} "
+            f"| {ms([r['local_std'] for r in runs], 100)} "
+            f"| {ms(wall, digits=1)} | {np.mean(wall) / base:.2f} | {per_stage} "
+            f"| {ms([r['to_target'] for r in runs], digits=1)} | {prune} |"
+        )
     for cfg, runs in rows:
         for seed, r in zip(a.seeds, runs):
             if r["genotype"]:

@@ -50,8 +50,9 @@ def sync(device: str) -> None:
 
 def make_inputs(shape, device, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    outs = [torch.randn(shape, generator=g, dtype=dtype).to(device).requires_grad_()
-            for _ in range(K)]
+    outs = [
+        torch.randn(shape, generator=g, dtype=dtype).to(device).requires_grad_() for _ in range(K)
+    ]
     w = torch.softmax(torch.randn(K, generator=g), 0).to(device, dtype).requires_grad_()
     up = torch.randn(shape, generator=g, dtype=dtype).to(device)
     return outs, w, up
@@ -82,7 +83,7 @@ def peak_cpu_child(form: str, shape) -> float:
     """Peak extra resident memory (MiB) over 3 fwd+bwd steps of one form, fresh process."""
     code = f"""
 import sys, torch
-sys.path.insert(0, {str(ROOT / 'bench')!r})
+sys.path.insert(0, {str(ROOT / "bench")!r})
 import kernels as b
 from fednas_mpi import kernels
 kernels.configure("fused")
@@ -103,8 +104,9 @@ print((status("VmHWM") - before) / 1024)
     # Every allocation of 64 KiB or more is its own mapping, returned to the system when
     # freed, so the peak resident size follows the peak of live tensors.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env=env)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
     return float(res.stdout.strip().splitlines()[-1])
 
 
@@ -126,10 +128,12 @@ def bench_shapes(device: str, reps: int) -> list[dict]:
         copy_t = time_it(lambda src=src, dst=dst: dst.copy_(src), reps, device)
         row = {"shape": shape, "copy_gbs": 2 * n / copy_t / 1e9, "t": {}, "mem": {}}
         for name, fn in forms().items():
-            row["t"][name] = time_it(lambda fn=fn, outs=outs, w=w, up=up: step(fn, outs, w, up),
-                                     reps, device)
-            row["mem"][name] = (peak_cuda(fn, outs, w, up) if device == "cuda"
-                                else peak_cpu_child(name, shape))
+            row["t"][name] = time_it(
+                lambda fn=fn, outs=outs, w=w, up=up: step(fn, outs, w, up), reps, device
+            )
+            row["mem"][name] = (
+                peak_cuda(fn, outs, w, up) if device == "cuda" else peak_cpu_child(name, shape)
+            )
         row["fused_gbs"] = (3 * K + 2) * n / row["t"]["fused"] / 1e9
         rows.append(row)
     return rows
@@ -141,11 +145,22 @@ def bench_epoch(rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for backend in ("fused", "reference"):
             run_dir = Path(tmp) / backend
-            subprocess.run([sys.executable, "-m", "fednas_mpi",
-                            str(ROOT / "configs/quickstart.yaml"), "--out", str(run_dir),
-                            "--set", f"run.rounds={rounds}",
-                            "--set", f"kernels.backend={backend}"],
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "fednas_mpi",
+                    str(ROOT / "configs/quickstart.yaml"),
+                    "--out",
+                    str(run_dir),
+                    "--set",
+                    f"run.rounds={rounds}",
+                    "--set",
+                    f"kernels.backend={backend}",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             from fednas_mpi.config import load
             from fednas_mpi.store import list_checkpoints, read_checkpoint
 
@@ -168,27 +183,38 @@ def main(argv=None) -> None:
     from fednas_mpi import kernels
 
     st = kernels.configure("fused")
-    dev = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or \
-        platform.machine()
-    print(f"# device {args.device} ({dev}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, fused library: {st.source} {st.path}")
+    dev = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else platform.processor() or platform.machine()
+    )
+    print(
+        f"# device {args.device} ({dev}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, fused library: {st.source} {st.path}"
+    )
     print(f"# K = {K}, float32, forward + backward, minimum of {args.reps}")
-    print("| B x C x H x W | fused ms | sum ms | stack ms | sum/fused | stack/fused "
-          "| peak MiB fused / sum / stack | fused GB/s | copy GB/s | fused/copy |")
+    print(
+        "| B x C x H x W | fused ms | sum ms | stack ms | sum/fused | stack/fused "
+        "| peak MiB fused / sum / stack | fused GB/s | copy GB/s | fused/copy |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     results = bench_shapes(args.device, args.reps)
     for r in results:
         t, m = r["t"], r["mem"]
-        print(f"| {'x'.join(map(str, r['shape']))} | {t['fused'] * 1e3:.2f} | "
-              f"{t['sum'] * 1e3:.2f} | {t['stack'] * 1e3:.2f} | {t['sum'] / t['fused']:.2f} | "
-              f"{t['stack'] / t['fused']:.2f} | {m['fused']:.0f} / {m['sum']:.0f} / "
-              f"{m['stack']:.0f} | {r['fused_gbs']:.1f} | {r['copy_gbs']:.1f} | "
-              f"{r['fused_gbs'] / r['copy_gbs']:.0%} |")
+        print(
+            f"| {'x'.join(map(str, r['shape']))} | {t['fused'] * 1e3:.2f} | "
+            f"{t['sum'] * 1e3:.2f} | {t['stack'] * 1e3:.2f} | {t['sum'] / t['fused']:.2f} | "
+            f"{t['stack'] / t['fused']:.2f} | {m['fused']:.0f} / {m['sum']:.0f} / "
+            f"{m['stack']:.0f} | {r['fused_gbs']:.1f} | {r['copy_gbs']:.1f} | "
+            f"{r['fused_gbs'] / r['copy_gbs']:.0%} |"
+        )
     if args.epoch:
         e = bench_epoch(args.epoch_rounds)
-        print(f"# FedMetaNAS quickstart, compute time per local epoch (-n 1, "
-              f"{args.epoch_rounds} rounds): fused {e['fused']:.3f} s, reference "
-              f"{e['reference']:.3f} s, reference/fused {e['reference'] / e['fused']:.2f}")
+        print(
+            f"# FedMetaNAS quickstart, compute time per local epoch (-n 1, "
+            f"{args.epoch_rounds} rounds): fused {e['fused']:.3f} s, reference "
+            f"{e['reference']:.3f} s, reference/fused {e['reference'] / e['fused']:.2f}"
+        )
     print(json.dumps({"rows": results}, default=str), file=sys.stderr)
 
 

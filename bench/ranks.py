@@ -29,15 +29,33 @@ from fednas_mpi.store import list_checkpoints, read_checkpoint  # noqa: E402
 
 
 def run(n: int, cfg: str, rounds: int, poll: float, out: Path) -> dict:
-    cmd = [mpirun(), "-n", str(n), sys.executable, "-m", "fednas_mpi", cfg, "--out", str(out),
-           "--set", f"run.rounds={rounds}", "--set", f"runtime.poll_interval_ms={poll}"]
+    cmd = [
+        mpirun(),
+        "-n",
+        str(n),
+        sys.executable,
+        "-m",
+        "fednas_mpi",
+        cfg,
+        "--out",
+        str(out),
+        "--set",
+        f"run.rounds={rounds}",
+        "--set",
+        f"runtime.poll_interval_ms={poll}",
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     ck = read_checkpoint(list_checkpoints(out)[-1][1], tensors=False)
     rt = ck.metrics["round_time"][1:]  # round 1 carries one-off warm-up
-    return {"n": n, "poll": poll, "wall": wall, "round": float(np.mean(rt)),
-            "acc": float(ck.metrics["global_acc"][-1])}
+    return {
+        "n": n,
+        "poll": poll,
+        "wall": wall,
+        "round": float(np.mean(rt)),
+        "acc": float(ck.metrics["global_acc"][-1]),
+    }
 
 
 def main() -> None:
@@ -49,15 +67,17 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in a.ranks:
-            for poll in ((1.0,) if n == 1 else (1.0, 0.0)):
+            for poll in (1.0,) if n == 1 else (1.0, 0.0):
                 rows.append(run(n, a.config, a.rounds, poll, Path(tmp) / f"n{n}-{poll}"))
     base = rows[0]
     print("| ranks | idle wait | mean round (s) | x vs -n 1 | wall (s) | final acc |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         wait = "poll 1 ms" if r["poll"] else "block (spin)"
-        print(f"| {r['n']} | {wait} | {r['round']:.4f} | {r['round'] / base['round']:.2f} "
-              f"| {r['wall']:.1f} | {r['acc']:.4f} |")
+        print(
+            f"| {r['n']} | {wait} | {r['round']:.4f} | {r['round'] / base['round']:.2f} "
+            f"| {r['wall']:.1f} | {r['acc']:.4f} |"
+        )
     accs = {round(r["acc"], 5) for r in rows}
     print(f"final accuracy identical across rows: {len(accs) == 1}")
 

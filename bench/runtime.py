@@ -33,8 +33,19 @@ PARTS = ("compute", "comm", "aggregate", "eval", "checkpoint")
 
 
 def run(n: int, cfg: str, rounds: int, sets: list[str], out: Path) -> dict:
-    cmd = [mpirun(), "-n", str(n), sys.executable, "-m", "fednas_mpi", cfg, "--out", str(out),
-           "--set", f"run.rounds={rounds}"]
+    cmd = [
+        mpirun(),
+        "-n",
+        str(n),
+        sys.executable,
+        "-m",
+        "fednas_mpi",
+        cfg,
+        "--out",
+        str(out),
+        "--set",
+        f"run.rounds={rounds}",
+    ]
     for s in sets:
         cmd += ["--set", s]
     t0 = time.perf_counter()
@@ -44,8 +55,14 @@ def run(n: int, cfg: str, rounds: int, sets: list[str], out: Path) -> dict:
     sl = slice(1, rounds - 1)  # skip warm-up round 1 and the last (no checkpoint_time)
     parts = {p: float(np.mean(m[f"{p}_time"][sl])) for p in PARTS}
     total = float(np.mean(m["round_time"][sl])) + parts["checkpoint"]
-    return {"n": n, "wall": wall, "total": total, "rps": 1.0 / total, "parts": parts,
-            "acc": float(m["global_acc"][-1])}
+    return {
+        "n": n,
+        "wall": wall,
+        "total": total,
+        "rps": 1.0 / total,
+        "parts": parts,
+        "acc": float(m["global_acc"][-1]),
+    }
 
 
 def main() -> None:
@@ -59,20 +76,28 @@ def main() -> None:
         p.error("--rounds must be >= 3: round 1 warms up and the last has no checkpoint time")
     with tempfile.TemporaryDirectory() as tmp:
         for cfg in a.config:
-            rows = [run(n, cfg, a.rounds, a.sets, Path(tmp) / f"{Path(cfg).stem}-n{n}")
-                    for n in a.ranks]
-            print(f"\n{Path(cfg).name} {' '.join(a.sets)}: rounds 2..{a.rounds - 1} "
-                  f"(mean), {a.rounds} rounds per run")
-            print("| ranks | workers | s/round | rounds/s | x vs first | "
-                  + " | ".join(f"{q} %" for q in PARTS) + " | non-compute % | final acc |")
+            rows = [
+                run(n, cfg, a.rounds, a.sets, Path(tmp) / f"{Path(cfg).stem}-n{n}") for n in a.ranks
+            ]
+            print(
+                f"\n{Path(cfg).name} {' '.join(a.sets)}: rounds 2..{a.rounds - 1} "
+                f"(mean), {a.rounds} rounds per run"
+            )
+            print(
+                "| ranks | workers | s/round | rounds/s | x vs first | "
+                + " | ".join(f"{q} %" for q in PARTS)
+                + " | non-compute % | final acc |"
+            )
             print("|---" * (7 + len(PARTS)) + "|")
             for r in rows:
                 shares = {q: 100 * r["parts"][q] / r["total"] for q in PARTS}
                 nc = shares["comm"] + shares["aggregate"] + shares["checkpoint"]
-                print(f"| {r['n']} | {r['n'] - 1} | {r['total']:.3f} | {r['rps']:.3f} | "
-                      f"{r['rps'] / rows[0]['rps']:.2f} | "
-                      + " | ".join(f"{shares[q]:.1f}" for q in PARTS)
-                      + f" | {nc:.1f} | {r['acc']:.4f} |")
+                print(
+                    f"| {r['n']} | {r['n'] - 1} | {r['total']:.3f} | {r['rps']:.3f} | "
+                    f"{r['rps'] / rows[0]['rps']:.2f} | "
+                    + " | ".join(f"{shares[q]:.1f}" for q in PARTS)
+                    + f" | {nc:.1f} | {r['acc']:.4f} |"
+                )
             accs = {round(r["acc"], 5) for r in rows}
             print(f"final accuracy identical across rank counts: {len(accs) == 1}", flush=True)
 

@@ -30,8 +30,11 @@ def need_fashion_mnist() -> Path:
 def idx_bytes(array: np.ndarray) -> bytes:
     """An IDX file of unsigned bytes: magic 00 00 08 ndim, big-endian dims, the data."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
-    return (bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-            + array.tobytes())
+    return (
+        bytes([0, 0, 0x08, array.ndim])
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.tobytes()
+    )
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
@@ -57,9 +60,15 @@ def mnist_arrays(n_train: int = 30, n_test: int = 10, seed: int = 0, side: int =
 def write_mnist(directory: Path, arrays=None, gz: bool = True) -> dict[str, Path]:
     """The four MNIST files in ``directory``; returns name -> path."""
     tx, ty, sx, sy = arrays if arrays is not None else mnist_arrays()
-    return {name: write_idx(directory / name, a, gz) for name, a in (
-        ("train-images-idx3-ubyte", tx), ("train-labels-idx1-ubyte", ty),
-        ("t10k-images-idx3-ubyte", sx), ("t10k-labels-idx1-ubyte", sy))}
+    return {
+        name: write_idx(directory / name, a, gz)
+        for name, a in (
+            ("train-images-idx3-ubyte", tx),
+            ("train-labels-idx1-ubyte", ty),
+            ("t10k-images-idx3-ubyte", sx),
+            ("t10k-labels-idx1-ubyte", sy),
+        )
+    }
 
 
 def py2_pickle(obj) -> bytes:
@@ -67,8 +76,9 @@ def py2_pickle(obj) -> bytes:
     out = bytearray(b"\x80\x02")  # PROTO 2
 
     def string(b: bytes) -> None:  # a Python 2 str: SHORT_BINSTRING or BINSTRING
-        out.extend(b"U" + bytes([len(b)]) + b if len(b) < 256
-                   else b"T" + struct.pack("<i", len(b)) + b)
+        out.extend(
+            b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b
+        )
 
     def integer(i: int) -> None:  # BININT1 or BININT
         out.extend(b"K" + bytes([i]) if 0 <= i < 256 else b"J" + struct.pack("<i", i))
@@ -136,14 +146,37 @@ def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 6) -> dict[str, 
         n = per_batch if i <= 5 else n_test
         x = cifar_images(n, i)
         y = [(i + k) % 10 for k in range(n)]
-        (d / name).write_bytes(py2_pickle({
-            "batch_label": f"batch {i}", "labels": y, "data": x,
-            "filenames": [f"img_{i}_{k}.png" for k in range(n)]}))
+        (d / name).write_bytes(
+            py2_pickle(
+                {
+                    "batch_label": f"batch {i}",
+                    "labels": y,
+                    "data": x,
+                    "filenames": [f"img_{i}_{k}.png" for k in range(n)],
+                }
+            )
+        )
         written[name] = (x, y)
-    (d / "batches.meta").write_bytes(py2_pickle({
-        "label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                        "horse", "ship", "truck"], "num_cases_per_batch": per_batch,
-        "num_vis": 3072}))
+    (d / "batches.meta").write_bytes(
+        py2_pickle(
+            {
+                "label_names": [
+                    "airplane",
+                    "automobile",
+                    "bird",
+                    "cat",
+                    "deer",
+                    "dog",
+                    "frog",
+                    "horse",
+                    "ship",
+                    "truck",
+                ],
+                "num_cases_per_batch": per_batch,
+                "num_vis": 3072,
+            }
+        )
+    )
     return written
 
 
@@ -155,10 +188,24 @@ def write_cifar100(root: Path, n_train: int = 12, n_test: int = 5) -> dict[str, 
     for name, n, seed in (("train", n_train, 11), ("test", n_test, 12)):
         x = cifar_images(n, seed)
         fine = [(7 * k + seed) % 100 for k in range(n)]
-        (d / name).write_bytes(py2_pickle({
-            "filenames": [f"{name}_{k}.png" for k in range(n)], "batch_label": name,
-            "fine_labels": fine, "coarse_labels": [f // 5 for f in fine], "data": x}))
+        (d / name).write_bytes(
+            py2_pickle(
+                {
+                    "filenames": [f"{name}_{k}.png" for k in range(n)],
+                    "batch_label": name,
+                    "fine_labels": fine,
+                    "coarse_labels": [f // 5 for f in fine],
+                    "data": x,
+                }
+            )
+        )
         written[name] = (x, fine)
-    (d / "meta").write_bytes(py2_pickle({"fine_label_names": [str(i) for i in range(100)],
-                                         "coarse_label_names": [str(i) for i in range(20)]}))
+    (d / "meta").write_bytes(
+        py2_pickle(
+            {
+                "fine_label_names": [str(i) for i in range(100)],
+                "coarse_label_names": [str(i) for i in range(20)],
+            }
+        )
+    )
     return written

@@ -45,14 +45,25 @@ class Result:
     stderr: str
 
 
-def launch(n: int, args: list[str], timeout: float = 120, cwd: Path | None = None,
-           script: list[str] | None = None) -> Result:
+def launch(
+    n: int,
+    args: list[str],
+    timeout: float = 120,
+    cwd: Path | None = None,
+    script: list[str] | None = None,
+) -> Result:
     """Run ``mpirun -n n <script or fednas-mpi> args``; kill the whole group on timeout."""
     prog = script or [sys.executable, "-m", "fednas_mpi"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([mpirun(), "-n", str(n), *prog, *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [mpirun(), "-n", str(n), *prog, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -62,8 +73,9 @@ def launch(n: int, args: list[str], timeout: float = 120, cwd: Path | None = Non
     return Result(proc.returncode, out, err)
 
 
-def run_per_rank_count(root: Path, base: dict, ranks=(1, 3), timeout: float = 240,
-                       **sections) -> dict[int, Path]:
+def run_per_rank_count(
+    root: Path, base: dict, ranks=(1, 3), timeout: float = 240, **sections
+) -> dict[int, Path]:
     """Run one config once per rank count; returns {ranks: run directory}."""
     cfg = write_config(root / "cfg.yaml", base=base, **sections)
     out = {}
@@ -86,12 +98,15 @@ def darts_unit_config(method: str, rounds: int = 3, **algorithm):
     algorithm section, e.g. ``fednas={"search_rounds": 2}``."""
     from fednas_mpi.config import from_dict
 
-    return from_dict({
-        "run": {"seed": 5, "rounds": rounds},
-        "model": {"name": "darts", "darts": dict(TINY_DARTS)},
-        "algorithm": {"name": method, "local_epochs": 1, "batch_size": 4, **algorithm},
-        "partition": {"num_clients": 4}, "federation": {"clients_per_round": 2},
-    })
+    return from_dict(
+        {
+            "run": {"seed": 5, "rounds": rounds},
+            "model": {"name": "darts", "darts": dict(TINY_DARTS)},
+            "algorithm": {"name": method, "local_epochs": 1, "batch_size": 4, **algorithm},
+            "partition": {"num_clients": 4},
+            "federation": {"clients_per_round": 2},
+        }
+    )
 
 
 def client_data(cid: int = 2, n: int = 16, n_eval: int = 8, eval_fill: float | None = None):

@@ -13,8 +13,10 @@ from fednas_mpi.flat import Layout
 
 def f32_state() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-45,
-                            3.4028235e38, -1.5], dtype=torch.float32)
+    special = torch.tensor(
+        [0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-45, 3.4028235e38, -1.5],
+        dtype=torch.float32,
+    )
     return {
         "conv.weight": torch.randn(4, 3, 3, 3, generator=g),
         "conv.bias": torch.randn(4, generator=g),
@@ -41,8 +43,15 @@ def assert_bit_exact(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
 def test_layout_of_records_names_shapes_dtypes_in_order():
     state = f32_state()
     lay = Layout.of(state)
-    assert lay.names == ("conv.weight", "conv.bias", "scalar", "special", "empty", "fc.weight",
-                         "deep")
+    assert lay.names == (
+        "conv.weight",
+        "conv.bias",
+        "scalar",
+        "special",
+        "empty",
+        "fc.weight",
+        "deep",
+    )
     assert lay.shapes == ((4, 3, 3, 3), (4,), (), (8,), (0, 5), (5, 7), (2, 1, 3, 1, 2))
     assert lay.dtypes == (torch.float32,) * 7
     assert lay.sizes == [108, 4, 1, 8, 0, 35, 12]
@@ -60,8 +69,11 @@ def test_float32_round_trip_is_bit_exact():
 
 
 def test_pack_concatenates_in_layout_order():
-    state = {"b": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "a": torch.tensor(5.0),
-             "c": torch.tensor([6.0, 7.0])}
+    state = {
+        "b": torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
+        "a": torch.tensor(5.0),
+        "c": torch.tensor([6.0, 7.0]),
+    }
     buf = Layout.of(state).pack(state)
     assert buf.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
 
@@ -197,12 +209,20 @@ def test_unpack_rejects_short_buffer_and_ignores_tail():
 
 
 def test_meta_round_trip():
-    state = {"w": torch.zeros(2, 3), "s": torch.tensor(1, dtype=torch.int64),
-             "d": torch.zeros(4, dtype=torch.float64), "m": torch.zeros(0, dtype=torch.bool)}
+    state = {
+        "w": torch.zeros(2, 3),
+        "s": torch.tensor(1, dtype=torch.int64),
+        "d": torch.zeros(4, dtype=torch.float64),
+        "m": torch.zeros(0, dtype=torch.bool),
+    }
     lay = Layout.of(state)
     meta = lay.to_meta()
-    assert meta == [("w", (2, 3), "float32"), ("s", (), "int64"), ("d", (4,), "float64"),
-                    ("m", (0,), "bool")]
+    assert meta == [
+        ("w", (2, 3), "float32"),
+        ("s", (), "int64"),
+        ("d", (4,), "float64"),
+        ("m", (0,), "bool"),
+    ]
     assert Layout.from_meta(meta) == lay
     # survives a JSON trip (tuples come back as lists)
     again = Layout.from_meta(json.loads(json.dumps(meta)))

@@ -15,12 +15,24 @@ ALGORITHMS = PKG / "algorithms"
 # what is not a method module under algorithms/
 NOT_METHODS = {"__init__", "base", "registry"}
 LOWER = ("fednas_mpi.flat", "fednas_mpi.seeding", "fednas_mpi.config", "fednas_mpi.kernels")
-METHOD_MAY_IMPORT = ("fednas_mpi.algorithms.base", "fednas_mpi.algorithms.common",
-                     "fednas_mpi.nas", "fednas_mpi.models", *LOWER)
+METHOD_MAY_IMPORT = (
+    "fednas_mpi.algorithms.base",
+    "fednas_mpi.algorithms.common",
+    "fednas_mpi.nas",
+    "fednas_mpi.models",
+    *LOWER,
+)
 COMMON_MAY_IMPORT = METHOD_MAY_IMPORT
-NAS_MAY_NOT_IMPORT = ("fednas_mpi.algorithms", "fednas_mpi.runtime", "fednas_mpi.store",
-                      "fednas_mpi.export", "fednas_mpi.report", "fednas_mpi.cli",
-                      "fednas_mpi.data", "mpi4py")
+NAS_MAY_NOT_IMPORT = (
+    "fednas_mpi.algorithms",
+    "fednas_mpi.runtime",
+    "fednas_mpi.store",
+    "fednas_mpi.export",
+    "fednas_mpi.report",
+    "fednas_mpi.cli",
+    "fednas_mpi.data",
+    "mpi4py",
+)
 
 
 def module_name(path: Path) -> str:
@@ -41,7 +53,7 @@ def imported_modules(path: Path, source: str | None = None) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
@@ -79,17 +91,19 @@ def test_there_are_method_modules():
 
 @pytest.mark.parametrize("path", method_modules(), ids=lambda p: p.stem)
 def test_a_method_imports_no_other_method(path):
-    bad = {m for m in real_modules(ours(imported_modules(path)))
-           if not within(m, METHOD_MAY_IMPORT)}
-    assert not bad, f"{path.name} imports {sorted(bad)}: shared code belongs in " \
-                    f"algorithms/common/ or nas/"
+    bad = {
+        m for m in real_modules(ours(imported_modules(path))) if not within(m, METHOD_MAY_IMPORT)
+    }
+    assert not bad, (
+        f"{path.name} imports {sorted(bad)}: shared code belongs in algorithms/common/ or nas/"
+    )
 
 
-@pytest.mark.parametrize("path", sorted((ALGORITHMS / "common").glob("*.py")),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((ALGORITHMS / "common").glob("*.py")), ids=lambda p: p.stem)
 def test_common_imports_no_method(path):
-    bad = {m for m in real_modules(ours(imported_modules(path)))
-           if not within(m, COMMON_MAY_IMPORT)}
+    bad = {
+        m for m in real_modules(ours(imported_modules(path))) if not within(m, COMMON_MAY_IMPORT)
+    }
     assert not bad, f"common/{path.name} imports {sorted(bad)}"
 
 
@@ -101,8 +115,11 @@ def test_nas_imports_nothing_distributed_nor_above_it(path):
 
 def test_the_check_sees_a_method_importing_a_method():
     path = ALGORITHMS / "fedrlnas.py"
-    for line in ("from .fednas import FedNAS", "from . import fednas",
-                 "from fednas_mpi.algorithms.fednas import FedNAS",
-                 "import fednas_mpi.algorithms.fednas"):
+    for line in (
+        "from .fednas import FedNAS",
+        "from . import fednas",
+        "from fednas_mpi.algorithms.fednas import FedNAS",
+        "import fednas_mpi.algorithms.fednas",
+    ):
         mods = real_modules(ours(imported_modules(path, path.read_text() + f"\n{line}\n")))
         assert not all(within(m, METHOD_MAY_IMPORT) for m in mods), line

@@ -20,6 +20,13 @@ def test_ci_runs_the_readme_test_command():
     assert test_cmd in ci_lines
 
 
+def test_ci_runs_the_linters_before_the_tests():
+    lines = [ln.strip() for ln in (ROOT / ".ci/run").read_text().splitlines()]
+    check = lines.index("python -m ruff check src tests bench tools")
+    fmt = lines.index("python -m ruff format --check src tests bench tools")
+    assert check < fmt < next(i for i, ln in enumerate(lines) if "python -m pytest" in ln)
+
+
 def test_ci_installs_and_starts_slurm_for_the_job_tests():
     ci = (ROOT / ".ci/run").read_text()
     assert re.search(r"apt-get install .*slurm-wlm munge", ci)
@@ -59,8 +66,11 @@ def test_every_shipped_run_config_loads():
 def test_install_command_and_ci_pin_the_tested_torch():
     import torch
 
-    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
-                if line and not line.startswith("#"))
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert set(pins) == {"torch", "torchvision"}
     install = _bash_blocks((ROOT / "README.md").read_text())[0]
     assert "pip install -c constraints.txt -e '.[mpich,test]'" in install

@@ -15,13 +15,19 @@ def mounted_tmpfs(path: Path, size: str):
     the reason when it cannot be mounted (not root, no mount permission in a container)."""
     path.mkdir(parents=True, exist_ok=True)
     try:
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                             capture_output=True, text=True, timeout=30)
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         pytest.skip(f"cannot mount a tmpfs here ({e}); the injected ENOSPC tests cover the path")
     if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode}); the "
-                    f"injected ENOSPC tests cover the path")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode}); the "
+            f"injected ENOSPC tests cover the path"
+        )
     try:
         yield path
     finally:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PNG figures of one or several runs; the same as `fednas-mpi plot ...`.
 
-    python tools/plot_runs.py --help
+python tools/plot_runs.py --help
 """
 
 import sys

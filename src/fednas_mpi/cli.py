@@ -48,29 +48,48 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(rank: int = 0) -> argparse.ArgumentParser:
-    p = _Parser(prog="fednas-mpi", rank=rank,
-                description="Federated neural architecture search simulator; launch with "
-                            "`mpirun -n N fednas-mpi CFG.yaml` (rank 0 aggregates, ranks 1..N-1 "
-                            "simulate clients; -n 1 runs everything in one process).",
-                epilog="Tools without mpirun: fednas-mpi configs (the shipped configs), "
-                       "fednas-mpi data stats|download, "
-                       "fednas-mpi inspect RUN_DIR, fednas-mpi compare RUN_DIR..., "
-                       "fednas-mpi plot RUN_DIR..., fednas-mpi export RUN_DIR --out FILE "
-                       "(each with --help).")
+    p = _Parser(
+        prog="fednas-mpi",
+        rank=rank,
+        description="Federated neural architecture search simulator; launch with "
+        "`mpirun -n N fednas-mpi CFG.yaml` (rank 0 aggregates, ranks 1..N-1 "
+        "simulate clients; -n 1 runs everything in one process).",
+        epilog="Tools without mpirun: fednas-mpi configs (the shipped configs), "
+        "fednas-mpi data stats|download, "
+        "fednas-mpi inspect RUN_DIR, fednas-mpi compare RUN_DIR..., "
+        "fednas-mpi plot RUN_DIR..., fednas-mpi export RUN_DIR --out FILE "
+        "(each with --help).",
+    )
     p.add_argument("config", nargs="?", help="YAML run configuration (optional with --resume)")
-    p.add_argument("--out", metavar="RUN_DIR",
-                   help="run directory for the checkpoints (default runs/NAME-TIMESTAMP); "
-                        "must be new or empty")
-    p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
-                   dest="overrides", help="override one config value (repeatable)")
-    p.add_argument("--resume", metavar="RUN_DIR", nargs="?", const="",
-                   help="continue the run in RUN_DIR from its newest valid checkpoint, or, "
-                        "when it holds none yet, start it (from CFG or the run's stored "
-                        "config.yaml); bare --resume with --out RUN_DIR: start or resume "
-                        "there")
-    p.add_argument("--overwrite", action="store_true",
-                   help="allow --out to name a directory holding an earlier run; its "
-                        "checkpoints are deleted")
+    p.add_argument(
+        "--out",
+        metavar="RUN_DIR",
+        help="run directory for the checkpoints (default runs/NAME-TIMESTAMP); "
+        "must be new or empty",
+    )
+    p.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override one config value (repeatable)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        nargs="?",
+        const="",
+        help="continue the run in RUN_DIR from its newest valid checkpoint, or, "
+        "when it holds none yet, start it (from CFG or the run's stored "
+        "config.yaml); bare --resume with --out RUN_DIR: start or resume "
+        "there",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="allow --out to name a directory holding an earlier run; its checkpoints are deleted",
+    )
     p.add_argument("--version", action="version", version=f"fednas-mpi {__version__}")
     return p
 
@@ -101,14 +120,16 @@ def _check_new_run_dir(path: Path, overwrite: bool) -> None:
             shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
             raise UsageError(
                 f"--out {path}: directory is not empty ({shown}); pass --resume {path} to "
-                f"continue that run, --overwrite to replace it, or choose another --out")
+                f"continue that run, --overwrite to replace it, or choose another --out"
+            )
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise UsageError(f"--out {path}: cannot write there ({e.strerror}); choose a "
-                         f"writable --out") from None
+        raise UsageError(
+            f"--out {path}: cannot write there ({e.strerror}); choose a writable --out"
+        ) from None
     if overwrite:
         for name in os.listdir(path):
             if name.startswith(_OURS):
@@ -124,8 +145,11 @@ def decide(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
         raise UsageError("missing config file: fednas-mpi CFG.yaml (or --resume RUN_DIR)")
     cfg = config_mod.load_run(args.config, args.overrides)
     _check_extras(cfg)
-    run_dir = Path(args.out) if args.out else \
-        Path("runs") / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = (
+        Path(args.out)
+        if args.out
+        else Path("runs") / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     _check_new_run_dir(run_dir, args.overwrite)
     _begin(run_dir, cfg)
     return cfg, run_dir, None
@@ -143,11 +167,16 @@ def _check_not_moved(args: argparse.Namespace) -> None:
     new = moved_to(args.config)
     if new is None:
         return
-    resume = (" (or leave CFG out: --resume reads RUN_DIR/config.yaml once a run has "
-              "started there)") if args.resume is not None else ""
-    raise UsageError(f"{args.config} has moved to {new} (configs/ is now "
-                     f"SCALE/DATASET/METHOD.yaml; fednas-mpi configs lists it): give {new} "
-                     f"instead{resume}")
+    resume = (
+        (" (or leave CFG out: --resume reads RUN_DIR/config.yaml once a run has started there)")
+        if args.resume is not None
+        else ""
+    )
+    raise UsageError(
+        f"{args.config} has moved to {new} (configs/ is now "
+        f"SCALE/DATASET/METHOD.yaml; fednas-mpi configs lists it): give {new} "
+        f"instead{resume}"
+    )
 
 
 def _check_extras(cfg: Config) -> None:
@@ -164,11 +193,14 @@ def _check_extras(cfg: Config) -> None:
 def _decide_resume(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
     """--resume: continue from the newest valid checkpoint, or start when there is none."""
     if not args.resume and not args.out:
-        raise UsageError("--resume needs the run directory: --resume RUN_DIR, or "
-                         "CFG.yaml --out RUN_DIR --resume")
+        raise UsageError(
+            "--resume needs the run directory: --resume RUN_DIR, or CFG.yaml --out RUN_DIR --resume"
+        )
     if args.resume and args.out and Path(args.out) != Path(args.resume):
-        raise UsageError("--out and --resume name different directories; a resumed run "
-                         "continues in its own directory, so drop --out")
+        raise UsageError(
+            "--out and --resume name different directories; a resumed run "
+            "continues in its own directory, so drop --out"
+        )
     run_dir = Path(args.resume or args.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--resume {run_dir}: exists and is not a directory")
@@ -200,12 +232,19 @@ def _agreeing(args: argparse.Namespace, stored_raw, run_dir: Path) -> Config:
     if diffs:
         flat_g = config_mod.flatten(config_mod.to_dict(given))
         flat_s = config_mod.flatten(config_mod.to_dict(stored))
-        lines = [f"{k}: run has {flat_s.get(k, '(not set)')!r}, {args.config} has "
-                 f"{flat_g.get(k, '(not set)')!r}"
-                 for k in diffs]
-        raise ConfigError([f"--resume {run_dir}: the config differs from the run's in "
-                           f"fields that change results; resume without {args.config} "
-                           f"or fix them:"] + lines)
+        lines = [
+            f"{k}: run has {flat_s.get(k, '(not set)')!r}, {args.config} has "
+            f"{flat_g.get(k, '(not set)')!r}"
+            for k in diffs
+        ]
+        raise ConfigError(
+            [
+                f"--resume {run_dir}: the config differs from the run's in "
+                f"fields that change results; resume without {args.config} "
+                f"or fix them:"
+            ]
+            + lines
+        )
     return given
 
 
@@ -222,16 +261,21 @@ def _start_in(run_dir: Path, args: argparse.Namespace, skipped: list[str]) -> Co
     elif args.config:
         cfg = config_mod.load_run(args.config, args.overrides)
     else:
-        raise UsageError(f"--resume {run_dir}: nothing to resume (no checkpoint, no "
-                         f"config.yaml) and no config given; start it with: fednas-mpi "
-                         f"CFG.yaml --out {run_dir} --resume")
+        raise UsageError(
+            f"--resume {run_dir}: nothing to resume (no checkpoint, no "
+            f"config.yaml) and no config given; start it with: fednas-mpi "
+            f"CFG.yaml --out {run_dir} --resume"
+        )
     _check_extras(cfg)
-    foreign = sorted(n for n in (os.listdir(run_dir) if run_dir.is_dir() else [])
-                     if not n.startswith(_RUN_FILES))
+    foreign = sorted(
+        n for n in (os.listdir(run_dir) if run_dir.is_dir() else []) if not n.startswith(_RUN_FILES)
+    )
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise UsageError(f"--resume {run_dir}: holds no checkpoint and files that are not "
-                         f"a fednas-mpi run's ({shown}); choose another directory")
+        raise UsageError(
+            f"--resume {run_dir}: holds no checkpoint and files that are not "
+            f"a fednas-mpi run's ({shown}); choose another directory"
+        )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -243,8 +287,7 @@ def _start_in(run_dir: Path, args: argparse.Namespace, skipped: list[str]) -> Co
 
         for _, path in list_checkpoints(run_dir):
             path.rename(path.with_name(path.name + ".broken"))
-    print(f"fednas-mpi: {run_dir} holds no checkpoint yet: starting the run there",
-          file=sys.stderr)
+    print(f"fednas-mpi: {run_dir} holds no checkpoint yet: starting the run there", file=sys.stderr)
     _begin(run_dir, cfg)
     return cfg
 
@@ -269,8 +312,10 @@ def _remove_temporaries(run_dir: Path) -> None:
     from .store import remove_temporaries
 
     for path in remove_temporaries(run_dir):
-        print(f"fednas-mpi: removed {path}, the unfinished checkpoint of a writer that was "
-              f"killed", file=sys.stderr)
+        print(
+            f"fednas-mpi: removed {path}, the unfinished checkpoint of a writer that was killed",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,16 +350,21 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         try:
             cfg, run_dir, ckpt = decide(args)
-            decision = Decision(config=config_mod.to_dict(cfg), run_dir=str(run_dir),
-                                resume=ckpt is not None)
+            decision = Decision(
+                config=config_mod.to_dict(cfg), run_dir=str(run_dir), resume=ckpt is not None
+            )
             if ckpt is not None and ckpt.attrs.get("stopped_early"):
-                decision.done_message = (f"{run_dir}: the run stopped early after round "
-                                         f"{ckpt.round} (run.patience: validation accuracy "
-                                         f"stopped improving); nothing to resume.")
+                decision.done_message = (
+                    f"{run_dir}: the run stopped early after round "
+                    f"{ckpt.round} (run.patience: validation accuracy "
+                    f"stopped improving); nothing to resume."
+                )
             elif ckpt is not None and ckpt.round >= cfg.run.rounds:
-                decision.done_message = (f"{run_dir}: all {cfg.run.rounds} rounds are done "
-                                         f"(checkpoint round {ckpt.round}); nothing to resume. "
-                                         f"Raise run.rounds with --set to extend the run.")
+                decision.done_message = (
+                    f"{run_dir}: all {cfg.run.rounds} rounds are done "
+                    f"(checkpoint round {ckpt.round}); nothing to resume. "
+                    f"Raise run.rounds with --set to extend the run."
+                )
         except (ConfigError, UsageError) as e:
             decision = Decision(error=str(e))
     # Polling, not MPI's spinning bcast: the other ranks would take cores from rank 0 while it
@@ -346,11 +396,12 @@ def _interrupted(rank: int, run_dir: Path) -> None:
         files = list_checkpoints(run_dir) if run_dir.is_dir() else []
         done = files[-1][0] if files else 0
         if done:
-            line = (f"interrupted at round {done + 1}; resume with: fednas-mpi --resume "
-                    f"{run_dir}")
+            line = f"interrupted at round {done + 1}; resume with: fednas-mpi --resume {run_dir}"
         else:
-            line = ("interrupted in round 1, before the first checkpoint; nothing to resume "
-                    "(run the command again with --overwrite)")
+            line = (
+                "interrupted in round 1, before the first checkpoint; nothing to resume "
+                "(run the command again with --overwrite)"
+            )
         # on a terminal the progress bar has no newline yet
         print(f"{chr(10) if sys.stdout.isatty() else ''}fednas-mpi: {line}", file=sys.stderr)
     sys.stdout.flush()
@@ -389,8 +440,12 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     if error is None:
         try:
             dataset = load_dataset(cfg.data, cfg.run.seed)
-            partition = make_partition(dataset.train_y.numpy(), cfg.partition, cfg.run.seed,
-                                       num_classes=dataset.num_classes)
+            partition = make_partition(
+                dataset.train_y.numpy(),
+                cfg.partition,
+                cfg.run.seed,
+                num_classes=dataset.num_classes,
+            )
         except DataError as e:
             error = f"[rank {rank}] {e}"
         error = agree(comm, error)
@@ -400,7 +455,8 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
         return EXIT_BAD_INPUT
 
     algorithm = get_algorithm(cfg.algorithm.name)(
-        cfg, DataInfo(dataset.input_shape, dataset.num_classes))
+        cfg, DataInfo(dataset.input_shape, dataset.num_classes)
+    )
     algorithm.device = torch.device(mine.device)
     sim = Simulation(cfg, comm, dataset, partition, algorithm)
     sim.placements = placements
@@ -409,15 +465,20 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
         sim.work_loop()
         return sim.exit_code
     if stop.path.exists():
-        print(f"fednas-mpi: warning: {stop.path} exists: the run stops after its next round; "
-              f"delete it to run on", file=sys.stderr)
+        print(
+            f"fednas-mpi: warning: {stop.path} exists: the run stops after its next round; "
+            f"delete it to run on",
+            file=sys.stderr,
+        )
     start = ckpt.round if ckpt is not None else 0
-    print(f"fednas-mpi {__version__}: {cfg.algorithm.name} on {cfg.data.name}, "
-          f"{cfg.partition.num_clients} clients ({cfg.partition.scheme}), "
-          f"{status.backend} mixing, "
-          f"{cfg.federation.clients_per_round} per round, {comm.Get_size()} rank(s); "
-          f"{'resuming at round ' + str(start + 1) if ckpt else 'starting'} -> {run_dir}",
-          flush=True)
+    print(
+        f"fednas-mpi {__version__}: {cfg.algorithm.name} on {cfg.data.name}, "
+        f"{cfg.partition.num_clients} clients ({cfg.partition.scheme}), "
+        f"{status.backend} mixing, "
+        f"{cfg.federation.clients_per_round} per round, {comm.Get_size()} rank(s); "
+        f"{'resuming at round ' + str(start + 1) if ckpt else 'starting'} -> {run_dir}",
+        flush=True,
+    )
     print(f"devices: {describe(placements)}", flush=True)
     progress = Progress(cfg.run.rounds, start)
     watchers = [progress.update]
@@ -441,17 +502,25 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     if code:
         return code
     if sim.stopped_after is not None:
-        print(f"stopped on request after round {sim.stopped_after} (SIGUSR1 or {stop.path}); "
-              f"its checkpoint is complete: fednas-mpi --resume {run_dir} continues", flush=True)
+        print(
+            f"stopped on request after round {sim.stopped_after} (SIGUSR1 or {stop.path}); "
+            f"its checkpoint is complete: fednas-mpi --resume {run_dir} continues",
+            flush=True,
+        )
         return EXIT_STOPPED
     if sim.stopped_early is not None:
-        print(f"stopped early after round {sim.stopped_early}: val_acc did not improve for "
-              f"{cfg.run.patience} validations (run.patience)", flush=True)
+        print(
+            f"stopped early after round {sim.stopped_early}: val_acc did not improve for "
+            f"{cfg.run.patience} validations (run.patience)",
+            flush=True,
+        )
     accs = _final_accuracies(run_dir)
     if accs:
         final, best = accs
-        print(f"done: final global accuracy {final:.4f}, best {best:.4f}; "
-              f"checkpoints in {run_dir}", flush=True)
+        print(
+            f"done: final global accuracy {final:.4f}, best {best:.4f}; checkpoints in {run_dir}",
+            flush=True,
+        )
     return 0
 
 
@@ -465,18 +534,28 @@ def _serve(sim, run_dir: Path, ckpt, on_round, stop) -> int:
         sim.serve(run_dir, ckpt, on_round=on_round, should_stop=stop)
         return 0
     except NonFiniteError as e:
-        print(f"\nfednas-mpi: error: {e}\nThe checkpoints of the earlier rounds are intact: "
-              f"after a fix, fednas-mpi --resume {run_dir} [--set algorithm.KEY=VALUE] "
-              f"continues from the newest, or add --set run.on_nonfinite=skip_client to "
-              f"drop such clients.", file=sys.stderr, flush=True)
+        print(
+            f"\nfednas-mpi: error: {e}\nThe checkpoints of the earlier rounds are intact: "
+            f"after a fix, fednas-mpi --resume {run_dir} [--set algorithm.KEY=VALUE] "
+            f"continues from the newest, or add --set run.on_nonfinite=skip_client to "
+            f"drop such clients.",
+            file=sys.stderr,
+            flush=True,
+        )
         code = EXIT_NONFINITE
     except StorageError as e:
-        newest = (f"the newest intact checkpoint is {e.newest}" if e.newest is not None else
-                  "no checkpoint of this run is intact yet")
-        print(f"\nfednas-mpi: error: {e}. The temporary file was removed and earlier "
-              f"checkpoints are untouched; {newest}. Free space (or fix the cause), then "
-              f"continue: fednas-mpi --resume {run_dir}",
-              file=sys.stderr, flush=True)
+        newest = (
+            f"the newest intact checkpoint is {e.newest}"
+            if e.newest is not None
+            else "no checkpoint of this run is intact yet"
+        )
+        print(
+            f"\nfednas-mpi: error: {e}. The temporary file was removed and earlier "
+            f"checkpoints are untouched; {newest}. Free space (or fix the cause), then "
+            f"continue: fednas-mpi --resume {run_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
         code = EXIT_STORAGE
     sim.release_workers(code)
     return code

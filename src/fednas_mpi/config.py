@@ -57,114 +57,197 @@ class RunConfig:
     name: str = _f("run", "Name of the run; the default output directory is runs/NAME-TIMESTAMP.")
     seed: int = _f(0, "Root seed; every random draw derives from (seed, round, client, purpose).")
     rounds: int = _f(10, "Number of communication rounds.", ge=1)
-    eval_every: int = _f(1, "Evaluate the global model on the server test set every N rounds "
-                            "(the last round is always evaluated).", ge=1)
+    eval_every: int = _f(
+        1,
+        "Evaluate the global model on the server test set every N rounds "
+        "(the last round is always evaluated).",
+        ge=1,
+    )
     eval_subset: int = _f(
-        0, "Server test images evaluated on the eval_every rounds: a fixed subset of this "
-           "many (the same images in every run, whatever run.seed); the last round and the "
-           "round an architecture is derived always use the whole test set. 0 = all.", ge=0)
+        0,
+        "Server test images evaluated on the eval_every rounds: a fixed subset of this "
+        "many (the same images in every run, whatever run.seed); the last round and the "
+        "round an architecture is derived always use the whole test set. 0 = all.",
+        ge=0,
+    )
     val_every: int = _f(
-        0, "Every N rounds (and in the last) evaluate the global model on the union of all "
-           "clients' eval splits - the clients' own held-out data, never the server test "
-           "set - as val_acc and val_loss: the metric for tuning and early stopping. "
-           "0 = never.", ge=0)
+        0,
+        "Every N rounds (and in the last) evaluate the global model on the union of all "
+        "clients' eval splits - the clients' own held-out data, never the server test "
+        "set - as val_acc and val_loss: the metric for tuning and early stopping. "
+        "0 = never.",
+        ge=0,
+    )
     patience: int = _f(
-        0, "Early stopping: end the run once val_acc has not beaten its best for this many "
-           "consecutive validations, counted only in rounds the method may stop in (FedNAS: "
-           "retraining; FedMetaNAS: after the final derivation; others: any); needs "
-           "run.val_every. 0 = run all run.rounds (then the cap).", ge=0)
+        0,
+        "Early stopping: end the run once val_acc has not beaten its best for this many "
+        "consecutive validations, counted only in rounds the method may stop in (FedNAS: "
+        "retraining; FedMetaNAS: after the final derivation; others: any); needs "
+        "run.val_every. 0 = run all run.rounds (then the cap).",
+        ge=0,
+    )
     personal_eval_every: int = _f(
-        0, "Every N rounds (and always in the last) the server evaluates every client's "
-           "personalised model - the global model after the method's own personalisation "
-           "step - on the client's eval split: metrics personal_acc and personal_acc_std "
-           "(mean and std over clients; paper Table 5). 0 = the last round only.", ge=0)
+        0,
+        "Every N rounds (and always in the last) the server evaluates every client's "
+        "personalised model - the global model after the method's own personalisation "
+        "step - on the client's eval split: metrics personal_acc and personal_acc_std "
+        "(mean and std over clients; paper Table 5). 0 = the last round only.",
+        ge=0,
+    )
     on_nonfinite: Literal["abort", "skip_client"] = _f(
-        "abort", "A client result (state, architecture parameters, loss) with a NaN or Inf: "
-                 "abort stops the run before the round is checkpointed, naming the round, "
-                 "the client and the first bad tensor; skip_client leaves that client out of "
-                 "the round's average (metrics dropped_clients and client_metrics dropped) and "
-                 "stops only when every client of a round is dropped. A non-finite global "
-                 "model or server test loss always stops the run.")
+        "abort",
+        "A client result (state, architecture parameters, loss) with a NaN or Inf: "
+        "abort stops the run before the round is checkpointed, naming the round, "
+        "the client and the first bad tensor; skip_client leaves that client out of "
+        "the round's average (metrics dropped_clients and client_metrics dropped) and "
+        "stops only when every client of a round is dropped. A non-finite global "
+        "model or server test loss always stops the run.",
+    )
 
 
 @dataclass(kw_only=True)
 class DataConfig:
     name: Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100"] = _f(
-        "digits", "Dataset. digits: scikit-learn's bundled 8x8 digits (no download); mnist, "
-                  "fashion_mnist, cifar10, cifar100: torchvision's files under data.root "
-                  "(Fashion-MNIST also from /usr/share/datasets/fashion-mnist).")
-    root: str = _f("data", "Directory holding downloaded datasets in torchvision's layout "
-                           "(unused by digits).")
-    download: bool = _f(False, "Download missing files through torchvision at start (rank 0); "
-                               "otherwise missing files are an error that names the command "
-                               "fetching them.")
-    resize: int = _f(0, "Resize train and test images once at load to this square side "
-                        "(bilinear, antialiased) for CPU-scale runs; 0 keeps the size.", ge=0)
-    augment: bool = _f(False, "CIFAR only: random crop with padding 4 (scaled with data.resize) "
-                              "and horizontal flip of every training minibatch, as in DARTS.")
+        "digits",
+        "Dataset. digits: scikit-learn's bundled 8x8 digits (no download); mnist, "
+        "fashion_mnist, cifar10, cifar100: torchvision's files under data.root "
+        "(Fashion-MNIST also from /usr/share/datasets/fashion-mnist).",
+    )
+    root: str = _f(
+        "data", "Directory holding downloaded datasets in torchvision's layout (unused by digits)."
+    )
+    download: bool = _f(
+        False,
+        "Download missing files through torchvision at start (rank 0); "
+        "otherwise missing files are an error that names the command "
+        "fetching them.",
+    )
+    resize: int = _f(
+        0,
+        "Resize train and test images once at load to this square side "
+        "(bilinear, antialiased) for CPU-scale runs; 0 keeps the size.",
+        ge=0,
+    )
+    augment: bool = _f(
+        False,
+        "CIFAR only: random crop with padding 4 (scaled with data.resize) "
+        "and horizontal flip of every training minibatch, as in DARTS.",
+    )
     test_fraction: float = _f(
-        0.2, "Digits has no test split: this fraction, drawn per class, is the server test set.",
-        gt=0.0, lt=1.0)
+        0.2,
+        "Digits has no test split: this fraction, drawn per class, is the server test set.",
+        gt=0.0,
+        lt=1.0,
+    )
 
 
 @dataclass(kw_only=True)
 class PartitionConfig:
     scheme: Literal["iid", "dirichlet", "label_skew"] = _f(
-        "dirichlet", "How the training pool is spread over clients. label_skew: each client "
-                     "holds partition.tau classes with about equal counts.")
+        "dirichlet",
+        "How the training pool is spread over clients. label_skew: each client "
+        "holds partition.tau classes with about equal counts.",
+    )
     num_clients: int = _f(10, "Number of clients M.", ge=1)
-    alpha: float = _f(0.5, "Dirichlet concentration (smaller = more skewed); scheme=dirichlet.",
-                      gt=0.0)
+    alpha: float = _f(
+        0.5, "Dirichlet concentration (smaller = more skewed); scheme=dirichlet.", gt=0.0
+    )
     tau: int = _f(4, "Classes per client; scheme=label_skew (paper: 8 or 4).", ge=1)
-    train_size: int = _f(0, "Training images per client (paper: 600), drawn from the training "
-                            "pool; 0 = spread the whole pool and hold out "
-                            "partition.eval_fraction.", ge=0)
-    eval_size: int = _f(0, "Eval images per client (paper: 600), drawn with the same label "
-                           "proportions as its train split; needs partition.train_size > 0.",
-                        ge=0)
-    overlap: bool = _f(False, "With fixed sizes: false = clients' images are disjoint (M x "
-                              "(train_size + eval_size) must fit in the pool); true = each "
-                              "client draws from the whole pool independently, so clients may "
-                              "share images. The paper's 100 x (600 + 600) exceeds 50,000 and "
-                              "needs true (or fewer clients).")
-    eval_fraction: float = _f(0.2, "Fraction of each client's data held out as its eval split "
-                                   "(with partition.train_size = 0).", ge=0.0, lt=1.0)
-    min_train: int = _f(8, "Smallest acceptable train split per client (with "
-                           "partition.train_size = 0); Dirichlet draws are repeated until every "
-                           "client has at least this many.", ge=1)
+    train_size: int = _f(
+        0,
+        "Training images per client (paper: 600), drawn from the training "
+        "pool; 0 = spread the whole pool and hold out "
+        "partition.eval_fraction.",
+        ge=0,
+    )
+    eval_size: int = _f(
+        0,
+        "Eval images per client (paper: 600), drawn with the same label "
+        "proportions as its train split; needs partition.train_size > 0.",
+        ge=0,
+    )
+    overlap: bool = _f(
+        False,
+        "With fixed sizes: false = clients' images are disjoint (M x "
+        "(train_size + eval_size) must fit in the pool); true = each "
+        "client draws from the whole pool independently, so clients may "
+        "share images. The paper's 100 x (600 + 600) exceeds 50,000 and "
+        "needs true (or fewer clients).",
+    )
+    eval_fraction: float = _f(
+        0.2,
+        "Fraction of each client's data held out as its eval split "
+        "(with partition.train_size = 0).",
+        ge=0.0,
+        lt=1.0,
+    )
+    min_train: int = _f(
+        8,
+        "Smallest acceptable train split per client (with "
+        "partition.train_size = 0); Dirichlet draws are repeated until every "
+        "client has at least this many.",
+        ge=1,
+    )
 
 
 # DARTS's candidate operations; nas.operations.OPS implements exactly these.
-Primitive = Literal["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
-                    "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
+Primitive = Literal[
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+]
 
 
 @dataclass(kw_only=True)
 class DartsConfig:
-    init_channels: int = _f(8, "Channels C of the first cells (doubled at each reduction).",
-                            ge=2)
-    layers: int = _f(3, "Number of cells; reduction cells sit at 1/3 and 2/3 of the depth.",
-                     ge=1)
-    nodes: int = _f(3, "Intermediate nodes N per cell; the cell output concatenates them.",
-                    ge=1)
+    init_channels: int = _f(8, "Channels C of the first cells (doubled at each reduction).", ge=2)
+    layers: int = _f(3, "Number of cells; reduction cells sit at 1/3 and 2/3 of the depth.", ge=1)
+    nodes: int = _f(3, "Intermediate nodes N per cell; the cell output concatenates them.", ge=1)
     input_k: int = _f(2, "k of eq. 8: each node mixes all k-combinations of its inputs.", ge=1)
-    stem_multiplier: int = _f(3, "Stem output channels = stem_multiplier * init_channels.",
-                              ge=1)
+    stem_multiplier: int = _f(3, "Stem output channels = stem_multiplier * init_channels.", ge=1)
     primitives: list[Primitive] = _f(
-        ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
-         "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"],
-        "Candidate operations (a subset of DARTS's 8).", min_len=1)
+        [
+            "none",
+            "max_pool_3x3",
+            "avg_pool_3x3",
+            "skip_connect",
+            "sep_conv_3x3",
+            "sep_conv_5x5",
+            "dil_conv_3x3",
+            "dil_conv_5x5",
+        ],
+        "Candidate operations (a subset of DARTS's 8).",
+        min_len=1,
+    )
 
 
 @dataclass(kw_only=True)
 class MobileNetConfig:
-    width_mult: float = _f(1.0, "Channel width multiplier of torchvision's MobileNetV3 "
-                                "(paper: 1.0; 0.5 for CPU-scale runs).", gt=0.0)
-    min_feature: int = _f(2, "Strided layers become stride 1 from the input side (stem "
-                             "first) until the last feature map is at least this many pixels "
-                             "wide (32x32 -> /16, 14x14 -> /8, 8x8 -> /4).", ge=1)
-    bn_momentum: float = _f(0.1, "BatchNorm running-statistics momentum (torchvision uses "
-                                 "0.01, too slow for short federated runs).", gt=0.0, le=1.0)
+    width_mult: float = _f(
+        1.0,
+        "Channel width multiplier of torchvision's MobileNetV3 "
+        "(paper: 1.0; 0.5 for CPU-scale runs).",
+        gt=0.0,
+    )
+    min_feature: int = _f(
+        2,
+        "Strided layers become stride 1 from the input side (stem "
+        "first) until the last feature map is at least this many pixels "
+        "wide (32x32 -> /16, 14x14 -> /8, 8x8 -> /4).",
+        ge=1,
+    )
+    bn_momentum: float = _f(
+        0.1,
+        "BatchNorm running-statistics momentum (torchvision uses "
+        "0.01, too slow for short federated runs).",
+        gt=0.0,
+        le=1.0,
+    )
 
 
 FIXED_MODELS = ("cnn", "mobilenet_v3_small", "mobilenet_v3_large")
@@ -173,11 +256,14 @@ FIXED_MODELS = ("cnn", "mobilenet_v3_small", "mobilenet_v3_large")
 @dataclass(kw_only=True)
 class ModelConfig:
     name: Literal["cnn", "darts", "mobilenet_v3_small", "mobilenet_v3_large"] = _f(
-        "cnn", "Model. cnn: small fixed CNN; darts: the DARTS search space (NAS); "
-               "mobilenet_v3_small, mobilenet_v3_large: torchvision's MobileNetV3 adapted to "
-               "small images (fixed-architecture methods).")
-    channels: list[int] = _f([16, 32], "cnn: output channels of the conv blocks.", min_len=1,
-                            item_ge=1)
+        "cnn",
+        "Model. cnn: small fixed CNN; darts: the DARTS search space (NAS); "
+        "mobilenet_v3_small, mobilenet_v3_large: torchvision's MobileNetV3 adapted to "
+        "small images (fixed-architecture methods).",
+    )
+    channels: list[int] = _f(
+        [16, 32], "cnn: output channels of the conv blocks.", min_len=1, item_ge=1
+    )
     hidden: int = _f(64, "cnn: width of the hidden fully connected layer.", ge=1)
     darts: DartsConfig = field(default_factory=DartsConfig)
     mobilenet: MobileNetConfig = field(default_factory=MobileNetConfig)
@@ -190,11 +276,13 @@ class AlgorithmConfig:
     nothing else: a key of another method has no field to land in, so it is an error."""
 
     name: str = _f("fedavg", "Federated method (see the method table above).")
-    local_epochs: int = _f(1, "Local epochs E per client and round (fedrep: body epochs).",
-                           ge=1)
-    batch_size: int = _f(32, "Local minibatch size (fedmetanas: size of a support or query "
-                             "task; perfedavg: of each of the batches of one meta step).",
-                         ge=1)
+    local_epochs: int = _f(1, "Local epochs E per client and round (fedrep: body epochs).", ge=1)
+    batch_size: int = _f(
+        32,
+        "Local minibatch size (fedmetanas: size of a support or query "
+        "task; perfedavg: of each of the batches of one meta step).",
+        ge=1,
+    )
 
 
 @dataclass(kw_only=True)
@@ -202,12 +290,18 @@ class ClientSGDConfig:
     """Plain client SGD of the fixed-model methods; its keys sit at ``algorithm.`` top level
     (``algorithm.lr``), as they always have, for the methods that register it as ``top``."""
 
-    lr: float = _f(0.05, "fedavg, fedrep, fedbabu: client SGD learning rate; perfedavg: the "
-                         "outer (meta) step size beta.", gt=0.0)
-    momentum: float = _f(0.9, "fedavg, perfedavg, fedrep, fedbabu: client SGD momentum.",
-                         ge=0.0, lt=1.0)
-    weight_decay: float = _f(0.0, "fedavg, perfedavg, fedrep, fedbabu: client SGD weight "
-                                  "decay.", ge=0.0)
+    lr: float = _f(
+        0.05,
+        "fedavg, fedrep, fedbabu: client SGD learning rate; perfedavg: the "
+        "outer (meta) step size beta.",
+        gt=0.0,
+    )
+    momentum: float = _f(
+        0.9, "fedavg, perfedavg, fedrep, fedbabu: client SGD momentum.", ge=0.0, lt=1.0
+    )
+    weight_decay: float = _f(
+        0.0, "fedavg, perfedavg, fedrep, fedbabu: client SGD weight decay.", ge=0.0
+    )
 
 
 def method_config(method: str, top: type | None, sections: dict[str, type]) -> type:
@@ -215,15 +309,21 @@ def method_config(method: str, top: type | None, sections: dict[str, type]) -> t
     same level and one field per section, each a dataclass the method's module owns."""
     hints = typing.get_type_hints(top) if top is not None else {}
     fields: list[tuple[str, Any, Any]] = [
-        ("name", str, _f(method, AlgorithmConfig.__dataclass_fields__["name"].metadata["help"]))]
+        ("name", str, _f(method, AlgorithmConfig.__dataclass_fields__["name"].metadata["help"]))
+    ]
     for f in dataclasses.fields(top) if top is not None else ():
-        fields.append((f.name, hints[f.name], field(default=f.default,
-                                                    default_factory=f.default_factory,
-                                                    metadata=f.metadata)))
+        fields.append(
+            (
+                f.name,
+                hints[f.name],
+                field(default=f.default, default_factory=f.default_factory, metadata=f.metadata),
+            )
+        )
     fields += [(key, cls, field(default_factory=cls)) for key, cls in sections.items()]
     camel = "".join(part.capitalize() for part in method.split("_"))
-    return dataclasses.make_dataclass(f"{camel}AlgorithmConfig", fields,
-                                      bases=(AlgorithmConfig,), kw_only=True)
+    return dataclasses.make_dataclass(
+        f"{camel}AlgorithmConfig", fields, bases=(AlgorithmConfig,), kw_only=True
+    )
 
 
 def _registry():
@@ -250,50 +350,73 @@ class FederationConfig:
 @dataclass(kw_only=True)
 class RuntimeConfig:
     threads_per_rank: int = _f(
-        1, "Torch intra-op threads per rank; 0 = available cores / ranks on the node. CPU "
-           "kernels round differently with different thread counts, so keep it fixed (the "
-           "default 1) for results that do not depend on the rank count.", ge=0)
+        1,
+        "Torch intra-op threads per rank; 0 = available cores / ranks on the node. CPU "
+        "kernels round differently with different thread counts, so keep it fixed (the "
+        "default 1) for results that do not depend on the rank count.",
+        ge=0,
+    )
     poll_interval_ms: float = _f(
-        1.0, "Idle ranks poll MPI requests with this sleep between tests, so oversubscribed "
-             "ranks do not steal cores from busy ones; 0 = block (busy-wait) in MPI.", ge=0.0)
+        1.0,
+        "Idle ranks poll MPI requests with this sleep between tests, so oversubscribed "
+        "ranks do not steal cores from busy ones; 0 = block (busy-wait) in MPI.",
+        ge=0.0,
+    )
     device: Literal["auto", "cpu", "cuda"] = _f(
-        "auto", "Worker device. auto: each worker rank takes a GPU by its node-local worker "
-                "index (several clients per rank share it; more workers than GPUs share them "
-                "round-robin), CPU when torch sees no GPU; cuda: the same, but no GPU is an "
-                "error; cpu: never a GPU. A lone rank (-n 1) runs the clients itself and takes "
-                "the first GPU. Networks and client data live on the device; states and "
-                "random draws stay on the CPU (same streams on any device). The mapping is "
-                "logged once and stored in every checkpoint.")
-    gpus: list[int] = _f([], "GPU ids the workers of a node use, in order (worker i of a node "
-                             "takes gpus[i % len]); empty = every GPU torch sees.")
+        "auto",
+        "Worker device. auto: each worker rank takes a GPU by its node-local worker "
+        "index (several clients per rank share it; more workers than GPUs share them "
+        "round-robin), CPU when torch sees no GPU; cuda: the same, but no GPU is an "
+        "error; cpu: never a GPU. A lone rank (-n 1) runs the clients itself and takes "
+        "the first GPU. Networks and client data live on the device; states and "
+        "random draws stay on the CPU (same streams on any device). The mapping is "
+        "logged once and stored in every checkpoint.",
+    )
+    gpus: list[int] = _f(
+        [],
+        "GPU ids the workers of a node use, in order (worker i of a node "
+        "takes gpus[i % len]); empty = every GPU torch sees.",
+    )
     server_device: Literal["cpu", "gpu"] = _f(
-        "cpu", "Rank 0 (aggregation, server evaluation) on the CPU, or on the node's first "
-               "GPU (-n 1: rank 0 is also the worker and uses runtime.device's choice).")
-    tf32: bool = _f(False, "Let cuDNN convolutions and matrix products on GPUs use TF32 (faster "
-                           "on Ampere and later, ~1e-3 relative error). false = full float32, "
-                           "results comparable with CPU runs and across GPU generations.")
+        "cpu",
+        "Rank 0 (aggregation, server evaluation) on the CPU, or on the node's first "
+        "GPU (-n 1: rank 0 is also the worker and uses runtime.device's choice).",
+    )
+    tf32: bool = _f(
+        False,
+        "Let cuDNN convolutions and matrix products on GPUs use TF32 (faster "
+        "on Ampere and later, ~1e-3 relative error). false = full float32, "
+        "results comparable with CPU runs and across GPU generations.",
+    )
     transport: Literal["mpi", "torch"] = _f(
-        "mpi", "How partial sums travel. mpi: contiguous host buffers over MPI (states stay on "
-               "the CPU, so a CUDA-aware MPI is not needed); torch: torch.distributed initialised "
-               "from MPI (rank 0 broadcasts the rendezvous address and port), NCCL between GPU "
-               "ranks, gloo on CPU. Both give the same results.")
+        "mpi",
+        "How partial sums travel. mpi: contiguous host buffers over MPI (states stay on "
+        "the CPU, so a CUDA-aware MPI is not needed); torch: torch.distributed initialised "
+        "from MPI (rank 0 broadcasts the rendezvous address and port), NCCL between GPU "
+        "ranks, gloo on CPU. Both give the same results.",
+    )
 
 
 @dataclass(kw_only=True)
 class KernelsConfig:
     backend: Literal["auto", "fused", "reference"] = _f(
-        "auto", "Gumbel-softmax mixing: 'fused' C++/CUDA kernels (error if they cannot be "
-                "loaded or built), 'reference' plain PyTorch, 'auto' fused when available, "
-                "else the reference with one warning. Results agree to float rounding.")
+        "auto",
+        "Gumbel-softmax mixing: 'fused' C++/CUDA kernels (error if they cannot be "
+        "loaded or built), 'reference' plain PyTorch, 'auto' fused when available, "
+        "else the reference with one warning. Results agree to float rounding.",
+    )
 
 
 @dataclass(kw_only=True)
 class StoreConfig:
     keep: int = _f(0, "Keep only the newest N round checkpoints; 0 keeps all.", ge=0)
-    tensorboard: bool = _f(False, "Rank 0 also writes every round's metrics, time components, "
-                                  "architecture metrics and genotype to RUN_DIR/tensorboard "
-                                  "for live watching (needs the tensorboard extra); the HDF5 "
-                                  "checkpoints stay the source of truth.")
+    tensorboard: bool = _f(
+        False,
+        "Rank 0 also writes every round's metrics, time components, "
+        "architecture metrics and genotype to RUN_DIR/tensorboard "
+        "for live watching (needs the tensorboard extra); the HDF5 "
+        "checkpoints stay the source of truth.",
+    )
 
 
 @dataclass(kw_only=True)
@@ -302,8 +425,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    algorithm: AlgorithmConfig = field(default_factory=lambda: _registry().method("fedavg")
-                                       .config())
+    algorithm: AlgorithmConfig = field(
+        default_factory=lambda: _registry().method("fedavg").config()
+    )
     federation: FederationConfig = field(default_factory=FederationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     kernels: KernelsConfig = field(default_factory=KernelsConfig)
@@ -325,33 +449,46 @@ def _cross_checks(cfg: Config) -> list[str]:
     if k > m:
         problems.append(
             f"federation.clients_per_round = {k}: cannot sample more clients than "
-            f"partition.num_clients = {m}; use a value in [1, {m}]")
+            f"partition.num_clients = {m}; use a value in [1, {m}]"
+        )
     p = cfg.partition
     if p.train_size == 0 and p.eval_size > 0:
-        problems.append(f"partition.eval_size = {p.eval_size}: needs partition.train_size > 0 "
-                        f"(with train_size 0 the whole pool is split by "
-                        f"partition.eval_fraction)")
+        problems.append(
+            f"partition.eval_size = {p.eval_size}: needs partition.train_size > 0 "
+            f"(with train_size 0 the whole pool is split by "
+            f"partition.eval_fraction)"
+        )
     if p.train_size == 0 and p.overlap:
-        problems.append("partition.overlap = True: only applies to fixed per-client sizes; set "
-                        "partition.train_size > 0 or overlap: false")
+        problems.append(
+            "partition.overlap = True: only applies to fixed per-client sizes; set "
+            "partition.train_size > 0 or overlap: false"
+        )
     if cfg.data.augment and cfg.data.name not in ("cifar10", "cifar100"):
-        problems.append(f"data.augment = True: crop-and-flip augmentation is for cifar10 and "
-                        f"cifar100, not data.name = {cfg.data.name!r}")
+        problems.append(
+            f"data.augment = True: crop-and-flip augmentation is for cifar10 and "
+            f"cifar100, not data.name = {cfg.data.name!r}"
+        )
     nas = _registry().method(cfg.algorithm.name).nas
     if nas and cfg.model.name != "darts":
-        problems.append(f"model.name = {cfg.model.name!r}: algorithm.name = "
-                        f"{cfg.algorithm.name!r} searches an architecture; use model.name: darts")
+        problems.append(
+            f"model.name = {cfg.model.name!r}: algorithm.name = "
+            f"{cfg.algorithm.name!r} searches an architecture; use model.name: darts"
+        )
     if not nas and cfg.model.name not in FIXED_MODELS:
-        problems.append(f"model.name = {cfg.model.name!r}: {cfg.algorithm.name} trains a fixed "
-                        f"model; use model.name: {' | '.join(FIXED_MODELS)}")
+        problems.append(
+            f"model.name = {cfg.model.name!r}: {cfg.algorithm.name} trains a fixed "
+            f"model; use model.name: {' | '.join(FIXED_MODELS)}"
+        )
     prims = cfg.model.darts.primitives
     if len(set(prims)) != len(prims):
         problems.append(f"model.darts.primitives = {prims}: an op is listed twice")
     if prims and set(prims) <= {"none"}:
         problems.append("model.darts.primitives: needs at least one op other than none")
     if cfg.run.patience and not cfg.run.val_every:
-        problems.append(f"run.patience = {cfg.run.patience}: early stopping reads val_acc; set "
-                        f"run.val_every >= 1 (or patience: 0)")
+        problems.append(
+            f"run.patience = {cfg.run.patience}: early stopping reads val_acc; set "
+            f"run.val_every >= 1 (or patience: 0)"
+        )
     for section in _sections(cfg.algorithm):  # a method section's own checks
         check = getattr(section, "cross_checks", None)
         problems += check(cfg) if check else []
@@ -359,23 +496,31 @@ def _cross_checks(cfg: Config) -> list[str]:
 
 
 def _sections(alg: AlgorithmConfig) -> list[Any]:
-    return [getattr(alg, f.name) for f in dataclasses.fields(alg)
-            if dataclasses.is_dataclass(getattr(alg, f.name))]
+    return [
+        getattr(alg, f.name)
+        for f in dataclasses.fields(alg)
+        if dataclasses.is_dataclass(getattr(alg, f.name))
+    ]
 
 
 # ------------------------------------------------- keys the run does not read
 
 #: The ``model.`` keys each model reads beside model.name; the others belong to other models.
-MODEL_READS = {"cnn": ("channels", "hidden"), "darts": ("darts",),
-               "mobilenet_v3_small": ("mobilenet",), "mobilenet_v3_large": ("mobilenet",)}
+MODEL_READS = {
+    "cnn": ("channels", "hidden"),
+    "darts": ("darts",),
+    "mobilenet_v3_small": ("mobilenet",),
+    "mobilenet_v3_large": ("mobilenet",),
+}
 
 
 def _method_class(raw: dict, path: str, problems: list[str]) -> type | None:
     reg = _registry()
     name = raw.get("name", AlgorithmConfig.__dataclass_fields__["name"].default)
     if not isinstance(name, str) or name not in reg.names():
-        problems.append(f"{path}.name = {name!r}: expected one of "
-                        f"{', '.join(repr(n) for n in reg.names())}")
+        problems.append(
+            f"{path}.name = {name!r}: expected one of {', '.join(repr(n) for n in reg.names())}"
+        )
         return None
     return reg.method(name).config
 
@@ -392,8 +537,9 @@ def _unread_algorithm_keys(raw: dict, path: str) -> dict[str, str]:
         for key in m.keys:
             readers.setdefault(key, []).append(m.name)
         sections |= set(m.sections)
-    chosen = f"{this.name} (the default of {path}.name)" if default else \
-        f"{this.name} ({path}.name)"
+    chosen = (
+        f"{this.name} (the default of {path}.name)" if default else f"{this.name} ({path}.name)"
+    )
     reads = f"{path}.{{{', '.join(this.keys)}}}"
     out = {}
     for key, value in raw.items():
@@ -403,11 +549,15 @@ def _unread_algorithm_keys(raw: dict, path: str) -> dict[str, str]:
         if key in sections:
             sets = f" (sets {', '.join(map(str, value))})" if isinstance(value, dict) else ""
             kind = "section of method" + ("s" if len(readers[key]) > 1 else "")
-            out[key] = (f"{path}.{key}: {kind} {who}{sets}; this run's method is {chosen}, "
-                        f"which reads {reads}")
+            out[key] = (
+                f"{path}.{key}: {kind} {who}{sets}; this run's method is {chosen}, "
+                f"which reads {reads}"
+            )
         else:
-            out[key] = (f"{path}.{key}: not read by {this.name}, only by {who}; this run's "
-                        f"method is {chosen}, which reads {reads}")
+            out[key] = (
+                f"{path}.{key}: not read by {this.name}, only by {who}; this run's "
+                f"method is {chosen}, which reads {reads}"
+            )
     return out
 
 
@@ -419,9 +569,11 @@ def _unread_model_keys(raw: dict, path: str) -> dict[str, str]:
     for key in raw:
         users = [m for m, keys in MODEL_READS.items() if key in keys]
         if users and key not in MODEL_READS[name]:
-            out[key] = (f"{path}.{key}: read only by model.name {' | '.join(users)}; this run's "
-                        f"model is {name!r}, which reads "
-                        f"{path}.{{{', '.join(('name',) + MODEL_READS[name])}}}")
+            out[key] = (
+                f"{path}.{key}: read only by model.name {' | '.join(users)}; this run's "
+                f"model is {name!r}, which reads "
+                f"{path}.{{{', '.join(('name',) + MODEL_READS[name])}}}"
+            )
     return out
 
 
@@ -465,12 +617,17 @@ def _type_name(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _check_limits(value: Any, meta: dict, path: str) -> str | None:
-    bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
-              ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
+    bounds = [
+        ("ge", ">=", lambda v, b: v >= b),
+        ("gt", ">", lambda v, b: v > b),
+        ("le", "<=", lambda v, b: v <= b),
+        ("lt", "<", lambda v, b: v < b),
+    ]
     for key, _, ok in bounds:
         if key in meta and not ok(value, meta[key]):
             allowed = " and ".join(f"{s} {meta[k]}" for k, s, _ in bounds if k in meta)
@@ -543,8 +700,10 @@ def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
             problems.append(unread[key])
         elif key not in fields:
             known = ", ".join(sorted(fields))
-            problems.append(f"{path + '.' if path else ''}{key}: unknown key; "
-                            f"known keys {'in ' + path if path else 'at the top level'}: {known}")
+            problems.append(
+                f"{path + '.' if path else ''}{key}: unknown key; "
+                f"known keys {'in ' + path if path else 'at the top level'}: {known}"
+            )
     kwargs = {}
     for name, f in fields.items():
         if name not in raw or name in unread:
@@ -623,15 +782,24 @@ def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> C
     are one explicit file away (``configs/defaults.yaml``)."""
     raw = load_raw(path)
     if raw is None or raw == {}:
-        raise ConfigError([f"{path} is empty: a run's config names at least its method "
-                           f"(algorithm.name); to run on the defaults, run "
-                           f"{DEFAULTS_FILE}"])
+        raise ConfigError(
+            [
+                f"{path} is empty: a run's config names at least its method "
+                f"(algorithm.name); to run on the defaults, run "
+                f"{DEFAULTS_FILE}"
+            ]
+        )
     algorithm = raw.get("algorithm") if isinstance(raw, dict) else None
-    if isinstance(raw, dict) and (algorithm is None or
-                                  (isinstance(algorithm, dict) and not algorithm.get("name"))):
-        raise ConfigError([f"{path} names no method (algorithm.name, after its base: files); "
-                           f"a truncated or mistyped file is not run on the defaults. Add "
-                           f"e.g. 'algorithm: {{name: fedavg}}', or run {DEFAULTS_FILE}"])
+    if isinstance(raw, dict) and (
+        algorithm is None or (isinstance(algorithm, dict) and not algorithm.get("name"))
+    ):
+        raise ConfigError(
+            [
+                f"{path} names no method (algorithm.name, after its base: files); "
+                f"a truncated or mistyped file is not run on the defaults. Add "
+                f"e.g. 'algorithm: {{name: fedavg}}', or run {DEFAULTS_FILE}"
+            ]
+        )
     return from_dict(raw, overrides)
 
 
@@ -648,7 +816,7 @@ def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> Any:
     key = path.resolve()
     where = f" (base of {_chain[-1]})" if _chain else ""
     if key in _chain:
-        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(key):], key))
+        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(key) :], key))
         raise ConfigError([f"base: cycle of config files: {cycle}"])
     try:
         text = path.read_text()
@@ -663,16 +831,21 @@ def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> Any:
     bases = raw.pop("base")
     bases = [] if bases is None else [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError([f"{path}: base = {bases!r}: expected a file name or a list of file "
-                           f"names (relative to {path.parent})"])
+        raise ConfigError(
+            [
+                f"{path}: base = {bases!r}: expected a file name or a list of file "
+                f"names (relative to {path.parent})"
+            ]
+        )
     merged: dict = {}
     for name in bases:
         sub = load_raw(path.parent / name, (*_chain, key))
         if sub is None:
             continue
         if not isinstance(sub, dict):
-            raise ConfigError([f"{path.parent / name} (base of {path}): expected a mapping of "
-                               f"keys, got {sub!r}"])
+            raise ConfigError(
+                [f"{path.parent / name} (base of {path}): expected a mapping of keys, got {sub!r}"]
+            )
         merged = _merge(merged, sub)
     return _merge(merged, raw)
 
@@ -691,9 +864,13 @@ def _merge(under: dict, over: dict) -> dict:
 def to_dict(cfg: Config) -> dict:
     """The resolved config: only the keys the run reads (its method's, its model's)."""
     out = dataclasses.asdict(cfg)
-    out["model"] = {k: v for k, v in out["model"].items()
-                    if k == "name" or k in MODEL_READS[cfg.model.name]
-                    or not any(k in keys for keys in MODEL_READS.values())}
+    out["model"] = {
+        k: v
+        for k, v in out["model"].items()
+        if k == "name"
+        or k in MODEL_READS[cfg.model.name]
+        or not any(k in keys for keys in MODEL_READS.values())
+    }
     return out
 
 
@@ -720,8 +897,12 @@ def result_affecting_differences(a: Config, b: Config) -> list[str]:
     fa, fb = flatten(to_dict(a)), flatten(to_dict(b))
     # another method or model has other keys: a key only one side has differs too
     keys = list(fa) + [k for k in fb if k not in fa]
-    return [k for k in keys if fa.get(k, _ABSENT) != fb.get(k, _ABSENT)
-            and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in EXECUTION_ONLY)]
+    return [
+        k
+        for k in keys
+        if fa.get(k, _ABSENT) != fb.get(k, _ABSENT)
+        and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in EXECUTION_ONLY)
+    ]
 
 
 def reference() -> list[tuple[str, str, str, str]]:
@@ -741,8 +922,11 @@ def reference() -> list[tuple[str, str, str, str]]:
             if cls is AlgorithmConfig and f.name == "name":
                 tp = Literal[_registry().names()]
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            limits = [f"{s} {f.metadata[k]}" for k, s in
-                      (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if k in f.metadata]
+            limits = [
+                f"{s} {f.metadata[k]}"
+                for k, s in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+                if k in f.metadata
+            ]
             help_ = f.metadata.get("help", "")
             if limits:
                 help_ += f" ({', '.join(limits)})"
@@ -765,11 +949,16 @@ def reference() -> list[tuple[str, str, str, str]]:
 def methods_markdown() -> str:
     """The table of registered methods as it appears in the README."""
     shared = [f.name for f in dataclasses.fields(AlgorithmConfig)]
-    lines = [f"| `algorithm.name` | model | reads `algorithm.` (beside "
-             f"{', '.join(shared[1:])}) |", "|---|---|---|"]
+    lines = [
+        f"| `algorithm.name` | model | reads `algorithm.` (beside {', '.join(shared[1:])}) |",
+        "|---|---|---|",
+    ]
     for m in _registry().METHODS:
-        model = "darts" + (" (baseline, no search)" if m.baseline else "") if m.nas else \
-            " \\| ".join(FIXED_MODELS)
+        model = (
+            "darts" + (" (baseline, no search)" if m.baseline else "")
+            if m.nas
+            else " \\| ".join(FIXED_MODELS)
+        )
         own = [f"`{k}`" for k in m.keys if k not in shared]
         lines.append(f"| `{m.name}` | {model} | {', '.join(own)} |")
     return "\n".join(lines)

@@ -67,11 +67,11 @@ def runs(root: Path | None = None) -> list[Run]:
             continue
         cfg = load(path)
         scale = rel.parts[0] if len(rel.parts) > 1 else TOP
-        found.append(Run(rel.as_posix(), scale, cfg.data.name, cfg.algorithm.name,
-                         description(path)))
+        found.append(
+            Run(rel.as_posix(), scale, cfg.data.name, cfg.algorithm.name, description(path))
+        )
     order = {d: i for i, d in enumerate(DATASETS)}
-    return sorted(found, key=lambda r: (r.scale != TOP, r.scale, order.get(r.dataset, 99),
-                                        r.path))
+    return sorted(found, key=lambda r: (r.scale != TOP, r.scale, order.get(r.dataset, 99), r.path))
 
 
 def moved(root: Path | None = None) -> dict[str, str]:
@@ -98,8 +98,10 @@ def markdown(root: Path | None = None) -> str:
     """The table of runs as it appears in the README (paths relative to the repository)."""
     lines = ["| config | scale | dataset | method | description |", "|---|---|---|---|---|"]
     for r in runs(root):
-        lines.append(f"| `configs/{r.path}` | {r.scale or '-'} | {r.dataset} | {r.method} | "
-                     f"{r.description} |")
+        lines.append(
+            f"| `configs/{r.path}` | {r.scale or '-'} | {r.dataset} | {r.method} | "
+            f"{r.description} |"
+        )
     return "\n".join(lines)
 
 
@@ -122,11 +124,15 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="fednas-mpi configs",
         description="List the run configs (configs/SCALE/DATASET/METHOD.yaml) with one line "
-                    "each; run one with mpirun -n N fednas-mpi PATH.")
-    p.add_argument("dir", nargs="?", type=Path,
-                   help="the configs directory (default ./configs, else the repository's)")
-    p.add_argument("--markdown", action="store_true",
-                   help="print the README's table instead")
+        "each; run one with mpirun -n N fednas-mpi PATH.",
+    )
+    p.add_argument(
+        "dir",
+        nargs="?",
+        type=Path,
+        help="the configs directory (default ./configs, else the repository's)",
+    )
+    p.add_argument("--markdown", action="store_true", help="print the README's table instead")
     a = p.parse_args(argv)
     root = a.dir if a.dir is not None else default_dir()
     try:

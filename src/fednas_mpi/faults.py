@@ -53,8 +53,9 @@ def checkpoint_faults() -> dict[int, str]:
     return faults
 
 
-def poison_client(round_: int, client: int, state: dict[str, torch.Tensor]
-                  ) -> dict[str, torch.Tensor]:
+def poison_client(
+    round_: int, client: int, state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """``state`` with a NaN in its first floating tensor if the hook names this client and
     0-based ``round_``, else ``state`` itself. The tensor is copied, never changed in place:
     a method may return tensors it shares with the global model."""

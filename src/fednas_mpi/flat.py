@@ -24,8 +24,11 @@ class Layout:
 
     @classmethod
     def of(cls, state: Mapping[str, torch.Tensor]) -> Layout:
-        return cls(tuple(state), tuple(tuple(t.shape) for t in state.values()),
-                   tuple(t.dtype for t in state.values()))
+        return cls(
+            tuple(state),
+            tuple(tuple(t.shape) for t in state.values()),
+            tuple(t.dtype for t in state.values()),
+        )
 
     @property
     def sizes(self) -> list[int]:
@@ -37,11 +40,14 @@ class Layout:
 
     def wire_dtype(self) -> np.dtype:
         """float32 when every tensor is float32 (exact and half the bytes), else float64."""
-        return np.dtype(np.float32 if all(d == torch.float32 for d in self.dtypes)
-                        else np.float64)
+        return np.dtype(np.float32 if all(d == torch.float32 for d in self.dtypes) else np.float64)
 
-    def pack(self, state: Mapping[str, torch.Tensor], out: np.ndarray | None = None,
-             dtype: np.dtype | None = None) -> np.ndarray:
+    def pack(
+        self,
+        state: Mapping[str, torch.Tensor],
+        out: np.ndarray | None = None,
+        dtype: np.dtype | None = None,
+    ) -> np.ndarray:
         if tuple(state) != self.names:
             raise ValueError(f"state keys {list(state)[:4]}... do not match the layout")
         if out is None:
@@ -51,7 +57,7 @@ class Layout:
             flat = t.detach().reshape(-1).cpu()
             if flat.dtype == torch.bfloat16:
                 flat = flat.float()  # numpy has no bfloat16; the layout keeps the dtype
-            out[pos:pos + n] = flat.numpy()
+            out[pos : pos + n] = flat.numpy()
             pos += n
         return out
 
@@ -61,7 +67,7 @@ class Layout:
             raise ValueError(f"buffer of {buf.size} elements is smaller than layout {self.size}")
         state, pos = {}, 0
         for name, shape, dtype, n in zip(self.names, self.shapes, self.dtypes, self.sizes):
-            chunk = torch.from_numpy(np.ascontiguousarray(buf[pos:pos + n]))
+            chunk = torch.from_numpy(np.ascontiguousarray(buf[pos : pos + n]))
             if not dtype.is_floating_point:
                 chunk = chunk.round()
             state[name] = chunk.to(dtype).reshape(shape).clone()
@@ -69,10 +75,15 @@ class Layout:
         return state
 
     def to_meta(self) -> list[tuple[str, tuple[int, ...], str]]:
-        return [(n, s, str(d).removeprefix("torch.")) for n, s, d in
-                zip(self.names, self.shapes, self.dtypes)]
+        return [
+            (n, s, str(d).removeprefix("torch."))
+            for n, s, d in zip(self.names, self.shapes, self.dtypes)
+        ]
 
     @classmethod
     def from_meta(cls, meta: list) -> Layout:
-        return cls(tuple(m[0] for m in meta), tuple(tuple(m[1]) for m in meta),
-                   tuple(getattr(torch, m[2]) for m in meta))
+        return cls(
+            tuple(m[0] for m in meta),
+            tuple(tuple(m[1]) for m in meta),
+            tuple(getattr(torch, m[2]) for m in meta),
+        )

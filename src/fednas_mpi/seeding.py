@@ -20,8 +20,13 @@ SETUP = -1
 def _key(seed: int, round_: int, client: int, purpose: str) -> np.random.SeedSequence:
     # SeedSequence hashes its entropy words well; negative ids are shifted so
     # that SERVER/SETUP stay distinct from real round and client numbers.
-    words = [int(seed) & 0xFFFFFFFF, (int(seed) >> 32) & 0xFFFFFFFF,
-             int(round_) + 2, int(client) + 2, zlib.crc32(purpose.encode())]
+    words = [
+        int(seed) & 0xFFFFFFFF,
+        (int(seed) >> 32) & 0xFFFFFFFF,
+        int(round_) + 2,
+        int(client) + 2,
+        zlib.crc32(purpose.encode()),
+    ]
     return np.random.SeedSequence(words)
 
 
@@ -34,8 +39,9 @@ def numpy_rng(seed: int, round_: int, client: int, purpose: str) -> np.random.Ge
     return np.random.Generator(np.random.PCG64(_key(seed, round_, client, purpose)))
 
 
-def torch_rng(seed: int, round_: int, client: int, purpose: str,
-              device: str | torch.device = "cpu") -> torch.Generator:
+def torch_rng(
+    seed: int, round_: int, client: int, purpose: str, device: str | torch.device = "cpu"
+) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(derive_seed(seed, round_, client, purpose))
     return g

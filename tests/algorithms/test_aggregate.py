@@ -20,9 +20,11 @@ def test_weighted_average_hand_computed():
 
 
 def test_weighted_average_three_clients_and_dtypes():
-    states = [{"x": torch.tensor([0.5], dtype=torch.float64)},
-              {"x": torch.tensor([1.5], dtype=torch.float64)},
-              {"x": torch.tensor([3.0], dtype=torch.float64)}]
+    states = [
+        {"x": torch.tensor([0.5], dtype=torch.float64)},
+        {"x": torch.tensor([1.5], dtype=torch.float64)},
+        {"x": torch.tensor([3.0], dtype=torch.float64)},
+    ]
     out = weighted_average(states, [2, 2, 4])
     # (2*0.5 + 2*1.5 + 4*3) / 8 = 16 / 8 = 2
     assert out["x"].dtype == torch.float64 and out["x"].item() == 2.0
@@ -42,10 +44,14 @@ def test_errors():
 
 def _results(n, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [({"w": torch.randn(5, 3, generator=g), "b": torch.randn(3, generator=g)},
-             float(torch.randint(1, 50, (1,), generator=g)),
-             {"loss": float(torch.rand(1, generator=g)), "acc": float(torch.rand(1, generator=g))})
-            for _ in range(n)]
+    return [
+        (
+            {"w": torch.randn(5, 3, generator=g), "b": torch.randn(3, generator=g)},
+            float(torch.randint(1, 50, (1,), generator=g)),
+            {"loss": float(torch.rand(1, generator=g)), "acc": float(torch.rand(1, generator=g))},
+        )
+        for _ in range(n)
+    ]
 
 
 def test_client_sums_match_weighted_average_for_any_grouping():
@@ -57,7 +63,7 @@ def test_client_sums_match_weighted_average_for_any_grouping():
         partials, i = [], 0
         for g in groups:
             cs = ClientSums(layout, ("loss", "acc"))
-            for state, w, m in results[i:i + g]:
+            for state, w, m in results[i : i + g]:
                 cs.add(state, w, m)
             partials.append(cs.buffer)
             i += g
@@ -137,8 +143,10 @@ def test_aux_means_travel_in_the_state_buffer_and_leave_it_unchanged():
     from fednas_mpi.runtime.simulation import summed_layout
 
     states = [{"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, -1.0])}]
-    aux = [{"r": torch.tensor(0.5, dtype=torch.float64)},
-           {"r": torch.tensor(0.25, dtype=torch.float64)}]
+    aux = [
+        {"r": torch.tensor(0.5, dtype=torch.float64)},
+        {"r": torch.tensor(0.25, dtype=torch.float64)},
+    ]
     weights = [3.0, 5.0]
     layout = summed_layout(states[0], {"r": ()})
     assert layout.names == ("w", "r") and layout.dtypes[-1] == torch.float64

@@ -11,14 +11,28 @@ from fednas_mpi.seeding import torch_rng
 
 
 def _setup(epochs=2, momentum=0.9, wd=1e-3):
-    cfg = from_dict({"algorithm": {"local_epochs": epochs, "batch_size": 8, "lr": 0.1,
-                                   "momentum": momentum, "weight_decay": wd},
-                     "model": {"channels": [4, 6], "hidden": 10}, "run": {"seed": 3}})
+    cfg = from_dict(
+        {
+            "algorithm": {
+                "local_epochs": epochs,
+                "batch_size": 8,
+                "lr": 0.1,
+                "momentum": momentum,
+                "weight_decay": wd,
+            },
+            "model": {"channels": [4, 6], "hidden": 10},
+            "run": {"seed": 3},
+        }
+    )
     algo = FedAvg(cfg, DataInfo((1, 8, 8), 10))
     g = torch.Generator().manual_seed(0)
-    data = ClientData(4, torch.randn(19, 1, 8, 8, generator=g), torch.randint(0, 10, (19,),
-                      generator=g), torch.randn(5, 1, 8, 8, generator=g),
-                      torch.randint(0, 10, (5,), generator=g))
+    data = ClientData(
+        4,
+        torch.randn(19, 1, 8, 8, generator=g),
+        torch.randint(0, 10, (19,), generator=g),
+        torch.randn(5, 1, 8, 8, generator=g),
+        torch.randint(0, 10, (5,), generator=g),
+    )
     return cfg, algo, data
 
 
@@ -32,7 +46,7 @@ def _reference(cfg, state, data, ctx):
     for _ in range(a.local_epochs):
         order = torch.randperm(len(data.train_y), generator=g)
         for start in range(0, len(order), a.batch_size):
-            idx = order[start:start + a.batch_size]
+            idx = order[start : start + a.batch_size]
             loss = F.cross_entropy(net(data.train_x[idx]), data.train_y[idx])
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
@@ -63,8 +77,9 @@ def test_client_update_is_deterministic_and_depends_on_round():
     cfg, algo, data = _setup(epochs=1)
     gm = algo.init_global()
     r1 = algo.client_update(gm, data, RoundContext(1, 5, cfg.run.seed, "train"), None)
-    r1b = FedAvg(cfg, algo.info).client_update(gm, data, RoundContext(1, 5, cfg.run.seed,
-                                                                     "train"), None)
+    r1b = FedAvg(cfg, algo.info).client_update(
+        gm, data, RoundContext(1, 5, cfg.run.seed, "train"), None
+    )
     r2 = algo.client_update(gm, data, RoundContext(2, 5, cfg.run.seed, "train"), None)
     assert all(torch.equal(r1.state[k], r1b.state[k]) for k in r1.state)
     assert any(not torch.equal(r1.state[k], r2.state[k]) for k in r1.state)
@@ -72,8 +87,9 @@ def test_client_update_is_deterministic_and_depends_on_round():
 
 def test_init_depends_only_on_seed():
     cfg, algo, _ = _setup()
-    other = FedAvg(from_dict({"model": {"channels": [4, 6], "hidden": 10}, "run": {"seed": 4}}),
-                   algo.info)
+    other = FedAvg(
+        from_dict({"model": {"channels": [4, 6], "hidden": 10}, "run": {"seed": 4}}), algo.info
+    )
     same = FedAvg(cfg, algo.info)
     s1, s2, s3 = algo.init_global().state, same.init_global().state, other.init_global().state
     assert all(torch.equal(s1[k], s2[k]) for k in s1)

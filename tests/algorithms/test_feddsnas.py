@@ -23,9 +23,11 @@ def test_dsnas_gradient_on_one_edge_by_hand():
     # three ops on one edge; outputs o_k are fixed vectors, loss L = <c, Z>
     logits = torch.tensor([0.2, -0.1, 0.5], dtype=torch.float64, requires_grad=True)
     noise = torch.tensor([0.0, 2.0, 0.0], dtype=torch.float64)  # argmax(logits + noise) = 1
-    outs = [torch.tensor([1.0, 2.0], dtype=torch.float64),
-            torch.tensor([3.0, -1.0], dtype=torch.float64),
-            torch.tensor([0.5, 0.5], dtype=torch.float64)]
+    outs = [
+        torch.tensor([1.0, 2.0], dtype=torch.float64),
+        torch.tensor([3.0, -1.0], dtype=torch.float64),
+        torch.tensor([0.5, 0.5], dtype=torch.float64),
+    ]
     assert hard_index(logits.detach(), noise) == 1
     only = [None, outs[1], None]  # only the sampled op is computed
     z = gumbel_mix(only, logits, 1.0, noise, None, hard=True)
@@ -73,8 +75,9 @@ def test_only_sampled_ops_get_gradients_and_move():
     before = {k: v.clone() for k, v in net.state_dict().items()}
     # replay the step's noise to know which ops it sampled
     g_copy = torch.Generator().manual_seed(3)
-    noise = {c: gumbel_noise(getattr(net, f"alpha_{c}").shape, g_copy) for c in
-             ("normal", "reduce")}
+    noise = {
+        c: gumbel_noise(getattr(net, f"alpha_{c}").shape, g_copy) for c in ("normal", "reduce")
+    }
     choices = sample_choices(net, noise)
     dsnas_step(net, d.train_x[:4], d.train_y[:4], w_opt, a_opt, g, 0.0)
     space = algo.space
@@ -108,11 +111,17 @@ def test_path_forward_runs_only_the_chosen_ops():
     algo = _algo()
     net = algo._net(algo.init_global())
     calls = []
-    hooks = [op.register_forward_hook(lambda m, i, o, n=name: calls.append(n))
-             for cell in net.cells for ops in cell.edges.values() for name, op in ops.items()]
+    hooks = [
+        op.register_forward_hook(lambda m, i, o, n=name: calls.append(n))
+        for cell in net.cells
+        for ops in cell.edges.values()
+        for name, op in ops.items()
+    ]
     try:
-        choices = {c: [algo.space.primitives.index("skip_connect")] * algo.space.num_edges
-                   for c in ("normal", "reduce")}
+        choices = {
+            c: [algo.space.primitives.index("skip_connect")] * algo.space.num_edges
+            for c in ("normal", "reduce")
+        }
         out = path_forward(net, torch.randn(2, 1, 8, 8), choices)
     finally:
         for h in hooks:
@@ -146,8 +155,9 @@ def test_last_round_keeps_the_argmax_child_with_its_weights():
     alpha[0, 0] = 5.0  # edge 0: 'none' wins -> dropped from the genotype
     state["alpha_normal"] = alpha
     metrics: dict[str, float] = {}
-    mid = algo.server_step(GlobalModel(model.spec, state), state, metrics,
-                           RoundContext(1, 3, 5, "search"))
+    mid = algo.server_step(
+        GlobalModel(model.spec, state), state, metrics, RoundContext(1, 3, 5, "search")
+    )
     assert mid.spec["genotype"] is None
     end = algo.server_step(mid, state, metrics, RoundContext(2, 3, 5, "search"))
     g = end.spec["genotype"]

@@ -8,8 +8,13 @@ from fednas_mpi.config import from_dict
 
 
 def _algo(**fm):
-    cfg = from_dict({"run": {"rounds": 10}, "model": {"name": "darts"},
-                     "algorithm": {"name": "fedmetanas", "fedmetanas": fm}})
+    cfg = from_dict(
+        {
+            "run": {"rounds": 10},
+            "model": {"name": "darts"},
+            "algorithm": {"name": "fedmetanas", "fedmetanas": fm},
+        }
+    )
     return FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
 
 
@@ -30,8 +35,9 @@ def test_pruning_rounds_start_after_the_warm_up_and_prune_start():
     assert [d for d in range(1, 11) if f.prunes_after(d)] == [4, 6, 8, 10]
     f = _algo(prune_start=5, prune_every=1).cfg.algorithm.fedmetanas
     assert [d for d in range(1, 8) if f.prunes_after(d)] == [5, 6, 7]
-    assert not any(_algo(prune_every=0).cfg.algorithm.fedmetanas.prunes_after(d)
-                   for d in range(1, 11))
+    assert not any(
+        _algo(prune_every=0).cfg.algorithm.fedmetanas.prunes_after(d) for d in range(1, 11)
+    )
 
 
 def test_stages_name_the_search_and_the_rounds_after_the_derivation():
@@ -41,8 +47,15 @@ def test_stages_name_the_search_and_the_rounds_after_the_derivation():
 
 
 def test_settle_window_prunes_every_round_with_shrinking_gaps():
-    a = _algo(final_round=10, settle_rounds=3, prune_every=4, prune_start=1,
-              arch_warmup_rounds=2, prune_gap=2.0, combo_prune_gap=1.0)
+    a = _algo(
+        final_round=10,
+        settle_rounds=3,
+        prune_every=4,
+        prune_start=1,
+        arch_warmup_rounds=2,
+        prune_gap=2.0,
+        combo_prune_gap=1.0,
+    )
     gaps = {r + 1: a.prune_gaps(r) for r in range(10)}
     assert gaps[1] is None and gaps[2] is None  # warm-up
     assert gaps[3] == (2.0, 1.0)  # first pruning round after the warm-up (every 4)

@@ -40,8 +40,9 @@ class Quad(nn.Module):
 
 
 def _mse(model, xs, ys):
-    return ((model(torch.tensor(xs, dtype=torch.float64))
-             - torch.tensor(ys, dtype=torch.float64)) ** 2).mean()
+    return (
+        (model(torch.tensor(xs, dtype=torch.float64)) - torch.tensor(ys, dtype=torch.float64)) ** 2
+    ).mean()
 
 
 TRAIN = ([1.0, -2.0, 0.5], [2.0, -1.0, 0.3])
@@ -53,18 +54,17 @@ def test_milenas_grads_match_a_hand_computation(lam):
     w, a = 0.7, -0.4
     model = Quad(w, a)
     loss_t, loss_v = _mse(model, *TRAIN), _mse(model, *VAL)
-    gw, ga = milenas_grads(loss_t, loss_v, [model.w, model.spare_w],
-                           [model.a, model.spare_a], lam)
+    gw, ga = milenas_grads(loss_t, loss_v, [model.w, model.spare_w], [model.a, model.spare_a], lam)
 
     # L = mean (w x + a x^2 - y)^2:  dL/dw = mean 2 r x,  dL/da = mean 2 r x^2,  r = residual
     (x1, x2, x3), (y1, y2, y3) = TRAIN
-    r1, r2, r3 = w * x1 + a * x1 ** 2 - y1, w * x2 + a * x2 ** 2 - y2, w * x3 + a * x3 ** 2 - y3
+    r1, r2, r3 = w * x1 + a * x1**2 - y1, w * x2 + a * x2**2 - y2, w * x3 + a * x3**2 - y3
     dt_dw = (2 * r1 * x1 + 2 * r2 * x2 + 2 * r3 * x3) / 3
-    dt_da = (2 * r1 * x1 ** 2 + 2 * r2 * x2 ** 2 + 2 * r3 * x3 ** 2) / 3
+    dt_da = (2 * r1 * x1**2 + 2 * r2 * x2**2 + 2 * r3 * x3**2) / 3
     (v1, v2), (z1, z2) = VAL
-    q1, q2 = w * v1 + a * v1 ** 2 - z1, w * v2 + a * v2 ** 2 - z2
+    q1, q2 = w * v1 + a * v1**2 - z1, w * v2 + a * v2**2 - z2
     dv_dw = (2 * q1 * v1 + 2 * q2 * v2) / 2
-    dv_da = (2 * q1 * v1 ** 2 + 2 * q2 * v2 ** 2) / 2
+    dv_da = (2 * q1 * v1**2 + 2 * q2 * v2**2) / 2
 
     # weights: the training loss only; alpha: grad L_val + lam * grad L_train
     assert gw[0].item() == pytest.approx(dt_dw, rel=1e-12)
@@ -85,8 +85,9 @@ def test_cosine_lr_endpoints_midpoint_and_single_step():
     assert cosine_lr(0, 9, lr, lo) == pytest.approx(lr, rel=1e-15)
     assert cosine_lr(8, 9, lr, lo) == pytest.approx(lo, rel=1e-12)
     assert cosine_lr(4, 9, lr, lo) == pytest.approx((lr + lo) / 2, rel=1e-12)
-    assert cosine_lr(2, 9, lr, lo) == pytest.approx(lo + 0.5 * (lr - lo) * (1 + math.cos(
-        math.pi / 4)), rel=1e-12)
+    assert cosine_lr(2, 9, lr, lo) == pytest.approx(
+        lo + 0.5 * (lr - lo) * (1 + math.cos(math.pi / 4)), rel=1e-12
+    )
     values = [cosine_lr(s, 9, lr, lo) for s in range(9)]
     assert all(a > b for a, b in zip(values, values[1:]))  # strictly decreasing
     # a stage of one round (or none) runs at the full rate
@@ -146,9 +147,11 @@ def test_derive_darts_on_hand_made_alphas():
     assert p[2][0] > max(p[3]) and p[2][0] > max(p[4])  # `none` would have won
     assert strength[6] == strength[8] and strength[5] > strength[6] > strength[7]
 
-    want = [[(0, "sep_conv_3x3", 0), (1, "skip_connect", 1)],
-            [(1, "dil_conv_3x3", 3), (2, "avg_pool_3x3", 4)],
-            [(0, "dil_conv_5x5", 5), (1, "sep_conv_3x3", 6)]]
+    want = [
+        [(0, "sep_conv_3x3", 0), (1, "skip_connect", 1)],
+        [(1, "dil_conv_3x3", 3), (2, "avg_pool_3x3", 4)],
+        [(0, "dil_conv_5x5", 5), (1, "sep_conv_3x3", 6)],
+    ]
     assert genotype["concat"] == [2, 3, 4]
     assert len(genotype["nodes"]) == 3
     for node, picks in zip(genotype["nodes"], want):
@@ -170,12 +173,13 @@ def test_derive_darts_on_hand_made_alphas():
     # exactly the chosen combination per node
     for j, picks in enumerate(want):
         lo = space.combo_offsets[j]
-        seg = new_combos[lo:lo + len(space.combos[j])]
+        seg = new_combos[lo : lo + len(space.combos[j])]
         assert sum(seg) == 1
         assert space.combos[j][seg.index(True)] == tuple(i for i, _, _ in picks)
     assert space.live_edges(new_combos) == [{0, 1}, {1, 2}, {0, 1}]
     assert genotype_str({"normal": genotype}).startswith(
-        "normal: s2 = sep_conv_3x3(s0) + skip_connect(s1); s3 = dil_conv_3x3(s1)")
+        "normal: s2 = sep_conv_3x3(s0) + skip_connect(s1); s3 = dil_conv_3x3(s1)"
+    )
 
 
 def test_derive_darts_ties_between_ops_and_edges_go_to_the_lower_index():
@@ -185,8 +189,9 @@ def test_derive_darts_ties_between_ops_and_edges_go_to_the_lower_index():
     # node 1 has three equally strong inputs: 0 and 1; each edge's first real op
     assert [[x["input"] for x in n["inputs"]] for n in genotype["nodes"]] == [[0, 1], [0, 1]]
     assert {x["op"] for n in genotype["nodes"] for x in n["inputs"]} == {PRIMITIVES[1]}
-    assert all(x["p_op"] == pytest.approx(round(1 / 8, 4)) for n in genotype["nodes"]
-               for x in n["inputs"])
+    assert all(
+        x["p_op"] == pytest.approx(round(1 / 8, 4)) for n in genotype["nodes"] for x in n["inputs"]
+    )
     assert sum(map(sum, new_ops)) == 4
 
 
@@ -231,8 +236,9 @@ def test_sum_network_adds_its_live_edges_with_coefficient_one():
 
 
 def test_sum_cell_output_is_the_plain_sum_of_the_mixed_edges():
-    space = CellSpace(nodes=2, k=2, primitives=("none", "skip_connect", "avg_pool_3x3",
-                                                "sep_conv_3x3"))
+    space = CellSpace(
+        nodes=2, k=2, primitives=("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3")
+    )
     ops, combos = space.full_masks()
     ops[3][2] = False  # one op of node 1's edge from input 1 pruned
     net = _net(space, {c: {"ops": ops, "combos": combos} for c in CELLS})
@@ -288,8 +294,9 @@ def test_stages_and_learning_rate_per_stage():
     assert algo.search_rounds == 2
     assert [algo.stage(r) for r in range(4)] == ["search", "search", "retrain", "retrain"]
     f = algo.cfg.algorithm.fednas
-    assert [algo.lr(r) for r in range(4)] == pytest.approx([f.lr, f.lr_min, f.lr, f.lr_min],
-                                                           rel=1e-12)
+    assert [algo.lr(r) for r in range(4)] == pytest.approx(
+        [f.lr, f.lr_min, f.lr, f.lr_min], rel=1e-12
+    )
     # default search_rounds 0: half of run.rounds
     assert _algo(_cfg(rounds=4, search_rounds=0)).search_rounds == 2
     five = _algo(_cfg(rounds=5, search_rounds=0))
@@ -297,8 +304,15 @@ def test_stages_and_learning_rate_per_stage():
 
     seven = _algo(_cfg(rounds=7, search_rounds=3, lr=0.1, lr_min=0.002))
     assert [seven.stage(r) for r in range(7)] == ["search"] * 3 + ["retrain"] * 4
-    want = [0.1, (0.1 + 0.002) / 2, 0.002,  # search: 3 rounds of cosine
-            0.1, 0.002 + 0.75 * 0.098, 0.002 + 0.25 * 0.098, 0.002]  # restart for retraining
+    want = [
+        0.1,
+        (0.1 + 0.002) / 2,
+        0.002,  # search: 3 rounds of cosine
+        0.1,
+        0.002 + 0.75 * 0.098,
+        0.002 + 0.25 * 0.098,
+        0.002,
+    ]  # restart for retraining
     assert [seven.lr(r) for r in range(7)] == pytest.approx(want, rel=1e-12)
 
 
@@ -332,8 +346,9 @@ def _reference_search(algo: FedNAS, gm: GlobalModel, data: ClientData, ctx: Roun
     cfg = algo.cfg
     f, d, b = cfg.algorithm.fednas, cfg.model.darts, cfg.algorithm.batch_size
     space = CellSpace(d.nodes, d.input_k, tuple(d.primitives))
-    net = SearchNetwork(1, 10, d.init_channels, d.layers, space, d.stem_multiplier,
-                        gm.spec["masks"], "sum")
+    net = SearchNetwork(
+        1, 10, d.init_channels, d.layers, space, d.stem_multiplier, gm.spec["masks"], "sum"
+    )
     net.load_state_dict({k: v.clone() for k, v in gm.state.items()})
     net.train()
     weights, arch = net.weight_parameters(), net.arch_parameters()
@@ -345,7 +360,7 @@ def _reference_search(algo: FedNAS, gm: GlobalModel, data: ClientData, ctx: Roun
     g = torch_rng(ctx.seed, ctx.round, data.client_id, "fednas.batches")
     n = data.num_train
     perm = torch.randperm(n, generator=g)
-    tr, va = perm[:n // 2], perm[n // 2:]
+    tr, va = perm[: n // 2], perm[n // 2 :]
     t_losses, v_losses, t = [], [], 0
     for _ in range(cfg.algorithm.local_epochs):
         vb = torch.randperm(len(va), generator=g).split(b)
@@ -360,8 +375,11 @@ def _reference_search(algo: FedNAS, gm: GlobalModel, data: ClientData, ctx: Roun
             t += 1
             with torch.no_grad():
                 for k, (p, gr) in enumerate(zip(weights, gw)):
-                    buf[k] = f.momentum * buf[k] + gr + f.weight_decay * p if t > 1 \
+                    buf[k] = (
+                        f.momentum * buf[k] + gr + f.weight_decay * p
+                        if t > 1
                         else gr + f.weight_decay * p
+                    )
                     p -= lr * buf[k]
                 for k, p in enumerate(arch):
                     gv = torch.zeros_like(p) if ga_v[k] is None else ga_v[k]
@@ -369,7 +387,7 @@ def _reference_search(algo: FedNAS, gm: GlobalModel, data: ClientData, ctx: Roun
                     gr = gv + f.milenas_lambda * gt + f.arch_weight_decay * p
                     m[k] = b1 * m[k] + (1 - b1) * gr
                     v[k] = b2 * v[k] + (1 - b2) * gr * gr
-                    m_hat, v_hat = m[k] / (1 - b1 ** t), v[k] / (1 - b2 ** t)
+                    m_hat, v_hat = m[k] / (1 - b1**t), v[k] / (1 - b2**t)
                     p -= f.arch_lr * m_hat / (v_hat.sqrt() + 1e-8)
             t_losses.append(lt.item())
             v_losses.append(lv.item())
@@ -377,8 +395,9 @@ def _reference_search(algo: FedNAS, gm: GlobalModel, data: ClientData, ctx: Roun
 
 
 def test_search_client_update_matches_a_written_out_milenas_reference():
-    algo = _algo(_cfg(grad_clip=0.5, milenas_lambda=0.5, weight_decay=0.01,
-                      arch_weight_decay=0.002))
+    algo = _algo(
+        _cfg(grad_clip=0.5, milenas_lambda=0.5, weight_decay=0.01, arch_weight_decay=0.002)
+    )
     algo.cfg.algorithm.local_epochs = 2
     gm = algo.init_global()
     before = {k: v.clone() for k, v in gm.state.items()}
@@ -460,8 +479,9 @@ def test_server_step_derives_the_genotype_and_reinitialises_at_the_last_search_r
     space, spec = algo.space, new.spec
     assert spec["inputs"] == "sum" and gm.spec["genotype"] is None
     for c in CELLS:
-        genotype, ops, combos = derive_darts(space, averaged[f"alpha_{c}"],
-                                             gm.spec["masks"][c]["ops"])
+        genotype, ops, combos = derive_darts(
+            space, averaged[f"alpha_{c}"], gm.spec["masks"][c]["ops"]
+        )
         assert spec["genotype"][c] == genotype
         assert spec["masks"][c] == {"ops": ops, "combos": combos}
         assert all(len(n["inputs"]) == 2 for n in genotype["nodes"])
@@ -480,8 +500,11 @@ def test_server_step_derives_the_genotype_and_reinitialises_at_the_last_search_r
     net.load_state_dict(new.state)
     for cell in net.cells:
         kind = "reduce" if cell.reduction else "normal"
-        want = {f"{j}_{x['input']}": [x["op"]]
-                for j, n in enumerate(spec["genotype"][kind]["nodes"]) for x in n["inputs"]}
+        want = {
+            f"{j}_{x['input']}": [x["op"]]
+            for j, n in enumerate(spec["genotype"][kind]["nodes"])
+            for x in n["inputs"]
+        }
         assert {e: list(ops) for e, ops in cell.edges.items()} == want
     for c in CELLS:
         op_w, coefs = net.mixing_weights(c, noisy=True)
@@ -528,12 +551,14 @@ def test_retrain_client_update_is_plain_sgd_on_the_discrete_network():
     # reference: SGD (momentum, weight decay, no clipping) over seeded minibatches
     f, d, b = algo.cfg.algorithm.fednas, algo.cfg.model.darts, algo.cfg.algorithm.batch_size
     space = algo.space
-    net = SearchNetwork(1, 10, d.init_channels, d.layers, space, d.stem_multiplier,
-                        new.spec["masks"], "sum")
+    net = SearchNetwork(
+        1, 10, d.init_channels, d.layers, space, d.stem_multiplier, new.spec["masks"], "sum"
+    )
     net.load_state_dict({k: v.clone() for k, v in new.state.items()})
     net.train()
-    opt = torch.optim.SGD(net.weight_parameters(), lr=f.lr, momentum=f.momentum,
-                          weight_decay=f.weight_decay)
+    opt = torch.optim.SGD(
+        net.weight_parameters(), lr=f.lr, momentum=f.momentum, weight_decay=f.weight_decay
+    )
     g = torch_rng(ctx.seed, ctx.round, data.client_id, "fednas.batches")
     total = 0.0
     for idx in torch.randperm(12, generator=g).split(b):

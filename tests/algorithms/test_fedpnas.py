@@ -23,8 +23,11 @@ def test_split_forward_with_the_global_logits_is_the_plain_forward():
     model = algo.init_global()
     net = algo._net(model)
     net.eval()
-    personal = {f"p{k}_{c}": model.state[f"{k}_{c}"] for k in ("alpha", "beta")
-                for c in ("normal", "reduce")}
+    personal = {
+        f"p{k}_{c}": model.state[f"{k}_{c}"]
+        for k in ("alpha", "beta")
+        for c in ("normal", "reduce")
+    }
     x = torch.randn(3, 1, 8, 8)
     torch.testing.assert_close(split_forward(net, x, personal, 2), net(x))
     other = {k: v + torch.randn(v.shape) for k, v in personal.items()}
@@ -41,7 +44,11 @@ def test_personal_part_persists_and_only_it_is_kept():
     r1 = algo.client_update(model, client_data(1), ctx, None)
     kept = r1.client_state
     assert set(kept) == {k for k in model.state if algo.is_personal(k)} | {
-        "palpha_normal", "palpha_reduce", "pbeta_normal", "pbeta_reduce"}
+        "palpha_normal",
+        "palpha_reduce",
+        "pbeta_normal",
+        "pbeta_reduce",
+    }
     assert all(k.startswith(("cells.2.", "classifier.", "palpha_", "pbeta_")) for k in kept)
     # the personalised part trained (inner steps), and so did the base (meta step)
     assert not torch.equal(kept["classifier.weight"], model.state["classifier.weight"])
@@ -57,8 +64,9 @@ def test_personal_part_persists_and_only_it_is_kept():
         assert torch.equal(mine[k], kept[k]), k
     r2 = algo.client_update(model, client_data(1), ctx2, kept)
     fresh = algo.client_update(model, client_data(1), ctx2, None)
-    assert not torch.equal(r2.client_state["classifier.weight"],
-                           fresh.client_state["classifier.weight"])
+    assert not torch.equal(
+        r2.client_state["classifier.weight"], fresh.client_state["classifier.weight"]
+    )
     # deterministic
     again = algo.client_update(model, client_data(1), ctx2, kept)
     for k in r2.state:
@@ -66,8 +74,10 @@ def test_personal_part_persists_and_only_it_is_kept():
 
 
 def test_meta_fedpnas_shares_fedmetanas_and_prunes():
-    cfg = _cfg("meta_fedpnas", fedmetanas={"prune_start": 1, "prune_every": 1,
-                                           "prune_gap": 2.0, "combo_prune_gap": 0.0})
+    cfg = _cfg(
+        "meta_fedpnas",
+        fedmetanas={"prune_start": 1, "prune_every": 1, "prune_gap": 2.0, "combo_prune_gap": 0.0},
+    )
     algo = MetaFedPNAS(cfg, INFO)
     model = algo.init_global()
     assert algo.temperature(0) == algo.meta.temperature(0)

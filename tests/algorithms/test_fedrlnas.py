@@ -27,8 +27,9 @@ def test_score_is_the_gradient_of_log_p_by_hand_and_by_autograd():
     p0 = e / e.sum()
     q = torch.exp(torch.tensor([0.5, 0.0], dtype=torch.float64))
     q = q / q.sum()  # edge 1 over its two kept ops (0 and 2)
-    want = torch.stack([torch.tensor([-p0[0], 1 - p0[1], -p0[2]]),
-                        torch.tensor([-q[0], 0.0, 1 - q[1]])]).double()
+    want = torch.stack(
+        [torch.tensor([-p0[0], 1 - p0[1], -p0[2]]), torch.tensor([-q[0], 0.0, 1 - q[1]])]
+    ).double()
     torch.testing.assert_close(s, want, rtol=1e-12, atol=1e-12)
     a = alpha.clone().requires_grad_(True)
     logp = torch.log_softmax(a.masked_fill(~mask, float("-inf")), -1)
@@ -59,19 +60,34 @@ def test_sampling_follows_the_policy_mask_and_epsilon():
     freq = torch.bincount(uniform, minlength=4).double() / len(uniform)
     assert freq[3] == 0 and (freq[:3] - 1 / 3).abs().max() < 0.03
     # same generator seed, same draw
-    assert sample_policy(alpha[:5], mask[:5], torch.Generator().manual_seed(2)) == \
-        sample_policy(alpha[:5], mask[:5], torch.Generator().manual_seed(2))
+    assert sample_policy(alpha[:5], mask[:5], torch.Generator().manual_seed(2)) == sample_policy(
+        alpha[:5], mask[:5], torch.Generator().manual_seed(2)
+    )
 
 
 def test_fold_weights_each_op_by_the_samples_of_the_clients_that_trained_it():
-    old = {"op_a": torch.tensor([1.0]), "op_b": torch.tensor([1.0]),
-           "op_c": torch.tensor([1.0]), "stem": torch.tensor([0.0])}
+    old = {
+        "op_a": torch.tensor([1.0]),
+        "op_b": torch.tensor([1.0]),
+        "op_c": torch.tensor([1.0]),
+        "stem": torch.tensor([0.0]),
+    }
     keys = {"op_a": ("normal", 0, 0), "op_b": ("normal", 0, 1), "op_c": ("normal", 0, 2)}
     # client 1 (10 samples) trained ops a and b; client 2 (30 samples) trained op b only
-    c1 = {"op_a": torch.tensor([3.0]), "op_b": torch.tensor([2.0]), "op_c": torch.tensor([1.0]),
-          "stem": torch.tensor([1.0]), "count": torch.tensor([[1.0, 1.0, 0.0]])}
-    c2 = {"op_a": torch.tensor([1.0]), "op_b": torch.tensor([5.0]), "op_c": torch.tensor([1.0]),
-          "stem": torch.tensor([2.0]), "count": torch.tensor([[0.0, 1.0, 0.0]])}
+    c1 = {
+        "op_a": torch.tensor([3.0]),
+        "op_b": torch.tensor([2.0]),
+        "op_c": torch.tensor([1.0]),
+        "stem": torch.tensor([1.0]),
+        "count": torch.tensor([[1.0, 1.0, 0.0]]),
+    }
+    c2 = {
+        "op_a": torch.tensor([1.0]),
+        "op_b": torch.tensor([5.0]),
+        "op_c": torch.tensor([1.0]),
+        "stem": torch.tensor([2.0]),
+        "count": torch.tensor([[0.0, 1.0, 0.0]]),
+    }
     avg = weighted_average([c1, c2], [10.0, 30.0])
     new = fold(old, avg, keys, {"normal": avg["count"]}, list(old))
     assert float(new["op_a"]) == pytest.approx(3.0)  # only client 1's update, not shrunk
@@ -98,8 +114,9 @@ def test_server_step_is_reinforce_with_a_baseline_by_hand():
     algo = _algo(arch_lr=0.1)
     model = algo.init_global()
     ctx = RoundContext(0, 3, 5, "search")
-    results = [algo.client_update(model, client_data(c, n), ctx, None)
-               for c, n in ((1, 12), (2, 20))]
+    results = [
+        algo.client_update(model, client_data(c, n), ctx, None) for c, n in ((1, 12), (2, 20))
+    ]
     r1, r2 = results
     assert r1.weight == 12.0 and r2.weight == 20.0
     assert set(r1.state) == set(model.state)
@@ -117,8 +134,9 @@ def test_server_step_is_reinforce_with_a_baseline_by_hand():
         scores = [r.aux[f"rl.score_{c}"] * r.weight for r in results]
         g = sum((rr - mean_r) * s for rr, s in zip(rewards, scores)) / 2
         step = 0.1 * g / (g.abs() + 1e-8)  # Adam's first step
-        torch.testing.assert_close(new.state[f"alpha_{c}"].double() - model.state[f"alpha_{c}"],
-                                   step, atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            new.state[f"alpha_{c}"].double() - model.state[f"alpha_{c}"], step, atol=1e-6, rtol=0
+        )
         # each client's op indicator is one op per edge
         assert (r1.aux[f"rl.count_{c}"].sum(1) == 1).all()
     assert float(new.server_state["baseline"]) == pytest.approx(mean_r)
@@ -162,8 +180,9 @@ def test_last_round_derives_the_argmax_child():
     new = algo.server_step(model, avg, {}, ctx)
     assert new.spec["genotype"] is not None
     # the raw average of subnet states is no model of the method
-    raw = algo.evaluate(GlobalModel(model.spec, avg), torch.randn(2, 1, 8, 8),
-                        torch.zeros(2, dtype=torch.long))
+    raw = algo.evaluate(
+        GlobalModel(model.spec, avg), torch.randn(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)
+    )
     assert all(v != v for v in raw)
     assert not any(k.startswith("rl.") for k in new.state)
     x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))

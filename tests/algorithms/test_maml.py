@@ -38,8 +38,9 @@ class Affine(nn.Module):
 
 
 def _mse(model, x, y):
-    return lambda: ((model(torch.tensor(x, dtype=torch.float64))
-                     - torch.tensor(y, dtype=torch.float64)) ** 2).mean()
+    return lambda: (
+        (model(torch.tensor(x, dtype=torch.float64)) - torch.tensor(y, dtype=torch.float64)) ** 2
+    ).mean()
 
 
 def _loss(w, a, xs, ys):
@@ -72,16 +73,19 @@ def test_one_first_order_maml_step_by_hand():
     lr_w, lr_a, mlr_w, mlr_a = 0.1, 0.3, 0.05, 0.7
     model = Affine(w0, a0)
     task = TaskLearner([([model.w], lr_w), ([model.a], lr_a)], steps=2)
-    opt = torch.optim.SGD([{"params": [model.w], "lr": mlr_w},
-                           {"params": [model.a], "lr": mlr_a}], momentum=0.0)
+    opt = torch.optim.SGD(
+        [{"params": [model.w], "lr": mlr_w}, {"params": [model.a], "lr": mlr_a}], momentum=0.0
+    )
     meta = MetaLearner([model.w, model.a], opt)
     s_loss, q_loss = meta.step(task, _mse(model, *SUP), _mse(model, *QRY))
 
     # by hand, written out: step 1 from (w0, a0), step 2 from (w1, a1)
-    gw0 = (2 * (w0 * 1.0 + a0 - 2.0) * 1.0 + 2 * (w0 * -2.0 + a0 + 1.0) * -2.0
-           + 2 * (w0 * 0.5 + a0 - 0.3) * 0.5) / 3
-    ga0 = (2 * (w0 * 1.0 + a0 - 2.0) + 2 * (w0 * -2.0 + a0 + 1.0)
-           + 2 * (w0 * 0.5 + a0 - 0.3)) / 3
+    gw0 = (
+        2 * (w0 * 1.0 + a0 - 2.0) * 1.0
+        + 2 * (w0 * -2.0 + a0 + 1.0) * -2.0
+        + 2 * (w0 * 0.5 + a0 - 0.3) * 0.5
+    ) / 3
+    ga0 = (2 * (w0 * 1.0 + a0 - 2.0) + 2 * (w0 * -2.0 + a0 + 1.0) + 2 * (w0 * 0.5 + a0 - 0.3)) / 3
     w1, a1 = w0 - lr_w * gw0, a0 - lr_a * ga0
     gw1, ga1 = _grad(w1, a1, *SUP)
     w2, a2 = w1 - lr_w * gw1, a1 - lr_a * ga1
@@ -96,8 +100,9 @@ def test_one_first_order_maml_step_by_hand():
     # (last support loss computed in the inner loop, i.e. at (w1, a1); query loss at (w2, a2))
     assert s_loss == pytest.approx(_loss(w1, a1, *SUP), rel=1e-6)
     assert q_loss == pytest.approx(_loss(w2, a2, *QRY), rel=1e-6)
-    assert (s_loss, q_loss) == pytest.approx(_hand_inner(w0, a0, lr_w, lr_a, 2, SUP, QRY)[:2],
-                                             rel=1e-6)
+    assert (s_loss, q_loss) == pytest.approx(
+        _hand_inner(w0, a0, lr_w, lr_a, 2, SUP, QRY)[:2], rel=1e-6
+    )
     assert model.w.grad is None and model.a.grad is None  # zeroed after the step
 
 
@@ -118,8 +123,10 @@ def test_meta_update_is_the_optimiser_applied_to_the_first_order_gradient(kind):
     lr_w, lr_a = 0.05, 0.2
 
     def make_opt(w, a):
-        groups = [{"params": [w], "lr": 0.03, "weight_decay": 0.01},
-                  {"params": [a], "lr": 0.4, "weight_decay": 0.0}]
+        groups = [
+            {"params": [w], "lr": 0.03, "weight_decay": 0.01},
+            {"params": [a], "lr": 0.4, "weight_decay": 0.0},
+        ]
         if kind == "adam":
             return torch.optim.Adam(groups, betas=(0.8, 0.999))
         return torch.optim.SGD(groups, momentum=0.9)
@@ -172,8 +179,9 @@ def test_meta_learner_clips_the_global_norm():
         opt = torch.optim.SGD([p, q, unused], lr=1.0)
         meta = MetaLearner([p, q, unused], opt, grad_clip=clip)
         meta.step(task, _linear_loss(p, q, c, d), _linear_loss(p, q, c, d))
-        step = torch.cat([torch.tensor([1.0, 2.0, 3.0]) - p.detach(),
-                          torch.tensor([-1.0, 0.5]) - q.detach()])
+        step = torch.cat(
+            [torch.tensor([1.0, 2.0, 3.0]) - p.detach(), torch.tensor([-1.0, 0.5]) - q.detach()]
+        )
         want = torch.cat([c, d]) * min(1.0, clip / (13.0 + 1e-6))
         torch.testing.assert_close(step, want)
         assert float(torch.linalg.vector_norm(step)) <= max(clip, 13.0) + 1e-5
@@ -190,8 +198,7 @@ def test_parameters_get_the_meta_update_and_buffers_keep_the_adapted_statistics(
     w_params = [model[0].weight, model[0].bias, model[3].weight, model[3].bias]
     a_params = [model[1].weight, model[1].bias]  # BN affine plays alpha here
     task = TaskLearner([(w_params, 0.1), (a_params, 0.5)], steps=2)
-    opt = torch.optim.SGD([{"params": w_params, "lr": 0.05},
-                           {"params": a_params, "lr": 0.3}])
+    opt = torch.optim.SGD([{"params": w_params, "lr": 0.05}, {"params": a_params, "lr": 0.3}])
     meta = MetaLearner(w_params + a_params, opt)
     meta.step(task, lambda: F.mse_loss(model(xs), ys), lambda: F.mse_loss(model(xq), yq))
 
@@ -236,7 +243,9 @@ def test_task_pairs_are_disjoint_slices_of_seeded_permutations():
     for p, (s, q) in enumerate(pairs):
         assert len(s) == len(q) == batch
         assert not set(s.tolist()) & set(q.tolist())
-        assert torch.equal(s, perm[8 * p:8 * p + 4]) and torch.equal(q, perm[8 * p + 4:8 * p + 8])
+        assert torch.equal(s, perm[8 * p : 8 * p + 4]) and torch.equal(
+            q, perm[8 * p + 4 : 8 * p + 8]
+        )
         seen += s.tolist() + q.tolist()
     assert len(set(seen)) == len(seen) == 48 and set(seen) <= set(range(n))
     # deterministic for a seeded generator, different for another seed
@@ -254,7 +263,9 @@ def test_task_pairs_more_than_one_permutation_holds():
     perms = [torch.randperm(20, generator=g2) for _ in range(3)]
     for p, (s, q) in enumerate(pairs):
         perm, r = perms[p // 2], p % 2
-        assert torch.equal(s, perm[8 * r:8 * r + 4]) and torch.equal(q, perm[8 * r + 4:8 * r + 8])
+        assert torch.equal(s, perm[8 * r : 8 * r + 4]) and torch.equal(
+            q, perm[8 * r + 4 : 8 * r + 8]
+        )
         assert not set(s.tolist()) & set(q.tolist())
     for k in (0, 2):  # pairs drawn from one permutation do not overlap
         a = {i for t in pairs[k] for i in t.tolist()}
@@ -291,25 +302,27 @@ def _clip_(grads, max_norm):
     return grads
 
 
-def _reference_client(cfg, model: GlobalModel, data: ClientData, ctx: RoundContext,
-                      lam: float):
+def _reference_client(cfg, model: GlobalModel, data: ClientData, ctx: RoundContext, lam: float):
     """Algorithm 1 lines 11-18 with plain loops: SGD inner steps; for the meta step
     hand-written SGD momentum with weight decay on the weights (learning rates scaled by
     the cosine of the round) and hand-written Adam on the alphas and betas; during the
     warm-up no Gumbel noise and no architecture step."""
     f, d = cfg.algorithm.fedmetanas, cfg.model.darts
     space = CellSpace(d.nodes, d.input_k, tuple(d.primitives))
-    net = SearchNetwork(1, 10, d.init_channels, d.layers, space, d.stem_multiplier,
-                        model.spec["masks"])
+    net = SearchNetwork(
+        1, 10, d.init_channels, d.layers, space, d.stem_multiplier, model.spec["masks"]
+    )
     net.load_state_dict({k: v.clone() for k, v in model.state.items()}, strict=False)
     net.train()
     warm = ctx.round < f.arch_warmup_rounds  # alphas and betas frozen, no noise
-    net.set_sampling(lam, None if warm else
-                     torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.gumbel"))
+    net.set_sampling(
+        lam, None if warm else torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.gumbel")
+    )
     weights, arch = net.weight_parameters(), net.arch_parameters()
     params = weights + arch
     scale = f.weight_lr_min + 0.5 * (1 - f.weight_lr_min) * (
-        1 + math.cos(math.pi * ctx.round / (cfg.run.rounds - 1)))
+        1 + math.cos(math.pi * ctx.round / (cfg.run.rounds - 1))
+    )
     task_lr = [f.task_lr_w * scale] * len(weights) + [0.0 if warm else f.task_lr_alpha] * len(arch)
     decay = [f.weight_decay] * len(weights) + [0.0] * len(arch)
     bufs: list[torch.Tensor | None] = [None] * len(params)
@@ -323,12 +336,11 @@ def _reference_client(cfg, model: GlobalModel, data: ClientData, ctx: RoundConte
     for _ in range(cfg.algorithm.local_epochs):
         perm = torch.randperm(n, generator=g_tasks)
         for p in range(n // (2 * b)):
-            s, q = perm[2 * p * b:(2 * p + 1) * b], perm[(2 * p + 1) * b:(2 * p + 2) * b]
+            s, q = perm[2 * p * b : (2 * p + 1) * b], perm[(2 * p + 1) * b : (2 * p + 2) * b]
             original = [t.detach().clone() for t in params]
             for _ in range(f.inner_steps):
                 loss = F.cross_entropy(net(data.train_x[s]), data.train_y[s])
-                grads = _clip_(torch.autograd.grad(loss, params, allow_unused=True),
-                               f.grad_clip)
+                grads = _clip_(torch.autograd.grad(loss, params, allow_unused=True), f.grad_clip)
                 with torch.no_grad():
                     for t, gr, lr in zip(params, grads, task_lr):
                         if gr is not None:
@@ -349,13 +361,12 @@ def _reference_client(cfg, model: GlobalModel, data: ClientData, ctx: RoundConte
                         a = i - len(weights)
                         adam_m[a] = b1 * adam_m[a] + (1 - b1) * gr
                         adam_v[a] = b2 * adam_v[a] + (1 - b2) * gr * gr
-                        m_hat = adam_m[a] / (1 - b1 ** adam_t)
-                        v_hat = adam_v[a] / (1 - b2 ** adam_t)
+                        m_hat = adam_m[a] / (1 - b1**adam_t)
+                        v_hat = adam_v[a] / (1 - b2**adam_t)
                         t -= f.meta_lr_alpha * m_hat / (v_hat.sqrt() + 1e-8)
                         continue
                     step = gr + decay[i] * t0
-                    bufs[i] = step.clone() if bufs[i] is None else \
-                        f.meta_momentum * bufs[i] + step
+                    bufs[i] = step.clone() if bufs[i] is None else f.meta_momentum * bufs[i] + step
                     t -= f.meta_lr_w * scale * bufs[i]
     state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     return state, sum(s_losses) / len(s_losses), sum(q_losses) / len(q_losses)
@@ -387,12 +398,11 @@ def test_client_update_matches_a_plain_reference_and_leaves_the_global_model_alo
 
 
 def test_temperature_annealing_and_architecture_warmup(monkeypatch):
-    cfg = _cfg(rounds=10, final_round=5, arch_warmup_rounds=1, grad_clip=0.0,
-               temperature_end=0.03)
+    cfg = _cfg(rounds=10, final_round=5, arch_warmup_rounds=1, grad_clip=0.0, temperature_end=0.03)
     algo = FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
     # exponential from 1.0 to 0.03 over the 5 search rounds, then constant
     assert algo.temperature(0) == 1.0
-    assert algo.temperature(2) == pytest.approx(0.03 ** 0.5, rel=1e-12)
+    assert algo.temperature(2) == pytest.approx(0.03**0.5, rel=1e-12)
     assert [algo.temperature(r) for r in (4, 5, 9)] == pytest.approx([0.03] * 3, rel=1e-12)
     gm = algo.init_global()
     arch = ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
@@ -406,6 +416,7 @@ def test_temperature_annealing_and_architecture_warmup(monkeypatch):
         torch.testing.assert_close(warm.state[k], v, rtol=1e-4, atol=1e-5, msg=k)
     # the warm-up is deterministic: no Gumbel noise is drawn in it, only after it
     import fednas_mpi.nas.network as network
+
     draws = []
     real = network.gumbel_noise
     monkeypatch.setattr(network, "gumbel_noise", lambda *a, **k: draws.append(1) or real(*a, **k))
@@ -414,7 +425,7 @@ def test_temperature_annealing_and_architecture_warmup(monkeypatch):
     later = algo.client_update(gm, data, _ctx(cfg, 2), None)
     assert draws
     assert not torch.equal(later.state["alpha_reduce"], gm.state["alpha_reduce"])
-    ref, _, _ = _reference_client(cfg, gm, data, _ctx(cfg, 2), 0.03 ** 0.5)
+    ref, _, _ = _reference_client(cfg, gm, data, _ctx(cfg, 2), 0.03**0.5)
     for k, v in ref.items():
         torch.testing.assert_close(later.state[k], v, rtol=1e-4, atol=1e-5, msg=k)
 
@@ -457,8 +468,12 @@ def _check_state_matches_masks(algo: FedMetaNAS, spec: dict, state: dict):
             for i in live[j]:
                 for k, keep in enumerate(spec["masks"][kind]["ops"][space.edge(j, i)]):
                     name = PRIMITIVES[k]
-                    if keep and name not in ("none", "max_pool_3x3", "avg_pool_3x3",
-                                             "skip_connect"):
+                    if keep and name not in (
+                        "none",
+                        "max_pool_3x3",
+                        "avg_pool_3x3",
+                        "skip_connect",
+                    ):
                         assert (layer, j, i, name) in found  # ops with weights are sent
                     if not keep:
                         assert (layer, j, i, name) not in found
@@ -471,8 +486,9 @@ def _softmax(values):
 
 
 def test_server_step_prunes_and_shrinks_the_state():
-    cfg = _cfg(prune_start=1, prune_every=1, prune_gap=0.02, combo_prune_gap=0.01,
-               meta_lr_alpha=0.2)
+    cfg = _cfg(
+        prune_start=1, prune_every=1, prune_gap=0.02, combo_prune_gap=0.01, meta_lr_alpha=0.2
+    )
     algo = FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
     gm = algo.init_global()
     res = algo.client_update(gm, client_data(n=8), _ctx(cfg, 0), None)
@@ -503,10 +519,12 @@ def test_server_step_prunes_and_shrinks_the_state():
     log = new.spec["prune_log"]
     assert sum("op" in x for x in log) == removed and all(x["round"] == 1 for x in log)
     _check_state_matches_masks(algo, new.spec, new.state)
-    ops_alive = sum(sum(new.spec["masks"][c]["ops"][space.edge(j, i)])
-                    for c in CELLS
-                    for j, live in enumerate(space.live_edges(new.spec["masks"][c]["combos"]))
-                    for i in live)
+    ops_alive = sum(
+        sum(new.spec["masks"][c]["ops"][space.edge(j, i)])
+        for c in CELLS
+        for j, live in enumerate(space.live_edges(new.spec["masks"][c]["combos"]))
+        for i in live
+    )
     assert metrics["ops_alive"] == ops_alive
     assert metrics["combos_alive"] == sum(sum(new.spec["masks"][c]["combos"]) for c in CELLS)
     # the pruned model trains and evaluates with its smaller state
@@ -533,7 +551,7 @@ def test_final_round_derives_the_genotype_and_the_discrete_model_evaluates():
         assert [len(x) for x in live] == [2, 2]
         for j, combos in enumerate(space.combos):
             lo = space.combo_offsets[j]
-            assert sum(masks["combos"][lo:lo + len(combos)]) == 1
+            assert sum(masks["combos"][lo : lo + len(combos)]) == 1
             assert [x["input"] for x in geno[c]["nodes"][j]["inputs"]] == sorted(live[j])
             for x in geno[c]["nodes"][j]["inputs"]:
                 row = masks["ops"][space.edge(j, x["input"])]

@@ -24,8 +24,9 @@ def test_personal_reward_by_hand():
 
 
 def _algo(rounds: int = 3, **f) -> PerFedRLNAS:
-    return PerFedRLNAS(darts_unit_config("perfedrlnas", rounds, perfedrlnas=f),
-                       DataInfo((1, 8, 8), 10))
+    return PerFedRLNAS(
+        darts_unit_config("perfedrlnas", rounds, perfedrlnas=f), DataInfo((1, 8, 8), 10)
+    )
 
 
 def test_each_cell_types_score_uses_its_own_logits():
@@ -34,8 +35,9 @@ def test_each_cell_types_score_uses_its_own_logits():
     ctx = RoundContext(0, 3, 5, "search")
     st = algo.initial_client_state(model)
     st["alpha_normal"] = torch.zeros_like(st["alpha_normal"])
-    st["alpha_reduce"] = torch.linspace(-1, 1, st["alpha_reduce"].numel(),
-                                        dtype=torch.float64).view_as(st["alpha_reduce"])
+    st["alpha_reduce"] = torch.linspace(
+        -1, 1, st["alpha_reduce"].numel(), dtype=torch.float64
+    ).view_as(st["alpha_reduce"])
     res = algo.client_update(model, client_data(1), ctx, st)
     cs = res.client_state
     net = algo.net_of(model.spec, model.state)
@@ -54,11 +56,14 @@ def test_server_moves_each_round_clients_policy_by_its_reward():
     algo = _algo(arch_lr=0.1, time_lambda=0.5)
     model = algo.init_global()
     ctx = RoundContext(0, 3, 5, "search")
-    res = {c: algo.client_update(model, client_data(c, n), ctx, None)
-           for c, n in ((1, 12), (3, 20))}
+    res = {
+        c: algo.client_update(model, client_data(c, n), ctx, None) for c, n in ((1, 12), (3, 20))
+    }
     states = {c: r.client_state for c, r in res.items()}
-    states[0] = {**algo.initial_client_state(model), "best_acc": torch.tensor(0.9,
-                                                                               dtype=torch.float64)}
+    states[0] = {
+        **algo.initial_client_state(model),
+        "best_acc": torch.tensor(0.9, dtype=torch.float64),
+    }
     metrics: dict[str, float] = {}
     aux = {c: r.client_aux for c, r in res.items()}
     new = algo.server_client_step(states, [1, 3], aux, metrics, ctx)
@@ -73,8 +78,12 @@ def test_server_moves_each_round_clients_policy_by_its_reward():
         assert not any(k.startswith("pending.") for k in new[c])
         for cell in ("normal", "reduce"):
             g = want[c] * aux[c][f"score_{cell}"]
-            torch.testing.assert_close(new[c][f"alpha_{cell}"] - states[c][f"alpha_{cell}"],
-                                       0.1 * g / (g.abs() + 1e-8), atol=1e-6, rtol=0)
+            torch.testing.assert_close(
+                new[c][f"alpha_{cell}"] - states[c][f"alpha_{cell}"],
+                0.1 * g / (g.abs() + 1e-8),
+                atol=1e-6,
+                rtol=0,
+            )
     assert metrics["mean_best_acc"] == pytest.approx(sum(best.values()) / 3)
 
 
@@ -97,14 +106,29 @@ def test_last_round_trains_and_reports_the_clients_own_subnet():
 def _meta(rounds: int = 3, **fm):
     from fednas_mpi.algorithms.perfedrlnas import MetaPerFedRLNAS
 
-    cfg = from_dict({
-        "run": {"seed": 5, "rounds": rounds},
-        "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 3, "nodes": 2,
-                                             "input_k": 2, "stem_multiplier": 1}},
-        "algorithm": {"name": "meta_perfedrlnas", "local_epochs": 1, "batch_size": 4,
-                      "fedmetanas": fm},
-        "partition": {"num_clients": 4}, "federation": {"clients_per_round": 2},
-    })
+    cfg = from_dict(
+        {
+            "run": {"seed": 5, "rounds": rounds},
+            "model": {
+                "name": "darts",
+                "darts": {
+                    "init_channels": 4,
+                    "layers": 3,
+                    "nodes": 2,
+                    "input_k": 2,
+                    "stem_multiplier": 1,
+                },
+            },
+            "algorithm": {
+                "name": "meta_perfedrlnas",
+                "local_epochs": 1,
+                "batch_size": 4,
+                "fedmetanas": fm,
+            },
+            "partition": {"num_clients": 4},
+            "federation": {"clients_per_round": 2},
+        }
+    )
     return MetaPerFedRLNAS(cfg, DataInfo((1, 8, 8), 10))
 
 
@@ -136,16 +160,18 @@ def test_meta_variant_trains_the_path_by_maml_and_prunes_the_mean_policy():
     for st in states.values():
         st["alpha_normal"][:, 4] = 3.0
         st["alpha_reduce"][:, 4] = 3.0
-    avg = weighted_average([{**x.state, **x.aux} for x in res.values()],
-                           [x.weight for x in res.values()])
+    avg = weighted_average(
+        [{**x.state, **x.aux} for x in res.values()], [x.weight for x in res.values()]
+    )
     avg["alpha_normal"] = states[1]["alpha_normal"].float()
     avg["alpha_reduce"] = states[1]["alpha_reduce"].float()
     metrics: dict[str, float] = {}
     new = algo.server_step(model, avg, metrics, ctx)
     assert new.spec != model.spec and metrics["ops_alive"] < 80
     # clients keep sampling within the pruned masks, from their full-size policies
-    upd = algo.server_client_step(states, [1, 2], {c: x.client_aux for c, x in res.items()},
-                                  {}, ctx)
+    upd = algo.server_client_step(
+        states, [1, 2], {c: x.client_aux for c, x in res.items()}, {}, ctx
+    )
     r2 = algo.client_update(new, client_data(1), RoundContext(1, 3, 5, "search"), upd[1])
     assert set(r2.state) == set(new.state)
     for c in ("normal", "reduce"):

@@ -16,17 +16,30 @@ MOBILE = {"name": "mobilenet_v3_small", "mobilenet": {"width_mult": 0.25}}
 
 
 def _cfg(method: str, model: dict | None = None, **algorithm) -> object:
-    return from_dict({"run": {"seed": 3}, "model": model or MOBILE,
-                      "algorithm": {"name": method, "batch_size": 8, "lr": 0.1,
-                                    "local_epochs": 1, **algorithm}})
+    return from_dict(
+        {
+            "run": {"seed": 3},
+            "model": model or MOBILE,
+            "algorithm": {
+                "name": method,
+                "batch_size": 8,
+                "lr": 0.1,
+                "local_epochs": 1,
+                **algorithm,
+            },
+        }
+    )
 
 
 def _data(cid=2, n=24, shape=(1, 8, 8), classes=10, seed=0) -> ClientData:
     g = torch.Generator().manual_seed(seed)
-    return ClientData(cid, torch.randn(n, *shape, generator=g),
-                      torch.randint(0, classes, (n,), generator=g),
-                      torch.randn(10, *shape, generator=g),
-                      torch.randint(0, classes, (10,), generator=g))
+    return ClientData(
+        cid,
+        torch.randn(n, *shape, generator=g),
+        torch.randint(0, classes, (n,), generator=g),
+        torch.randn(10, *shape, generator=g),
+        torch.randint(0, classes, (10,), generator=g),
+    )
 
 
 CTX = RoundContext(round=1, rounds=4, seed=3, stage="train")
@@ -35,10 +48,16 @@ CTX = RoundContext(round=1, rounds=4, seed=3, stage="train")
 # ---------------------------------------------------------------- models
 
 
-@pytest.mark.parametrize("name,shape,down", [
-    ("mobilenet_v3_small", (1, 8, 8), 4), ("mobilenet_v3_small", (1, 14, 14), 8),
-    ("mobilenet_v3_small", (1, 28, 28), 16), ("mobilenet_v3_large", (3, 32, 32), 16),
-    ("mobilenet_v3_large", (3, 96, 96), 32)])
+@pytest.mark.parametrize(
+    "name,shape,down",
+    [
+        ("mobilenet_v3_small", (1, 8, 8), 4),
+        ("mobilenet_v3_small", (1, 14, 14), 8),
+        ("mobilenet_v3_small", (1, 28, 28), 16),
+        ("mobilenet_v3_large", (3, 32, 32), 16),
+        ("mobilenet_v3_large", (3, 96, 96), 32),
+    ],
+)
 def test_mobilenet_adapts_to_input_and_splits_body_and_head(name, shape, down):
     cfg = from_dict({"model": {"name": name, "mobilenet": {"width_mult": 0.25}}}).model
     net = build_model(cfg, shape, 7, torch.Generator().manual_seed(0))
@@ -217,14 +236,16 @@ def test_batch_groups_are_disjoint_and_seeded():
 
 @pytest.mark.parametrize("variant", ["first_order", "hessian_free"])
 def test_perfedavg_client_update_is_deterministic(variant):
-    cfg = _cfg("perfedavg", model={"name": "cnn", "channels": [4], "hidden": 8},
-               perfedavg={"variant": variant, "alpha": 0.05})
+    cfg = _cfg(
+        "perfedavg",
+        model={"name": "cnn", "channels": [4], "hidden": 8},
+        perfedavg={"variant": variant, "alpha": 0.05},
+    )
     algo = get_algorithm("perfedavg")(cfg, DataInfo((1, 8, 8), 10))
     gm = algo.init_global()
     data = _data()
     a = algo.client_update(gm, data, CTX, None)
-    b = get_algorithm("perfedavg")(cfg, DataInfo((1, 8, 8), 10)).client_update(gm, data, CTX,
-                                                                                None)
+    b = get_algorithm("perfedavg")(cfg, DataInfo((1, 8, 8), 10)).client_update(gm, data, CTX, None)
     assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
     assert any(not torch.equal(a.state[k], gm.state[k]) for k in gm.state)
     assert np.isfinite(a.metrics["train_loss"]) and a.client_state is None
@@ -237,16 +258,23 @@ def test_fedavg_personal_accuracy_is_the_global_model_on_the_eval_split():
     algo = get_algorithm("fedavg")(cfg, DataInfo((1, 8, 8), 10))
     gm = algo.init_global()
     data = _data()
-    assert algo.personal_accuracy(gm, data, None, CTX) == \
-        algo.evaluate(gm, data.eval_x, data.eval_y)[1]
+    assert (
+        algo.personal_accuracy(gm, data, None, CTX)
+        == algo.evaluate(gm, data.eval_x, data.eval_y)[1]
+    )
 
 
 def test_perfedavg_client_update_takes_meta_steps_on_seeded_batch_groups():
     """The client update is meta_step over batch_groups of the client's seeded stream."""
     from fednas_mpi.seeding import torch_rng
 
-    cfg = _cfg("perfedavg", model={"name": "cnn", "channels": [4], "hidden": 8},
-               local_epochs=2, momentum=0.0, perfedavg={"variant": "hessian_free"})
+    cfg = _cfg(
+        "perfedavg",
+        model={"name": "cnn", "channels": [4], "hidden": 8},
+        local_epochs=2,
+        momentum=0.0,
+        perfedavg={"variant": "hessian_free"},
+    )
     algo = get_algorithm("perfedavg")(cfg, DataInfo((1, 8, 8), 10))
     gm = algo.init_global()
     data = _data(n=40)
@@ -260,8 +288,15 @@ def test_perfedavg_client_update_takes_meta_steps_on_seeded_batch_groups():
     steps = 0
     for _ in range(2):
         for group in batch_groups(40, 8, 3, g):
-            meta_step(net, params, [(data.train_x[i], data.train_y[i]) for i in group],
-                      cfg.algorithm.perfedavg.alpha, opt, True, cfg.algorithm.perfedavg.hf_delta)
+            meta_step(
+                net,
+                params,
+                [(data.train_x[i], data.train_y[i]) for i in group],
+                cfg.algorithm.perfedavg.alpha,
+                opt,
+                True,
+                cfg.algorithm.perfedavg.hf_delta,
+            )
             steps += 1
     assert steps == 2 * (40 // 24)
     for k, v in net.state_dict().items():

@@ -20,50 +20,175 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 # Every leaf key, in declaration order, written out by hand from config.py.
 ALL_KEYS = [
-    "run.name", "run.seed", "run.rounds", "run.eval_every", "run.eval_subset", "run.val_every",
-    "run.patience", "run.personal_eval_every", "run.on_nonfinite",
-    "data.name", "data.root", "data.download", "data.resize", "data.augment",
+    "run.name",
+    "run.seed",
+    "run.rounds",
+    "run.eval_every",
+    "run.eval_subset",
+    "run.val_every",
+    "run.patience",
+    "run.personal_eval_every",
+    "run.on_nonfinite",
+    "data.name",
+    "data.root",
+    "data.download",
+    "data.resize",
+    "data.augment",
     "data.test_fraction",
-    "partition.scheme", "partition.num_clients", "partition.alpha", "partition.tau",
-    "partition.train_size", "partition.eval_size", "partition.overlap",
-    "partition.eval_fraction", "partition.min_train",
-    "model.name", "model.channels", "model.hidden",
-    "model.darts.init_channels", "model.darts.layers", "model.darts.nodes", "model.darts.input_k",
-    "model.darts.stem_multiplier", "model.darts.primitives",
-    "model.mobilenet.width_mult", "model.mobilenet.min_feature", "model.mobilenet.bn_momentum",
-    "algorithm.name", "algorithm.local_epochs", "algorithm.batch_size", "algorithm.lr",
-    "algorithm.momentum", "algorithm.weight_decay",
-    *(f"algorithm.fedmetanas.{k}" for k in (
-        "inner_steps", "tasks_per_epoch", "task_lr_w", "task_lr_alpha", "meta_optimizer",
-        "meta_lr_w", "weight_lr_min", "meta_momentum", "weight_decay", "arch_optimizer",
-        "meta_lr_alpha", "arch_betas", "grad_clip",
-        "temperature_start", "temperature_end", "temperature_schedule", "temperature_floor",
-        "arch_warmup_rounds", "prune_start", "prune_every", "prune_gap", "combo_prune_gap",
-        "settle_rounds", "final_round", "local_eval_every")),
-    *(f"algorithm.fednas.{k}" for k in (
-        "search_rounds", "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr",
-        "arch_betas", "arch_weight_decay", "milenas_lambda", "local_eval_every")),
+    "partition.scheme",
+    "partition.num_clients",
+    "partition.alpha",
+    "partition.tau",
+    "partition.train_size",
+    "partition.eval_size",
+    "partition.overlap",
+    "partition.eval_fraction",
+    "partition.min_train",
+    "model.name",
+    "model.channels",
+    "model.hidden",
+    "model.darts.init_channels",
+    "model.darts.layers",
+    "model.darts.nodes",
+    "model.darts.input_k",
+    "model.darts.stem_multiplier",
+    "model.darts.primitives",
+    "model.mobilenet.width_mult",
+    "model.mobilenet.min_feature",
+    "model.mobilenet.bn_momentum",
+    "algorithm.name",
+    "algorithm.local_epochs",
+    "algorithm.batch_size",
+    "algorithm.lr",
+    "algorithm.momentum",
+    "algorithm.weight_decay",
+    *(
+        f"algorithm.fedmetanas.{k}"
+        for k in (
+            "inner_steps",
+            "tasks_per_epoch",
+            "task_lr_w",
+            "task_lr_alpha",
+            "meta_optimizer",
+            "meta_lr_w",
+            "weight_lr_min",
+            "meta_momentum",
+            "weight_decay",
+            "arch_optimizer",
+            "meta_lr_alpha",
+            "arch_betas",
+            "grad_clip",
+            "temperature_start",
+            "temperature_end",
+            "temperature_schedule",
+            "temperature_floor",
+            "arch_warmup_rounds",
+            "prune_start",
+            "prune_every",
+            "prune_gap",
+            "combo_prune_gap",
+            "settle_rounds",
+            "final_round",
+            "local_eval_every",
+        )
+    ),
+    *(
+        f"algorithm.fednas.{k}"
+        for k in (
+            "search_rounds",
+            "lr",
+            "lr_min",
+            "momentum",
+            "weight_decay",
+            "grad_clip",
+            "arch_lr",
+            "arch_betas",
+            "arch_weight_decay",
+            "milenas_lambda",
+            "local_eval_every",
+        )
+    ),
     *(f"algorithm.perfedavg.{k}" for k in ("variant", "alpha", "hf_delta", "adapt_steps")),
-    "algorithm.fedrep.head_epochs", "algorithm.fedrep.head_lr",
-    "algorithm.fedbabu.finetune_epochs", "algorithm.fedbabu.finetune_lr",
-    *(f"algorithm.feddsnas.{k}" for k in (
-        "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr", "arch_betas",
-        "arch_weight_decay", "local_eval_every")),
-    *(f"algorithm.fedrlnas.{k}" for k in (
-        "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "epsilon", "val_fraction",
-        "arch_lr", "arch_betas", "baseline_decay", "local_eval_every")),
-    *(f"algorithm.perfedrlnas.{k}" for k in (
-        "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "epsilon", "val_fraction",
-        "arch_lr", "arch_betas", "time_lambda", "local_eval_every")),
-    *(f"algorithm.fedpnas.{k}" for k in (
-        "personal_layers", "inner_steps", "inner_lr_w", "inner_lr_alpha", "lr", "momentum",
-        "weight_decay", "arch_lr", "grad_clip", "temperature_start", "temperature_end",
-        "tasks_per_epoch", "local_eval_every")),
-    *(f"algorithm.random_nas.{k}" for k in (
-        "genotype_seed", "lr", "lr_min", "momentum", "weight_decay", "local_eval_every")),
+    "algorithm.fedrep.head_epochs",
+    "algorithm.fedrep.head_lr",
+    "algorithm.fedbabu.finetune_epochs",
+    "algorithm.fedbabu.finetune_lr",
+    *(
+        f"algorithm.feddsnas.{k}"
+        for k in (
+            "lr",
+            "lr_min",
+            "momentum",
+            "weight_decay",
+            "grad_clip",
+            "arch_lr",
+            "arch_betas",
+            "arch_weight_decay",
+            "local_eval_every",
+        )
+    ),
+    *(
+        f"algorithm.fedrlnas.{k}"
+        for k in (
+            "lr",
+            "lr_min",
+            "momentum",
+            "weight_decay",
+            "grad_clip",
+            "epsilon",
+            "val_fraction",
+            "arch_lr",
+            "arch_betas",
+            "local_eval_every",
+            "baseline_decay",
+        )
+    ),
+    *(
+        f"algorithm.perfedrlnas.{k}"
+        for k in (
+            "lr",
+            "lr_min",
+            "momentum",
+            "weight_decay",
+            "grad_clip",
+            "epsilon",
+            "val_fraction",
+            "arch_lr",
+            "arch_betas",
+            "local_eval_every",
+            "time_lambda",
+        )
+    ),
+    *(
+        f"algorithm.fedpnas.{k}"
+        for k in (
+            "personal_layers",
+            "inner_steps",
+            "inner_lr_w",
+            "inner_lr_alpha",
+            "lr",
+            "momentum",
+            "weight_decay",
+            "arch_lr",
+            "grad_clip",
+            "temperature_start",
+            "temperature_end",
+            "tasks_per_epoch",
+            "local_eval_every",
+        )
+    ),
+    *(
+        f"algorithm.random_nas.{k}"
+        for k in ("genotype_seed", "lr", "lr_min", "momentum", "weight_decay", "local_eval_every")
+    ),
     "federation.clients_per_round",
-    "runtime.threads_per_rank", "runtime.poll_interval_ms", "runtime.device", "runtime.gpus",
-    "runtime.server_device", "runtime.tf32", "runtime.transport",
+    "runtime.threads_per_rank",
+    "runtime.poll_interval_ms",
+    "runtime.device",
+    "runtime.gpus",
+    "runtime.server_device",
+    "runtime.tf32",
+    "runtime.transport",
     "kernels.backend",
     "store.keep",
     "store.tensorboard",
@@ -93,11 +218,22 @@ def test_defaults_from_empty_mapping():
     assert (cfg.data.name, cfg.data.root, cfg.data.test_fraction) == ("digits", "data", 0.2)
     p = cfg.partition
     assert (p.scheme, p.num_clients, p.alpha, p.eval_fraction, p.min_train) == (
-        "dirichlet", 10, 0.5, 0.2, 8)
+        "dirichlet",
+        10,
+        0.5,
+        0.2,
+        8,
+    )
     assert (cfg.model.name, cfg.model.channels, cfg.model.hidden) == ("cnn", [16, 32], 64)
     a = cfg.algorithm
     assert (a.name, a.local_epochs, a.batch_size, a.lr, a.momentum, a.weight_decay) == (
-        "fedavg", 1, 32, 0.05, 0.9, 0.0)
+        "fedavg",
+        1,
+        32,
+        0.05,
+        0.9,
+        0.0,
+    )
     assert cfg.federation.clients_per_round == 5
     assert (cfg.runtime.threads_per_rank, cfg.runtime.poll_interval_ms) == (1, 1.0)
     assert cfg.store.keep == 0
@@ -183,8 +319,10 @@ def test_unknown_top_level_key():
 def test_unknown_nested_key():
     msg = only_problem({"partition": {"alfa": 0.3}})
     assert msg.startswith("partition.alfa: unknown key")
-    assert ("known keys in partition: alpha, eval_fraction, eval_size, min_train, num_clients, "
-            "overlap, scheme, tau, train_size") in msg
+    assert (
+        "known keys in partition: alpha, eval_fraction, eval_size, min_train, num_clients, "
+        "overlap, scheme, tau, train_size"
+    ) in msg
 
 
 def test_unknown_key_does_not_hide_valid_siblings():
@@ -203,16 +341,21 @@ def test_unknown_key_does_not_hide_valid_siblings():
         ({"algorithm": {"lr": "fast"}}, "algorithm.lr", "'fast'", "expected a number"),
         ({"algorithm": {"lr": False}}, "algorithm.lr", "False", "expected a number"),
         ({"run": {"name": 5}}, "run.name", "5", "expected a string"),
-        ({"model": {"channels": 16}}, "model.channels", "16",
-         "expected a list of an integer"),
-        ({"model": {"channels": [16, "x", 32]}}, "model.channels[1]", "'x'",
-         "expected an integer"),
-        ({"model": {"channels": [16, 2.5]}}, "model.channels[1]", "2.5",
-         "expected an integer"),
-        ({"data": {"name": "cifar11"}}, "data.name", "'cifar11'",
-         "expected one of 'digits', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100'"),
-        ({"partition": {"scheme": "pathological"}}, "partition.scheme", "'pathological'",
-         "expected one of 'iid', 'dirichlet', 'label_skew'"),
+        ({"model": {"channels": 16}}, "model.channels", "16", "expected a list of an integer"),
+        ({"model": {"channels": [16, "x", 32]}}, "model.channels[1]", "'x'", "expected an integer"),
+        ({"model": {"channels": [16, 2.5]}}, "model.channels[1]", "2.5", "expected an integer"),
+        (
+            {"data": {"name": "cifar11"}},
+            "data.name",
+            "'cifar11'",
+            "expected one of 'digits', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100'",
+        ),
+        (
+            {"partition": {"scheme": "pathological"}},
+            "partition.scheme",
+            "'pathological'",
+            "expected one of 'iid', 'dirichlet', 'label_skew'",
+        ),
     ],
 )
 def test_wrong_type_names_path_value_and_expectation(raw, path, shown, allowed):
@@ -248,14 +391,25 @@ def test_int_is_accepted_for_float_and_converted():
         ({"run": {"eval_every": -2}}, "run.eval_every", "-2", "allowed: >= 1"),
         ({"partition": {"alpha": 0}}, "partition.alpha", "0.0", "allowed: > 0.0"),
         ({"partition": {"alpha": -0.5}}, "partition.alpha", "-0.5", "allowed: > 0.0"),
-        ({"partition": {"eval_fraction": 1.0}}, "partition.eval_fraction", "1.0",
-         "allowed: >= 0.0 and < 1.0"),
-        ({"partition": {"eval_fraction": -0.1}}, "partition.eval_fraction", "-0.1",
-         "allowed: >= 0.0 and < 1.0"),
-        ({"algorithm": {"momentum": 1.0}}, "algorithm.momentum", "1.0",
-         "allowed: >= 0.0 and < 1.0"),
-        ({"data": {"test_fraction": 0.0}}, "data.test_fraction", "0.0",
-         "allowed: > 0.0 and < 1.0"),
+        (
+            {"partition": {"eval_fraction": 1.0}},
+            "partition.eval_fraction",
+            "1.0",
+            "allowed: >= 0.0 and < 1.0",
+        ),
+        (
+            {"partition": {"eval_fraction": -0.1}},
+            "partition.eval_fraction",
+            "-0.1",
+            "allowed: >= 0.0 and < 1.0",
+        ),
+        (
+            {"algorithm": {"momentum": 1.0}},
+            "algorithm.momentum",
+            "1.0",
+            "allowed: >= 0.0 and < 1.0",
+        ),
+        ({"data": {"test_fraction": 0.0}}, "data.test_fraction", "0.0", "allowed: > 0.0 and < 1.0"),
         ({"store": {"keep": -1}}, "store.keep", "-1", "allowed: >= 0"),
     ],
 )
@@ -265,9 +419,15 @@ def test_out_of_range_names_path_value_and_range(raw, path, shown, allowed):
 
 
 def test_boundary_values_are_accepted():
-    cfg = from_dict({"run": {"rounds": 1}, "partition": {"eval_fraction": 0.0, "alpha": 1e-9},
-                     "algorithm": {"momentum": 0.0}, "store": {"keep": 0},
-                     "runtime": {"threads_per_rank": 0, "poll_interval_ms": 0}})
+    cfg = from_dict(
+        {
+            "run": {"rounds": 1},
+            "partition": {"eval_fraction": 0.0, "alpha": 1e-9},
+            "algorithm": {"momentum": 0.0},
+            "store": {"keep": 0},
+            "runtime": {"threads_per_rank": 0, "poll_interval_ms": 0},
+        }
+    )
     assert cfg.run.rounds == 1
     assert cfg.partition.eval_fraction == 0.0
     assert cfg.algorithm.momentum == 0.0
@@ -331,15 +491,18 @@ def test_all_problems_of_a_file_are_reported_together(tmp_path):
 
 def test_overrides_are_yaml_typed():
     raw = {"run": {"rounds": 3}, "model": {"channels": [4]}}
-    cfg = from_dict(raw, overrides=[
-        "run.rounds=20",
-        "algorithm.lr=0.125",
-        "algorithm.weight_decay=0",
-        "model.channels=[8, 16, 32]",
-        "partition.scheme=iid",
-        "run.name=my run",
-        "runtime.poll_interval_ms=2.5",
-    ])
+    cfg = from_dict(
+        raw,
+        overrides=[
+            "run.rounds=20",
+            "algorithm.lr=0.125",
+            "algorithm.weight_decay=0",
+            "model.channels=[8, 16, 32]",
+            "partition.scheme=iid",
+            "run.name=my run",
+            "runtime.poll_interval_ms=2.5",
+        ],
+    )
     assert cfg.run.rounds == 20 and type(cfg.run.rounds) is int
     assert cfg.algorithm.lr == 0.125
     assert cfg.algorithm.weight_decay == 0.0 and type(cfg.algorithm.weight_decay) is float
@@ -381,7 +544,8 @@ def test_bool_override_is_typed_and_checked():
 def test_override_values_are_validated_like_file_values():
     assert only_problem({}, ["run.rounds=0"]) == "run.rounds = 0: out of range; allowed: >= 1"
     assert only_problem({}, ["model.channels=[8, a]"]) == (
-        "model.channels[1] = 'a': expected an integer")
+        "model.channels[1] = 'a': expected an integer"
+    )
 
 
 @pytest.mark.parametrize("text", ["run.rounds", "=3", "run..x=1", ".rounds=3", "run.=3"])
@@ -438,8 +602,16 @@ def test_override_below_a_scalar_is_rejected():
 
 def test_execution_only_differences_are_ignored():
     a = from_dict({})
-    b = from_dict({}, ["runtime.threads_per_rank=4", "runtime.poll_interval_ms=0",
-                       "store.keep=3", "run.name=other", "run.rounds=99"])
+    b = from_dict(
+        {},
+        [
+            "runtime.threads_per_rank=4",
+            "runtime.poll_interval_ms=0",
+            "store.keep=3",
+            "run.name=other",
+            "run.rounds=99",
+        ],
+    )
     assert a != b
     assert result_affecting_differences(a, b) == []
     assert result_affecting_differences(b, a) == []
@@ -453,12 +625,27 @@ def test_result_affecting_differences_are_reported():
 
 def test_every_other_key_counts_as_result_affecting():
     a = from_dict({})
-    b = from_dict({}, ["run.eval_every=2", "data.test_fraction=0.3", "data.root=elsewhere",
-                       "partition.scheme=iid", "model.channels=[8]", "model.hidden=8",
-                       "federation.clients_per_round=3"])
+    b = from_dict(
+        {},
+        [
+            "run.eval_every=2",
+            "data.test_fraction=0.3",
+            "data.root=elsewhere",
+            "partition.scheme=iid",
+            "model.channels=[8]",
+            "model.hidden=8",
+            "federation.clients_per_round=3",
+        ],
+    )
     assert result_affecting_differences(a, b) == [
-        "run.eval_every", "data.root", "data.test_fraction", "partition.scheme",
-        "model.channels", "model.hidden", "federation.clients_per_round"]
+        "run.eval_every",
+        "data.root",
+        "data.test_fraction",
+        "partition.scheme",
+        "model.channels",
+        "model.hidden",
+        "federation.clients_per_round",
+    ]
     assert result_affecting_differences(a, a) == []
 
 
@@ -483,7 +670,9 @@ def test_reference_rows_carry_type_default_and_limits():
     assert rows["algorithm.lr"][1:3] == ("a number", "0.05")
     assert rows["algorithm.momentum"][3].endswith("(>= 0.0, < 1.0)")
     assert rows["data.name"][1:3] == (
-        "one of 'digits', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100'", "'digits'")
+        "one of 'digits', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100'",
+        "'digits'",
+    )
     assert rows["partition.scheme"][1] == "one of 'iid', 'dirichlet', 'label_skew'"
     assert rows["model.channels"][2] == "[16, 32]"
     assert rows["run.name"][1:3] == ("a string", "'run'")

@@ -26,10 +26,16 @@ def test_new_data_and_partition_defaults():
 
 
 def test_base_is_merged_under_the_file(tmp_path):
-    write(tmp_path / "bases" / "common.yaml",
-          "run: {seed: 5, rounds: 7}\nmodel: {channels: [4, 8, 16], hidden: 9}\n")
-    cfg = load(write(tmp_path / "run.yaml",
-                     "base: bases/common.yaml\nrun: {rounds: 3}\nmodel: {channels: [2]}\n"))
+    write(
+        tmp_path / "bases" / "common.yaml",
+        "run: {seed: 5, rounds: 7}\nmodel: {channels: [4, 8, 16], hidden: 9}\n",
+    )
+    cfg = load(
+        write(
+            tmp_path / "run.yaml",
+            "base: bases/common.yaml\nrun: {rounds: 3}\nmodel: {channels: [2]}\n",
+        )
+    )
     assert (cfg.run.seed, cfg.run.rounds) == (5, 3)  # mappings merge key by key
     assert cfg.model.channels == [2] and cfg.model.hidden == 9  # lists are replaced whole
 
@@ -38,8 +44,12 @@ def test_bases_in_order_and_nested_relative_to_each_file(tmp_path):
     write(tmp_path / "a" / "root.yaml", "run: {seed: 1, name: root}\n")
     write(tmp_path / "a" / "mid.yaml", "base: root.yaml\nrun: {seed: 2}\n")
     write(tmp_path / "b" / "other.yaml", "run: {seed: 3}\ndata: {name: mnist}\n")
-    cfg = load(write(tmp_path / "c" / "top.yaml",
-                     "base: [../a/mid.yaml, ../b/other.yaml]\nrun: {rounds: 4}\n"))
+    cfg = load(
+        write(
+            tmp_path / "c" / "top.yaml",
+            "base: [../a/mid.yaml, ../b/other.yaml]\nrun: {rounds: 4}\n",
+        )
+    )
     assert (cfg.run.name, cfg.run.seed, cfg.run.rounds, cfg.data.name) == ("root", 3, 4, "mnist")
     cfg = load(write(tmp_path / "c" / "rev.yaml", "base: [../b/other.yaml, ../a/mid.yaml]\n"))
     assert cfg.run.seed == 2  # later bases win over earlier ones
@@ -108,8 +118,12 @@ def test_file_without_base_is_unchanged(tmp_path):
 # ---------------------------------------------------------------- the shipped configs
 
 DATASETS = ["mnist", "fashion_mnist", "cifar10", "cifar100"]
-SETTINGS = {"dir0.3": ("dirichlet", 0.3, None), "dir0.1": ("dirichlet", 0.1, None),
-            "tau8": ("label_skew", None, 8), "tau4": ("label_skew", None, 4)}
+SETTINGS = {
+    "dir0.3": ("dirichlet", 0.3, None),
+    "dir0.1": ("dirichlet", 0.1, None),
+    "tau8": ("label_skew", None, 8),
+    "tau4": ("label_skew", None, 4),
+}
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -138,9 +152,11 @@ def test_cpu_scale_configs(name):
 
 
 def test_base_files_load_alone():
-    for path in sorted((CONFIGS / "data").glob("*.yaml")) + sorted(
-            (CONFIGS / "partition").glob("*.yaml")) + [CONFIGS / "cpu" / "setup.yaml",
-                                                       CONFIGS / "paper" / "setup.yaml"]:
+    for path in (
+        sorted((CONFIGS / "data").glob("*.yaml"))
+        + sorted((CONFIGS / "partition").glob("*.yaml"))
+        + [CONFIGS / "cpu" / "setup.yaml", CONFIGS / "paper" / "setup.yaml"]
+    ):
         load(path)
 
 
@@ -150,14 +166,23 @@ BASELINES = [m for m in registry.SEARCH_METHODS if m != "fedmetanas"]
 
 @pytest.mark.parametrize("method", BASELINES)
 def test_every_baseline_has_cpu_and_paper_scale_configs(method):
-    for scale, dataset in (("cpu", "digits"), ("cpu", "fashion_mnist"), ("paper", "cifar10"),
-                           ("paper", "cifar100")):
+    for scale, dataset in (
+        ("cpu", "digits"),
+        ("cpu", "fashion_mnist"),
+        ("paper", "cifar10"),
+        ("paper", "cifar100"),
+    ):
         cfg = load(CONFIGS / scale / dataset / f"{method}.yaml")
         assert cfg.algorithm.name == method and cfg.model.name == "darts"
         assert cfg.data.name == dataset and cfg.run.name == f"{method}_{dataset}"
         # same data, partition, clients, rounds and search space as FedMetaNAS there
         fm = load(CONFIGS / scale / dataset / "fedmetanas.yaml")
-        assert (cfg.partition, cfg.federation, cfg.run.rounds, cfg.data, cfg.model) == \
-            (fm.partition, fm.federation, fm.run.rounds, fm.data, fm.model)
+        assert (cfg.partition, cfg.federation, cfg.run.rounds, cfg.data, cfg.model) == (
+            fm.partition,
+            fm.federation,
+            fm.run.rounds,
+            fm.data,
+            fm.model,
+        )
     paper = load(CONFIGS / "paper" / "cifar10" / f"{method}.yaml")
     assert paper.partition.num_clients == 100 and paper.model.darts.layers == 8

@@ -52,14 +52,18 @@ def test_a_section_of_another_method_is_an_error_naming_section_and_method():
     with pytest.raises(ConfigError) as e:
         load(QUICKSTART, ["algorithm.fednas.lr=0.1"])
     (line,) = e.value.problems
-    assert line.startswith("algorithm.fednas: section of method fednas (sets lr); this run's "
-                           "method is fedmetanas (algorithm.name)")
+    assert line.startswith(
+        "algorithm.fednas: section of method fednas (sets lr); this run's "
+        "method is fedmetanas (algorithm.name)"
+    )
 
 
 def test_the_same_keys_load_on_their_own_methods():
     assert from_dict({"algorithm": {"name": "fedavg"}}, ["algorithm.lr=9.0"]).algorithm.lr == 9.0
-    cfg = from_dict({"algorithm": {"name": "fednas"}, "model": {"name": "darts"},
-                     "run": {"rounds": 4}}, ["algorithm.fednas.lr=0.1"])
+    cfg = from_dict(
+        {"algorithm": {"name": "fednas"}, "model": {"name": "darts"}, "run": {"rounds": 4}},
+        ["algorithm.fednas.lr=0.1"],
+    )
     assert cfg.algorithm.fednas.lr == 0.1
 
 
@@ -69,11 +73,19 @@ def test_the_default_method_is_named_when_the_file_names_none():
 
 
 def test_unread_keys_are_reported_with_every_other_problem():
-    found = problems({"run": {"rounds": 0}, "algorithm": {"name": "fedmetanas", "lr": 1.0,
-                                                          "fedrep": {}, "bogus": 1},
-                      "model": {"name": "darts"}})
+    found = problems(
+        {
+            "run": {"rounds": 0},
+            "algorithm": {"name": "fedmetanas", "lr": 1.0, "fedrep": {}, "bogus": 1},
+            "model": {"name": "darts"},
+        }
+    )
     assert [p.split(":")[0].split(" ")[0] for p in found] == [
-        "run.rounds", "algorithm.lr", "algorithm.fedrep", "algorithm.bogus"]
+        "run.rounds",
+        "algorithm.lr",
+        "algorithm.fedrep",
+        "algorithm.bogus",
+    ]
     assert "unknown key" in found[-1]
 
 
@@ -84,18 +96,35 @@ def test_an_unknown_method_lists_the_registry():
 
 
 def test_a_section_shared_by_several_methods_names_them_all():
-    (line,) = problems({"algorithm": {"name": "fedpnas", "fedmetanas": {"inner_steps": 1}},
-                        "model": {"name": "darts"}})
+    (line,) = problems(
+        {
+            "algorithm": {"name": "fedpnas", "fedmetanas": {"inner_steps": 1}},
+            "model": {"name": "darts"},
+        }
+    )
     assert "section of methods fedmetanas, meta_fedpnas, meta_perfedrlnas" in line
-    cfg = from_dict({"algorithm": {"name": "meta_fedpnas", "fedmetanas": {"inner_steps": 1},
-                                   "fedpnas": {"personal_layers": 2}},
-                     "model": {"name": "darts"}})
+    cfg = from_dict(
+        {
+            "algorithm": {
+                "name": "meta_fedpnas",
+                "fedmetanas": {"inner_steps": 1},
+                "fedpnas": {"personal_layers": 2},
+            },
+            "model": {"name": "darts"},
+        }
+    )
     assert cfg.algorithm.fedmetanas.inner_steps == 1 and cfg.algorithm.fedpnas.personal_layers == 2
 
 
-@pytest.mark.parametrize("model, key, value", [
-    ("darts", "channels", [8]), ("darts", "mobilenet", {"width_mult": 0.5}),
-    ("cnn", "darts", {"layers": 2}), ("mobilenet_v3_small", "hidden", 8)])
+@pytest.mark.parametrize(
+    "model, key, value",
+    [
+        ("darts", "channels", [8]),
+        ("darts", "mobilenet", {"width_mult": 0.5}),
+        ("cnn", "darts", {"layers": 2}),
+        ("mobilenet_v3_small", "hidden", 8),
+    ],
+)
 def test_model_keys_of_another_model_are_errors(model, key, value):
     method = "fedmetanas" if model == "darts" else "fedavg"
     (line,) = problems({"model": {"name": model, key: value}, "algorithm": {"name": method}})
@@ -118,8 +147,15 @@ def test_the_resolved_config_holds_only_what_the_run_reads():
     assert set(d["model"]) == {"name", "darts"}
     assert len(config_mod.to_yaml(load(QUICKSTART)).splitlines()) < 100
     fixed = to_dict(from_dict({"algorithm": {"name": "fedrep"}}))
-    assert set(fixed["algorithm"]) == {"name", "local_epochs", "batch_size", "lr", "momentum",
-                                       "weight_decay", "fedrep"}
+    assert set(fixed["algorithm"]) == {
+        "name",
+        "local_epochs",
+        "batch_size",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "fedrep",
+    }
     assert set(fixed["model"]) == {"name", "channels", "hidden"}
 
 
@@ -146,10 +182,10 @@ def test_a_config_stored_before_method_sections_reads():
     with pytest.raises(ConfigError):
         from_dict(old)  # as a user's file: every other method's section is an error
     cfg = from_stored(old)
-    assert cfg == from_dict({"algorithm": {"name": "fedmetanas"}, "model": {"name": "darts"},
-                             "run": {"rounds": 2}})
-    assert set(to_dict(cfg)["algorithm"]) == {"name", "local_epochs", "batch_size",
-                                              "fedmetanas"}
+    assert cfg == from_dict(
+        {"algorithm": {"name": "fedmetanas"}, "model": {"name": "darts"}, "run": {"rounds": 2}}
+    )
+    assert set(to_dict(cfg)["algorithm"]) == {"name", "local_epochs", "batch_size", "fedmetanas"}
     with pytest.raises(ConfigError, match="algorithm.lr: not read by fedmetanas"):
         from_stored(old, ["algorithm.lr=1.0"])  # overrides stay strict
 
@@ -164,7 +200,11 @@ def test_resume_from_a_run_directory_whose_config_yaml_is_old_style(tmp_path):
     cfg, _, ckpt = cli.decide(args)
     assert ckpt is None and cfg.algorithm.name == "fedmetanas"
     assert set(yaml.safe_load((run / "config.yaml").read_text())["algorithm"]) == {
-        "name", "local_epochs", "batch_size", "fedmetanas"}
+        "name",
+        "local_epochs",
+        "batch_size",
+        "fedmetanas",
+    }
 
 
 def test_resume_from_a_checkpoint_whose_stored_config_is_old_style(tmp_path):
@@ -173,9 +213,19 @@ def test_resume_from_a_checkpoint_whose_stored_config_is_old_style(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    write_checkpoint(run, 1, config_yaml=OLD_STORED.read_text(), spec={}, state={},
-                     server_state={}, client_states={}, metrics={}, stages=["x"],
-                     partition={}, attrs={})
+    write_checkpoint(
+        run,
+        1,
+        config_yaml=OLD_STORED.read_text(),
+        spec={},
+        state={},
+        server_state={},
+        client_states={},
+        metrics={},
+        stages=["x"],
+        partition={},
+        attrs={},
+    )
     args = cli.build_parser().parse_args(["--resume", str(run), "--set", "run.rounds=5"])
     cfg, _, ckpt = cli.decide(args)
     assert ckpt.round == 1 and cfg.run.rounds == 5 and cfg.algorithm.name == "fedmetanas"
@@ -201,9 +251,12 @@ def test_the_registry_is_the_one_list_of_methods():
     assert list(config_mod.NAS_METHODS) == [m.name for m in registry.METHODS if m.nas]
     for m in registry.METHODS:
         assert get_algorithm(m.name) is m.cls and m.cls.name == m.name
-        assert from_dict({"algorithm": {"name": m.name},
-                          "model": {"name": "darts" if m.nas else "cnn"}}).algorithm.name == \
-            m.name
+        assert (
+            from_dict(
+                {"algorithm": {"name": m.name}, "model": {"name": "darts" if m.nas else "cnn"}}
+            ).algorithm.name
+            == m.name
+        )
     readme = (ROOT / "README.md").read_text()
     table = re.findall(r"^\| `(\w+)` \| (?:darts|cnn)", readme, flags=re.M)
     assert table == names
@@ -216,9 +269,12 @@ def test_the_registry_is_the_one_list_of_methods():
     assert list(GPU_METHODS) == names and set(EXTRA) <= set(names)
     assert sorted(FIXED + MIXTURE + PATH) == sorted(names)
     bench = ast.parse((ROOT / "bench" / "compare_methods.py").read_text())
-    literal_lists = [n for n in ast.walk(bench) if isinstance(n, (ast.Tuple, ast.List))
-                     and sum(isinstance(e, ast.Constant) and e.value in names
-                             for e in n.elts) > 2]
+    literal_lists = [
+        n
+        for n in ast.walk(bench)
+        if isinstance(n, (ast.Tuple, ast.List))
+        and sum(isinstance(e, ast.Constant) and e.value in names for e in n.elts) > 2
+    ]
     assert not literal_lists, "bench/compare_methods.py lists methods by hand"
 
 
@@ -237,13 +293,19 @@ def test_a_toy_method_is_one_module_and_one_registry_line(monkeypatch):
     class Toy(Algorithm):
         name = "toy"
 
-    monkeypatch.setattr(registry, "METHODS", (*registry.METHODS,
-                                              registry.Method("toy", Toy, nas=False,
-                                                              sections={"toy": ToyConfig})))
+    monkeypatch.setattr(
+        registry,
+        "METHODS",
+        (*registry.METHODS, registry.Method("toy", Toy, nas=False, sections={"toy": ToyConfig})),
+    )
     cfg = from_dict({"algorithm": {"name": "toy", "toy": {"steps": 5}}})
     assert cfg.algorithm.toy.steps == 5 and get_algorithm("toy") is Toy
-    assert to_dict(cfg)["algorithm"] == {"name": "toy", "local_epochs": 1, "batch_size": 32,
-                                         "toy": {"steps": 5}}
+    assert to_dict(cfg)["algorithm"] == {
+        "name": "toy",
+        "local_epochs": 1,
+        "batch_size": 32,
+        "toy": {"steps": 5},
+    }
     with pytest.raises(ConfigError, match="algorithm.toy.steps = 0: out of range"):
         from_dict({"algorithm": {"name": "toy", "toy": {"steps": 0}}})
     with pytest.raises(ConfigError, match="algorithm.toy: section of method toy"):

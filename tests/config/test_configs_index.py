@@ -42,8 +42,13 @@ def test_every_yaml_file_is_a_run_listed_once_or_a_fragment():
         assert (rel in listed) == names_method(path), rel
         if rel not in listed:  # a fragment: its bases resolve, its keys are config keys
             raw = load_raw(path)
-            assert isinstance(raw, dict) and set(raw) <= {"run", "data", "partition", "model",
-                                                          "federation"}, rel
+            assert isinstance(raw, dict) and set(raw) <= {
+                "run",
+                "data",
+                "partition",
+                "model",
+                "federation",
+            }, rel
 
 
 def test_runs_sit_at_scale_dataset_method_and_name_their_method():
@@ -99,13 +104,18 @@ def test_every_moved_name_is_gone_and_its_new_file_loads():
 
 def test_moved_path_is_one_error_naming_the_new_file(tmp_path):
     with pytest.raises(UsageError, match="configs/cpu/digits/fednas.yaml instead"):
-        cli.decide(cli.build_parser().parse_args(
-            [str(CONFIGS / "fednas_digits.yaml"), "--out", str(tmp_path / "run")]))
+        cli.decide(
+            cli.build_parser().parse_args(
+                [str(CONFIGS / "fednas_digits.yaml"), "--out", str(tmp_path / "run")]
+            )
+        )
     assert not (tmp_path / "run").exists()
     with pytest.raises(UsageError, match="paper/cifar10/fedmetanas.yaml instead.*--resume"):
-        cli.decide(cli.build_parser().parse_args(
-            [str(CONFIGS / "fedmetanas_cifar10.yaml"), "--out", str(tmp_path / "r"),
-             "--resume"]))
+        cli.decide(
+            cli.build_parser().parse_args(
+                [str(CONFIGS / "fedmetanas_cifar10.yaml"), "--out", str(tmp_path / "r"), "--resume"]
+            )
+        )
 
 
 def test_configs_command_lists_every_run(capsys):

@@ -31,9 +31,18 @@ def test_table_by_hand():
 
 
 def test_describe():
-    cfg = config_mod.from_dict({"partition": {"scheme": "label_skew", "tau": 4,
-                                              "num_clients": 100, "train_size": 600,
-                                              "eval_size": 600, "overlap": True}})
+    cfg = config_mod.from_dict(
+        {
+            "partition": {
+                "scheme": "label_skew",
+                "tau": 4,
+                "num_clients": 100,
+                "train_size": 600,
+                "eval_size": 600,
+                "overlap": True,
+            }
+        }
+    )
     assert describe(cfg) == "label skew tau=4, 100 clients x (600+600, overlapping)"
     assert describe(config_mod.from_dict({})) == "Dirichlet(alpha=0.5), 10 clients"
 
@@ -57,10 +66,18 @@ def check_png(path: Path) -> None:
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # not blank: a drawn heatmap
 
 
-DIGITS_CFG = {"run": {"seed": 3}, "data": {"name": "digits"},
-              "partition": {"scheme": "dirichlet", "alpha": 0.1, "num_clients": 6,
-                            "train_size": 40, "eval_size": 20},
-              "federation": {"clients_per_round": 2}}
+DIGITS_CFG = {
+    "run": {"seed": 3},
+    "data": {"name": "digits"},
+    "partition": {
+        "scheme": "dirichlet",
+        "alpha": 0.1,
+        "num_clients": 6,
+        "train_size": 40,
+        "eval_size": 20,
+    },
+    "federation": {"clients_per_round": 2},
+}
 
 
 def test_stats_of_a_config(tmp_path, capsys):
@@ -82,8 +99,17 @@ def test_stats_of_a_config_with_overrides_and_default_png(tmp_path, capsys, monk
     cfg_path.parent.mkdir()
     cfg_path.write_text(yaml.safe_dump(DIGITS_CFG))
     monkeypatch.chdir(tmp_path)
-    args = ["data", "stats", str(cfg_path), "--part", "eval",
-            "--set", "partition.scheme=label_skew", "--set", "partition.tau=3"]
+    args = [
+        "data",
+        "stats",
+        str(cfg_path),
+        "--part",
+        "eval",
+        "--set",
+        "partition.scheme=label_skew",
+        "--set",
+        "partition.tau=3",
+    ]
     assert main(args) == 0
     rows = table_rows(capsys.readouterr().out)
     assert rows.shape == (6, 10) and (rows.sum(axis=1) == 20).all()
@@ -94,19 +120,35 @@ def test_stats_of_a_config_with_overrides_and_default_png(tmp_path, capsys, monk
 
 def fake_run(run_dir: Path, rounds: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Checkpoints as a run writes them, with known histograms."""
-    cfg = config_mod.from_dict({"data": {"name": "fashion_mnist"},
-                                "partition": {"scheme": "label_skew", "tau": 2,
-                                              "num_clients": 3},
-                                "federation": {"clients_per_round": 2}})
+    cfg = config_mod.from_dict(
+        {
+            "data": {"name": "fashion_mnist"},
+            "partition": {"scheme": "label_skew", "tau": 2, "num_clients": 3},
+            "federation": {"clients_per_round": 2},
+        }
+    )
     run_dir.mkdir()
     train = np.array([[10, 10, 0, 0], [0, 7, 7, 0], [4, 0, 0, 4]])
     held = train // 2
     for r in range(1, rounds + 1):
         write_checkpoint(
-            run_dir, r, config_yaml=config_mod.to_yaml(cfg), spec={}, state={},
-            server_state={}, client_states={}, metrics={}, stages=["train"] * r,
-            partition={"train_sizes": train.sum(1), "eval_sizes": held.sum(1),
-                       "train_hist": train, "eval_hist": held}, attrs={"seed": 0})
+            run_dir,
+            r,
+            config_yaml=config_mod.to_yaml(cfg),
+            spec={},
+            state={},
+            server_state={},
+            client_states={},
+            metrics={},
+            stages=["train"] * r,
+            partition={
+                "train_sizes": train.sum(1),
+                "eval_sizes": held.sum(1),
+                "train_hist": train,
+                "eval_hist": held,
+            },
+            attrs={"seed": 0},
+        )
     return train, held
 
 

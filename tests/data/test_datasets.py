@@ -25,8 +25,12 @@ from fednas_mpi.data import DataError, Dataset, load_dataset, make_partition, vi
 from fednas_mpi.data.augment import CropFlip, random_crop_flip
 from fednas_mpi.data.datasets import resize_images
 
-MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-               "t10k-labels-idx1-ubyte"]
+MNIST_FILES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
 
 
 def load(name: str, root: Path, **kw) -> Dataset:
@@ -36,20 +40,29 @@ def load(name: str, root: Path, **kw) -> Dataset:
 @pytest.fixture
 def no_debian(monkeypatch, tmp_path):
     """Point the Debian Fashion-MNIST directory somewhere empty (or given)."""
+
     def use(directory: Path | None = None) -> Path:
         directory = directory or tmp_path / "no-debian"
         src = vision.SOURCES["fashion_mnist"]
-        monkeypatch.setitem(vision.SOURCES, "fashion_mnist", replace(
-            src, extra_dirs=((directory, "Debian: apt-get install dataset-fashion-mnist"),)))
+        monkeypatch.setitem(
+            vision.SOURCES,
+            "fashion_mnist",
+            replace(
+                src, extra_dirs=((directory, "Debian: apt-get install dataset-fashion-mnist"),)
+            ),
+        )
         return directory
+
     return use
 
 
 # ---------------------------------------------------------------- MNIST and Fashion-MNIST
 
 
-@pytest.mark.parametrize(("name", "subdir", "mean", "std"), [
-    ("mnist", "MNIST", 0.1307, 0.3081), ("fashion_mnist", "FashionMNIST", 0.2860, 0.3530)])
+@pytest.mark.parametrize(
+    ("name", "subdir", "mean", "std"),
+    [("mnist", "MNIST", 0.1307, 0.3081), ("fashion_mnist", "FashionMNIST", 0.2860, 0.3530)],
+)
 def test_idx_gzip_loader_reads_what_was_written(tmp_path, no_debian, name, subdir, mean, std):
     no_debian()
     tx, ty, sx, sy = mnist_arrays(30, 10)
@@ -98,8 +111,9 @@ def test_real_fashion_mnist_from_debian_package(tmp_path):
     assert pixels.std().item() == pytest.approx(0.3530, abs=1e-3)
     # the paper's partition setup on it: Dir(0.1), 600 + 600 per client
     labels = ds.train_y.numpy()
-    cfg = PartitionConfig(scheme="dirichlet", alpha=0.1, num_clients=20, train_size=600,
-                          eval_size=600)
+    cfg = PartitionConfig(
+        scheme="dirichlet", alpha=0.1, num_clients=20, train_size=600, eval_size=600
+    )
     part = make_partition(labels, cfg, 0)
     train, held = part.histograms(labels, "train"), part.histograms(labels, "eval")
     assert train.sum(axis=1).tolist() == [600] * 20 and held.sum(axis=1).tolist() == [600] * 20
@@ -127,8 +141,7 @@ def test_cifar10_python_batches(tmp_path):
     assert ds.test_y.tolist() == yt
     assert np.array_equal(ds.test_data.numpy().reshape(6, -1), xt)
     x = ds.train_inputs(np.array([5]))
-    assert x[0, 1, 0, 0].item() == pytest.approx((x2[1, 1024] / 255 - 0.4822) / 0.2435,
-                                                 abs=1e-5)
+    assert x[0, 1, 0, 0].item() == pytest.approx((x2[1, 1024] / 255 - 0.4822) / 0.2435, abs=1e-5)
 
 
 def test_cifar100_uses_fine_labels(tmp_path):
@@ -287,8 +300,10 @@ def test_download_true_fetches_missing_files_through_torchvision(tmp_path, monke
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeTorchvisionCIFAR10)
     ds = load("cifar10", tmp_path / "d", download=True)
     assert len(ds.train_y) == 20
-    assert FakeTorchvisionCIFAR10.calls == [(str(tmp_path / "d"), True, True),
-                                            (str(tmp_path / "d"), False, True)]
+    assert FakeTorchvisionCIFAR10.calls == [
+        (str(tmp_path / "d"), True, True),
+        (str(tmp_path / "d"), False, True),
+    ]
     load("cifar10", tmp_path / "d", download=True)  # present now: no second download
     assert len(FakeTorchvisionCIFAR10.calls) == 2
 
@@ -349,8 +364,12 @@ def test_float_data_is_already_normalised():
 
 
 def test_crop_flip_matches_a_hand_computed_result():
-    x = torch.tensor([[[[1., 2., 3.], [4., 5., 6.], [7., 8., 9.]]],
-                      [[[10., 11., 12.], [13., 14., 15.], [16., 17., 18.]]]])
+    x = torch.tensor(
+        [
+            [[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]],
+            [[[10.0, 11.0, 12.0], [13.0, 14.0, 15.0], [16.0, 17.0, 18.0]]],
+        ]
+    )
     # the draws seed 17 gives: row offsets, column offsets, flips
     g = torch.Generator().manual_seed(17)
     assert torch.randint(0, 3, (2,), generator=g).tolist() == [0, 0]
@@ -389,11 +408,23 @@ def test_without_padding_only_flips():
 def test_cifar_augment_config(tmp_path):
     write_cifar10(tmp_path)
     ds = load("cifar10", tmp_path, augment=True)
-    assert ds.augment == CropFlip(4, tuple(-m / s for m, s in zip(vision.SOURCES["cifar10"].mean,
-                                                                    vision.SOURCES["cifar10"].std)))
+    assert ds.augment == CropFlip(
+        4,
+        tuple(
+            -m / s for m, s in zip(vision.SOURCES["cifar10"].mean, vision.SOURCES["cifar10"].std)
+        ),
+    )
     # a black pixel, padded in, is exactly where black pixels land after normalisation
-    black = Dataset("b", torch.zeros(1, 3, 1, 1, dtype=torch.uint8), torch.zeros(1), None, None,
-                    10, ds.mean, ds.std).train_x.flatten()
+    black = Dataset(
+        "b",
+        torch.zeros(1, 3, 1, 1, dtype=torch.uint8),
+        torch.zeros(1),
+        None,
+        None,
+        10,
+        ds.mean,
+        ds.std,
+    ).train_x.flatten()
     assert torch.allclose(black, torch.tensor(ds.augment.fill))
     assert load("cifar10", tmp_path, augment=True, resize=16).augment.padding == 2
     assert load("cifar10", tmp_path).augment is None

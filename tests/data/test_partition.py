@@ -35,8 +35,9 @@ def pcfg(**kw) -> PartitionConfig:
     return PartitionConfig(**base)
 
 
-def check_partition(part: Partition, labels: np.ndarray, cfg: PartitionConfig,
-                    num: int, den: int) -> None:
+def check_partition(
+    part: Partition, labels: np.ndarray, cfg: PartitionConfig, num: int, den: int
+) -> None:
     """Every invariant of a partition; ``eval_fraction == num / den`` exactly."""
     assert cfg.eval_fraction == num / den
     n = len(labels)
@@ -68,8 +69,10 @@ def mean_max_share(part: Partition, labels: np.ndarray) -> float:
 
 
 def same(a: Partition, b: Partition) -> bool:
-    return all(np.array_equal(x.train, y.train) and np.array_equal(x.eval, y.eval)
-               for x, y in zip(a.clients, b.clients, strict=True))
+    return all(
+        np.array_equal(x.train, y.train) and np.array_equal(x.eval, y.eval)
+        for x, y in zip(a.clients, b.clients, strict=True)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -155,9 +158,13 @@ def test_histograms_default_to_train():
 
 def test_histograms_count_classes_a_client_lacks_as_zero():
     labels = np.array([0, 0, 0, 0, 2, 2, 2, 2])
-    part = Partition([stratified_eval_split(np.array([0, 1, 2, 3]), labels, 0.0, None),
-                      stratified_eval_split(np.array([4, 5, 6, 7]), labels, 0.0, None)],
-                     num_classes=3)
+    part = Partition(
+        [
+            stratified_eval_split(np.array([0, 1, 2, 3]), labels, 0.0, None),
+            stratified_eval_split(np.array([4, 5, 6, 7]), labels, 0.0, None),
+        ],
+        num_classes=3,
+    )
     assert part.histograms(labels).tolist() == [[4, 0, 0], [0, 0, 4]]
 
 
@@ -172,8 +179,9 @@ def test_stratified_eval_split_rounds_down_per_class():
 def test_stratified_eval_split_of_an_empty_share():
     # A Dirichlet draw can leave a client with no samples at all; its split is empty.
     labels = np.array([0, 1, 1])
-    split = stratified_eval_split(np.empty(0, dtype=np.int64), labels, 0.2,
-                                  np.random.default_rng(0))
+    split = stratified_eval_split(
+        np.empty(0, dtype=np.int64), labels, 0.2, np.random.default_rng(0)
+    )
     assert len(split.train) == 0
     assert len(split.eval) == 0
 
@@ -217,8 +225,9 @@ def test_dirichlet_that_never_satisfies_min_train_raises():
     # feasible on paper (4 x 20 = 80 <= 100) but a tiny alpha puts nearly each class
     # on one client, so with 2 classes at most 2 clients get data
     labels = np.arange(100) % 2
-    cfg = PartitionConfig(scheme="dirichlet", alpha=1e-4, num_clients=4, min_train=20,
-                          eval_fraction=0.0)
+    cfg = PartitionConfig(
+        scheme="dirichlet", alpha=1e-4, num_clients=4, min_train=20, eval_fraction=0.0
+    )
     with pytest.raises(DataError) as info:
         make_partition(labels, cfg, 0, max_tries=5)
     assert "partition.min_train" in str(info.value)
@@ -272,8 +281,10 @@ def _original_rows(ds) -> tuple[list[bytes], list[bytes]]:
 
 def test_digits_test_set_is_disjoint_from_train_pool(digits):
     bunch = load_digits()
-    originals = [bytes([int(lab)]) + img.astype(np.uint8).reshape(64).tobytes()
-                 for lab, img in zip(bunch.target, bunch.images, strict=True)]
+    originals = [
+        bytes([int(lab)]) + img.astype(np.uint8).reshape(64).tobytes()
+        for lab, img in zip(bunch.target, bunch.images, strict=True)
+    ]
     assert len(set(originals)) == 1797  # no duplicate images, so bytes identify an image
     train, test = _original_rows(digits)
     assert set(train).isdisjoint(test)
@@ -368,8 +379,9 @@ def test_label_skew_whole_pool_shares_a_class_equally():
 
 def test_label_skew_that_never_satisfies_min_train_raises():
     # 40 clients x 1 class over 5 classes: class 0 (40 images) is cut 8 ways = 5 each
-    cfg = PartitionConfig(scheme="label_skew", tau=1, num_clients=40, min_train=6,
-                          eval_fraction=0.0)
+    cfg = PartitionConfig(
+        scheme="label_skew", tau=1, num_clients=40, min_train=6, eval_fraction=0.0
+    )
     with pytest.raises(DataError) as info:
         make_partition(SYNTH, cfg, 0, max_tries=3)
     assert "label_skew (tau=1)" in str(info.value) and "partition.min_train" in str(info.value)
@@ -450,8 +462,7 @@ def test_fixed_sizes_same_seed_same_partition(scheme, overlap):
 @pytest.mark.parametrize("tau", [1, 4, 8])
 @pytest.mark.parametrize("overlap", [False, True])
 def test_label_skew_exactly_tau_classes_with_about_equal_counts(tau, overlap):
-    cfg = fixed("label_skew", tau=tau, num_clients=10, train_size=80, eval_size=40,
-                overlap=overlap)
+    cfg = fixed("label_skew", tau=tau, num_clients=10, train_size=80, eval_size=40, overlap=overlap)
     part = make_partition(BIG, cfg, 2)
     check_fixed(part, BIG, cfg)
     train, held = part.histograms(BIG, "train"), part.histograms(BIG, "eval")
@@ -479,8 +490,9 @@ def test_choose_classes_balances_usage():
 def test_smaller_alpha_is_measurably_more_skewed_fixed_sizes():
     shares, present = [], []
     for alpha in (10.0, 1.0, 0.3, 0.1):
-        cfg = fixed("dirichlet", alpha=alpha, num_clients=50, train_size=60, eval_size=60,
-                    overlap=True)
+        cfg = fixed(
+            "dirichlet", alpha=alpha, num_clients=50, train_size=60, eval_size=60, overlap=True
+        )
         hist = make_partition(BIG, cfg, 0).histograms(BIG)
         shares.append(float((hist.max(axis=1) / 60).mean()))
         present.append(float((hist > 0).sum(axis=1).mean()))
@@ -502,8 +514,7 @@ def test_eval_follows_the_clients_own_distribution(scheme):
 
 def test_iid_fixed_sizes_follow_the_pool_mix():
     labels = SYNTH  # classes of 40, 61, 80, 101, 121 images
-    cfg = PartitionConfig(scheme="iid", num_clients=6, train_size=50, eval_size=50,
-                          overlap=True)
+    cfg = PartitionConfig(scheme="iid", num_clients=6, train_size=50, eval_size=50, overlap=True)
     hist = make_partition(labels, cfg, 0).histograms(labels, "train")
     expected = np.array(CLASS_COUNTS) / len(labels) * 50
     assert np.all(np.abs(hist - expected) < 1)
@@ -533,8 +544,14 @@ def test_disjoint_request_larger_than_the_pool():
     with pytest.raises(DataError) as info:
         make_partition(BIG, cfg, 0)
     msg = str(info.value)
-    for text in ("partition.num_clients", "partition.train_size=60", "partition.eval_size=41",
-                 "3030 images", "holds 3000", "partition.overlap: true"):
+    for text in (
+        "partition.num_clients",
+        "partition.train_size=60",
+        "partition.eval_size=41",
+        "3030 images",
+        "holds 3000",
+        "partition.overlap: true",
+    ):
         assert text in msg, text
 
 
@@ -564,8 +581,7 @@ def test_alpha_must_be_positive(alpha):
 def test_label_skew_running_out_of_a_class():
     # 10 clients x 1 class over 5 classes: each class feeds 2 clients x 40 = 80, but class 0
     # has 40 images
-    cfg = PartitionConfig(scheme="label_skew", tau=1, num_clients=10, train_size=30,
-                          eval_size=10)
+    cfg = PartitionConfig(scheme="label_skew", tau=1, num_clients=10, train_size=30, eval_size=10)
     with pytest.raises(DataError) as info:
         make_partition(SYNTH, cfg, 0)
     msg = str(info.value)
@@ -577,13 +593,16 @@ def test_label_skew_running_out_of_a_class():
         make_partition(SYNTH, replace_cfg(cfg, overlap=True, eval_size=11), 0)
 
 
-@pytest.mark.parametrize(("raw", "key"), [
-    ({"partition": {"eval_size": 10}}, "partition.eval_size = 10: needs partition.train_size"),
-    ({"partition": {"overlap": True}}, "partition.overlap = True: only applies"),
-    ({"data": {"name": "mnist", "augment": True}}, "data.augment = True"),
-    ({"partition": {"tau": 0}}, "partition.tau = 0: out of range"),
-    ({"partition": {"train_size": -1}}, "partition.train_size = -1: out of range"),
-])
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"partition": {"eval_size": 10}}, "partition.eval_size = 10: needs partition.train_size"),
+        ({"partition": {"overlap": True}}, "partition.overlap = True: only applies"),
+        ({"data": {"name": "mnist", "augment": True}}, "data.augment = True"),
+        ({"partition": {"tau": 0}}, "partition.tau = 0: out of range"),
+        ({"partition": {"train_size": -1}}, "partition.train_size = -1: out of range"),
+    ],
+)
 def test_config_rejects_inconsistent_partition_and_data_fields(raw, key):
     with pytest.raises(ConfigError) as info:
         from_dict(raw)
@@ -591,9 +610,19 @@ def test_config_rejects_inconsistent_partition_and_data_fields(raw, key):
 
 
 def test_paper_setup_config_values():
-    cfg = from_dict({"data": {"name": "cifar10", "augment": True},
-                     "partition": {"scheme": "label_skew", "tau": 8, "num_clients": 100,
-                                   "train_size": 600, "eval_size": 600, "overlap": True}})
+    cfg = from_dict(
+        {
+            "data": {"name": "cifar10", "augment": True},
+            "partition": {
+                "scheme": "label_skew",
+                "tau": 8,
+                "num_clients": 100,
+                "train_size": 600,
+                "eval_size": 600,
+                "overlap": True,
+            },
+        }
+    )
     assert (cfg.partition.tau, cfg.partition.train_size, cfg.partition.overlap) == (8, 600, True)
 
 

@@ -19,11 +19,19 @@ pytestmark = pytest.mark.slow
 def test_fashion_mnist_label_skew_run(tmp_path, capsys):
     need_fashion_mnist()
     cfg_path = write_config(
-        tmp_path / "cfg.yaml", run={"name": "fm", "seed": 3, "rounds": 2},
+        tmp_path / "cfg.yaml",
+        run={"name": "fm", "seed": 3, "rounds": 2},
         data={"name": "fashion_mnist", "root": str(tmp_path / "no-root"), "resize": 8},
-        partition={"scheme": "label_skew", "tau": 3, "num_clients": 4, "train_size": 50,
-                   "eval_size": 20},
-        federation={"clients_per_round": 2}, model={"channels": [4, 8], "hidden": 16})
+        partition={
+            "scheme": "label_skew",
+            "tau": 3,
+            "num_clients": 4,
+            "train_size": 50,
+            "eval_size": 20,
+        },
+        federation={"clients_per_round": 2},
+        model={"channels": [4, 8], "hidden": 16},
+    )
     out = tmp_path / "run"
     res = launch(2, [str(cfg_path), "--out", str(out)])
     assert res.returncode == 0, res.stderr
@@ -44,8 +52,10 @@ def test_fashion_mnist_label_skew_run(tmp_path, capsys):
     assert np.array_equal(held, part.histograms(labels, "eval"))
     # and the stats command reads it back from the run directory
     assert main(["data", "stats", str(out)]) == 0
-    assert ("fashion_mnist: label skew tau=3, 4 clients x (50+20); train split"
-            in capsys.readouterr().out)
+    assert (
+        "fashion_mnist: label skew tau=3, 4 clients x (50+20); train split"
+        in capsys.readouterr().out
+    )
     assert (out / "partition_train.png").stat().st_size > 1000
 
 
@@ -59,4 +69,3 @@ def test_missing_cifar_is_one_error_naming_the_fetch_command(tmp_path):
     assert "data_batch_1" in res.stderr and "Traceback" not in res.stderr
     # config.yaml, the run's first file, alone: usable as --out (or --resume) again
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.yaml"]
-

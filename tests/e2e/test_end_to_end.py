@@ -59,10 +59,12 @@ def test_rank_count_does_not_change_results(invariance_runs):
     assert np.isfinite(ref.metrics["global_acc"]).all()
     for n in (2, 3, 5):
         ck = read_checkpoint(list_checkpoints(invariance_runs[n][0])[-1][1])
-        np.testing.assert_allclose(ck.metrics["global_acc"], ref.metrics["global_acc"],
-                                   atol=1e-5, err_msg=f"-n {n}")
-        np.testing.assert_allclose(ck.metrics["global_loss"], ref.metrics["global_loss"],
-                                   atol=1e-5, err_msg=f"-n {n}")
+        np.testing.assert_allclose(
+            ck.metrics["global_acc"], ref.metrics["global_acc"], atol=1e-5, err_msg=f"-n {n}"
+        )
+        np.testing.assert_allclose(
+            ck.metrics["global_loss"], ref.metrics["global_loss"], atol=1e-5, err_msg=f"-n {n}"
+        )
         assert list(ck.state) == list(ref.state)
         for k in ref.state:
             torch.testing.assert_close(ck.state[k], ref.state[k], rtol=0, atol=1e-5)
@@ -91,8 +93,7 @@ def test_resume_is_bit_identical(invariance_runs, tmp_path):
     assert again.returncode == 0 and "nothing to resume" in again.stdout
 
 
-def test_resume_extends_with_more_rounds_and_rejects_changed_results(invariance_runs,
-                                                                     tmp_path):
+def test_resume_extends_with_more_rounds_and_rejects_changed_results(invariance_runs, tmp_path):
     full, _ = invariance_runs[2]
     run = tmp_path / "ext"
     shutil.copytree(full, run)
@@ -134,10 +135,15 @@ CRASH = textwrap.dedent("""
 def test_exception_on_one_rank_aborts_the_job(tmp_path, mode):
     script = tmp_path / "crash.py"
     script.write_text(CRASH)
-    cfg = write_config(tmp_path / "cfg.yaml", federation={"clients_per_round": 8},
-                       run={"rounds": 3})
-    res = launch(4, [mode, str(cfg), "--out", str(tmp_path / "run")], timeout=60,
-                 script=[sys.executable, str(script)])
+    cfg = write_config(
+        tmp_path / "cfg.yaml", federation={"clients_per_round": 8}, run={"rounds": 3}
+    )
+    res = launch(
+        4,
+        [mode, str(cfg), "--out", str(tmp_path / "run")],
+        timeout=60,
+        script=[sys.executable, str(script)],
+    )
     assert res.returncode != 0
     needle = "ZeroDivisionError" if mode == "thread" else "RuntimeError: injected failure"
     assert res.stderr.count(needle) == 1, res.stderr
@@ -147,8 +153,9 @@ def test_exception_on_one_rank_aborts_the_job(tmp_path, mode):
 
 
 def test_bad_config_reported_once_before_training(tmp_path):
-    cfg = write_config(tmp_path / "bad.yaml", run={"rounds": 0},
-                       partition={"alfa": 0.3, "alpha": 0.5})
+    cfg = write_config(
+        tmp_path / "bad.yaml", run={"rounds": 0}, partition={"alfa": 0.3, "alpha": 0.5}
+    )
     out = tmp_path / "run"
     res = launch(3, [str(cfg), "--out", str(out)], timeout=60)
     assert res.returncode == 2
@@ -161,8 +168,9 @@ def test_bad_override_and_missing_file(tmp_path):
     res = launch(2, [str(tmp_path / "nope.yaml")], timeout=60)
     assert res.returncode == 2 and res.stderr.count("nope.yaml") == 1
     cfg = write_config(tmp_path / "cfg.yaml")
-    res = launch(2, [str(cfg), "--set", "algorithm.lr=fast", "--out", str(tmp_path / "r")],
-                 timeout=60)
+    res = launch(
+        2, [str(cfg), "--set", "algorithm.lr=fast", "--out", str(tmp_path / "r")], timeout=60
+    )
     assert res.returncode == 2 and res.stderr.count("algorithm.lr = 'fast'") == 1
 
 

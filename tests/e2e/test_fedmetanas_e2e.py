@@ -16,17 +16,33 @@ from fednas_mpi.store import list_checkpoints, read_checkpoint
 pytestmark = pytest.mark.slow
 
 NAS = {
-    "run": {"name": "nas", "seed": 3, "rounds": 6, "val_every": 1, "patience": 1,
-            "eval_subset": 100},
+    "run": {
+        "name": "nas",
+        "seed": 3,
+        "rounds": 6,
+        "val_every": 1,
+        "patience": 1,
+        "eval_subset": 100,
+    },
     "data": {"name": "digits"},
     "partition": {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 6, "min_train": 8},
     "federation": {"clients_per_round": 3},
     "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 2, "nodes": 2}},
-    "algorithm": {"name": "fedmetanas", "local_epochs": 1, "batch_size": 8,
-                  "fedmetanas": {"temperature_start": 1.0, "temperature_end": 0.05,
-                                 "arch_warmup_rounds": 1, "final_round": 3,
-                                 "meta_lr_alpha": 0.2, "prune_gap": 0.3,
-                                 "combo_prune_gap": 0.3, "settle_rounds": 1}},
+    "algorithm": {
+        "name": "fedmetanas",
+        "local_epochs": 1,
+        "batch_size": 8,
+        "fedmetanas": {
+            "temperature_start": 1.0,
+            "temperature_end": 0.05,
+            "arch_warmup_rounds": 1,
+            "final_round": 3,
+            "meta_lr_alpha": 0.2,
+            "prune_gap": 0.3,
+            "combo_prune_gap": 0.3,
+            "settle_rounds": 1,
+        },
+    },
 }
 
 
@@ -41,20 +57,29 @@ def test_one_and_three_ranks_agree(runs):
     assert a.spec == b.spec
     assert a.stages == b.stages and a.round == b.round
     assert a.attrs.get("stopped_early") == b.attrs.get("stopped_early")
-    for k in ("global_acc", "global_loss", "train_loss", "ops_alive", "arch_entropy_ops",
-              "val_acc", "alpha_gap", "argmax_agreement", "ops_pruned"):
+    for k in (
+        "global_acc",
+        "global_loss",
+        "train_loss",
+        "ops_alive",
+        "arch_entropy_ops",
+        "val_acc",
+        "alpha_gap",
+        "argmax_agreement",
+        "ops_pruned",
+    ):
         np.testing.assert_allclose(a.metrics[k], b.metrics[k], atol=1e-5, err_msg=k)
     for k in a.state:
         torch.testing.assert_close(a.state[k], b.state[k], rtol=0, atol=1e-5)
     # each sampled client's own values, whichever worker ran it
     assert sorted(a.client_metrics) == ["local_acc", "support_loss", "train_loss", "weight"]
     for k in a.client_metrics:
-        np.testing.assert_allclose(a.client_metrics[k], b.client_metrics[k], atol=1e-5,
-                                   err_msg=k)
+        np.testing.assert_allclose(a.client_metrics[k], b.client_metrics[k], atol=1e-5, err_msg=k)
     w, acc = a.client_metrics["weight"], a.client_metrics["local_acc"]
     assert (np.isfinite(w).sum(axis=1) == 3).all()  # 3 clients per round
-    np.testing.assert_allclose(np.nansum(w * acc, axis=1) / np.nansum(w, axis=1),
-                               a.metrics["local_acc"], atol=1e-9)
+    np.testing.assert_allclose(
+        np.nansum(w * acc, axis=1) / np.nansum(w, axis=1), a.metrics["local_acc"], atol=1e-9
+    )
 
 
 def test_single_stage_schedule_and_early_stopping(runs):
@@ -90,11 +115,13 @@ def test_single_stage_schedule_and_early_stopping(runs):
 
     def count(acc, n):
         return abs(acc * n - round(acc * n)) < 1e-9
+
     assert count(m["global_acc"][0], 100)
     assert count(m["global_acc"][-1], whole) and count(m["global_acc"][2], whole)
     # method time is compute + communication + aggregation; evaluation is apart
-    np.testing.assert_allclose(m["method_time"], m["compute_time"] + m["comm_time"]
-                               + m["aggregate_time"], rtol=1e-12)
+    np.testing.assert_allclose(
+        m["method_time"], m["compute_time"] + m["comm_time"] + m["aggregate_time"], rtol=1e-12
+    )
     assert (m["round_time"] >= m["method_time"] + m["eval_time"] - 1e-3).all()
 
 
@@ -130,8 +157,11 @@ def test_fused_kernels_are_the_default_and_equal_the_reference(runs, tmp_path):
     from helpers import launch, write_config
 
     cfg = write_config(tmp_path / "cfg.yaml", base=NAS)
-    res = launch(1, [str(cfg), "--out", str(tmp_path / "ref"), "--set",
-                     "kernels.backend=reference"], timeout=240)
+    res = launch(
+        1,
+        [str(cfg), "--out", str(tmp_path / "ref"), "--set", "kernels.backend=reference"],
+        timeout=240,
+    )
     assert res.returncode == 0, res.stderr
     fused = [read_checkpoint(p) for _, p in list_checkpoints(runs[1])]
     ref = [read_checkpoint(p) for _, p in list_checkpoints(tmp_path / "ref")]

@@ -19,12 +19,22 @@ FEDNAS = {
     "run": {"name": "fednas", "seed": 3, "rounds": 4},
     "data": {"name": "digits"},
     # small fixed client splits keep the supernet rounds short on a shared 2-core machine
-    "partition": {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 6, "min_train": 8,
-                  "train_size": 48, "eval_size": 16},
+    "partition": {
+        "scheme": "dirichlet",
+        "alpha": 0.5,
+        "num_clients": 6,
+        "min_train": 8,
+        "train_size": 48,
+        "eval_size": 16,
+    },
     "federation": {"clients_per_round": 3},
     "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 3, "nodes": 2}},
-    "algorithm": {"name": "fednas", "local_epochs": 1, "batch_size": 16,
-                  "fednas": {"search_rounds": 2}},
+    "algorithm": {
+        "name": "fednas",
+        "local_epochs": 1,
+        "batch_size": 16,
+        "fednas": {"search_rounds": 2},
+    },
 }
 STAGES = ["search", "search", "retrain", "retrain"]
 
@@ -43,8 +53,17 @@ def test_one_and_three_ranks_agree(runs):
     assert a.round == b.round == 4
     assert a.spec == b.spec and a.spec["genotype"] is not None
     assert a.stages == b.stages
-    for k in ("global_acc", "global_loss", "train_loss", "val_loss", "local_acc", "lr",
-              "ops_alive", "acc_before_prune", "acc_after_prune"):
+    for k in (
+        "global_acc",
+        "global_loss",
+        "train_loss",
+        "val_loss",
+        "local_acc",
+        "lr",
+        "ops_alive",
+        "acc_before_prune",
+        "acc_after_prune",
+    ):
         np.testing.assert_allclose(a.metrics[k], b.metrics[k], atol=1e-5, err_msg=k)
     assert list(a.state) == list(b.state)
     for k in a.state:
@@ -55,8 +74,9 @@ def test_stages_switch_and_table3_accuracies(runs):
     for n in (1, 3):
         ck = _last(runs[n])
         assert ck.stages == STAGES
-        assert [read_checkpoint(p, tensors=False).attrs["stage"]
-                for _, p in list_checkpoints(runs[n])] == STAGES
+        assert [
+            read_checkpoint(p, tensors=False).attrs["stage"] for _, p in list_checkpoints(runs[n])
+        ] == STAGES
         m = ck.metrics
         # the architecture changes once, at the end of round 2 (index 1): accuracy of the
         # supernet before pruning and of the pruned network right after it, NaN elsewhere
@@ -120,7 +140,14 @@ def test_resume_in_the_retrain_stage_is_bit_identical(runs, tmp_path):
     assert list(a.state) == list(b.state)
     for k in a.state:
         assert torch.equal(a.state[k], b.state[k]), k
-    for k in ("global_acc", "global_loss", "train_loss", "local_acc", "lr",
-              "acc_before_prune", "acc_after_prune"):
+    for k in (
+        "global_acc",
+        "global_loss",
+        "train_loss",
+        "local_acc",
+        "lr",
+        "acc_before_prune",
+        "acc_after_prune",
+    ):
         np.testing.assert_array_equal(a.metrics[k], b.metrics[k], err_msg=k)
     assert json.loads((part / "genotype.json").read_text()) == a.spec["genotype"]

@@ -19,17 +19,36 @@ def _config(name: str) -> dict:
     return {
         "run": {"name": name, "seed": 6, "rounds": 3},
         "data": {"name": "digits"},
-        "partition": {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 5, "min_train": 8,
-                      "train_size": 32, "eval_size": 16},
+        "partition": {
+            "scheme": "dirichlet",
+            "alpha": 0.5,
+            "num_clients": 5,
+            "min_train": 8,
+            "train_size": 32,
+            "eval_size": 16,
+        },
         "federation": {"clients_per_round": 3},
         # four ops keep the relaxed supernet's rounds short on a shared 2-core machine
-        "model": {"name": "darts", "darts": {
-            "init_channels": 4, "layers": 2, "nodes": 2,
-            "primitives": ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]}},
-        "algorithm": {"name": name, "local_epochs": 1, "batch_size": 16,
-                      # meta_fedpnas's pruning; fedpnas does not read the section
-                      **({"fedmetanas": {"prune_gap": 0.05, "combo_prune_gap": 0.05}}
-                         if name == "meta_fedpnas" else {})},
+        "model": {
+            "name": "darts",
+            "darts": {
+                "init_channels": 4,
+                "layers": 2,
+                "nodes": 2,
+                "primitives": ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"],
+            },
+        },
+        "algorithm": {
+            "name": name,
+            "local_epochs": 1,
+            "batch_size": 16,
+            # meta_fedpnas's pruning; fedpnas does not read the section
+            **(
+                {"fedmetanas": {"prune_gap": 0.05, "combo_prune_gap": 0.05}}
+                if name == "meta_fedpnas"
+                else {}
+            ),
+        },
     }
 
 
@@ -53,8 +72,13 @@ def test_one_and_three_ranks_agree(runs):
     for c in a.client_states:
         assert "palpha_normal" in a.client_states[c]
         for k in a.client_states[c]:
-            torch.testing.assert_close(a.client_states[c][k], b.client_states[c][k], rtol=0,
-                                       atol=1e-5, msg=f"client {c} {k}")
+            torch.testing.assert_close(
+                a.client_states[c][k],
+                b.client_states[c][k],
+                rtol=0,
+                atol=1e-5,
+                msg=f"client {c} {k}",
+            )
     for k in ("global_acc", "local_acc", "local_acc_std", "train_loss", "ops_alive"):
         np.testing.assert_allclose(a.metrics[k], b.metrics[k], atol=1e-5, err_msg=k)
     if name == "meta_fedpnas":  # soft pruning ran

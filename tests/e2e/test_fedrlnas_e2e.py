@@ -18,12 +18,22 @@ pytestmark = pytest.mark.slow
 FEDRLNAS = {
     "run": {"name": "fedrlnas", "seed": 3, "rounds": 3},
     "data": {"name": "digits"},
-    "partition": {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 6, "min_train": 8,
-                  "train_size": 48, "eval_size": 16},
+    "partition": {
+        "scheme": "dirichlet",
+        "alpha": 0.5,
+        "num_clients": 6,
+        "min_train": 8,
+        "train_size": 48,
+        "eval_size": 16,
+    },
     "federation": {"clients_per_round": 3},
     "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 3, "nodes": 2}},
-    "algorithm": {"name": "fedrlnas", "local_epochs": 1, "batch_size": 16,
-                  "fedrlnas": {"epsilon": 0.2}},
+    "algorithm": {
+        "name": "fedrlnas",
+        "local_epochs": 1,
+        "batch_size": 16,
+        "fedrlnas": {"epsilon": 0.2},
+    },
 }
 
 
@@ -41,8 +51,16 @@ def test_one_and_three_ranks_agree(runs):
         for k in a.server_state:
             torch.testing.assert_close(a.server_state[k], b.server_state[k], rtol=0, atol=1e-5)
     a, b = ck[1][-1], ck[3][-1]
-    for k in ("global_acc", "train_loss", "reward", "local_acc", "local_acc_std",
-              "mean_reward", "baseline", "ops_alive"):
+    for k in (
+        "global_acc",
+        "train_loss",
+        "reward",
+        "local_acc",
+        "local_acc_std",
+        "mean_reward",
+        "baseline",
+        "ops_alive",
+    ):
         np.testing.assert_allclose(a.metrics[k], b.metrics[k], atol=1e-5, err_msg=k)
     assert a.spec["genotype"] is not None
     assert a.metrics["ops_alive"].tolist() == [80.0, 80.0, 10.0]

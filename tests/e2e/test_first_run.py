@@ -15,9 +15,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quickstart_prints_no_warning(tmp_path):
-    res = launch(3, [str(ROOT / "configs/quickstart.yaml"), "--out", str(tmp_path / "run"),
-                     "--set", "run.rounds=1", "--set", "algorithm.fedmetanas.final_round=1"],
-                 timeout=840)
+    res = launch(
+        3,
+        [
+            str(ROOT / "configs/quickstart.yaml"),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "run.rounds=1",
+            "--set",
+            "algorithm.fedmetanas.final_round=1",
+        ],
+        timeout=840,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
     lines = res.stdout.splitlines()

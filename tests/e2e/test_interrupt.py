@@ -20,9 +20,14 @@ pytestmark = pytest.mark.slow
 def _interrupt_after_first_checkpoint(cfg, out, n=3, timeout=240):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # a session of its own: the signal goes to the whole group, as a terminal's Ctrl-C does
-    proc = subprocess.Popen([mpirun(), "-n", str(n), sys.executable, "-m", "fednas_mpi",
-                             str(cfg), "--out", str(out)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [mpirun(), "-n", str(n), sys.executable, "-m", "fednas_mpi", str(cfg), "--out", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     t0 = time.monotonic()
     try:
         while not (out / "round_00001.h5").exists():
@@ -46,8 +51,9 @@ def test_ctrl_c_prints_one_line_and_the_run_resumes(tmp_path):
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, stderr
     done = list_checkpoints(out)[-1][0]
-    assert lines[0] == (f"fednas-mpi: interrupted at round {done + 1}; resume with: "
-                        f"fednas-mpi --resume {out}")
+    assert lines[0] == (
+        f"fednas-mpi: interrupted at round {done + 1}; resume with: fednas-mpi --resume {out}"
+    )
     assert not [p for p in os.listdir(out) if p.startswith(".round_")]  # no half file
     for _, path in list_checkpoints(out):
         read_checkpoint(path)  # whole

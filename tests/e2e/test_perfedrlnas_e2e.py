@@ -17,12 +17,22 @@ pytestmark = pytest.mark.slow
 PERFEDRLNAS = {
     "run": {"name": "perfedrlnas", "seed": 4, "rounds": 4},
     "data": {"name": "digits"},
-    "partition": {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 5, "min_train": 8,
-                  "train_size": 40, "eval_size": 16},
+    "partition": {
+        "scheme": "dirichlet",
+        "alpha": 0.5,
+        "num_clients": 5,
+        "min_train": 8,
+        "train_size": 40,
+        "eval_size": 16,
+    },
     "federation": {"clients_per_round": 3},
     "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 3, "nodes": 2}},
-    "algorithm": {"name": "perfedrlnas", "local_epochs": 1, "batch_size": 16,
-                  "perfedrlnas": {"epsilon": 0.1}},
+    "algorithm": {
+        "name": "perfedrlnas",
+        "local_epochs": 1,
+        "batch_size": 16,
+        "perfedrlnas": {"epsilon": 0.1},
+    },
 }
 
 
@@ -43,10 +53,23 @@ def test_one_and_three_ranks_agree(runs):
     assert sorted(a.client_states) == sorted(b.client_states)
     for c in a.client_states:
         for k in a.client_states[c]:
-            torch.testing.assert_close(a.client_states[c][k], b.client_states[c][k], rtol=0,
-                                       atol=1e-5, msg=f"client {c} {k}")
-    for k in ("global_acc", "local_acc", "local_acc_std", "reward", "time_cost",
-              "personal_reward", "mean_best_acc", "distinct_subnets"):
+            torch.testing.assert_close(
+                a.client_states[c][k],
+                b.client_states[c][k],
+                rtol=0,
+                atol=1e-5,
+                msg=f"client {c} {k}",
+            )
+    for k in (
+        "global_acc",
+        "local_acc",
+        "local_acc_std",
+        "reward",
+        "time_cost",
+        "personal_reward",
+        "mean_best_acc",
+        "distinct_subnets",
+    ):
         np.testing.assert_allclose(a.metrics[k], b.metrics[k], atol=1e-5, err_msg=k)
     # every client that took part has its own policy and subnet
     assert a.client_states
@@ -75,9 +98,16 @@ def test_resume_is_bit_identical_with_client_states(runs, tmp_path):
 
 
 def test_meta_variant_one_and_three_ranks_agree(tmp_path):
-    cfg = {**PERFEDRLNAS, "run": {"name": "meta_perfedrlnas", "seed": 4, "rounds": 3},
-           "algorithm": {"name": "meta_perfedrlnas", "local_epochs": 1, "batch_size": 16,
-                         "fedmetanas": {"prune_gap": 0.05}}}
+    cfg = {
+        **PERFEDRLNAS,
+        "run": {"name": "meta_perfedrlnas", "seed": 4, "rounds": 3},
+        "algorithm": {
+            "name": "meta_perfedrlnas",
+            "local_epochs": 1,
+            "batch_size": 16,
+            "fedmetanas": {"prune_gap": 0.05},
+        },
+    }
     dirs = run_per_rank_count(tmp_path, cfg)
     a, b = _last(dirs[1]), _last(dirs[3])
     assert a.spec == b.spec
@@ -85,10 +115,21 @@ def test_meta_variant_one_and_three_ranks_agree(tmp_path):
         torch.testing.assert_close(a.state[k], b.state[k], rtol=0, atol=1e-5)
     for c in a.client_states:
         for k in a.client_states[c]:
-            torch.testing.assert_close(a.client_states[c][k], b.client_states[c][k], rtol=0,
-                                       atol=1e-5, msg=f"client {c} {k}")
-    for k in ("global_acc", "local_acc", "train_loss", "personal_reward", "ops_alive",
-              "temperature"):
+            torch.testing.assert_close(
+                a.client_states[c][k],
+                b.client_states[c][k],
+                rtol=0,
+                atol=1e-5,
+                msg=f"client {c} {k}",
+            )
+    for k in (
+        "global_acc",
+        "local_acc",
+        "train_loss",
+        "personal_reward",
+        "ops_alive",
+        "temperature",
+    ):
         np.testing.assert_allclose(a.metrics[k], b.metrics[k], atol=1e-5, err_msg=k)
 
 
@@ -104,8 +145,9 @@ def test_report_tools_show_the_clients_subnets(runs):
     assert 1 <= s["distinct_client_subnets"] <= s["client_subnets"]
     rows = {r["client"]: r for r in clients(run)}
     for c, st in ck.client_states.items():
-        ops = [run.config["model"]["darts"]["primitives"][int(k)]
-               for k in st["subnet_normal"].tolist()]
+        ops = [
+            run.config["model"]["darts"]["primitives"][int(k)] for k in st["subnet_normal"].tolist()
+        ]
         assert rows[c]["subnet"].startswith("normal: " + ",".join(ops))
     assert "one per client" in summary_text(s)
     assert "personal_reward" in run.metrics and "distinct_subnets" in run.metrics

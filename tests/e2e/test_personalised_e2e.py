@@ -17,10 +17,13 @@ from fednas_mpi.store import list_checkpoints, read_checkpoint
 
 pytestmark = pytest.mark.slow
 
-BASE = {**TINY, "run": {**TINY["run"], "rounds": 3, "personal_eval_every": 2},
-        "partition": {**TINY["partition"], "train_size": 48, "eval_size": 24},
-        "model": {"name": "mobilenet_v3_small", "mobilenet": {"width_mult": 0.25}},
-        "algorithm": {**TINY["algorithm"], "local_epochs": 1}}
+BASE = {
+    **TINY,
+    "run": {**TINY["run"], "rounds": 3, "personal_eval_every": 2},
+    "partition": {**TINY["partition"], "train_size": 48, "eval_size": 24},
+    "model": {"name": "mobilenet_v3_small", "mobilenet": {"width_mult": 0.25}},
+    "algorithm": {**TINY["algorithm"], "local_epochs": 1},
+}
 
 
 def _last(run):
@@ -36,16 +39,25 @@ def _assert_same(a, b, atol=1e-5):
     assert sorted(a.client_states) == sorted(b.client_states)
     for c in a.client_states:
         for k in a.client_states[c]:
-            torch.testing.assert_close(a.client_states[c][k], b.client_states[c][k], rtol=0,
-                                       atol=atol)
+            torch.testing.assert_close(
+                a.client_states[c][k], b.client_states[c][k], rtol=0, atol=atol
+            )
 
 
 @pytest.fixture(scope="module")
 def fedrep_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("fedrep")
-    return run_per_rank_count(root, BASE, algorithm={"name": "fedrep", "local_epochs": 1,
-                                                     "batch_size": 16, "lr": 0.05,
-                                                     "fedrep": {"head_epochs": 1}})
+    return run_per_rank_count(
+        root,
+        BASE,
+        algorithm={
+            "name": "fedrep",
+            "local_epochs": 1,
+            "batch_size": 16,
+            "lr": 0.05,
+            "fedrep": {"head_epochs": 1},
+        },
+    )
 
 
 def test_fedrep_ranks_agree_and_heads_stay_per_client(fedrep_runs):
@@ -86,22 +98,31 @@ def test_fedrep_heads_survive_resume(fedrep_runs, tmp_path):
 
 
 def test_perfedavg_ranks_agree(tmp_path, variant="hessian_free"):
-    runs = run_per_rank_count(tmp_path, BASE, algorithm={
-        "name": "perfedavg", "batch_size": 16, "lr": 0.05,
-        "perfedavg": {"variant": variant, "alpha": 0.02}})
+    runs = run_per_rank_count(
+        tmp_path,
+        BASE,
+        algorithm={
+            "name": "perfedavg",
+            "batch_size": 16,
+            "lr": 0.05,
+            "perfedavg": {"variant": variant, "alpha": 0.02},
+        },
+    )
     a, b = _last(runs[1]), _last(runs[3])
     _assert_same(a, b)
     assert not a.client_states and np.isfinite(a.metrics["personal_acc"][-1])
 
 
 def test_fedbabu_ranks_agree_and_head_stays_at_init(tmp_path):
-    runs = run_per_rank_count(tmp_path, BASE, algorithm={"name": "fedbabu", "batch_size": 16,
-                                                         "lr": 0.05})
+    runs = run_per_rank_count(
+        tmp_path, BASE, algorithm={"name": "fedbabu", "batch_size": 16, "lr": 0.05}
+    )
     a, b = _last(runs[1]), _last(runs[3])
     _assert_same(a, b)
     cfg = load(runs[3] / "config.yaml")
-    net = build_model(cfg.model, (1, 8, 8), 10,
-                      torch_rng(cfg.run.seed, SETUP, SERVER, "model.init"))
+    net = build_model(
+        cfg.model, (1, 8, 8), 10, torch_rng(cfg.run.seed, SETUP, SERVER, "model.init")
+    )
     init = net.state_dict()
     for ck in (a, b):
         for k in ("head.weight", "head.bias"):

@@ -23,8 +23,12 @@ RANDOM = {
     "partition": {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 6, "min_train": 8},
     "federation": {"clients_per_round": 3},
     "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 3, "nodes": 2}},
-    "algorithm": {"name": "random_nas", "local_epochs": 1, "batch_size": 16,
-                  "random_nas": {"genotype_seed": 4}},
+    "algorithm": {
+        "name": "random_nas",
+        "local_epochs": 1,
+        "batch_size": 16,
+        "random_nas": {"genotype_seed": 4},
+    },
 }
 
 
@@ -54,9 +58,19 @@ def test_one_and_three_ranks_agree_and_the_genotype_is_the_sampled_one(runs):
 
 def test_another_genotype_seed_gives_another_network(tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", base=RANDOM)
-    res = launch(1, [str(cfg), "--out", str(tmp_path / "g1"), "--set",
-                     "algorithm.random_nas.genotype_seed=1", "--set", "run.rounds=1"],
-                 timeout=240)
+    res = launch(
+        1,
+        [
+            str(cfg),
+            "--out",
+            str(tmp_path / "g1"),
+            "--set",
+            "algorithm.random_nas.genotype_seed=1",
+            "--set",
+            "run.rounds=1",
+        ],
+        timeout=240,
+    )
     assert res.returncode == 0, res.stderr
     other = read_checkpoint(list_checkpoints(tmp_path / "g1")[-1][1], tensors=False)
     base = get_algorithm("random_nas")(from_dict(RANDOM), DataInfo((1, 8, 8), 10))

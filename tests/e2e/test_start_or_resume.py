@@ -52,11 +52,22 @@ def test_resumes_from_a_checkpoint_and_refuses_a_disagreeing_config(tmp_path):
     cfg_file = write_config(tmp_path / "cfg.yaml")
     run = tmp_path / "run"
     cfg, _, _ = decide(str(cfg_file), "--out", str(run), "--resume")
-    write_checkpoint(run, 1, config_yaml=(run / "config.yaml").read_text(), spec={},
-                     state={}, server_state={}, client_states={}, metrics={}, stages=["x"],
-                     partition={}, attrs={})
-    again, _, ckpt = decide(str(cfg_file), "--out", str(run), "--resume",
-                            "--set", "run.rounds=9")  # run.rounds may change
+    write_checkpoint(
+        run,
+        1,
+        config_yaml=(run / "config.yaml").read_text(),
+        spec={},
+        state={},
+        server_state={},
+        client_states={},
+        metrics={},
+        stages=["x"],
+        partition={},
+        attrs={},
+    )
+    again, _, ckpt = decide(
+        str(cfg_file), "--out", str(run), "--resume", "--set", "run.rounds=9"
+    )  # run.rounds may change
     assert ckpt.round == 1 and again.run.rounds == 9
     seed = write_config(tmp_path / "seed.yaml", run={**TINY["run"], "seed": 99})
     with pytest.raises(ConfigError, match="run.seed: run has 7, .*seed.yaml has 99"):
@@ -75,19 +86,21 @@ def test_broken_checkpoints_without_a_valid_one_are_set_aside(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "round_00002.h5").write_bytes(b"truncated")
-    cfg, _, ckpt = decide(str(write_config(tmp_path / "cfg.yaml")), "--out", str(run),
-                          "--resume")
+    cfg, _, ckpt = decide(str(write_config(tmp_path / "cfg.yaml")), "--out", str(run), "--resume")
     assert ckpt is None
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "round_00002.h5.broken"]
     assert "round_00002.h5" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,words", [
-    (["--resume"], "--resume needs the run directory"),
-    (["--resume", "{run}"], "nothing to resume"),
-    (["{cfg}", "--out", "{busy}", "--resume"], "not a fednas-mpi run's (notes.txt)"),
-    (["{cfg}", "--out", "{run}", "--resume", "{busy}"], "different directories"),
-])
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--resume"], "--resume needs the run directory"),
+        (["--resume", "{run}"], "nothing to resume"),
+        (["{cfg}", "--out", "{busy}", "--resume"], "not a fednas-mpi run's (notes.txt)"),
+        (["{cfg}", "--out", "{run}", "--resume", "{busy}"], "different directories"),
+    ],
+)
 def test_start_or_resume_usage_errors(tmp_path, argv, words):
     busy = tmp_path / "busy"
     busy.mkdir()

@@ -37,8 +37,10 @@ def test_macs_and_parameters_of_the_small_cnn_by_hand():
 
 
 def test_macs_count_grouped_and_strided_convolutions():
-    net = nn.Sequential(nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4, bias=False),
-                        nn.Conv2d(4, 6, 1, bias=False))
+    net = nn.Sequential(
+        nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4, bias=False),
+        nn.Conv2d(4, 6, 1, bias=False),
+    )
     # depthwise: 4 x 4x4 outputs x 9 taps x 1 input channel; pointwise: 6 x 16 x 4
     assert artifact.count_macs(net, (4, 8, 8)) == 4 * 16 * 9 + 6 * 16 * 4
 
@@ -55,8 +57,9 @@ def test_recalibration_gives_the_mean_of_batch_statistics():
     torch.testing.assert_close(layer.running_mean, mean)
     torch.testing.assert_close(layer.running_var, var)
     x = torch.randn(1, 3, 4, 4, generator=g)  # one image: normalised by the estimates
-    torch.testing.assert_close(bn(x), (x - mean[None, :, None, None])
-                               / (var[None, :, None, None] + layer.eps).sqrt())
+    torch.testing.assert_close(
+        bn(x), (x - mean[None, :, None, None]) / (var[None, :, None, None] + layer.eps).sqrt()
+    )
 
 
 def _search_net(seed: int = 0) -> SearchNetwork:
@@ -78,8 +81,10 @@ def test_frozen_mixture_equals_the_search_network():
     net.set_sampling(0.7, None)
     with torch.no_grad():
         w = {c: net.mixing_weights(c) for c in ("normal", "reduce")}
-        plans = [deploy.mixture_plan(net, cell, *w["reduce" if cell.reduction else "normal"])
-                 for cell in net.cells]
+        plans = [
+            deploy.mixture_plan(net, cell, *w["reduce" if cell.reduction else "normal"])
+            for cell in net.cells
+        ]
         frozen = deploy.freeze(net, plans)
         x = torch.randn(6, 1, 8, 8)
         torch.testing.assert_close(frozen(x), net(x), rtol=0, atol=1e-6)
@@ -90,10 +95,14 @@ def test_frozen_path_equals_path_forward_with_a_zero_node():
     space = net.space
     none, pool = space.primitives.index("none"), space.primitives.index("max_pool_3x3")
     # node 0 of every cell gets `none` on both its edges: a zero state
-    choices = {c: [none if e < 2 else pool if e % 2 else 4 for e in range(space.num_edges)]
-               for c in ("normal", "reduce")}
-    plans = [deploy.path_plan(net, cell, choices["reduce" if cell.reduction else "normal"])
-             for cell in net.cells]
+    choices = {
+        c: [none if e < 2 else pool if e % 2 else 4 for e in range(space.num_edges)]
+        for c in ("normal", "reduce")
+    }
+    plans = [
+        deploy.path_plan(net, cell, choices["reduce" if cell.reduction else "normal"])
+        for cell in net.cells
+    ]
     assert all(plan[0] == [] for plan in plans)
     with torch.no_grad():
         frozen = deploy.freeze(net, plans)
@@ -129,7 +138,7 @@ def _check_batches(model, x):
     """One image at a time gives the logits of the batch (eval-mode BatchNorm)."""
     with torch.no_grad():
         batched = model(x)
-        single = torch.cat([model(x[i:i + 1]) for i in range(len(x))])
+        single = torch.cat([model(x[i : i + 1]) for i in range(len(x))])
     torch.testing.assert_close(single, batched, rtol=1e-4, atol=1e-5)
 
 
@@ -159,8 +168,10 @@ def test_every_method_exports_what_it_evaluates(tmp_path, method):
             # a discrete architecture has its genotype; FedPNAS's mixture has only cells
             assert (meta["genotype"] is None) == (method in ("fedpnas", "meta_fedpnas"))
             assert meta["batchnorm"]["data"] == (
-                "all clients' train splits" if name == "global" else
-                f"client {extra[1]}'s train split")
+                "all clients' train splits"
+                if name == "global"
+                else f"client {extra[1]}'s train split"
+            )
         if name == "global":
             assert acc["method_evaluation"] == pytest.approx(acc["run_global_acc"], abs=1e-9)
         _check_batches(model, x)
@@ -195,16 +206,27 @@ FRESH = textwrap.dedent("""
 ROOT = Path(__file__).resolve().parents[2]
 README_SNIPPET = re.compile(r"## Using the searched model.*?```python\n(.*?)```", re.S)
 
-TRAINED = {"run": {"name": "fresh", "seed": 1, "rounds": 8},
-           "data": {"name": "digits"},
-           "partition": {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 6},
-           "federation": {"clients_per_round": 3},
-           "model": {"name": "darts", "darts": {"init_channels": 6, "layers": 3, "nodes": 2}},
-           "algorithm": {"name": "fedmetanas", "local_epochs": 2, "batch_size": 16,
-                         "fedmetanas": {"arch_warmup_rounds": 2, "prune_start": 3,
-                                        "temperature_end": 0.5, "meta_lr_alpha": 0.1,
-                                        "prune_gap": 1.0, "combo_prune_gap": 1.0,
-                                        "final_round": 5}}}
+TRAINED = {
+    "run": {"name": "fresh", "seed": 1, "rounds": 8},
+    "data": {"name": "digits"},
+    "partition": {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 6},
+    "federation": {"clients_per_round": 3},
+    "model": {"name": "darts", "darts": {"init_channels": 6, "layers": 3, "nodes": 2}},
+    "algorithm": {
+        "name": "fedmetanas",
+        "local_epochs": 2,
+        "batch_size": 16,
+        "fedmetanas": {
+            "arch_warmup_rounds": 2,
+            "prune_start": 3,
+            "temperature_end": 0.5,
+            "meta_lr_alpha": 0.1,
+            "prune_gap": 1.0,
+            "combo_prune_gap": 1.0,
+            "final_round": 5,
+        },
+    },
+}
 
 
 @pytest.mark.slow
@@ -224,9 +246,13 @@ def test_exported_quickstart_model_loads_in_a_fresh_process(tmp_path):
     script = tmp_path / "fresh.py"
     script.write_text(FRESH)
     # -I: isolated (no PYTHONPATH, no user site), so only torch's own install is reachable
-    res = subprocess.run([sys.executable, "-I", str(script), str(tmp_path / "m.pt2"),
-                          str(tmp_path / "test.pt")], capture_output=True, text=True,
-                         timeout=300, cwd=tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-I", str(script), str(tmp_path / "m.pt2"), str(tmp_path / "test.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["modules"] == [] and out["genotype"]
@@ -239,7 +265,12 @@ def test_exported_quickstart_model_loads_in_a_fresh_process(tmp_path):
     snippet = README_SNIPPET.search((ROOT / "README.md").read_text()).group(1)
     shutil.copy(tmp_path / "m.pt2", tmp_path / "model.pt2")
     check = "\nimport sys\nassert 'fednas_mpi' not in sys.modules\n"
-    res = subprocess.run([sys.executable, "-I", "-c", snippet + check], capture_output=True,
-                         text=True, timeout=300, cwd=tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-I", "-c", snippet + check],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("fedmetanas 8 -> class "), res.stdout

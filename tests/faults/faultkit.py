@@ -40,35 +40,45 @@ class Job:
         return self.err.read_text()
 
 
-def start(n: int, args: list[str], log_dir: Path, env: dict | None = None,
-          name: str = "job") -> Job:
+def start(
+    n: int, args: list[str], log_dir: Path, env: dict | None = None, name: str = "job"
+) -> Job:
     """``mpirun -n n python -m fednas_mpi args`` in a session of its own (so every process
     it starts can be found and, at worst, killed as a group); output goes to files."""
     log_dir.mkdir(parents=True, exist_ok=True)
     out, err = log_dir / f"{name}.out", log_dir / f"{name}.err"
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen([mpirun(), "-n", str(n), sys.executable, "-m", "fednas_mpi",
-                                 *args], stdout=o, stderr=e, env=full_env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [mpirun(), "-n", str(n), sys.executable, "-m", "fednas_mpi", *args],
+            stdout=o,
+            stderr=e,
+            env=full_env,
+            start_new_session=True,
+        )
     return Job(proc, out, err, time.monotonic())
 
 
-def start_command(command: list[str], log_dir: Path, env: dict | None = None,
-                  name: str = "job") -> Job:
+def start_command(
+    command: list[str], log_dir: Path, env: dict | None = None, name: str = "job"
+) -> Job:
     """Any command (the jobs/ wrapper), started like ``start``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     out, err = log_dir / f"{name}.out", log_dir / f"{name}.err"
     with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen(command, stdout=o, stderr=e,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command,
+            stdout=o,
+            stderr=e,
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
+            start_new_session=True,
+        )
     return Job(proc, out, err, time.monotonic())
 
 
 def _parent(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2:].split()[1])
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
 def _descends(pid: int, ancestor: int) -> bool:
@@ -99,7 +109,7 @@ def rank_pids(job: Job, n: int, timeout: float = 60.0) -> dict[int, int]:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except (OSError, ProcessLookupError):
                 continue
-            ranks = [v[len(b"PMI_RANK="):] for v in env if v.startswith(b"PMI_RANK=")]
+            ranks = [v[len(b"PMI_RANK=") :] for v in env if v.startswith(b"PMI_RANK=")]
             if ranks and b"fednas_mpi" in cmd:
                 found[int(ranks[0])] = pid
         if len(found) == n:
@@ -114,8 +124,9 @@ def wait_for(predicate, timeout: float, what: str, job: Job | None = None) -> No
     deadline = time.monotonic() + timeout
     while not predicate():
         if job is not None and job.proc.poll() is not None:
-            raise AssertionError(f"job ended (status {job.proc.returncode}) before {what}:\n"
-                                 f"{job.stderr}")
+            raise AssertionError(
+                f"job ended (status {job.proc.returncode}) before {what}:\n{job.stderr}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
@@ -129,8 +140,7 @@ def wait_exit(job: Job, limit: float) -> tuple[int, float]:
     except subprocess.TimeoutExpired:
         os.killpg(job.proc.pid, signal.SIGKILL)
         job.proc.wait()
-        raise AssertionError(f"job still running after {limit}s; killed.\n"
-                             f"{job.stderr}") from None
+        raise AssertionError(f"job still running after {limit}s; killed.\n{job.stderr}") from None
     return rc, time.monotonic() - t0
 
 

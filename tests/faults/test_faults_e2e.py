@@ -42,8 +42,11 @@ pytestmark = pytest.mark.slow
 RANKS, ROUNDS = 2, 6
 SEED = int(os.environ.get("FEDNAS_FAULT_SEED", "19"))
 REPO = Path(__file__).resolve().parents[2]
-BASE = {**TINY, "run": {"name": "faults", "seed": 7, "rounds": ROUNDS},
-        "algorithm": {**TINY["algorithm"], "local_epochs": 2}}
+BASE = {
+    **TINY,
+    "run": {"name": "faults", "seed": 7, "rounds": ROUNDS},
+    "algorithm": {**TINY["algorithm"], "local_epochs": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +67,11 @@ def rng(name: str) -> random.Random:
     return random.Random(f"{SEED}:{name}")
 
 
-def complete_and_compare(cfg: Path, run: Path, reference: Path, tmp_path: Path,
-                         extra: tuple[str, ...] = ()) -> str:
+def complete_and_compare(
+    cfg: Path, run: Path, reference: Path, tmp_path: Path, extra: tuple[str, ...] = ()
+) -> str:
     """The start-or-resume command finishes the run; it equals the reference bit for bit."""
-    job = start(RANKS, [str(cfg), "--out", str(run), "--resume", *extra], tmp_path,
-                name="resume")
+    job = start(RANKS, [str(cfg), "--out", str(run), "--resume", *extra], tmp_path, name="resume")
     assert finish(job) == 0, job.stderr
     assert_checkpoints_whole(run)
     assert_same_final(reference, run, ROUNDS)
@@ -83,8 +86,11 @@ def has_checkpoint(run: Path, round_: int = 1) -> bool:
 def exit_after_round(job, run: Path, round_: int) -> tuple[int, float]:
     """A fault hooked into the round after ``round_``: once that round's checkpoint is
     there, the job must end within the limit; (status, seconds from that checkpoint)."""
-    wait_for(lambda: has_checkpoint(run, round_) or job.proc.poll() is not None, RUN_LIMIT_S,
-             f"round {round_}'s checkpoint")
+    wait_for(
+        lambda: has_checkpoint(run, round_) or job.proc.poll() is not None,
+        RUN_LIMIT_S,
+        f"round {round_}'s checkpoint",
+    )
     return wait_exit(job, EXIT_LIMIT_S)
 
 
@@ -103,10 +109,16 @@ def kill_at(job, run: Path, target: int, moment: str, r: random.Random) -> dict:
     return {"rank": target, "checkpoints_at_kill": len(list_checkpoints(run))}
 
 
-@pytest.mark.parametrize("target,moment", [
-    (1, "before_first_checkpoint"), (0, "before_first_checkpoint"),
-    (1, "mid_run"), (0, "mid_run"), ("random", "random"),
-])
+@pytest.mark.parametrize(
+    "target,moment",
+    [
+        (1, "before_first_checkpoint"),
+        (0, "before_first_checkpoint"),
+        (1, "mid_run"),
+        (0, "mid_run"),
+        ("random", "random"),
+    ],
+)
 def test_sigkill_a_rank(cfg, reference, tmp_path, target, moment):
     r = rng(f"{target}-{moment}")
     if target == "random":
@@ -122,18 +134,24 @@ def test_sigkill_a_rank(cfg, reference, tmp_path, target, moment):
 
 
 def test_killed_before_first_checkpoint_the_jobs_wrapper_restarts_without_config(
-        cfg, reference, tmp_path):
+    cfg, reference, tmp_path
+):
     """jobs/common.sh after a job died before its first checkpoint: with no CONFIG it
     starts the run from RUN_DIR/config.yaml (the shell special case is gone)."""
     run = tmp_path / "run"
     job = start(RANKS, [str(cfg), "--out", str(run), "--resume"], tmp_path)
     kill_at(job, run, 0, "before_first_checkpoint", rng("wrapper"))
     assert wait_exit(job, EXIT_LIMIT_S)[0] != 0
-    env = {"RUN_DIR": str(run), "RANKS": str(RANKS), "MPIRUN": mpirun(),
-           "FEDNAS": f"{sys.executable} -m fednas_mpi"}
+    env = {
+        "RUN_DIR": str(run),
+        "RANKS": str(RANKS),
+        "MPIRUN": mpirun(),
+        "FEDNAS": f"{sys.executable} -m fednas_mpi",
+    }
     env.pop("CONFIG", None)
-    wrapper = start_command(["bash", "-c", f"source {REPO / 'jobs/common.sh'} && fednas_run"],
-                            tmp_path, env, "wrapper")
+    wrapper = start_command(
+        ["bash", "-c", f"source {REPO / 'jobs/common.sh'} && fednas_run"], tmp_path, env, "wrapper"
+    )
     assert finish(wrapper) == 0, wrapper.stderr + wrapper.stdout
     assert "starting or resuming the run" in wrapper.stdout
     assert_same_final(reference, run, ROUNDS)
@@ -141,8 +159,12 @@ def test_killed_before_first_checkpoint_the_jobs_wrapper_restarts_without_config
 
 def test_rank0_killed_while_writing_a_checkpoint(cfg, reference, tmp_path):
     run = tmp_path / "run"
-    job = start(RANKS, [str(cfg), "--out", str(run), "--resume"], tmp_path,
-                {"FEDNAS_FAULT_CHECKPOINT": "3:kill"})
+    job = start(
+        RANKS,
+        [str(cfg), "--out", str(run), "--resume"],
+        tmp_path,
+        {"FEDNAS_FAULT_CHECKPOINT": "3:kill"},
+    )
     rc, seconds = exit_after_round(job, run, 2)
     report("sigkill rank 0 during checkpoint write", status=rc, exit_s=round(seconds, 2))
     assert rc != 0
@@ -168,15 +190,25 @@ def test_signal_to_the_launcher(cfg, reference, tmp_path, sig):
 
 
 def _round2_client(index: int) -> int:
-    return int(sample_clients(BASE["run"]["seed"], 1, TINY["partition"]["num_clients"],
-                              TINY["federation"]["clients_per_round"])[index])
+    return int(
+        sample_clients(
+            BASE["run"]["seed"],
+            1,
+            TINY["partition"]["num_clients"],
+            TINY["federation"]["clients_per_round"],
+        )[index]
+    )
 
 
 def test_nan_in_one_client_aborts_once_and_resumes(cfg, reference, tmp_path):
     run = tmp_path / "run"
     bad = _round2_client(1)
-    job = start(RANKS, [str(cfg), "--out", str(run), "--resume"], tmp_path,
-                {"FEDNAS_FAULT_NAN_CLIENT": f"2:{bad}"})
+    job = start(
+        RANKS,
+        [str(cfg), "--out", str(run), "--resume"],
+        tmp_path,
+        {"FEDNAS_FAULT_NAN_CLIENT": f"2:{bad}"},
+    )
     rc, seconds = exit_after_round(job, run, 1)
     report("NaN in one client (abort)", status=rc, exit_s=round(seconds, 2))
     assert rc == 4, job.stderr
@@ -190,9 +222,12 @@ def test_nan_in_one_client_aborts_once_and_resumes(cfg, reference, tmp_path):
 def test_nan_in_one_client_is_skipped_under_skip_client(cfg, tmp_path):
     run = tmp_path / "run"
     bad = _round2_client(0)
-    job = start(RANKS, [str(cfg), "--out", str(run), "--resume", "--set",
-                        "run.on_nonfinite=skip_client"], tmp_path,
-                {"FEDNAS_FAULT_NAN_CLIENT": f"2:{bad}"})
+    job = start(
+        RANKS,
+        [str(cfg), "--out", str(run), "--resume", "--set", "run.on_nonfinite=skip_client"],
+        tmp_path,
+        {"FEDNAS_FAULT_NAN_CLIENT": f"2:{bad}"},
+    )
     rc = finish(job)
     report("NaN in one client (skip_client)", status=rc, exit_s=None)  # runs to the end
     assert rc == 0, job.stderr
@@ -205,8 +240,12 @@ def test_nan_in_one_client_is_skipped_under_skip_client(cfg, tmp_path):
 
 def test_injected_enospc_is_one_message_and_resumes(cfg, reference, tmp_path):
     run = tmp_path / "run"
-    job = start(RANKS, [str(cfg), "--out", str(run), "--resume"], tmp_path,
-                {"FEDNAS_FAULT_CHECKPOINT": "3:enospc"})
+    job = start(
+        RANKS,
+        [str(cfg), "--out", str(run), "--resume"],
+        tmp_path,
+        {"FEDNAS_FAULT_CHECKPOINT": "3:enospc"},
+    )
     rc, seconds = exit_after_round(job, run, 2)
     report("ENOSPC injected into a checkpoint write", status=rc, exit_s=round(seconds, 2))
     assert rc == 5, job.stderr
@@ -231,11 +270,16 @@ def test_full_tmpfs_with_keep_then_space_freed(cfg, reference, tmp_path):
         # beside both (keep 2 prunes only after a write), so the disk fills up there
         free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
         filler.write_bytes(b"\0" * int(free - 2.5 * one - 8 * 1024))
-        job = start(RANKS, [str(cfg), "--out", str(run), "--resume", "--set", "store.keep=2"],
-                    tmp_path)
+        job = start(
+            RANKS, [str(cfg), "--out", str(run), "--resume", "--set", "store.keep=2"], tmp_path
+        )
         rc, seconds = exit_after_round(job, run, 1)
-        report("full tmpfs (store.keep 2)", status=rc, exit_s=round(seconds, 2),
-               rounds_left=assert_checkpoints_whole(run))
+        report(
+            "full tmpfs (store.keep 2)",
+            status=rc,
+            exit_s=round(seconds, 2),
+            rounds_left=assert_checkpoints_whole(run),
+        )
         assert rc == 5, job.stderr + job.stdout
         err = job.stderr
         assert err.count("No space left on device (ENOSPC)") == 1, err

@@ -21,8 +21,10 @@ from methods import run_config as _config
 from fednas_mpi.cli import main
 from fednas_mpi.store import list_checkpoints, read_checkpoint
 
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(),
-                               reason="no CUDA device on this machine")
+needs_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine"
+)
+
 
 def _run(tmp_path, method, device, name):
     cfg = _config(tmp_path / f"{method}.yaml", method)
@@ -49,8 +51,14 @@ def _assert_same_spec(a, b, path="spec"):
 
 
 def _float_diff(a, b):
-    return max((float((x.double() - y.double()).abs().max()) for x, y in zip(a, b)
-                if x.is_floating_point() and x.numel()), default=0.0)
+    return max(
+        (
+            float((x.double() - y.double()).abs().max())
+            for x, y in zip(a, b)
+            if x.is_floating_point() and x.numel()
+        ),
+        default=0.0,
+    )
 
 
 @needs_gpu
@@ -73,12 +81,22 @@ def test_method_on_gpu_matches_cpu_and_repeats(tmp_path, method):
     diff = _float_diff([gpu.state[k] for k in keys], [cpu.state[k] for k in keys])
     print(f"{method}: max |gpu - cpu| over the global state = {diff:.2e}")
     for k in keys:
-        torch.testing.assert_close(gpu.state[k], cpu.state[k], rtol=2e-2, atol=2e-3,
-                                   msg=lambda m, k=k: f"{method} {k}: {m}")
+        torch.testing.assert_close(
+            gpu.state[k],
+            cpu.state[k],
+            rtol=2e-2,
+            atol=2e-3,
+            msg=lambda m, k=k: f"{method} {k}: {m}",
+        )
     for c in gpu.client_states:
         for k, v in gpu.client_states[c].items():
-            torch.testing.assert_close(v, cpu.client_states[c][k], rtol=2e-2, atol=2e-3,
-                                       msg=lambda m, c=c, k=k: f"client {c} {k}: {m}")
+            torch.testing.assert_close(
+                v,
+                cpu.client_states[c][k],
+                rtol=2e-2,
+                atol=2e-3,
+                msg=lambda m, c=c, k=k: f"client {c} {k}: {m}",
+            )
     for k in ("global_acc", "personal_acc", "local_acc"):
         if k in gpu.metrics:
             np.testing.assert_allclose(gpu.metrics[k], cpu.metrics[k], atol=0.05, err_msg=k)
@@ -90,16 +108,16 @@ def test_two_workers_sharing_the_gpu_equal_one_rank(tmp_path, method):
     """mpirun -n 3: ranks 1 and 2 both on cuda:0, rank 0 on the CPU; same as -n 1 on it."""
     cfg = _config(tmp_path / f"{method}.yaml", method)
     one = _run(tmp_path, method, "cuda", "one")
-    res = launch(3, [str(cfg), "--out", str(tmp_path / "three"), "--set", "runtime.device=cuda"],
-                 timeout=600)
+    res = launch(
+        3, [str(cfg), "--out", str(tmp_path / "three"), "--set", "runtime.device=cuda"], timeout=600
+    )
     assert res.returncode == 0, res.stderr
     assert "rank 0 cpu, ranks 1-2 cuda:0" in res.stdout, res.stdout
     three = read_checkpoint(list_checkpoints(tmp_path / "three")[-1][1])
     assert three.spec == one.spec  # same device and arithmetic: bit for bit
     for k in one.state:
         torch.testing.assert_close(three.state[k], one.state[k], rtol=0, atol=1e-5)
-    np.testing.assert_allclose(three.metrics["global_acc"], one.metrics["global_acc"],
-                               atol=1e-5)
+    np.testing.assert_allclose(three.metrics["global_acc"], one.metrics["global_acc"], atol=1e-5)
 
 
 def test_config_for_every_method_is_valid_on_the_cpu(tmp_path):

@@ -14,8 +14,10 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 def rand_outputs(k, shape=(3, 4, 5, 6), dtype=torch.float32, device="cpu", grad=True, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=g, dtype=dtype).to(device).requires_grad_(grad)
-            for _ in range(k)]
+    return [
+        torch.randn(shape, generator=g, dtype=dtype).to(device).requires_grad_(grad)
+        for _ in range(k)
+    ]
 
 
 def assert_matches_reference(fused_fn, ref_fn, tensors, rtol=1e-5, atol=1e-5):
@@ -40,15 +42,17 @@ def grads(fn, tensors):
 def test_mix_forward_and_backward_equal_the_reference(fused, k, device):
     outs = rand_outputs(k, device=device, seed=k)
     w = torch.randn(k, device=device, requires_grad=True)
-    assert_matches_reference(lambda: kernels.mix(outs, w), lambda: reference_mix(outs, w),
-                             [*outs, w])
+    assert_matches_reference(
+        lambda: kernels.mix(outs, w), lambda: reference_mix(outs, w), [*outs, w]
+    )
 
 
 def test_mix_gradcheck_float64(fused):
     outs = rand_outputs(3, shape=(2, 3, 4, 5), dtype=torch.float64)
     w = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: torch.ops.fednas.mix(list(a[:-1]), a[-1]),
-                                    (*outs, w))
+    assert torch.autograd.gradcheck(
+        lambda *a: torch.ops.fednas.mix(list(a[:-1]), a[-1]), (*outs, w)
+    )
 
 
 def test_large_tensor_spanning_many_blocks(fused):
@@ -85,8 +89,7 @@ def test_reduction_does_not_depend_on_the_thread_count(fused):
         assert all(torch.equal(a, b) for a, b in zip(g, results[0][1]))
 
 
-@pytest.mark.parametrize("layout", ["transposed", "sliced", "channels_last", "mixed",
-                                    "expanded"])
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "channels_last", "mixed", "expanded"])
 def test_non_contiguous_inputs(fused, layout):
     base = rand_outputs(3, shape=(4, 6, 5, 7), grad=False, seed=11)
     if layout == "transposed":
@@ -96,14 +99,18 @@ def test_non_contiguous_inputs(fused, layout):
     elif layout == "channels_last":
         outs = [b.contiguous(memory_format=torch.channels_last) for b in base]
     elif layout == "mixed":
-        outs = [base[0], base[1].contiguous(memory_format=torch.channels_last),
-                base[2].transpose(2, 3).contiguous().transpose(2, 3)]
+        outs = [
+            base[0],
+            base[1].contiguous(memory_format=torch.channels_last),
+            base[2].transpose(2, 3).contiguous().transpose(2, 3),
+        ]
     else:
         outs = [b[:1].expand(4, 6, 5, 7) for b in base]
     outs = [o.detach().requires_grad_() for o in outs]
     w = torch.randn(3, requires_grad=True)
-    assert_matches_reference(lambda: kernels.mix(outs, w), lambda: reference_mix(outs, w),
-                             [*outs, w])
+    assert_matches_reference(
+        lambda: kernels.mix(outs, w), lambda: reference_mix(outs, w), [*outs, w]
+    )
 
 
 def test_non_contiguous_upstream_gradient(fused):
@@ -124,8 +131,9 @@ def test_pruned_outputs_are_never_read(fused):
     outs = rand_outputs(4, seed=4)
     w = torch.randn(4, requires_grad=True)
     sparse = [outs[0], None, outs[2], None]
-    gy = assert_matches_reference(lambda: kernels.mix(sparse, w),
-                                  lambda: reference_mix(sparse, w), [outs[0], outs[2], w])
+    gy = assert_matches_reference(
+        lambda: kernels.mix(sparse, w), lambda: reference_mix(sparse, w), [outs[0], outs[2], w]
+    )
     assert gy[-1][1] == 0 and gy[-1][3] == 0
     # gumbel_mix: a masked entry holding NaN is skipped, not multiplied by zero
     poisoned = [outs[0], torch.full_like(outs[1], float("nan")), outs[2], None]
@@ -144,9 +152,13 @@ def test_gumbel_mix_equals_reference(fused, k):
     noise = kernels.reference.masked_logits(torch.randn(k, dtype=torch.float64), None)
     mask = [True] * k if k < 3 else [i != k - 1 for i in range(k)]
     tensors = [o for o in present if o is not None] + [logits]
-    assert_matches_reference(lambda: kernels.gumbel_mix(present, logits, 0.3, noise, mask),
-                             lambda: reference_gumbel_mix(present, logits, 0.3, noise, mask),
-                             tensors, rtol=1e-7, atol=1e-7)
+    assert_matches_reference(
+        lambda: kernels.gumbel_mix(present, logits, 0.3, noise, mask),
+        lambda: reference_gumbel_mix(present, logits, 0.3, noise, mask),
+        tensors,
+        rtol=1e-7,
+        atol=1e-7,
+    )
 
 
 def test_gumbel_mix_logit_gradient_is_the_softmax_jacobian_of_inner_products(fused):
@@ -232,11 +244,21 @@ def test_opcheck(fused):
     w = torch.randn(3, requires_grad=True)
     for result in (
         opcheck(torch.ops.fednas.mix.default, (outs, w)),
-        opcheck(torch.ops.fednas.mix_backward.default,
-                (torch.randn(2, 3, 4), [o.detach() for o in outs], w.detach(), True)),
-        opcheck(torch.ops.fednas.gumbel_mix.default,
-                ([outs[0], None, outs[2]], torch.randn(3, requires_grad=True), 0.5,
-                 torch.randn(3), [1, 1, 0], False)),
+        opcheck(
+            torch.ops.fednas.mix_backward.default,
+            (torch.randn(2, 3, 4), [o.detach() for o in outs], w.detach(), True),
+        ),
+        opcheck(
+            torch.ops.fednas.gumbel_mix.default,
+            (
+                [outs[0], None, outs[2]],
+                torch.randn(3, requires_grad=True),
+                0.5,
+                torch.randn(3),
+                [1, 1, 0],
+                False,
+            ),
+        ),
     ):
         assert set(result.values()) == {"SUCCESS"}, result
 
@@ -258,16 +280,20 @@ def test_torch_compile_traces_the_op_without_graph_breaks(fused):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-2),
-                                       (torch.bfloat16, 5e-2), (torch.float64, 1e-12)])
+@pytest.mark.parametrize(
+    "dtype,tol",
+    [(torch.float32, 1e-5), (torch.float16, 2e-2), (torch.bfloat16, 5e-2), (torch.float64, 1e-12)],
+)
 @pytest.mark.parametrize("k", [1, 8, 35, 70])  # 35: a node's 5 inputs x 7 ops; 70: chunked
 def test_cuda_kernels_equal_the_reference(fused, dtype, tol, k):
     from fednas_mpi.kernels import loader
 
     assert loader.has_cuda_kernels()
     shape = (8, 16, 9, 9)  # 10368 elements: not a multiple of a block, a warp or a vector
-    outs = [o.detach().to(dtype).requires_grad_()
-            for o in rand_outputs(k, shape=shape, device="cuda", seed=k)]
+    outs = [
+        o.detach().to(dtype).requires_grad_()
+        for o in rand_outputs(k, shape=shape, device="cuda", seed=k)
+    ]
     wdtype = torch.float64 if dtype == torch.float64 else torch.float32
     w = torch.randn(k, device="cuda", dtype=wdtype, requires_grad=True)
     # one upstream gradient, rounded to the tested dtype, seen by both sides
@@ -281,8 +307,13 @@ def test_cuda_kernels_equal_the_reference(fused, dtype, tol, k):
     gr = torch.autograd.grad(r, [*ref_outs, wd], up.double())
     torch.testing.assert_close(y.double(), r, rtol=tol, atol=tol * k)
     for i, (a, b) in enumerate(zip(gy, gr)):
-        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * 50 * k,
-                                   msg=lambda m, i=i: f"gradient {i} of {k + 1}: {m}")
+        torch.testing.assert_close(
+            a.double(),
+            b,
+            rtol=tol,
+            atol=tol * 50 * k,
+            msg=lambda m, i=i: f"gradient {i} of {k + 1}: {m}",
+        )
 
 
 @pytest.mark.parametrize("inputs", ["combinations", "sum"])

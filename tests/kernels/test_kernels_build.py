@@ -49,8 +49,13 @@ def probe(env_extra: dict, backend: str = "auto", timeout: float = 600) -> dict:
     import json
 
     env = dict(os.environ, **env_extra)
-    res = subprocess.run([sys.executable, "-c", PROBE.format(backend=backend)], env=env,
-                         capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        [sys.executable, "-c", PROBE.format(backend=backend)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -65,9 +70,16 @@ def test_jit_build_without_locks(tmp_path):
     (stale / "lock").write_text("")
     # Two processes build at once into the same empty cache: both succeed.
     code = PROBE.format(backend="fused")
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, **env),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=dict(os.environ, **env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     import json
 
     results = []
@@ -86,8 +98,11 @@ def test_jit_build_without_locks(tmp_path):
 
 
 def test_failed_build_falls_back_once_or_errors_when_fused_is_required(tmp_path):
-    env = {"FEDNAS_KERNELS_CACHE": str(tmp_path / "cache"), "FEDNAS_KERNELS_LIBRARY": "",
-           "CXX": "/bin/false"}
+    env = {
+        "FEDNAS_KERNELS_CACHE": str(tmp_path / "cache"),
+        "FEDNAS_KERNELS_LIBRARY": "",
+        "CXX": "/bin/false",
+    }
     auto = probe(env, "auto")
     assert auto["backend"] == "reference"
     assert "JIT build failed" in auto["reason"] and "build-error.log" in auto["reason"]
@@ -116,8 +131,7 @@ def test_cli_reports_unavailable_fused_kernels_once(tmp_path):
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        res = launch(2, [str(cfg), "--out", str(tmp_path / "a"), "--set",
-                         "kernels.backend=fused"])
+        res = launch(2, [str(cfg), "--out", str(tmp_path / "a"), "--set", "kernels.backend=fused"])
         assert res.returncode == 2
         assert res.stderr.count("error:") == 1 and "kernels.backend" in res.stderr
         res = launch(2, [str(cfg), "--out", str(tmp_path / "b")])
@@ -153,11 +167,21 @@ def test_cmake_builds_cpu_and_cuda_library_that_torch_loads(tmp_path):
         pytest.skip("nvcc not found: only CUDA-capable machines build the CUDA kernels")
     build = tmp_path / "build"
     env = dict(os.environ, TORCH_CUDA_ARCH_LIST="8.0;9.0", CUDACXX=cuda)
-    configure = [cmake(), "-S", str(ROOT), "-B", str(build), "-DFEDNAS_WITH_CUDA=ON",
-                 f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
-                 f"-DCMAKE_INSTALL_PREFIX={tmp_path / 'prefix'}"]
-    for cmd in (configure, [cmake(), "--build", str(build), "-j", "2"],
-                [cmake(), "--install", str(build)]):
+    configure = [
+        cmake(),
+        "-S",
+        str(ROOT),
+        "-B",
+        str(build),
+        "-DFEDNAS_WITH_CUDA=ON",
+        f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+        f"-DCMAKE_INSTALL_PREFIX={tmp_path / 'prefix'}",
+    ]
+    for cmd in (
+        configure,
+        [cmake(), "--build", str(build), "-j", "2"],
+        [cmake(), "--install", str(build)],
+    ):
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
     from fednas_mpi.kernels.loader import library_name

@@ -61,25 +61,32 @@ class Personal(Algorithm):
         return "search" if round_ < 2 else "retrain"
 
     def init_global(self):
-        return GlobalModel({"stage": "search"}, {"w": torch.zeros(4)},
-                           {"steps": torch.zeros((), dtype=torch.int64)})
+        return GlobalModel(
+            {"stage": "search"},
+            {"w": torch.zeros(4)},
+            {"steps": torch.zeros((), dtype=torch.int64)},
+        )
 
     def client_update(self, model, data, ctx, client_state):
         visits = 0 if client_state is None else int(client_state["visits"])
-        head = torch.zeros(2, dtype=torch.float64) if client_state is None \
-            else client_state["head"]
+        head = torch.zeros(2, dtype=torch.float64) if client_state is None else client_state["head"]
         (key,) = model.state
         step = float((data.client_id + 1) * (ctx.round + 1))
         new = {key: model.state[key] + step}
         head = head + float(model.state[key].sum())
-        return ClientResult(new, float(data.num_train), {"visits": visits + 1},
-                            {"visits": torch.tensor(visits + 1), "head": head})
+        return ClientResult(
+            new,
+            float(data.num_train),
+            {"visits": visits + 1},
+            {"visits": torch.tensor(visits + 1), "head": head},
+        )
 
     def server_step(self, model, averaged, metrics, ctx):
         steps = {"steps": model.server_state["steps"] + 1}
         if ctx.round == 1:
-            return GlobalModel({"stage": "retrain", "from": "w"},
-                               {"v": averaged["w"][:3] * 0.5}, steps)
+            return GlobalModel(
+                {"stage": "retrain", "from": "w"}, {"v": averaged["w"][:3] * 0.5}, steps
+            )
         return GlobalModel(model.spec, averaged, steps)
 
     def evaluate(self, model, x, y):
@@ -108,8 +115,12 @@ def _simulate_unguarded(comm, algo_cls, cfg, out_dir):
     return None, partition
 
 
-CFG = {"run": {"seed": 5, "rounds": 4}, "partition": {"num_clients": 6, "min_train": 4},
-       "federation": {"clients_per_round": 4}, "runtime": {"poll_interval_ms": 0.2}}
+CFG = {
+    "run": {"seed": 5, "rounds": 4},
+    "partition": {"num_clients": 6, "min_train": 4},
+    "federation": {"clients_per_round": 4},
+    "runtime": {"poll_interval_ms": 0.2},
+}
 
 
 def test_personalised_two_stage_method_matches_one_process_run(tmp_path):
@@ -135,16 +146,27 @@ def test_personalised_two_stage_method_matches_one_process_run(tmp_path):
             for c in sample_clients(cfg.run.seed, r, 6, 4):
                 visits[c] = visits.get(c, 0) + 1
         checks = [
-            (list(world_model.state) == ["v"] and world_model.spec["stage"] == "retrain",
-             f"final model {world_model.spec} {list(world_model.state)}"),
-            (torch.allclose(world_model.state["v"], torch.full((3,), v), atol=1e-4),
-             f"v {world_model.state['v']} != {v}"),
+            (
+                list(world_model.state) == ["v"] and world_model.spec["stage"] == "retrain",
+                f"final model {world_model.spec} {list(world_model.state)}",
+            ),
+            (
+                torch.allclose(world_model.state["v"], torch.full((3,), v), atol=1e-4),
+                f"v {world_model.state['v']} != {v}",
+            ),
             (all(torch.equal(a.state[k], b.state[k]) for k in b.state), "state differs"),
             (int(a.server_state["steps"]) == 4, "server steps"),
-            ({c: int(s["visits"]) for c, s in a.client_states.items()} == visits,
-             f"visits {a.client_states.keys()} vs {visits}"),
-            (all(torch.equal(a.client_states[c]["head"], b.client_states[c]["head"])
-                 for c in visits), "client heads differ from the one-process run"),
+            (
+                {c: int(s["visits"]) for c, s in a.client_states.items()} == visits,
+                f"visits {a.client_states.keys()} vs {visits}",
+            ),
+            (
+                all(
+                    torch.equal(a.client_states[c]["head"], b.client_states[c]["head"])
+                    for c in visits
+                ),
+                "client heads differ from the one-process run",
+            ),
             (a.client_states[0]["head"].dtype == torch.float64, "client state dtype"),
             (a.stages == ["search", "search", "retrain", "retrain"], f"stages {a.stages}"),
             (np.array_equal(a.metrics["global_loss"], b.metrics["global_loss"]), "metrics"),
@@ -156,8 +178,9 @@ def test_personalised_two_stage_method_matches_one_process_run(tmp_path):
 
 
 def test_fedavg_world_equals_one_process(tmp_path):
-    cfg = from_dict({**CFG, "model": {"channels": [4, 8], "hidden": 16},
-                     "federation": {"clients_per_round": 5}})
+    cfg = from_dict(
+        {**CFG, "model": {"channels": [4, 8], "hidden": 16}, "federation": {"clients_per_round": 5}}
+    )
     _simulate(WORLD, FedAvg, cfg, tmp_path / "world")
     ok, msg = True, ""
     if WORLD.Get_rank() == 0:
@@ -166,7 +189,8 @@ def test_fedavg_world_equals_one_process(tmp_path):
         b = read_checkpoint(tmp_path / "solo" / "round_00004.h5")
         diffs = {k: float((a.state[k] - b.state[k]).abs().max()) for k in a.state}
         ok = max(diffs.values()) <= 1e-6 and np.allclose(
-            a.metrics["global_acc"], b.metrics["global_acc"], atol=1e-6)
+            a.metrics["global_acc"], b.metrics["global_acc"], atol=1e-6
+        )
         msg = f"max |diff| {max(diffs.values())}"
     collective(ok, msg)
 
@@ -191,7 +215,7 @@ def test_fold_in_order_is_independent_of_arrival_order(late):
     import time as _time
 
     size, rank, n = 1000, WORLD.Get_rank(), WORLD.Get_size()
-    parts = [np.random.default_rng(w).standard_normal(size) * 10.0 ** w for w in range(n - 1)]
+    parts = [np.random.default_rng(w).standard_normal(size) * 10.0**w for w in range(n - 1)]
     tag = 77
     if rank == 0:
         bufs = [np.empty(size) for _ in range(n - 1)]
@@ -248,8 +272,9 @@ class SlowEval(FedAvg):
 def test_method_time_excludes_evaluation(tmp_path):
     """method_time is the round's compute + communication + aggregation; the server's test
     and validation evaluations (0.4 s extra per round here) land in eval_time only."""
-    cfg = from_dict({**CFG, "model": {"channels": [4, 8], "hidden": 16},
-                     "run": {**CFG["run"], "val_every": 1}})
+    cfg = from_dict(
+        {**CFG, "model": {"channels": [4, 8], "hidden": 16}, "run": {**CFG["run"], "val_every": 1}}
+    )
     _simulate(WORLD, SlowEval, cfg, tmp_path / "world")
     ok, msg = True, ""
     if WORLD.Get_rank() == 0:
@@ -261,8 +286,9 @@ def test_method_time_excludes_evaluation(tmp_path):
         if not (m["eval_time"] >= 0.4).all():
             bad.append(f"eval_time {m['eval_time']} misses the slow evaluations")
         if not (m["round_time"] - m["method_time"] >= 0.4).all():
-            bad.append(f"method_time {m['method_time']} holds evaluation "
-                       f"(round_time {m['round_time']})")
+            bad.append(
+                f"method_time {m['method_time']} holds evaluation (round_time {m['round_time']})"
+            )
         ok, msg = not bad, "; ".join(bad)
     collective(ok, msg)
 
@@ -282,32 +308,48 @@ def test_torch_gloo_transport_equals_mpi_transport(tmp_path, algo):
         a = read_checkpoint(runs["mpi"] / "round_00004.h5")
         b = read_checkpoint(runs["torch"] / "round_00004.h5")
         bad = [k for k in a.state if not torch.equal(a.state[k], b.state[k])]
-        bad += [k for k in ("global_acc", "global_loss")
-                if not np.array_equal(a.metrics[k], b.metrics[k])]
+        bad += [
+            k
+            for k in ("global_acc", "global_loss")
+            if not np.array_equal(a.metrics[k], b.metrics[k])
+        ]
         ok, msg = not bad, f"differ: {bad}"
     import torch.distributed as dist
+
     collective(ok and not dist.is_initialized(), msg or "process group left initialised")
 
 
 class NanClient(FedAvg):
     """FedAvg whose client BAD returns NaN weights in round 2 (index 1)."""
 
-    BAD = int(sample_clients(CFG["run"]["seed"], 1, CFG["partition"]["num_clients"],
-                             CFG["federation"]["clients_per_round"])[0])
+    BAD = int(
+        sample_clients(
+            CFG["run"]["seed"],
+            1,
+            CFG["partition"]["num_clients"],
+            CFG["federation"]["clients_per_round"],
+        )[0]
+    )
 
     def client_update(self, model, data, ctx, client_state):
         res = super().client_update(model, data, ctx, client_state)
         if ctx.round == 1 and data.client_id == self.BAD:
-            res.state = {k: v * float("nan") if v.is_floating_point() else v
-                         for k, v in res.state.items()}
+            res.state = {
+                k: v * float("nan") if v.is_floating_point() else v for k, v in res.state.items()
+            }
         return res
 
 
 def test_skip_client_on_workers_equals_one_process(tmp_path):
     """A worker leaves the bad client out and tells the server; the result and the records
     equal the one-process run's."""
-    cfg = from_dict({**CFG, "model": {"channels": [4, 8], "hidden": 16},
-                     "run": {**CFG["run"], "on_nonfinite": "skip_client"}})
+    cfg = from_dict(
+        {
+            **CFG,
+            "model": {"channels": [4, 8], "hidden": 16},
+            "run": {**CFG["run"], "on_nonfinite": "skip_client"},
+        }
+    )
     _simulate(WORLD, NanClient, cfg, tmp_path / "world")
     ok, msg = True, ""
     if WORLD.Get_rank() == 0:
@@ -316,10 +358,14 @@ def test_skip_client_on_workers_equals_one_process(tmp_path):
         b = read_checkpoint(tmp_path / "solo" / "round_00004.h5")
         diff = max(float((a.state[k] - b.state[k]).abs().max()) for k in a.state)
         dropped = a.client_metrics["dropped"]
-        ok = (diff <= 1e-6 and list(a.metrics["dropped_clients"]) == [0, 1, 0, 0]
-              and np.array_equal(dropped, b.client_metrics["dropped"], equal_nan=True)
-              and dropped[1, NanClient.BAD] == 1 and np.nansum(dropped) == 1
-              and all(bool(torch.isfinite(t).all()) for t in a.state.values()))
+        ok = (
+            diff <= 1e-6
+            and list(a.metrics["dropped_clients"]) == [0, 1, 0, 0]
+            and np.array_equal(dropped, b.client_metrics["dropped"], equal_nan=True)
+            and dropped[1, NanClient.BAD] == 1
+            and np.nansum(dropped) == 1
+            and all(bool(torch.isfinite(t).all()) for t in a.state.values())
+        )
         msg = f"diff {diff}, dropped_clients {a.metrics['dropped_clients']}"
     collective(ok, msg)
 
@@ -330,8 +376,13 @@ def test_abort_on_a_worker_result_releases_every_rank_with_status_4(tmp_path):
     cfg = from_dict({**CFG, "model": {"channels": [4, 8], "hidden": 16}})
     dataset = _dataset()
     partition = make_partition(dataset.train_y.numpy(), cfg.partition, cfg.run.seed)
-    sim = Simulation(cfg, WORLD, dataset, partition,
-                     NanClient(cfg, DataInfo(dataset.input_shape, dataset.num_classes)))
+    sim = Simulation(
+        cfg,
+        WORLD,
+        dataset,
+        partition,
+        NanClient(cfg, DataInfo(dataset.input_shape, dataset.num_classes)),
+    )
     ok, msg = True, ""
     if WORLD.Get_rank() == 0:
         try:

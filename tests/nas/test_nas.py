@@ -40,8 +40,13 @@ def _full_masks(space: CellSpace) -> dict:
     return {c: {"ops": [list(r) for r in ops], "combos": list(combos)} for c in CELLS}
 
 
-def _net(space: CellSpace, masks: dict | None = None, layers: int = 3, seed: int = 0,
-         random_arch: bool = True) -> SearchNetwork:
+def _net(
+    space: CellSpace,
+    masks: dict | None = None,
+    layers: int = 3,
+    seed: int = 0,
+    random_arch: bool = True,
+) -> SearchNetwork:
     torch.manual_seed(seed)
     net = SearchNetwork(3, 5, 4, layers, space, 1, masks or _full_masks(space))
     if random_arch:
@@ -118,7 +123,7 @@ def test_gumbel_noise_is_finite_and_has_the_gumbel_moments():
     s64 = s.double()
     euler_gamma = 0.5772156649015329
     assert abs(float(s64.mean()) - euler_gamma) < 0.01
-    assert abs(float(s64.var()) - math.pi ** 2 / 6) < 0.02
+    assert abs(float(s64.var()) - math.pi**2 / 6) < 0.02
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -134,10 +139,12 @@ def test_gumbel_noise_clamps_exact_zero_and_one(monkeypatch, dtype):
     info = torch.finfo(dtype)
     lo = -math.log(-math.log(info.tiny))  # U = 0 clamps to the smallest normal
     hi = -math.log(-math.log(1.0 - info.eps))  # U = 1 clamps to 1 - eps
-    torch.testing.assert_close(s[0::2].double(), torch.full((3,), lo, dtype=torch.float64),
-                               rtol=1e-5, atol=0)
-    torch.testing.assert_close(s[1::2].double(), torch.full((3,), hi, dtype=torch.float64),
-                               rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        s[0::2].double(), torch.full((3,), lo, dtype=torch.float64), rtol=1e-5, atol=0
+    )
+    torch.testing.assert_close(
+        s[1::2].double(), torch.full((3,), hi, dtype=torch.float64), rtol=1e-5, atol=0
+    )
     assert float(s[0]) < 0 < float(s[1])
 
 
@@ -159,15 +166,17 @@ def test_relaxed_weights_is_the_tempered_softmax_of_logits_plus_noise():
     noise = [0.5, 1.5, -0.4, 0.9, 0.1]
     for temp in (1.0, 0.5, 0.03):
         want = _softmax([(lg + n) / temp for lg, n in zip(logits, noise)])
-        got = relaxed_weights(torch.tensor(logits, dtype=torch.float64), temp,
-                              torch.tensor(noise, dtype=torch.float64))
+        got = relaxed_weights(
+            torch.tensor(logits, dtype=torch.float64),
+            temp,
+            torch.tensor(noise, dtype=torch.float64),
+        )
         torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
         # no noise: the deterministic softmax(logits / T)
         want0 = _softmax([lg / temp for lg in logits])
         got0 = relaxed_weights(torch.tensor(logits, dtype=torch.float64), temp)
         torch.testing.assert_close(got0, torch.tensor(want0, dtype=torch.float64))
-        assert torch.equal(got0, relaxed_weights(torch.tensor(logits, dtype=torch.float64),
-                                                 temp))
+        assert torch.equal(got0, relaxed_weights(torch.tensor(logits, dtype=torch.float64), temp))
 
 
 def test_relaxed_weights_masked_entries_are_exactly_zero():
@@ -214,8 +223,13 @@ def test_floor_temperature_with_large_logits_is_finite_and_one_hot():
 
 def test_weighted_sum_skips_none_and_equals_the_explicit_sum():
     g = torch.Generator().manual_seed(0)
-    outs = [None, torch.randn(2, 3, generator=g), None, torch.randn(2, 3, generator=g),
-            torch.randn(2, 3, generator=g)]
+    outs = [
+        None,
+        torch.randn(2, 3, generator=g),
+        None,
+        torch.randn(2, 3, generator=g),
+        torch.randn(2, 3, generator=g),
+    ]
     w = torch.tensor([float("nan"), 0.2, float("nan"), -1.5, 3.0])  # None entries never read
     got = weighted_sum(outs, w)
     torch.testing.assert_close(got, 0.2 * outs[1] - 1.5 * outs[3] + 3.0 * outs[4])
@@ -250,8 +264,7 @@ def test_cell_space_edges_and_combinations():
 def test_k_larger_than_the_inputs_is_clamped():
     space = CellSpace(nodes=3, k=3)
     assert [space.k_of(j) for j in range(3)] == [2, 3, 3]
-    assert space.combos == [[(0, 1)], [(0, 1, 2)],
-                            [(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)]]
+    assert space.combos == [[(0, 1)], [(0, 1, 2)], [(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)]]
     one = CellSpace(nodes=2, k=1)
     assert one.combos == [[(0,), (1,)], [(0,), (1,), (2,)]]
 
@@ -281,8 +294,9 @@ def test_input_coefficients_implement_the_combination_sum(noisy):
     for j, combos in enumerate(space.combos):
         lo = space.combo_offsets[j]
         live = [c for c in range(len(combos)) if cmask[lo + c]]
-        z_live = _softmax([(float(beta[lo + c]) + (float(noise[lo + c]) if noisy else 0.0))
-                           / temp for c in live])
+        z_live = _softmax(
+            [(float(beta[lo + c]) + (float(noise[lo + c]) if noisy else 0.0)) / temp for c in live]
+        )
         z = [0.0] * len(combos)
         for c, v in zip(live, z_live):
             z[c] = v
@@ -300,8 +314,9 @@ def test_masked_combinations_get_zero_weight_and_live_edges():
     space = CellSpace(nodes=3, k=2)
     # node 0: (0,1); node 1: (0,1) (0,2) (1,2); node 2: (0,1) (0,2) (0,3) (1,2) (1,3) (2,3)
     cmask = [True, True, False, False, False, False, True, False, True, False]
-    coefs = space.input_coefficients(torch.randn(10, dtype=torch.float64), 1.0, None,
-                                     torch.tensor(cmask))
+    coefs = space.input_coefficients(
+        torch.randn(10, dtype=torch.float64), 1.0, None, torch.tensor(cmask)
+    )
     torch.testing.assert_close(coefs[1], torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64))
     assert float(coefs[2][2]) == 0.0  # input 2 of node 2 is in no surviving combination
     assert abs(float(coefs[2][3]) - 1.0) < 1e-12  # in both survivors (0,3) and (1,3)
@@ -334,19 +349,23 @@ def test_search_network_parameters_state_and_layout():
     assert len(ids_w) == len(list(net.parameters())) - 4
 
 
-@pytest.mark.parametrize("layers,reductions,channels", [
-    (3, [1, 2], [4, 8, 16]),
-    (5, [1, 3], [4, 8, 8, 16, 16]),
-    (6, [2, 4], [4, 4, 8, 8, 16, 16]),
-])
+@pytest.mark.parametrize(
+    "layers,reductions,channels",
+    [
+        (3, [1, 2], [4, 8, 16]),
+        (5, [1, 3], [4, 8, 8, 16, 16]),
+        (6, [2, 4], [4, 4, 8, 8, 16, 16]),
+    ],
+)
 def test_reduction_cells_sit_at_a_third_and_two_thirds(layers, reductions, channels):
     space = CellSpace(nodes=2, k=2)
     net = _net(space, layers=layers, random_arch=False)
     assert [i for i, c in enumerate(net.cells) if c.reduction] == reductions
     assert [c.pre1[1].out_channels for c in net.cells] == channels
     shapes = []
-    hooks = [c.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
-             for c in net.cells]
+    hooks = [
+        c.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape))) for c in net.cells
+    ]
     net(_x())
     for h in hooks:
         h.remove()
@@ -357,8 +376,7 @@ def test_reduction_cells_sit_at_a_third_and_two_thirds(layers, reductions, chann
         assert shapes[layer] == (4, 2 * c, side, side)  # nodes * C channels
     # the cell after a reduction reads its older input through a FactorizedReduce
     for layer in range(1, layers):
-        assert isinstance(net.cells[layer].pre0, FactorizedReduce) == \
-            (layer - 1 in reductions)
+        assert isinstance(net.cells[layer].pre0, FactorizedReduce) == (layer - 1 in reductions)
     assert net.classifier.in_features == 2 * channels[-1]
 
 
@@ -398,8 +416,9 @@ def test_noisy_mixing_weights_are_eq_1_with_the_generators_draws():
     torch.testing.assert_close(op_w.detach(), want)
     z1 = torch.softmax((net.beta_normal.detach()[1:] + g_beta[1:]) / 0.4, -1)
     torch.testing.assert_close(coefs[0].detach(), torch.ones(2))
-    torch.testing.assert_close(coefs[1].detach(), torch.stack([z1[0] + z1[1], z1[0] + z1[2],
-                                                                z1[1] + z1[2]]))
+    torch.testing.assert_close(
+        coefs[1].detach(), torch.stack([z1[0] + z1[1], z1[0] + z1[2], z1[1] + z1[2]])
+    )
 
 
 def test_gradients_reach_alphas_and_betas():
@@ -449,6 +468,7 @@ def test_pruned_ops_and_dead_edges_have_no_module_and_never_run(monkeypatch):
             if key == "sep":
                 assert self[1].kernel_size == (3, 3)
             return base(self, x)
+
         monkeypatch.setattr(cls, "forward", forward)
 
     counting(Pool, "pool")
@@ -458,16 +478,16 @@ def test_pruned_ops_and_dead_edges_have_no_module_and_never_run(monkeypatch):
     for cell in net.cells:
         for edge, ops in cell.edges.items():
             for name, mod in ops.items():
-                mod.register_forward_hook(
-                    lambda m, i, o, tag=f"{edge}/{name}": ran.append(tag))
+                mod.register_forward_hook(lambda m, i, o, tag=f"{edge}/{name}": ran.append(tag))
     net.train()
     net.set_sampling(1.0, torch.Generator().manual_seed(0))
     out = net(_x())
     assert torch.isfinite(out).all()
     assert calls.get("pool", 0) == 0 and calls.get("dil", 0) == 0
     assert calls["sep"] == 3 * len(live)  # one 3x3 separable conv per live edge and cell
-    assert sorted(set(ran)) == sorted(f"{e}/{o}" for e in live
-                                      for o in ("skip_connect", "sep_conv_3x3"))
+    assert sorted(set(ran)) == sorted(
+        f"{e}/{o}" for e in live for o in ("skip_connect", "sep_conv_3x3")
+    )
     assert len(ran) == 3 * 2 * len(live)
 
 
@@ -506,8 +526,9 @@ def test_discrete_network_is_the_hand_built_cell_and_inherits_the_supernet():
     full_ops, full_combos = space.full_masks()
     masks = {}
     for c in CELLS:
-        _, ops, combos = finalize(space, getattr(sup, f"alpha_{c}"), getattr(sup, f"beta_{c}"),
-                                  full_ops, full_combos)
+        _, ops, combos = finalize(
+            space, getattr(sup, f"alpha_{c}"), getattr(sup, f"beta_{c}"), full_ops, full_combos
+        )
         masks[c] = {"ops": ops, "combos": combos}
     disc = _net(space, masks, layers=3, seed=9)
     # the mixing weights of the survivors are exactly one, everything else zero
@@ -548,8 +569,7 @@ def test_discrete_network_is_the_hand_built_cell_and_inherits_the_supernet():
         # train mode: Gumbel noise cannot change a one-hot selection
         disc.train()
         disc.set_sampling(0.3, torch.Generator().manual_seed(5))
-        torch.testing.assert_close(disc(x), _hand_forward(disc, masks, x),
-                                   rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(disc(x), _hand_forward(disc, masks, x), rtol=1e-6, atol=1e-6)
 
 
 # ---------------------------------------------------------------- pruning
@@ -561,13 +581,15 @@ def _log(p: list[float]) -> list[float]:
 
 def _prune_setup():
     space = CellSpace(nodes=2, k=2)  # 5 edges; combos: node 0 (0,1); node 1 three
-    alpha = torch.tensor([
-        _log([0.30, 0.25, 0.20, 0.10, 0.06, 0.04, 0.03, 0.02]),  # none kept, tail pruned
-        _log([0.86, 0.03, 0.02, 0.04, 0.01, 0.01, 0.02, 0.01]),  # all real ops below 0.05
-        _log([0.01, 0.50, 0.30, 0.10, 0.03, 0.02, 0.02, 0.02]),  # none itself pruned
-        [0.0] * 8,  # uniform 0.125: everything stays
-        _log([0.02, 0.90, 0.02, 0.02, 0.01, 0.01, 0.01, 0.01]),  # max_pool already pruned
-    ])
+    alpha = torch.tensor(
+        [
+            _log([0.30, 0.25, 0.20, 0.10, 0.06, 0.04, 0.03, 0.02]),  # none kept, tail pruned
+            _log([0.86, 0.03, 0.02, 0.04, 0.01, 0.01, 0.02, 0.01]),  # all real ops below 0.05
+            _log([0.01, 0.50, 0.30, 0.10, 0.03, 0.02, 0.02, 0.02]),  # none itself pruned
+            [0.0] * 8,  # uniform 0.125: everything stays
+            _log([0.02, 0.90, 0.02, 0.02, 0.01, 0.01, 0.01, 0.01]),  # max_pool already pruned
+        ]
+    )
     beta = torch.tensor(_log([0.5]) + _log([0.70, 0.26, 0.04]))
     ops, combos = space.full_masks()
     ops[4][1] = False
@@ -593,8 +615,23 @@ def test_prune_by_logit_gap_hand_made():
     assert ops == ops_before  # the caller's masks are not modified
     # the removals, each with the gap that condemned it, all beyond the threshold
     assert {(e, k) for e, k, _ in r.removed_ops} == {
-        (0, 4), (0, 5), (0, 6), (0, 7), (1, 1), (1, 2), (1, 4), (1, 5), (1, 6), (1, 7),
-        (2, 0), (2, 3), (2, 4), (2, 5), (2, 6), (2, 7)}
+        (0, 4),
+        (0, 5),
+        (0, 6),
+        (0, 7),
+        (1, 1),
+        (1, 2),
+        (1, 4),
+        (1, 5),
+        (1, 6),
+        (1, 7),
+        (2, 0),
+        (2, 3),
+        (2, 4),
+        (2, 5),
+        (2, 6),
+        (2, 7),
+    }
     gaps = {(e, k): g for e, k, g in r.removed_ops}
     assert gaps[(0, 4)] == pytest.approx(math.log(0.30 / 0.06))
     assert gaps[(2, 0)] == pytest.approx(math.log(0.50 / 0.01))
@@ -628,14 +665,12 @@ def test_prune_ignores_the_temperature_and_shifts_of_the_logits():
     beta = torch.randn(4, generator=g) * 2
     ops, combos = space.full_masks()
     r = prune(space, alpha, beta, ops, combos, 1.5, 1.0)
-    shifted = prune(space, alpha + torch.arange(5.0)[:, None], beta + 3.0, ops, combos, 1.5,
-                    1.0)
+    shifted = prune(space, alpha + torch.arange(5.0)[:, None], beta + 3.0, ops, combos, 1.5, 1.0)
     assert (r.ops, r.combos) == (shifted.ops, shifted.combos)
     for e in range(5):  # by hand
         top = max(float(v) for v in alpha[e])
         best_real = max(range(1, 8), key=lambda k, e=e: float(alpha[e, k]))
-        assert r.ops[e] == [top - float(alpha[e, k]) <= 1.5 or k == best_real
-                            for k in range(8)]
+        assert r.ops[e] == [top - float(alpha[e, k]) <= 1.5 or k == best_real for k in range(8)]
     top = max(float(v) for v in beta[1:])
     assert r.combos[1:] == [top - float(b) <= 1.0 for b in beta[1:]]
 
@@ -683,7 +718,7 @@ def test_sample_genotype_is_valid_seeded_and_covers_every_op():
         assert again == (genotype, ops, combos)
         assert len(genotype["nodes"]) == 3
         for j, node in enumerate(genotype["nodes"]):
-            seg = combos[space.combo_offsets[j]:space.combo_offsets[j] + len(space.combos[j])]
+            seg = combos[space.combo_offsets[j] : space.combo_offsets[j] + len(space.combos[j])]
             assert sum(seg) == 1  # one combination per node
             inputs = tuple(x["input"] for x in node["inputs"])
             assert inputs == space.combos[j][seg.index(True)]
@@ -693,12 +728,20 @@ def test_sample_genotype_is_valid_seeded_and_covers_every_op():
                 assert sum(row) == 1 and row[space.primitives.index(x["op"])]
                 assert x["op"] != "none"
                 seen_ops.add(x["op"])
-        live = {space.edge(j, x["input"]) for j, n in enumerate(genotype["nodes"])
-                for x in n["inputs"]}
+        live = {
+            space.edge(j, x["input"]) for j, n in enumerate(genotype["nodes"]) for x in n["inputs"]
+        }
         assert all(not any(ops[e]) for e in range(space.num_edges) if e not in live)
         # it builds the discrete network: one module per chosen edge
-        net = SearchNetwork(1, 3, 4, 1, space, 1, {"normal": {"ops": ops, "combos": combos},
-                                                   "reduce": {"ops": ops, "combos": combos}})
+        net = SearchNetwork(
+            1,
+            3,
+            4,
+            1,
+            space,
+            1,
+            {"normal": {"ops": ops, "combos": combos}, "reduce": {"ops": ops, "combos": combos}},
+        )
         assert sum(len(m) for m in net.cells[0].edges.values()) == 6
     assert seen_ops == set(space.primitives) - {"none"}
     assert seen_combos == {(j, c) for j in range(3) for c in space.combos[j]}
@@ -737,7 +780,7 @@ def test_finalize_picks_the_strongest_surviving_combination_and_real_op():
     # exactly one op per chosen edge and one combination per node
     for j, combos in enumerate(space.combos):
         lo = space.combo_offsets[j]
-        assert sum(new_combos[lo:lo + len(combos)]) == 1
+        assert sum(new_combos[lo : lo + len(combos)]) == 1
     assert sorted(sum(r) for r in new_ops) == [0, 1, 1, 1, 1]
     text = genotype_str({"normal": genotype, "reduce": genotype})
     assert text.splitlines() == [
@@ -754,8 +797,9 @@ def test_finalized_masks_build_a_network_with_one_op_per_chosen_edge():
     ops, combos = space.full_masks()
     masks = {}
     for c in CELLS:
-        _, o, cb = finalize(space, torch.randn(9, 8, generator=g), torch.randn(10, generator=g),
-                            ops, combos)
+        _, o, cb = finalize(
+            space, torch.randn(9, 8, generator=g), torch.randn(10, generator=g), ops, combos
+        )
         masks[c] = {"ops": o, "combos": cb}
     net = _net(space, masks, layers=3)
     for cell in net.cells:
@@ -764,8 +808,9 @@ def test_finalized_masks_build_a_network_with_one_op_per_chosen_edge():
         for edge, mods in cell.edges.items():
             j, i = map(int, edge.split("_"))
             (name,) = mods.keys()
-            assert name != "none" and masks[kind]["ops"][space.edge(j, i)] == \
-                [n == name for n in PRIMITIVES]
+            assert name != "none" and masks[kind]["ops"][space.edge(j, i)] == [
+                n == name for n in PRIMITIVES
+            ]
     assert tuple(net(_x()).shape) == (4, 5)
 
 
@@ -793,7 +838,6 @@ def test_temperature_schedules():
     assert min(floored) == 0.02 and floored[-1] == 0.02 and floored[0] == 1.0
     assert all(a >= b for a, b in zip(floored, floored[1:]))
     assert temperature_at(3, rounds, 0.005, 0.005, "linear", 0.01) == 0.01
-    assert [temperature_at(r, rounds, 0.7, 0.1, "constant", 0.01) for r in (0, 5, 10)] == \
-        [0.7] * 3
+    assert [temperature_at(r, rounds, 0.7, 0.1, "constant", 0.01) for r in (0, 5, 10)] == [0.7] * 3
     with pytest.raises(ValueError):
         temperature_at(0, rounds, 1.0, 0.1, "cosine", 0.01)

@@ -33,8 +33,7 @@ class ToyCell(torch.nn.Module):
         self.temperature, self.generator = 1.0, None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, EDGES, DIM)
-        noise = None if self.generator is None else \
-            gumbel_noise(self.alpha.shape, self.generator)
+        noise = None if self.generator is None else gumbel_noise(self.alpha.shape, self.generator)
         w = relaxed_weights(self.alpha, self.temperature, noise)  # (EDGES, OPS)
         outs = torch.einsum("eoij,bej->beoi", self.maps, x)  # every op's output
         return self.scale[None, :, None] * torch.einsum("eo,beoi->bei", w, outs)
@@ -55,8 +54,13 @@ def _client_data(maps, best, client: int, n: int = 64):
 
 
 def _cfg(**fm):
-    return from_dict({"run": {"rounds": 25}, "model": {"name": "darts"},
-                      "algorithm": {"name": "fedmetanas", "fedmetanas": fm}})
+    return from_dict(
+        {
+            "run": {"rounds": 25},
+            "model": {"name": "darts"},
+            "algorithm": {"name": "fedmetanas", "fedmetanas": fm},
+        }
+    )
 
 
 def test_fedmetanas_search_finds_the_best_op_of_every_edge_and_prunes_the_rest():
@@ -89,9 +93,18 @@ def test_fedmetanas_search_finds_the_best_op_of_every_edge_and_prunes_the_rest()
     assert signal["gap"] > f.prune_gap  # the decision is clear, not noise
     assert signal["agreement"] > 0.8  # a Gumbel sample's argmax is the best op
     # the shipped pruning rule keeps the best op and removes every other one
-    space = CellSpace(nodes=2, k=2, primitives=("max_pool_3x3", "avg_pool_3x3",
-                                                 "skip_connect", "sep_conv_3x3",
-                                                 "sep_conv_5x5", "dil_conv_3x3"))
+    space = CellSpace(
+        nodes=2,
+        k=2,
+        primitives=(
+            "max_pool_3x3",
+            "avg_pool_3x3",
+            "skip_connect",
+            "sep_conv_3x3",
+            "sep_conv_5x5",
+            "dil_conv_3x3",
+        ),
+    )
     ops, combos = space.full_masks()
     kept = prune(space, alpha, None, ops[:EDGES], combos, f.prune_gap, 0.0).ops
     assert kept == [[k == int(best[e]) for k in range(OPS)] for e in range(EDGES)]
@@ -112,8 +125,11 @@ def test_without_a_learning_signal_the_alphas_stay_near_noise():
         y = torch.randn(64, EDGES, DIM, generator=g)
         for p in range(4):
             s, q = slice(16 * p, 16 * p + 8), slice(16 * p + 8, 16 * p + 16)
-            meta.step(task, lambda s=s, x=x, y=y: ((model(x[s]) - y[s]) ** 2).mean(),
-                      lambda q=q, x=x, y=y: ((model(x[q]) - y[q]) ** 2).mean())
+            meta.step(
+                task,
+                lambda s=s, x=x, y=y: ((model(x[s]) - y[s]) ** 2).mean(),
+                lambda q=q, x=x, y=y: ((model(x[q]) - y[q]) ** 2).mean(),
+            )
     found = int((model.alpha.argmax(dim=1) == best).sum())
     assert found < EDGES  # noise does not find the planted ops
 
@@ -132,8 +148,10 @@ def test_fednas_default_arch_step_moves_alphas_beyond_noise_on_the_toy():
         w_opt = torch.optim.SGD([model.scale], lr=0.01)
         x, y = _client_data(maps, best, 0, n=512)
         for step in range(100):
-            t, v = slice(step % 16 * 16, step % 16 * 16 + 8), slice(step % 16 * 16 + 8,
-                                                                   step % 16 * 16 + 16)
+            t, v = (
+                slice(step % 16 * 16, step % 16 * 16 + 8),
+                slice(step % 16 * 16 + 8, step % 16 * 16 + 16),
+            )
             lt = ((model(x[t]) - y[t]) ** 2).mean()
             lv = ((model(x[v]) - y[v]) ** 2).mean()
             gw, ga = milenas_grads(lt, lv, [model.scale], [model.alpha], 1.0)
@@ -150,8 +168,13 @@ def test_fednas_default_arch_step_moves_alphas_beyond_noise_on_the_toy():
 
 
 def _algo(rounds=10, **fm):
-    cfg = from_dict({"run": {"rounds": rounds}, "model": {"name": "darts"},
-                     "algorithm": {"name": "fedmetanas", "fedmetanas": fm}})
+    cfg = from_dict(
+        {
+            "run": {"rounds": rounds},
+            "model": {"name": "darts"},
+            "algorithm": {"name": "fedmetanas", "fedmetanas": fm},
+        }
+    )
     return FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
 
 
@@ -180,22 +203,30 @@ def test_warm_up_freezes_alphas_and_the_step_after_moves_them():
     for r, moves in ((0, False), (1, True)):
         task, meta = a.learners([w], [al], r)
         before = al.detach().clone()
+
         def loss():
             return ((w * torch.softmax(al, 0)[0] - 3.0) ** 2).sum()
+
         meta.step(task, loss, loss)
         assert (not torch.equal(al.detach(), before)) == moves
         # Adam: the first meta step moves a logit by about meta_lr_alpha
         if moves:
             assert float((al.detach() - before).abs().max()) == pytest.approx(
-                a.cfg.algorithm.fedmetanas.meta_lr_alpha, rel=0.05)
+                a.cfg.algorithm.fedmetanas.meta_lr_alpha, rel=0.05
+            )
 
 
 def test_random_baseline_genotype_depends_on_its_seed_only():
     def spec(genotype_seed, seed):
-        cfg = from_dict({"run": {"seed": seed}, "model": {"name": "darts"},
-                         "algorithm": {"name": "random_nas",
-                                       "random_nas": {"genotype_seed": genotype_seed}}})
+        cfg = from_dict(
+            {
+                "run": {"seed": seed},
+                "model": {"name": "darts"},
+                "algorithm": {"name": "random_nas", "random_nas": {"genotype_seed": genotype_seed}},
+            }
+        )
         return get_algorithm("random_nas")(cfg, DataInfo((1, 8, 8), 10)).init_global().spec
+
     a, b, c = spec(0, 0), spec(0, 5), spec(1, 0)
     assert a == b and a != c
     assert a["genotype"]["text"] and a["inputs"] == "combinations"

@@ -29,9 +29,13 @@ SPACE = CellSpace(3, 2, ("none", "skip_connect", "sep_conv_3x3", "max_pool_3x3")
 
 def _state(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {f"{p}_{c}": torch.randn(n, generator=g) if p == "beta" else
-            torch.randn(SPACE.num_edges, len(SPACE.primitives), generator=g)
-            for c in CELL_TYPES for p, n in (("alpha", None), ("beta", SPACE.num_combos))}
+    return {
+        f"{p}_{c}": torch.randn(n, generator=g)
+        if p == "beta"
+        else torch.randn(SPACE.num_edges, len(SPACE.primitives), generator=g)
+        for c in CELL_TYPES
+        for p, n in (("alpha", None), ("beta", SPACE.num_combos))
+    }
 
 
 def _initial(inputs: str = "combinations") -> ArchSpec:
@@ -41,8 +45,11 @@ def _initial(inputs: str = "combinations") -> ArchSpec:
 
 def test_the_initial_spec_has_the_dict_form_the_methods_always_wrote():
     ops, combos = SPACE.full_masks()
-    want = {"masks": {c: {"ops": ops, "combos": combos} for c in CELL_TYPES},
-            "inputs": "sum", "genotype": None}
+    want = {
+        "masks": {c: {"ops": ops, "combos": combos} for c in CELL_TYPES},
+        "inputs": "sum",
+        "genotype": None,
+    }
     assert _initial("sum").to_dict() == want
     assert ArchSpec.from_dict(want) == _initial("sum")
     assert ArchSpec.from_json(_initial().to_json()) == _initial()
@@ -53,8 +60,9 @@ def test_final_derivation_matches_the_per_cell_one_byte_for_byte():
     got = final_spec(SPACE, spec, state).to_dict()
     genotype, masks = {}, {}
     for c in CELL_TYPES:
-        genotype[c], o, cb = finalize(SPACE, state[f"alpha_{c}"], state[f"beta_{c}"],
-                                      spec.masks[c].ops, spec.masks[c].combos)
+        genotype[c], o, cb = finalize(
+            SPACE, state[f"alpha_{c}"], state[f"beta_{c}"], spec.masks[c].ops, spec.masks[c].combos
+        )
         masks[c] = {"ops": o, "combos": cb}
     genotype["text"] = genotype_str(genotype)
     want = {"masks": masks, "inputs": "combinations", "genotype": genotype}
@@ -71,8 +79,9 @@ def test_darts_child_and_sampled_specs_round_trip():
         g, o, _ = derive_darts(SPACE, state[f"alpha_{c}"], _initial().masks[c].ops)
         assert darts.genotype.cells[c].to_dict() == g and darts.masks[c].ops == o
     choices = {c: [int(v) for v in state[f"alpha_{c}"].argmax(1)] for c in CELL_TYPES}
-    child = child_spec(SPACE, _initial("sum"), choices, {c: state[f"alpha_{c}"]
-                                                         for c in CELL_TYPES})
+    child = child_spec(
+        SPACE, _initial("sum"), choices, {c: state[f"alpha_{c}"] for c in CELL_TYPES}
+    )
     sampled = sampled_spec(SPACE, torch.Generator().manual_seed(0))
     for spec in (darts, child, sampled):
         d = spec.to_dict()
@@ -93,8 +102,8 @@ def test_old_specs_read_and_fixed_models_have_no_genotype():
 
 
 def test_genotype_text_is_the_compact_form():
-    g = Genotype.from_dict({"normal": {"nodes": [{"inputs": [{"op": "skip_connect",
-                                                                "input": 0}]}],
-                                       "concat": [2]}})
+    g = Genotype.from_dict(
+        {"normal": {"nodes": [{"inputs": [{"op": "skip_connect", "input": 0}]}], "concat": [2]}}
+    )
     assert g.text == "normal: s2 = skip_connect(s0)"
     assert g.to_dict()["text"] == g.text

@@ -23,12 +23,20 @@ from fednas_mpi.report.plots import SIZES
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
-SHARED = {"partition": {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 6, "min_train": 8},
-          "federation": {"clients_per_round": 3}, "run": {"name": "r", "seed": 7, "rounds": 3}}
-NAS = {"model": {"name": "darts", "darts": {"init_channels": 4, "layers": 2, "nodes": 2}},
-       "algorithm": {"name": "fedmetanas", "local_epochs": 1, "batch_size": 8,
-                     "fedmetanas": {"tasks_per_epoch": 2, "temperature_end": 0.05,
-                                    "prune_gap": 0.05}}}
+SHARED = {
+    "partition": {"scheme": "dirichlet", "alpha": 0.5, "num_clients": 6, "min_train": 8},
+    "federation": {"clients_per_round": 3},
+    "run": {"name": "r", "seed": 7, "rounds": 3},
+}
+NAS = {
+    "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 2, "nodes": 2}},
+    "algorithm": {
+        "name": "fedmetanas",
+        "local_epochs": 1,
+        "batch_size": 8,
+        "fedmetanas": {"tasks_per_epoch": 2, "temperature_end": 0.05, "prune_gap": 0.05},
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +49,12 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     cfg_nas = write_config(root / "nas.yaml", {**TINY, **SHARED, **NAS})
     jobs = {"nas": (cfg_nas, 7), "avg7": (cfg_avg, 7), "avg8": (cfg_avg, 8)}
     with ThreadPoolExecutor(2) as pool:  # two at a time: start-up overlaps with work
-        results = {name: pool.submit(launch, 1, [str(cfg), "--out", str(root / name), "--set",
-                                                 f"run.seed={seed}"], 240)
-                   for name, (cfg, seed) in jobs.items()}
+        results = {
+            name: pool.submit(
+                launch, 1, [str(cfg), "--out", str(root / name), "--set", f"run.seed={seed}"], 240
+            )
+            for name, (cfg, seed) in jobs.items()
+        }
         for res in results.values():
             assert res.result().returncode == 0, res.result().stderr
     return {name: root / name for name in jobs}
@@ -59,12 +70,16 @@ def h5(run_dir: Path) -> dict:
     """The newest checkpoint's metrics, read with h5py only."""
     path = sorted(run_dir.glob("round_*.h5"))[-1]
     with h5py.File(path, "r") as f:
-        return {"round": int(f.attrs["round"]), "planned": int(f.attrs["rounds_planned"]),
-                "metrics": {k: f["metrics"][k][()] for k in f["metrics"] if k != "stage"},
-                "stages": [s.decode() for s in f["metrics/stage"][()]],
-                "clients": {k: f["client_metrics"][k][()] for k in f["client_metrics"]},
-                "train_sizes": f["partition/train_sizes"][()],
-                "spec": json.loads(f.attrs["spec"]), "world_size": int(f.attrs["world_size"])}
+        return {
+            "round": int(f.attrs["round"]),
+            "planned": int(f.attrs["rounds_planned"]),
+            "metrics": {k: f["metrics"][k][()] for k in f["metrics"] if k != "stage"},
+            "stages": [s.decode() for s in f["metrics/stage"][()]],
+            "clients": {k: f["client_metrics"][k][()] for k in f["client_metrics"]},
+            "train_sizes": f["partition/train_sizes"][()],
+            "spec": json.loads(f.attrs["spec"]),
+            "world_size": int(f.attrs["world_size"]),
+        }
 
 
 def last_finite(v: np.ndarray) -> float:
@@ -98,15 +113,25 @@ def test_inspect_json_matches_h5py(runs, capsys):
     assert doc["schema"] == "fednas-mpi-inspect" and doc["schema_version"] == 1
     assert set(doc) == {"schema", "schema_version", "summary", "rounds", "clients"}
     s = doc["summary"]
-    for key, kind in (("method", str), ("dataset", str), ("rounds_done", int),
-                      ("rounds_planned", int), ("final_acc", float), ("best_acc", float),
-                      ("local_acc", float), ("time_total", float), ("time_per_stage", dict),
-                      ("time_parts", dict), ("ops_alive", float), ("genotype", dict),
-                      ("ranks", int), ("seed", int)):
+    for key, kind in (
+        ("method", str),
+        ("dataset", str),
+        ("rounds_done", int),
+        ("rounds_planned", int),
+        ("final_acc", float),
+        ("best_acc", float),
+        ("local_acc", float),
+        ("time_total", float),
+        ("time_per_stage", dict),
+        ("time_parts", dict),
+        ("ops_alive", float),
+        ("genotype", dict),
+        ("ranks", int),
+        ("seed", int),
+    ):
         assert isinstance(s[key], kind), key
     assert s["final_acc"] == last_finite(ref["metrics"]["global_acc"])
-    assert s["time_per_stage"] == {"search": pytest.approx(np.nansum(
-        ref["metrics"]["round_time"]))}
+    assert s["time_per_stage"] == {"search": pytest.approx(np.nansum(ref["metrics"]["round_time"]))}
     assert s["genotype"] == ref["spec"]["genotype"] and s["ranks"] == ref["world_size"]
     assert [r["round"] for r in doc["rounds"]] == list(range(1, ref["round"] + 1))
     assert [r["stage"] for r in doc["rounds"]] == ref["stages"]
@@ -130,11 +155,10 @@ def test_inspect_round_and_client_tables(runs, capsys):
     rounds = out.split("\nper round (")[1].split("\nper client")[0].splitlines()
     head = rounds[1].split()
     assert head[:3] == ["round", "stage", "global_acc"]
-    body = [ln.split() for ln in rounds[3:3 + ref["round"]]]
+    body = [ln.split() for ln in rounds[3 : 3 + ref["round"]]]
     assert [float(b[2]) for b in body] == pytest.approx(ref["metrics"]["global_acc"], abs=6e-5)
     clients = out.split("\nper client:")[1].splitlines()
-    assert clients[1].split()[:6] == ["client", "train", "eval", "classes", "sampled",
-                                      "last_round"]
+    assert clients[1].split()[:6] == ["client", "train", "eval", "classes", "sampled", "last_round"]
     assert len([ln for ln in clients[3:] if ln.strip()]) == 6
 
 
@@ -145,12 +169,14 @@ def test_inspect_csv_exports_exact_values(runs, capsys):
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == ref["round"]
     for name, values in ref["metrics"].items():
-        assert [float(r[name]) if r[name] else np.nan for r in rows] == \
-            pytest.approx(values, nan_ok=True, rel=0, abs=0), name
+        assert [float(r[name]) if r[name] else np.nan for r in rows] == pytest.approx(
+            values, nan_ok=True, rel=0, abs=0
+        ), name
     code, out, _ = run_cli(capsys, "inspect", str(runs["avg7"]), "--csv")
     (row,) = list(csv.DictReader(io.StringIO(out)))
-    assert row["method"] == "fedavg" and float(row["final_acc"]) == \
-        last_finite(ref["metrics"]["global_acc"])
+    assert row["method"] == "fedavg" and float(row["final_acc"]) == last_finite(
+        ref["metrics"]["global_acc"]
+    )
     assert row["time_stage_train"] and row["genotype_text"] == ""
     code, out, _ = run_cli(capsys, "inspect", str(runs["avg7"]), "--clients", "--csv")
     assert len(list(csv.DictReader(io.StringIO(out)))) == 6
@@ -203,12 +229,17 @@ def test_plot_writes_nonblank_pngs_of_the_expected_sizes(runs, tmp_path, capsys)
     import matplotlib.image as mpimg
 
     out = tmp_path / "figs"
-    code, text, _ = run_cli(capsys, "plot", str(runs["avg7"]), str(runs["avg8"]),
-                            str(runs["nas"]), "--out", str(out))
+    code, text, _ = run_cli(
+        capsys, "plot", str(runs["avg7"]), str(runs["avg8"]), str(runs["nas"]), "--out", str(out)
+    )
     assert code == 0
     names = sorted(p.name for p in out.iterdir())
-    kinds = {"accuracy.png": "accuracy", "architecture.png": "architecture",
-             "time.png": "time", "genotype_nas.png": "genotype"}
+    kinds = {
+        "accuracy.png": "accuracy",
+        "architecture.png": "architecture",
+        "time.png": "time",
+        "genotype_nas.png": "genotype",
+    }
     assert set(kinds) <= set(names)
     partitions = [n for n in names if n.startswith("partition")]
     assert len(partitions) == 2  # seeds 7 and 8 draw different Dirichlet partitions
@@ -287,8 +318,19 @@ def test_a_bad_newest_checkpoint_is_skipped_with_a_warning(runs, tmp_path, capsy
     assert "not a fednas-mpi checkpoint" in err
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "temp_only", "truncated", "foreign",
-                                  "foreign_file", "not_a_run", "just_started"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "empty",
+        "temp_only",
+        "truncated",
+        "foreign",
+        "foreign_file",
+        "not_a_run",
+        "just_started",
+    ],
+)
 def test_unusable_input_is_one_clear_error(runs, tmp_path, capsys, case):
     run = tmp_path / "run"
     if case != "missing":
@@ -315,8 +357,9 @@ def test_unusable_input_is_one_clear_error(runs, tmp_path, capsys, case):
         (run / "config.yaml").write_text("run: {rounds: 3}\n")
         named = "no checkpoint yet"
     for command in ("inspect", "compare", "plot"):
-        argv = [command, str(target)] + (["--out", str(tmp_path / "p")] if command == "plot"
-                                         else [])
+        argv = [command, str(target)] + (
+            ["--out", str(tmp_path / "p")] if command == "plot" else []
+        )
         code, out, err = run_cli(capsys, *argv)
         assert code == 2, (command, out, err)
         assert err.startswith("fednas-mpi: error: ") and err.count("\n") == 1, err
@@ -327,26 +370,35 @@ def test_tools_scripts_are_thin_entries(runs, tmp_path):
     """The three scripts in one Python process (runpy), as `python tools/X.py ...` runs them."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    calls = [("inspect_run.py", [str(empty)]),
-             ("compare_runs.py", [str(runs["avg7"]), str(runs["avg8"]), "--csv"]),
-             ("plot_runs.py", [str(runs["avg7"]), "--out", str(tmp_path / "p")])]
-    code = "\n".join([
-        "import runpy, sys",
-        f"for script, args in {[(str(ROOT / 'tools' / s), a) for s, a in calls]!r}:",
-        "    sys.argv = [script, *args]",
-        "    try:",
-        "        runpy.run_path(script, run_name='__main__')",
-        "    except SystemExit as e:",
-        "        print(f'exit {e.code}', flush=True)",
-        "        print(f'exit {e.code}', file=sys.stderr, flush=True)"])
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+    calls = [
+        ("inspect_run.py", [str(empty)]),
+        ("compare_runs.py", [str(runs["avg7"]), str(runs["avg8"]), "--csv"]),
+        ("plot_runs.py", [str(runs["avg7"]), "--out", str(tmp_path / "p")]),
+    ]
+    code = "\n".join(
+        [
+            "import runpy, sys",
+            f"for script, args in {[(str(ROOT / 'tools' / s), a) for s, a in calls]!r}:",
+            "    sys.argv = [script, *args]",
+            "    try:",
+            "        runpy.run_path(script, run_name='__main__')",
+            "    except SystemExit as e:",
+            "        print(f'exit {e.code}', flush=True)",
+            "        print(f'exit {e.code}', file=sys.stderr, flush=True)",
+        ]
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     err = res.stderr.splitlines()
-    assert err[0] == (f"fednas-mpi: error: {empty}: empty directory, not a fednas-mpi run (no "
-                      f"round_NNNNN.h5); give the --out directory of a run")
+    assert err[0] == (
+        f"fednas-mpi: error: {empty}: empty directory, not a fednas-mpi run (no "
+        f"round_NNNNN.h5); give the --out directory of a run"
+    )
     assert err[1:] == ["exit 2", "exit 0", "exit 0"]
     out = res.stdout.split("exit ")
-    assert out[1].split("\n", 1)[1].startswith(
-        "setting,method,dataset,runs,seeds,rounds,final_acc_mean")
+    assert (
+        out[1]
+        .split("\n", 1)[1]
+        .startswith("setting,method,dataset,runs,seeds,rounds,final_acc_mean")
+    )
     assert (tmp_path / "p" / "accuracy.png").is_file()

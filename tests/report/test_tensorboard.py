@@ -13,13 +13,15 @@ from fednas_mpi.store import list_checkpoints, read_checkpoint
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator",
-    reason="the tensorboard extra is not installed")
+    reason="the tensorboard extra is not installed",
+)
 
 
 def test_metrics_are_grouped_by_what_they_measure():
     assert tag("round_time") == "time/round_time" and tag("comm_time") == "time/comm_time"
-    assert tag("ops_alive") == "arch/ops_alive" and tag("arch_entropy_ops") == \
-        "arch/arch_entropy_ops"
+    assert (
+        tag("ops_alive") == "arch/ops_alive" and tag("arch_entropy_ops") == "arch/arch_entropy_ops"
+    )
     assert tag("global_acc") == "metrics/global_acc"
 
 
@@ -29,12 +31,23 @@ def test_a_run_writes_every_round_metric_and_the_genotype(tmp_path):
     out = tmp_path / "run"
     assert main([str(cfg), "--out", str(out), "--set", "store.tensorboard=true"]) == 0
     ckpt = read_checkpoint(list_checkpoints(out)[-1][1])
-    acc = event_accumulator.EventAccumulator(str(out / "tensorboard"),
-                                             size_guidance={"scalars": 0, "tensors": 0})
+    acc = event_accumulator.EventAccumulator(
+        str(out / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0}
+    )
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
-    for name in ("global_acc", "round_time", "compute_time", "comm_time", "aggregate_time",
-                 "eval_time", "ops_alive", "arch_entropy_ops", "temperature", "train_loss"):
+    for name in (
+        "global_acc",
+        "round_time",
+        "compute_time",
+        "comm_time",
+        "aggregate_time",
+        "eval_time",
+        "ops_alive",
+        "arch_entropy_ops",
+        "temperature",
+        "train_loss",
+    ):
         assert tag(name) in scalars, name
     for name, values in ckpt.metrics.items():
         finite = np.flatnonzero(np.isfinite(values))
@@ -58,8 +71,9 @@ def test_a_missing_tensorboard_is_bad_input_before_round_1(tmp_path, monkeypatch
     import fednas_mpi.report.tensorboard as tb
 
     def missing():
-        raise tb.TensorBoardUnavailable("store.tensorboard is true but the tensorboard "
-                                        "package is not installed")
+        raise tb.TensorBoardUnavailable(
+            "store.tensorboard is true but the tensorboard package is not installed"
+        )
 
     monkeypatch.setattr(tb, "_writer_class", missing)
     cfg = _config(tmp_path / "cfg.yaml", "fedavg")

@@ -56,8 +56,12 @@ def test_config_override_cpu_and_errors():
 
 
 def test_describe_groups_ranks_per_host():
-    ps = [Placement(0, "a", 0, "cpu"), Placement(1, "a", 1, "cuda:0"),
-          Placement(2, "a", 2, "cuda:0"), Placement(3, "b", 0, "cuda:1")]
+    ps = [
+        Placement(0, "a", 0, "cpu"),
+        Placement(1, "a", 1, "cuda:0"),
+        Placement(2, "a", 2, "cuda:0"),
+        Placement(3, "b", 0, "cuda:1"),
+    ]
     assert describe(ps) == "a: rank 0 cpu, ranks 1-2 cuda:0; b: rank 3 cuda:1"
 
 

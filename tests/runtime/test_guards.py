@@ -48,8 +48,7 @@ def test_check_client_covers_state_client_state_weight_and_loss():
     assert why.startswith("client state tensor 'head'")
     assert check_client(ok, NAN, fine, None) == "weight = nan"
     assert check_client(ok, 1.0, {"train_loss": NAN}, None) == "metric train_loss = nan"
-    assert check_client(ok, 1.0, {"train_loss": 1.0, "reward": INF}, None) == \
-        "metric reward = inf"
+    assert check_client(ok, 1.0, {"train_loss": 1.0, "reward": INF}, None) == "metric reward = inf"
 
 
 def test_judge_round_applies_the_policy():
@@ -125,9 +124,13 @@ class Shift(Algorithm):
 
 
 def _run(tmp_path, policy, bad, rounds=3):
-    cfg = from_dict({"run": {"seed": 3, "rounds": rounds, "on_nonfinite": policy},
-                     "partition": {"num_clients": 6, "min_train": 4},
-                     "federation": {"clients_per_round": 3}})
+    cfg = from_dict(
+        {
+            "run": {"seed": 3, "rounds": rounds, "on_nonfinite": policy},
+            "partition": {"num_clients": 6, "min_train": 4},
+            "federation": {"clients_per_round": 3},
+        }
+    )
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 1, 8, 8, generator=g)
     y = torch.arange(200) % 4
@@ -144,8 +147,11 @@ def _expected(cfg, partition, bad, rounds):
     w = 0.0
     sizes = partition.train_sizes()
     for r in range(rounds):
-        kept = [int(c) for c in sample_clients(cfg.run.seed, r, 6, 3)
-                if not (c == bad and r == Shift.BAD_ROUND)]
+        kept = [
+            int(c)
+            for c in sample_clients(cfg.run.seed, r, 6, 3)
+            if not (c == bad and r == Shift.BAD_ROUND)
+        ]
         n = np.array([sizes[c] for c in kept], dtype=np.float64)
         w = float(np.sum(n * (w + np.array(kept) + 1.0)) / n.sum())
     return w
@@ -155,8 +161,9 @@ def test_skip_client_averages_the_others_and_records_it(tmp_path):
     cfg0 = from_dict({"run": {"seed": 3}})
     bad = int(sample_clients(cfg0.run.seed, Shift.BAD_ROUND, 6, 3)[0])
     cfg, partition, model = _run(tmp_path, "skip_client", bad)
-    np.testing.assert_allclose(model.state["w"].numpy(),
-                               np.full(3, _expected(cfg, partition, bad, 3)), rtol=1e-12)
+    np.testing.assert_allclose(
+        model.state["w"].numpy(), np.full(3, _expected(cfg, partition, bad, 3)), rtol=1e-12
+    )
     ck = read_checkpoint(list_checkpoints(tmp_path)[-1][1])
     np.testing.assert_array_equal(ck.metrics["dropped_clients"], [0, 1, 0])
     np.testing.assert_array_equal(ck.metrics["clients"], [3, 2, 3])

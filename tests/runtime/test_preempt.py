@@ -26,6 +26,8 @@ def test_stop_file_ends_after_the_round_and_resume_matches(tmp_path):
     (run / "STOP").unlink()
     again = launch(3, ["--resume", str(run)])
     assert again.returncode == 0, again.stderr
-    a, b = read_checkpoint(tmp_path / "ref" / "round_00003.h5"), read_checkpoint(
-        run / "round_00003.h5")
+    a, b = (
+        read_checkpoint(tmp_path / "ref" / "round_00003.h5"),
+        read_checkpoint(run / "round_00003.h5"),
+    )
     assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)

@@ -26,18 +26,31 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 REPO = Path(__file__).resolve().parents[2]
 START = REPO / "tests" / "slurm" / "start_slurm.sh"
-SCALED = ["--ntasks=3", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=1",
-          "--time=60:00"]  # well beyond the scripts' --signal lead times (300, 600 s)
-DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-        "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+SCALED = [
+    "--ntasks=3",
+    "--nodes=1",
+    "--gpus-per-node=0",
+    "--cpus-per-task=1",
+    "--time=60:00",
+]  # well beyond the scripts' --signal lead times (300, 600 s)
+DONE = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+)
 
 
 def _ready() -> str | None:
     """None when sbatch can reach a controller with a node that takes jobs, else why not."""
     if not shutil.which("sbatch"):
         return "sbatch not found (apt-get install slurm-wlm munge)"
-    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
-                         timeout=30)
+    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
     if res.returncode != 0:
         return f"sinfo failed: {res.stderr.strip()}"
     if not re.search(r"^(idle|mixed|allocated|completing)", res.stdout, re.M):
@@ -50,8 +63,7 @@ def slurm():
     why = _ready()
     if why and shutil.which("sbatch") and os.geteuid() == 0:
         res = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=120)
-        why = _ready() if res.returncode == 0 else \
-            f"{START.name} failed: {res.stdout}{res.stderr}"
+        why = _ready() if res.returncode == 0 else f"{START.name} failed: {res.stdout}{res.stderr}"
     if why:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"SLURM tests must run in CI, but SLURM is not usable: {why}")
@@ -61,24 +73,43 @@ def slurm():
 def _env(**extra: str) -> dict[str, str]:
     """The job's environment: this Python and its launcher, and the variables the scripts
     read (sbatch passes the whole environment with --export=ALL)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", FEDNAS_JOBS_DIR=str(REPO / "jobs"),
-               FEDNAS=f"{sys.executable} -m fednas_mpi", MPIRUN=mpirun())
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        FEDNAS_JOBS_DIR=str(REPO / "jobs"),
+        FEDNAS=f"{sys.executable} -m fednas_mpi",
+        MPIRUN=mpirun(),
+    )
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env.update(extra)
     return env
 
 
 def _submit(script: str, log: Path, env: dict[str, str], *options: str) -> str:
-    res = subprocess.run(["sbatch", "--parsable", "--export=ALL", f"--output={log}", *SCALED,
-                          *options, str(REPO / "jobs" / script)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--export=ALL",
+            f"--output={log}",
+            *SCALED,
+            *options,
+            str(REPO / "jobs" / script),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, f"sbatch {script}: {res.stderr}"
     return res.stdout.strip().split(";")[0]
 
 
 def _job(jid: str) -> dict[str, str]:
-    res = subprocess.run(["scontrol", "-o", "show", "job", jid], capture_output=True,
-                         text=True, timeout=30)
+    res = subprocess.run(
+        ["scontrol", "-o", "show", "job", jid], capture_output=True, text=True, timeout=30
+    )
     fields: dict[str, str] = {}
     for line in res.stdout.splitlines():  # an array job shows one line per task
         for key, value in re.findall(r"(\w+)=(\S*)", line):
@@ -88,8 +119,12 @@ def _job(jid: str) -> dict[str, str]:
     return fields
 
 
-def _wait(jids: list[str], logs: list[Path], timeout: float = 240,
-          until=lambda info: info.get("JobState") in DONE) -> list[dict[str, str]]:
+def _wait(
+    jids: list[str],
+    logs: list[Path],
+    timeout: float = 240,
+    until=lambda info: info.get("JobState") in DONE,
+) -> list[dict[str, str]]:
     deadline = time.monotonic() + timeout
     while True:
         infos = [_job(j) for j in jids]
@@ -98,10 +133,10 @@ def _wait(jids: list[str], logs: list[Path], timeout: float = 240,
         if time.monotonic() > deadline:
             for j in jids:
                 subprocess.run(["scancel", j], timeout=30)
-            text = "\n".join(f"--- {p}\n{p.read_text() if p.exists() else '(none)'}"
-                             for p in logs)
-            raise AssertionError(f"jobs {jids} not done in {timeout}s: "
-                                 f"{[i.get('JobState') for i in infos]}\n{text}")
+            text = "\n".join(f"--- {p}\n{p.read_text() if p.exists() else '(none)'}" for p in logs)
+            raise AssertionError(
+                f"jobs {jids} not done in {timeout}s: {[i.get('JobState') for i in infos]}\n{text}"
+            )
         time.sleep(1)
 
 
@@ -116,10 +151,18 @@ def test_job_scripts_run_scaled_down(slurm, tmp_path):
     logs = [tmp_path / "one.log", tmp_path / "multi.log"]
     jids = [
         _submit("one_node_8gpu.sbatch", logs[0], _env(CONFIG=str(cfg), RUN_DIR=str(one))),
-        _submit("multi_node.sbatch", logs[1], _env(CONFIG=str(cfg), RUN_DIR=str(multi)),
-                "--ntasks-per-node=3"),
-        _submit("array_seeds.sbatch", tmp_path / "sweep-%a.log",
-                _env(CONFIGS=str(cfg), SEEDS="7 8", RUN_ROOT=str(root)), "--array=0-1"),
+        _submit(
+            "multi_node.sbatch",
+            logs[1],
+            _env(CONFIG=str(cfg), RUN_DIR=str(multi)),
+            "--ntasks-per-node=3",
+        ),
+        _submit(
+            "array_seeds.sbatch",
+            tmp_path / "sweep-%a.log",
+            _env(CONFIGS=str(cfg), SEEDS="7 8", RUN_ROOT=str(root)),
+            "--array=0-1",
+        ),
     ]
     logs += [tmp_path / "sweep-0.log", tmp_path / "sweep-1.log"]
     infos = _wait(jids, logs)
@@ -136,8 +179,10 @@ def test_job_scripts_run_scaled_down(slurm, tmp_path):
     for name in ("multi", "tiny-seed7"):
         for k, v in finals["one"].state.items():
             assert torch.equal(v, finals[name].state[k]), (name, k)
-    assert not torch.equal(finals["one"].state[next(iter(finals["one"].state))],
-                           finals["tiny-seed8"].state[next(iter(finals["one"].state))])
+    assert not torch.equal(
+        finals["one"].state[next(iter(finals["one"].state))],
+        finals["tiny-seed8"].state[next(iter(finals["one"].state))],
+    )
 
 
 def test_signal_stops_the_round_requeues_and_resumes_to_the_same_state(slurm, tmp_path):
@@ -145,9 +190,11 @@ def test_signal_stops_the_round_requeues_and_resumes_to_the_same_state(slurm, tm
     limit): rank 0 finishes the round, the job requeues itself, the requeued job resumes from
     the newest checkpoint and ends bit-identical to an uninterrupted run with the same ranks."""
     rounds = 20
-    cfg = write_config(tmp_path / "cfg.yaml", run={"name": "pre", "seed": 3, "rounds": rounds},
-                       algorithm={"name": "fedavg", "local_epochs": 3, "batch_size": 16,
-                                  "lr": 0.05})
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        run={"name": "pre", "seed": 3, "rounds": rounds},
+        algorithm={"name": "fedavg", "local_epochs": 3, "batch_size": 16, "lr": 0.05},
+    )
     run_dir, log = tmp_path / "run", tmp_path / "job.log"
     jid = _submit("one_node_8gpu.sbatch", log, _env(CONFIG=str(cfg), RUN_DIR=str(run_dir)))
     deadline = time.monotonic() + 180
@@ -160,8 +207,12 @@ def test_signal_stops_the_round_requeues_and_resumes_to_the_same_state(slurm, tm
     ref = launch(3, [str(cfg), "--out", str(tmp_path / "ref")], timeout=240)
     assert ref.returncode == 0, ref.stderr
     # the job requeued itself: SLURM holds a requeued job ~2 minutes (BeginTime); release it
-    info = _wait([jid], [log], timeout=120,
-                 until=lambda i: int(i.get("Restarts", 0)) >= 1 or i.get("JobState") in DONE)[0]
+    info = _wait(
+        [jid],
+        [log],
+        timeout=120,
+        until=lambda i: int(i.get("Restarts", 0)) >= 1 or i.get("JobState") in DONE,
+    )[0]
     assert int(info.get("Restarts", 0)) >= 1, f"job did not requeue: {info}\n{_log([log])}"
     if info.get("JobState") == "PENDING":
         subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], timeout=30)

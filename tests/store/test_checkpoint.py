@@ -49,8 +49,10 @@ def make_kwargs(seed: int = 0) -> dict:
         config_yaml=CONFIG_YAML,
         spec=SPEC,
         state=make_state(seed),
-        server_state={"velocity.z": torch.randn(3, 4, generator=g),
-                      "count": torch.tensor(4, dtype=torch.int64)},
+        server_state={
+            "velocity.z": torch.randn(3, 4, generator=g),
+            "count": torch.tensor(4, dtype=torch.int64),
+        },
         client_states={
             2: {"y.head": torch.randn(2, generator=g), "b.alpha": torch.randn(3, generator=g)},
             10: {"y.head": torch.zeros(2), "b.alpha": torch.ones(3)},
@@ -58,12 +60,19 @@ def make_kwargs(seed: int = 0) -> dict:
         },
         metrics={"test_acc": np.array([0.5, np.nan, 0.75]), "loss": [2.0, 1.5, 1.0]},
         stages=["search", "search", "train"],
-        partition={"train_sizes": np.array([10, 20, 30], dtype=np.int64),
-                   "eval_sizes": np.array([2, 5, 7], dtype=np.int64),
-                   "train_hist": np.arange(6, dtype=np.int64).reshape(3, 2),
-                   "eval_hist": np.ones((3, 2), dtype=np.int64)},
-        attrs={"seed": 7, "world_size": 3, "rounds_planned": 10, "stage": "train",
-               "versions": json.dumps({"fednas_mpi": "0.1.0"})},
+        partition={
+            "train_sizes": np.array([10, 20, 30], dtype=np.int64),
+            "eval_sizes": np.array([2, 5, 7], dtype=np.int64),
+            "train_hist": np.arange(6, dtype=np.int64).reshape(3, 2),
+            "eval_hist": np.ones((3, 2), dtype=np.int64),
+        },
+        attrs={
+            "seed": 7,
+            "world_size": 3,
+            "rounds_planned": 10,
+            "stage": "train",
+            "versions": json.dumps({"fednas_mpi": "0.1.0"}),
+        },
     )
 
 
@@ -156,8 +165,19 @@ def test_per_client_metrics_round_trip(tmp_path):
 
 def test_round_trip_of_empty_parts(tmp_path):
     state = {"w": torch.ones(2)}
-    path = write_checkpoint(tmp_path, 1, config_yaml="", spec={}, state=state, server_state={},
-                            client_states={}, metrics={}, stages=[], partition={}, attrs={})
+    path = write_checkpoint(
+        tmp_path,
+        1,
+        config_yaml="",
+        spec={},
+        state=state,
+        server_state={},
+        client_states={},
+        metrics={},
+        stages=[],
+        partition={},
+        attrs={},
+    )
     ck = read_checkpoint(path)
     assert_same_state(state, ck.state)
     assert ck.server_state == {} and ck.client_states == {}
@@ -166,8 +186,10 @@ def test_round_trip_of_empty_parts(tmp_path):
 
 
 def test_bfloat16_and_bool_round_trip(tmp_path):
-    state = {"h": torch.tensor([1.5, -2.0, 0.0078125], dtype=torch.bfloat16),
-             "mask": torch.tensor([True, False])}
+    state = {
+        "h": torch.tensor([1.5, -2.0, 0.0078125], dtype=torch.bfloat16),
+        "mask": torch.tensor([True, False]),
+    }
     path = write_checkpoint(tmp_path, 2, **{**make_kwargs(), "state": state})
     back = read_checkpoint(path).state
     assert list(back) == ["h", "mask"]
@@ -323,11 +345,11 @@ def test_newest_readable_with_a_custom_load_skips_what_it_cannot_read(tmp_path):
 def test_newest_readable_none_names_the_directory_and_the_reasons(tmp_path):
     missing = tmp_path / "absent"
     ck, skipped = newest_readable(missing)
-    assert ck is None and no_readable_message(missing, skipped) == \
-        f"{missing}: no such directory"
+    assert ck is None and no_readable_message(missing, skipped) == f"{missing}: no such directory"
     assert newest_readable(tmp_path) == (None, [])
-    assert no_readable_message(tmp_path, []) == \
-        f"{tmp_path}: no readable checkpoint (round_NNNNN.h5)"
+    assert (
+        no_readable_message(tmp_path, []) == f"{tmp_path}: no readable checkpoint (round_NNNNN.h5)"
+    )
     write_foreign(tmp_path / "round_00001.h5")
     (tmp_path / "round_00002.h5").write_bytes(b"truncated")
     ck, skipped = newest_readable(tmp_path)
@@ -365,11 +387,21 @@ def test_checkpoints_with_the_old_in_state_channel_drop_it_on_read(tmp_path):
     """Files written before ClientResult.aux held FedRLNAS's round sums as rl.* state
     entries and PerFedRLNAS's reports as pending.* client entries; they read without."""
     kw = make_kwargs()
-    old = dict(kw, state={**kw["state"], "rl.inv_n": torch.zeros((), dtype=torch.float64),
-                          "rl.count_normal": torch.zeros(5, 8, dtype=torch.float64)},
-               client_states={**kw["client_states"],
-                              4: {"alpha_normal": torch.ones(5, 8, dtype=torch.float64),
-                                  "pending.acc": torch.tensor(0.5, dtype=torch.float64)}})
+    old = dict(
+        kw,
+        state={
+            **kw["state"],
+            "rl.inv_n": torch.zeros((), dtype=torch.float64),
+            "rl.count_normal": torch.zeros(5, 8, dtype=torch.float64),
+        },
+        client_states={
+            **kw["client_states"],
+            4: {
+                "alpha_normal": torch.ones(5, 8, dtype=torch.float64),
+                "pending.acc": torch.tensor(0.5, dtype=torch.float64),
+            },
+        },
+    )
     ck = read_checkpoint(write_checkpoint(tmp_path, 1, **old))
     assert_same_state(kw["state"], ck.state)
     assert list(ck.client_states[4]) == ["alpha_normal"]
@@ -428,15 +460,27 @@ def test_read_incomplete_and_newer_format_raise(tmp_path):
 def test_list_checkpoints_ignores_other_names(tmp_path):
     for name in ("round_00001.h5", "round_00012.h5", "round_100000.h5", "round_00002.h5"):
         (tmp_path / name).write_bytes(b"")
-    for name in ("round_1.h5.tmp", ".round_00001.h5.tmp-12", "round_1.h5", "round_0001.h5",
-                 "round_00003.h5.bak", "xround_00004.h5", "round_00005.hdf5", "notes.txt",
-                 "round_abcde.h5"):
+    for name in (
+        "round_1.h5.tmp",
+        ".round_00001.h5.tmp-12",
+        "round_1.h5",
+        "round_0001.h5",
+        "round_00003.h5.bak",
+        "xround_00004.h5",
+        "round_00005.hdf5",
+        "notes.txt",
+        "round_abcde.h5",
+    ):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "round_00006.h5").mkdir()  # a directory is not a checkpoint
     got = list_checkpoints(tmp_path)
     assert [r for r, _ in got] == [1, 2, 12, 100000]
-    assert [p.name for _, p in got] == ["round_00001.h5", "round_00002.h5", "round_00012.h5",
-                                        "round_100000.h5"]
+    assert [p.name for _, p in got] == [
+        "round_00001.h5",
+        "round_00002.h5",
+        "round_00012.h5",
+        "round_100000.h5",
+    ]
     assert all(p.parent == tmp_path for _, p in got)
 
 
@@ -463,10 +507,12 @@ def test_prune_old_zero_keeps_all(tmp_path):
 
 # What h5py 3 raises when write(2) fails on a full tmpfs (recorded on one): the errno is
 # only in the text.
-H5_ENOSPC = ("Can't synchronously write data (file write failed: time = Tue Dec  1 10:59:39 "
-             "2026\n, filename = '/mnt/.round_00002.h5.tmp-4672', file descriptor = 3, "
-             "errno = 28, error message = 'No space left on device', buf = 0x5558d0e81b00, "
-             "total write size = 361088, bytes this sub-write = 361088, offset = 45056)")
+H5_ENOSPC = (
+    "Can't synchronously write data (file write failed: time = Tue Dec  1 10:59:39 "
+    "2026\n, filename = '/mnt/.round_00002.h5.tmp-4672', file descriptor = 3, "
+    "errno = 28, error message = 'No space left on device', buf = 0x5558d0e81b00, "
+    "total write size = 361088, bytes this sub-write = 361088, offset = 45056)"
+)
 
 
 def test_errno_is_found_in_h5py_text_and_exception_chains():
@@ -482,11 +528,14 @@ def test_errno_is_found_in_h5py_text_and_exception_chains():
     assert errno_of(RuntimeError("no number here")) is None
 
 
-@pytest.mark.parametrize("action,code,words", [
-    ("enospc", errno.ENOSPC, "file system is full"),
-    ("eio", errno.EIO, "I/O error"),
-    ("eacces", errno.EACCES, "no permission"),
-])
+@pytest.mark.parametrize(
+    "action,code,words",
+    [
+        ("enospc", errno.ENOSPC, "file system is full"),
+        ("eio", errno.EIO, "I/O error"),
+        ("eacces", errno.EACCES, "no permission"),
+    ],
+)
 def test_injected_write_error_is_one_storage_error(tmp_path, monkeypatch, action, code, words):
     for r in (1, 2):
         write_checkpoint(tmp_path, r, **make_kwargs(r))
@@ -512,6 +561,7 @@ def test_keep_under_a_failed_write_never_loses_the_newest_intact_file(tmp_path, 
     for r in (1, 2, 3):
         write_checkpoint(tmp_path, r, **make_kwargs(r))
         prune_old(tmp_path, 2)
+
     def full(round_, path):  # a writer monkeypatched to meet a full disk
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 

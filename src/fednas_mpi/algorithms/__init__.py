@@ -14,5 +14,14 @@ def get_algorithm(name: str) -> type[Algorithm]:
     return registry.method(name).cls
 
 
-__all__ = ["Algorithm", "ClientData", "ClientResult", "DataInfo", "GlobalModel",
-           "RoundContext", "REGISTRY", "get_algorithm", "registry"]
+__all__ = [
+    "Algorithm",
+    "ClientData",
+    "ClientResult",
+    "DataInfo",
+    "GlobalModel",
+    "RoundContext",
+    "REGISTRY",
+    "get_algorithm",
+    "registry",
+]

@@ -65,8 +65,13 @@ class ClientData:
         device = torch.device(device)
         if self.train_x.device == device:
             return self
-        return replace(self, train_x=self.train_x.to(device), train_y=self.train_y.to(device),
-                       eval_x=self.eval_x.to(device), eval_y=self.eval_y.to(device))
+        return replace(
+            self,
+            train_x=self.train_x.to(device),
+            train_y=self.train_y.to(device),
+            eval_x=self.eval_x.to(device),
+            eval_y=self.eval_y.to(device),
+        )
 
 
 @dataclass
@@ -131,8 +136,9 @@ class Algorithm(ABC):
         """The round-0 global model; draws only from seeded generators."""
 
     @abstractmethod
-    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
-                      client_state: State | None) -> ClientResult:
+    def client_update(
+        self, model: GlobalModel, data: ClientData, ctx: RoundContext, client_state: State | None
+    ) -> ClientResult:
         """Local work of one client on a copy of the global model."""
 
     def aux_shapes(self, model: GlobalModel) -> dict[str, tuple[int, ...]]:
@@ -141,15 +147,21 @@ class Algorithm(ABC):
         server sizes the round's receive buffers before any client has run."""
         return {}
 
-    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
-                    ctx: RoundContext) -> GlobalModel:
+    def server_step(
+        self, model: GlobalModel, averaged: State, metrics: dict[str, float], ctx: RoundContext
+    ) -> GlobalModel:
         """Next global model from the FedAvg average (of the state's entries and of the
         ``aux`` ones); plain FedAvg keeps it as is."""
         return GlobalModel(model.spec, averaged, model.server_state)
 
-    def server_client_step(self, states: dict[int, State], clients: list[int],
-                           aux: dict[int, State], metrics: dict[str, float],
-                           ctx: RoundContext) -> dict[int, State]:
+    def server_client_step(
+        self,
+        states: dict[int, State],
+        clients: list[int],
+        aux: dict[int, State],
+        metrics: dict[str, float],
+        ctx: RoundContext,
+    ) -> dict[int, State]:
         """Server-side update of per-client state after a round, once every client of the
         round has reported: ``states`` holds every client's stored state (this round's
         new ones included), ``clients`` this round's clients, ``aux`` each reporting
@@ -159,12 +171,12 @@ class Algorithm(ABC):
         return {}
 
     @abstractmethod
-    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[float, float]:
+    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """(mean loss, accuracy) of the global model on (x, y)."""
 
-    def evaluate_global(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor,
-                        client_states: dict[int, State]) -> tuple[float, float]:
+    def evaluate_global(
+        self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor, client_states: dict[int, State]
+    ) -> tuple[float, float]:
         """(mean loss, accuracy) reported as the round's global accuracy (paper Table 1).
 
         The global model itself; a method whose global model lacks a part that only
@@ -172,8 +184,9 @@ class Algorithm(ABC):
         """
         return self.evaluate(model, x, y)
 
-    def personal_accuracy(self, model: GlobalModel, data: ClientData, client_state: State | None,
-                          ctx: RoundContext) -> float:
+    def personal_accuracy(
+        self, model: GlobalModel, data: ClientData, client_state: State | None, ctx: RoundContext
+    ) -> float:
         """Accuracy on the client's eval split of its personalised model: the global model
         after the method's own personalisation step (paper Table 5).
 

@@ -19,15 +19,28 @@ class FedAvg(FixedModelMethod):
     name = "fedavg"
     client_metrics = ("train_loss", "local_acc")
 
-    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
-                      client_state: State | None) -> ClientResult:
+    def client_update(
+        self, model: GlobalModel, data: ClientData, ctx: RoundContext, client_state: State | None
+    ) -> ClientResult:
         a = self.cfg.algorithm
         net = self.load(model.state)
-        opt = torch.optim.SGD(net.parameters(), lr=a.lr, momentum=a.momentum,
-                              weight_decay=a.weight_decay)
+        opt = torch.optim.SGD(
+            net.parameters(), lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay
+        )
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "fedavg.batches")
-        train_loss = sgd_epochs(net, data.train_x, data.train_y, opt, a.batch_size,
-                                a.local_epochs, g, augment=data.augment)
+        train_loss = sgd_epochs(
+            net,
+            data.train_x,
+            data.train_y,
+            opt,
+            a.batch_size,
+            a.local_epochs,
+            g,
+            augment=data.augment,
+        )
         _, local_acc = evaluate(net, data.eval_x, data.eval_y)
-        return ClientResult(clone_state(net), float(data.num_train),
-                            {"train_loss": train_loss, "local_acc": local_acc})
+        return ClientResult(
+            clone_state(net),
+            float(data.num_train),
+            {"train_loss": train_loss, "local_acc": local_acc},
+        )

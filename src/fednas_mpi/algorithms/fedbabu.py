@@ -24,19 +24,24 @@ from .common.fixed import FixedModelMethod, clone_state
 
 @dataclass(kw_only=True)
 class FedBABUConfig:
-    finetune_epochs: int = option(5, "Personalisation before local evaluation: epochs of head "
-                                      "fine-tuning on the client's train split (body fixed).",
-                                   ge=1)
-    finetune_lr: float = option(0.05, "SGD learning rate of the head fine-tuning (momentum as "
-                                       "algorithm.momentum).", gt=0.0)
+    finetune_epochs: int = option(
+        5,
+        "Personalisation before local evaluation: epochs of head "
+        "fine-tuning on the client's train split (body fixed).",
+        ge=1,
+    )
+    finetune_lr: float = option(
+        0.05, "SGD learning rate of the head fine-tuning (momentum as algorithm.momentum).", gt=0.0
+    )
 
 
 class FedBABU(FixedModelMethod):
     name = "fedbabu"
     client_metrics = ("train_loss",)
 
-    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
-                      client_state: State | None) -> ClientResult:
+    def client_update(
+        self, model: GlobalModel, data: ClientData, ctx: RoundContext, client_state: State | None
+    ) -> ClientResult:
         a = self.cfg.algorithm
         net = self.load(model.state)
         body_p, head_p = self.parts()
@@ -44,8 +49,9 @@ class FedBABU(FixedModelMethod):
         loss = self.train_part(net, body_p, head_p, a.lr, a.local_epochs, data, g)
         return ClientResult(clone_state(net), float(data.num_train), {"train_loss": loss})
 
-    def personal_accuracy(self, model: GlobalModel, data: ClientData, client_state: State | None,
-                          ctx: RoundContext) -> float:
+    def personal_accuracy(
+        self, model: GlobalModel, data: ClientData, client_state: State | None, ctx: RoundContext
+    ) -> float:
         f = self.cfg.algorithm.fedbabu
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "fedbabu.personal")
         return self.finetune_head(model.state, data, f.finetune_epochs, f.finetune_lr, g)

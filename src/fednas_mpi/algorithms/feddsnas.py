@@ -36,19 +36,30 @@ from .common.training import evaluate, minibatches
 
 @dataclass(kw_only=True)
 class FedDSNASConfig:
-    lr: float = option(0.025, "Weights: SGD learning rate (cosine schedule over run.rounds).",
-                        gt=0.0)
+    lr: float = option(
+        0.025, "Weights: SGD learning rate (cosine schedule over run.rounds).", gt=0.0
+    )
     lr_min: float = option(0.001, "Weights: learning rate in the last round.", ge=0.0)
-    momentum: float = option(0.9, "Weights: SGD momentum (ops not sampled in a step keep their "
-                                   "weights and momentum untouched).", ge=0.0, lt=1.0)
+    momentum: float = option(
+        0.9,
+        "Weights: SGD momentum (ops not sampled in a step keep their "
+        "weights and momentum untouched).",
+        ge=0.0,
+        lt=1.0,
+    )
     weight_decay: float = option(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
     grad_clip: float = option(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
-    arch_lr: float = option(1e-3, "Alphas: Adam learning rate of the DSNAS estimator's "
-                                   "gradient.", gt=0.0)
+    arch_lr: float = option(
+        1e-3, "Alphas: Adam learning rate of the DSNAS estimator's gradient.", gt=0.0
+    )
     arch_betas: list[float] = option([0.5, 0.999], "Alphas: Adam betas.", min_len=2)
     arch_weight_decay: float = option(1e-3, "Alphas: Adam weight decay.", ge=0.0)
-    local_eval_every: int = option(1, "Evaluate the sampled clients' argmax children on their "
-                                       "eval splits every N rounds (and in the last).", ge=1)
+    local_eval_every: int = option(
+        1,
+        "Evaluate the sampled clients' argmax children on their "
+        "eval splits every N rounds (and in the last).",
+        ge=1,
+    )
 
 
 class FedDSNAS(SinglePathMethod):
@@ -64,16 +75,19 @@ class FedDSNAS(SinglePathMethod):
         return GlobalModel(spec, state_of(self.fresh(spec)))
 
     # ------------------------------------------------------------ client
-    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
-                      client_state: State | None) -> ClientResult:
+    def client_update(
+        self, model: GlobalModel, data: ClientData, ctx: RoundContext, client_state: State | None
+    ) -> ClientResult:
         f, a = self.cfg.algorithm.feddsnas, self.cfg.algorithm
         net = self._net(model)
         net.train()
         weights, arch = net.weight_parameters(), net.arch_parameters()
-        w_opt = torch.optim.SGD(weights, lr=self.lr(ctx.round), momentum=f.momentum,
-                                weight_decay=f.weight_decay)
-        a_opt = torch.optim.Adam(arch, lr=f.arch_lr, betas=tuple(f.arch_betas),
-                                 weight_decay=f.arch_weight_decay)
+        w_opt = torch.optim.SGD(
+            weights, lr=self.lr(ctx.round), momentum=f.momentum, weight_decay=f.weight_decay
+        )
+        a_opt = torch.optim.Adam(
+            arch, lr=f.arch_lr, betas=tuple(f.arch_betas), weight_decay=f.arch_weight_decay
+        )
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "feddsnas.batches")
         g_noise = torch_rng(ctx.seed, ctx.round, data.client_id, "feddsnas.gumbel")
         total, count = 0.0, 0
@@ -82,32 +96,40 @@ class FedDSNAS(SinglePathMethod):
                 xb = data.train_x[idx]
                 if data.augment is not None:
                     xb = data.augment(xb, g)
-                loss = dsnas_step(net, xb, data.train_y[idx], w_opt, a_opt, g_noise,
-                                  f.grad_clip)
+                loss = dsnas_step(net, xb, data.train_y[idx], w_opt, a_opt, g_noise, f.grad_clip)
                 total, count = total + loss * len(idx), count + len(idx)
         local_acc = float("nan")
         if ctx.is_due(f.local_eval_every):
             _, local_acc = evaluate(self.argmax_model(net), data.eval_x, data.eval_y)
-        return ClientResult(state_of(net), float(data.num_train),
-                            {"train_loss": total / max(count, 1), "local_acc": local_acc})
+        return ClientResult(
+            state_of(net),
+            float(data.num_train),
+            {"train_loss": total / max(count, 1), "local_acc": local_acc},
+        )
 
     # ------------------------------------------------------------ server
-    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
-                    ctx: RoundContext) -> GlobalModel:
+    def server_step(
+        self, model: GlobalModel, averaged: State, metrics: dict[str, float], ctx: RoundContext
+    ) -> GlobalModel:
         spec, state = model.spec, averaged
         if self.derives_after(spec, ctx.round):
             spec, state = self.derive_child(spec, averaged)
         metrics.update(lr=self.lr(ctx.round), **self.arch_metrics(spec, state, 1.0))
         return GlobalModel(spec, state, model.server_state)
 
-    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[float, float]:
+    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         return evaluate(self.argmax_model(self._net(model)), x, y)
 
 
-def dsnas_step(net, x: torch.Tensor, y: torch.Tensor, w_opt: torch.optim.Optimizer,
-               a_opt: torch.optim.Optimizer, g_noise: torch.Generator,
-               grad_clip: float) -> float:
+def dsnas_step(
+    net,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w_opt: torch.optim.Optimizer,
+    a_opt: torch.optim.Optimizer,
+    g_noise: torch.Generator,
+    grad_clip: float,
+) -> float:
     """One DSNAS step: sample a path, run only it, update the sampled ops' weights and
     all logits (the estimator's gradient). Returns the loss."""
     alphas = {c: getattr(net, f"alpha_{c}") for c in CELL_TYPES}

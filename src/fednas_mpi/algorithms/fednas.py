@@ -40,51 +40,80 @@ from .common.training import evaluate, minibatches, sgd_epochs
 
 @dataclass(kw_only=True)
 class FedNASConfig:
-    search_rounds: int = option(0, "Rounds of MiLeNAS search before hard pruning; the rest of "
-                                    "run.rounds retrain the derived network from scratch. "
-                                    "0 = half of run.rounds.", ge=0)
-    lr: float = option(0.025, "Weights: SGD learning rate at the start of each stage (cosine "
-                               "schedule over the stage's rounds).", gt=0.0)
+    search_rounds: int = option(
+        0,
+        "Rounds of MiLeNAS search before hard pruning; the rest of "
+        "run.rounds retrain the derived network from scratch. "
+        "0 = half of run.rounds.",
+        ge=0,
+    )
+    lr: float = option(
+        0.025,
+        "Weights: SGD learning rate at the start of each stage (cosine "
+        "schedule over the stage's rounds).",
+        gt=0.0,
+    )
     lr_min: float = option(0.001, "Weights: learning rate at the end of each stage.", ge=0.0)
     momentum: float = option(0.9, "Weights: SGD momentum.", ge=0.0, lt=1.0)
     weight_decay: float = option(3e-4, "Weights: SGD weight decay.", ge=0.0)
-    grad_clip: float = option(5.0, "Weights: gradient norm clip (0 = off); alphas are not "
-                                    "clipped.", ge=0.0)
+    grad_clip: float = option(
+        5.0, "Weights: gradient norm clip (0 = off); alphas are not clipped.", ge=0.0
+    )
     arch_lr: float = option(
-        0.03, "Alphas: Adam learning rate. Adam moves a logit by at most about arch_lr per "
-              "step, so the total movement is bounded by arch_lr x (search steps): DARTS's "
-              "3e-4 suits its ~20k steps (the paper configs keep it), while the CPU configs' "
-              "~100 steps need ~0.03 for the alphas to move beyond their noise.", gt=0.0)
+        0.03,
+        "Alphas: Adam learning rate. Adam moves a logit by at most about arch_lr per "
+        "step, so the total movement is bounded by arch_lr x (search steps): DARTS's "
+        "3e-4 suits its ~20k steps (the paper configs keep it), while the CPU configs' "
+        "~100 steps need ~0.03 for the alphas to move beyond their noise.",
+        gt=0.0,
+    )
     arch_betas: list[float] = option([0.5, 0.999], "Alphas: Adam betas.", min_len=2)
     arch_weight_decay: float = option(1e-3, "Alphas: Adam weight decay.", ge=0.0)
-    milenas_lambda: float = option(1.0, "MiLeNAS mixed-level weight: the alpha gradient is "
-                                         "grad L_val + lambda * grad L_train.", ge=0.0)
-    local_eval_every: int = option(1, "Evaluate the sampled clients' models on their eval splits "
-                                       "every N rounds (and in the last).", ge=1)
+    milenas_lambda: float = option(
+        1.0,
+        "MiLeNAS mixed-level weight: the alpha gradient is grad L_val + lambda * grad L_train.",
+        ge=0.0,
+    )
+    local_eval_every: int = option(
+        1,
+        "Evaluate the sampled clients' models on their eval splits "
+        "every N rounds (and in the last).",
+        ge=1,
+    )
 
     def cross_checks(self, cfg) -> list[str]:
         """Problems of this section against the rest of the run's config."""
         rounds = cfg.run.rounds
         if rounds < 2:
-            return [f"run.rounds = {rounds}: fednas needs at least 2 rounds (search, then "
-                    f"retrain the derived network)"]
+            return [
+                f"run.rounds = {rounds}: fednas needs at least 2 rounds (search, then "
+                f"retrain the derived network)"
+            ]
         if self.search_rounds >= rounds:
-            return [f"algorithm.fednas.search_rounds = {self.search_rounds}: leaves no round to "
-                    f"retrain (run.rounds = {rounds}); use a value below run.rounds, or 0 for "
-                    f"half of them"]
+            return [
+                f"algorithm.fednas.search_rounds = {self.search_rounds}: leaves no round to "
+                f"retrain (run.rounds = {rounds}); use a value below run.rounds, or 0 for "
+                f"half of them"
+            ]
         return []
 
 
-def milenas_grads(loss_train: torch.Tensor, loss_val: torch.Tensor,
-                  weights: Sequence[nn.Parameter], arch: Sequence[nn.Parameter], lam: float
-                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def milenas_grads(
+    loss_train: torch.Tensor,
+    loss_val: torch.Tensor,
+    weights: Sequence[nn.Parameter],
+    arch: Sequence[nn.Parameter],
+    lam: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(grad_w L_train, grad_alpha L_val + lam * grad_alpha L_train), both at the current
     point (MiLeNAS's mixed-level gradient, first order)."""
     gw = torch.autograd.grad(loss_train, list(weights), retain_graph=True, allow_unused=True)
     ga = torch.autograd.grad(loss_val + lam * loss_train, list(arch), allow_unused=True)
     zeros = [torch.zeros_like(p) for p in weights]
-    return ([z if g is None else g for g, z in zip(gw, zeros)],
-            [torch.zeros_like(p) if g is None else g for g, p in zip(ga, arch)])
+    return (
+        [z if g is None else g for g, z in zip(gw, zeros)],
+        [torch.zeros_like(p) if g is None else g for g, p in zip(ga, arch)],
+    )
 
 
 class FedNAS(SupernetMethod):
@@ -113,8 +142,9 @@ class FedNAS(SupernetMethod):
         return GlobalModel(spec, state_of(self.fresh(spec)))
 
     # ------------------------------------------------------------ client
-    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
-                      client_state: State | None) -> ClientResult:
+    def client_update(
+        self, model: GlobalModel, data: ClientData, ctx: RoundContext, client_state: State | None
+    ) -> ClientResult:
         net = self._net(model)
         net.set_sampling(1.0, None)  # plain softmax(alpha): no Gumbel noise
         net.train()
@@ -123,26 +153,42 @@ class FedNAS(SupernetMethod):
             train_loss, val_loss = self._search(net, data, ctx, g)
         else:
             f, a = self.cfg.algorithm.fednas, self.cfg.algorithm
-            opt = torch.optim.SGD(net.weight_parameters(), lr=self.lr(ctx.round),
-                                  momentum=f.momentum, weight_decay=f.weight_decay)
-            train_loss = sgd_epochs(net, data.train_x, data.train_y, opt, a.batch_size,
-                                    a.local_epochs, g, augment=data.augment)
+            opt = torch.optim.SGD(
+                net.weight_parameters(),
+                lr=self.lr(ctx.round),
+                momentum=f.momentum,
+                weight_decay=f.weight_decay,
+            )
+            train_loss = sgd_epochs(
+                net,
+                data.train_x,
+                data.train_y,
+                opt,
+                a.batch_size,
+                a.local_epochs,
+                g,
+                augment=data.augment,
+            )
             val_loss = float("nan")
         local_acc = float("nan")
         every = self.cfg.algorithm.fednas.local_eval_every
         if ctx.is_due(every):
             _, local_acc = evaluate(net, data.eval_x, data.eval_y)
-        return ClientResult(state_of(net), float(data.num_train),
-                            {"train_loss": train_loss, "val_loss": val_loss,
-                             "local_acc": local_acc})
+        return ClientResult(
+            state_of(net),
+            float(data.num_train),
+            {"train_loss": train_loss, "val_loss": val_loss, "local_acc": local_acc},
+        )
 
     def _search(self, net, data: ClientData, ctx: RoundContext, g: torch.Generator):
         f, a = self.cfg.algorithm.fednas, self.cfg.algorithm
         weights, arch = net.weight_parameters(), net.arch_parameters()
-        w_opt = torch.optim.SGD(weights, lr=self.lr(ctx.round), momentum=f.momentum,
-                                weight_decay=f.weight_decay)
-        a_opt = torch.optim.Adam(arch, lr=f.arch_lr, betas=tuple(f.arch_betas),
-                                 weight_decay=f.arch_weight_decay)
+        w_opt = torch.optim.SGD(
+            weights, lr=self.lr(ctx.round), momentum=f.momentum, weight_decay=f.weight_decay
+        )
+        a_opt = torch.optim.Adam(
+            arch, lr=f.arch_lr, betas=tuple(f.arch_betas), weight_decay=f.arch_weight_decay
+        )
         # The validation half comes from the client's own data, never the server's test set.
         perm = torch.randperm(data.num_train, generator=g)
         half = max(1, data.num_train // 2)
@@ -175,8 +221,9 @@ class FedNAS(SupernetMethod):
         return (data.augment(x, g) if data.augment is not None else x), data.train_y[idx]
 
     # ------------------------------------------------------------ server
-    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
-                    ctx: RoundContext) -> GlobalModel:
+    def server_step(
+        self, model: GlobalModel, averaged: State, metrics: dict[str, float], ctx: RoundContext
+    ) -> GlobalModel:
         spec, state = model.spec, averaged
         if ctx.stage == "search" and ctx.round + 1 == self.search_rounds:
             spec = darts_spec(self.space, ArchSpec.of(spec), averaged).to_dict()
@@ -185,8 +232,7 @@ class FedNAS(SupernetMethod):
         metrics.update(lr=self.lr(ctx.round), **self.arch_metrics(spec, state, 1.0))
         return GlobalModel(spec, state, model.server_state)
 
-    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[float, float]:
+    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         net = self._net(model)
         net.set_sampling(1.0, None)
         return evaluate(net, x, y)

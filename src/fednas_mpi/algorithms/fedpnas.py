@@ -47,43 +47,61 @@ from .common.training import evaluate
 
 @dataclass(kw_only=True)
 class FedPNASConfig:
-    personal_layers: int = option(1, "Last cells that (with the classifier) form each client's "
-                                      "personalised part, with their own architecture logits; "
-                                      "the rest is the shared base (also used by meta_fedpnas).",
-                                   ge=0)
-    inner_steps: int = option(1, "SGD steps of the personalised part on each support task.",
-                               ge=1)
-    inner_lr_w: float = option(0.05, "Personalised weights: learning rate of the inner steps.",
-                                gt=0.0)
-    inner_lr_alpha: float = option(0.1, "Personalised logits: learning rate of the inner steps.",
-                                    ge=0.0)
-    lr: float = option(0.05, "Base weights: SGD learning rate of the first-order meta step.",
-                        gt=0.0)
+    personal_layers: int = option(
+        1,
+        "Last cells that (with the classifier) form each client's "
+        "personalised part, with their own architecture logits; "
+        "the rest is the shared base (also used by meta_fedpnas).",
+        ge=0,
+    )
+    inner_steps: int = option(1, "SGD steps of the personalised part on each support task.", ge=1)
+    inner_lr_w: float = option(
+        0.05, "Personalised weights: learning rate of the inner steps.", gt=0.0
+    )
+    inner_lr_alpha: float = option(
+        0.1, "Personalised logits: learning rate of the inner steps.", ge=0.0
+    )
+    lr: float = option(
+        0.05, "Base weights: SGD learning rate of the first-order meta step.", gt=0.0
+    )
     momentum: float = option(0.9, "Base weights: SGD momentum.", ge=0.0, lt=1.0)
     weight_decay: float = option(3e-4, "Base weights: SGD weight decay.", ge=0.0)
     arch_lr: float = option(3e-3, "Base logits: Adam learning rate of the meta step.", ge=0.0)
     grad_clip: float = option(5.0, "Gradient norm clip of both steps (0 = off).", ge=0.0)
-    temperature_start: float = option(1.0, "SNAS sampler: Gumbel-softmax temperature in round 1.",
-                                       gt=0.0)
-    temperature_end: float = option(0.1, "SNAS sampler: temperature in the last round "
-                                          "(exponential schedule).", gt=0.0)
-    tasks_per_epoch: int = option(0, "Support/query task pairs per local epoch; 0 = as many "
-                                      "disjoint pairs as the train split holds.", ge=0)
-    local_eval_every: int = option(1, "Evaluate the clients' personalised models on their eval "
-                                       "splits every N rounds (and in the last).", ge=1)
+    temperature_start: float = option(
+        1.0, "SNAS sampler: Gumbel-softmax temperature in round 1.", gt=0.0
+    )
+    temperature_end: float = option(
+        0.1, "SNAS sampler: temperature in the last round (exponential schedule).", gt=0.0
+    )
+    tasks_per_epoch: int = option(
+        0,
+        "Support/query task pairs per local epoch; 0 = as many "
+        "disjoint pairs as the train split holds.",
+        ge=0,
+    )
+    local_eval_every: int = option(
+        1,
+        "Evaluate the clients' personalised models on their eval "
+        "splits every N rounds (and in the last).",
+        ge=1,
+    )
 
 
 ARCH_NAMES = ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
 
 
-def split_forward(net: SearchNetwork, x: torch.Tensor, personal: dict[str, torch.Tensor],
-                  first_personal: int) -> torch.Tensor:
+def split_forward(
+    net: SearchNetwork, x: torch.Tensor, personal: dict[str, torch.Tensor], first_personal: int
+) -> torch.Tensor:
     """Forward with the global logits for cells before ``first_personal`` and the
     personalised logits (``palpha_*``, ``pbeta_*``) from there on."""
     noisy = net.training
     base = {c: net.mixing_weights(c, noisy) for c in CELL_TYPES}
-    pers = {c: net.mixing_weights(c, noisy, personal[f"palpha_{c}"], personal[f"pbeta_{c}"])
-            for c in CELL_TYPES}
+    pers = {
+        c: net.mixing_weights(c, noisy, personal[f"palpha_{c}"], personal[f"pbeta_{c}"])
+        for c in CELL_TYPES
+    }
     return net(x, lambda layer, kind: (pers if layer >= first_personal else base)[kind])
 
 
@@ -120,14 +138,17 @@ class FedPNAS(GumbelSupernetMethod):
 
     def temperature(self, round_: int) -> float:
         f = self.conf
-        return temperature_at(round_, self.cfg.run.rounds, f.temperature_start,
-                              f.temperature_end, "exponential", 0.01)
+        return temperature_at(
+            round_, self.cfg.run.rounds, f.temperature_start, f.temperature_end, "exponential", 0.01
+        )
 
     def init_global(self) -> GlobalModel:
         spec = self.initial_spec()
-        return GlobalModel(spec, state_of(self.fresh(spec)),
-                           {"temperature": torch.tensor(self.temperature(0),
-                                                        dtype=torch.float64)})
+        return GlobalModel(
+            spec,
+            state_of(self.fresh(spec)),
+            {"temperature": torch.tensor(self.temperature(0), dtype=torch.float64)},
+        )
 
     # ------------------------------------------------------------ client
     def personal_state(self, model: GlobalModel, client_state: State | None) -> State:
@@ -140,23 +161,31 @@ class FedPNAS(GumbelSupernetMethod):
         for c in CELL_TYPES:
             for kind in ("alpha", "beta"):
                 k = f"p{kind}_{c}"
-                out[k] = (client_state[k] if client_state is not None
-                          else model.state[f"{kind}_{c}"]).clone().float()
+                out[k] = (
+                    (client_state[k] if client_state is not None else model.state[f"{kind}_{c}"])
+                    .clone()
+                    .float()
+                )
         return out
 
-    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
-                      client_state: State | None) -> ClientResult:
+    def client_update(
+        self, model: GlobalModel, data: ClientData, ctx: RoundContext, client_state: State | None
+    ) -> ClientResult:
         a = self.cfg.algorithm
         net = self._net(model)
         mine = self.personal_state(model, client_state)  # private copies
         logits = ("palpha_", "pbeta_")
-        net.load_state_dict({k: v for k, v in mine.items() if not k.startswith(logits)},
-                            strict=False)
-        personal = {k: nn.Parameter(v.to(self.device)) for k, v in mine.items()
-                    if k.startswith(logits)}
+        net.load_state_dict(
+            {k: v for k, v in mine.items() if not k.startswith(logits)}, strict=False
+        )
+        personal = {
+            k: nn.Parameter(v.to(self.device)) for k, v in mine.items() if k.startswith(logits)
+        }
         net.train()
-        net.set_sampling(self.temperature(ctx.round),
-                         torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.name}.gumbel"))
+        net.set_sampling(
+            self.temperature(ctx.round),
+            torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.name}.gumbel"),
+        )
         named = dict(net.named_parameters())
         base_w = [p for k, p in named.items() if k not in ARCH_NAMES and not self.is_personal(k)]
         pers_w = [p for k, p in named.items() if k not in ARCH_NAMES and self.is_personal(k)]
@@ -182,9 +211,12 @@ class FedPNAS(GumbelSupernetMethod):
         state = state_of(net)
         kept = {k: v for k, v in state.items() if self.is_personal(k)}
         kept.update({k: p.detach().clone() for k, p in personal.items()})
-        return ClientResult(state, float(data.num_train),
-                            {"train_loss": q_sum / steps, "support_loss": s_sum / steps,
-                             "local_acc": local_acc}, client_state=kept)
+        return ClientResult(
+            state,
+            float(data.num_train),
+            {"train_loss": q_sum / steps, "support_loss": s_sum / steps, "local_acc": local_acc},
+            client_state=kept,
+        )
 
     @property
     def tasks_per_epoch(self) -> int:
@@ -198,10 +230,10 @@ class FedPNAS(GumbelSupernetMethod):
         """FedPNAS: the personalised part adapts on the support task and keeps it; the
         base takes the query gradient at the adapted point (first-order meta step)."""
         f = self.conf
-        inner = TaskLearner([(pers_w, f.inner_lr_w), (pers_a, f.inner_lr_alpha)],
-                            f.inner_steps, f.grad_clip)
-        w_opt = torch.optim.SGD(base_w, lr=f.lr, momentum=f.momentum,
-                                weight_decay=f.weight_decay)
+        inner = TaskLearner(
+            [(pers_w, f.inner_lr_w), (pers_a, f.inner_lr_alpha)], f.inner_steps, f.grad_clip
+        )
+        w_opt = torch.optim.SGD(base_w, lr=f.lr, momentum=f.momentum, weight_decay=f.weight_decay)
         a_opt = torch.optim.Adam(base_a, lr=f.arch_lr, betas=(0.5, 0.999))
         base = base_w + base_a
 
@@ -221,12 +253,14 @@ class FedPNAS(GumbelSupernetMethod):
         return step
 
     # ------------------------------------------------------------ server
-    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
-                    ctx: RoundContext) -> GlobalModel:
+    def server_step(
+        self, model: GlobalModel, averaged: State, metrics: dict[str, float], ctx: RoundContext
+    ) -> GlobalModel:
         lam = self.temperature(ctx.round)
         metrics.update(temperature=lam, **self.arch_metrics(model.spec, averaged, lam))
-        return GlobalModel(model.spec, averaged,
-                           {"temperature": torch.tensor(lam, dtype=torch.float64)})
+        return GlobalModel(
+            model.spec, averaged, {"temperature": torch.tensor(lam, dtype=torch.float64)}
+        )
 
 
 class MetaFedPNAS(FedPNAS):
@@ -254,8 +288,9 @@ class MetaFedPNAS(FedPNAS):
         task, meta = self.meta.learners(base_w + pers_w, base_a + pers_a, round_)
         return lambda support, query: meta.step(task, support, query)
 
-    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
-                    ctx: RoundContext) -> GlobalModel:
+    def server_step(
+        self, model: GlobalModel, averaged: State, metrics: dict[str, float], ctx: RoundContext
+    ) -> GlobalModel:
         lam = self.temperature(ctx.round)
         spec, state = model.spec, averaged
         if (gaps := self.pruning.gaps_after(ctx.round + 1)) is not None:

@@ -35,11 +35,18 @@ from .common.training import evaluate
 
 @dataclass(kw_only=True)
 class FedRepConfig:
-    head_epochs: int = option(5, "Epochs over the client's train split that update only the "
-                                  "client's head (body fixed) before algorithm.local_epochs "
-                                  "epochs update only the body.", ge=1)
-    head_lr: float = option(0.05, "SGD learning rate of the head epochs (momentum and weight "
-                                   "decay as algorithm.*).", gt=0.0)
+    head_epochs: int = option(
+        5,
+        "Epochs over the client's train split that update only the "
+        "client's head (body fixed) before algorithm.local_epochs "
+        "epochs update only the body.",
+        ge=1,
+    )
+    head_lr: float = option(
+        0.05,
+        "SGD learning rate of the head epochs (momentum and weight decay as algorithm.*).",
+        gt=0.0,
+    )
 
 
 class FedRep(FixedModelMethod):
@@ -50,8 +57,9 @@ class FedRep(FixedModelMethod):
         body, _ = split_state(super().init_global().state)
         return GlobalModel({}, body)
 
-    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
-                      client_state: State | None) -> ClientResult:
+    def client_update(
+        self, model: GlobalModel, data: ClientData, ctx: RoundContext, client_state: State | None
+    ) -> ClientResult:
         a, f = self.cfg.algorithm, self.cfg.algorithm.fedrep
         head = client_state if client_state is not None else self.init_head
         net = self.load({**model.state, **head})
@@ -60,16 +68,20 @@ class FedRep(FixedModelMethod):
         head_loss = self.train_part(net, head_p, body_p, f.head_lr, f.head_epochs, data, g)
         loss = self.train_part(net, body_p, head_p, a.lr, a.local_epochs, data, g)
         body, head = split_state(clone_state(net))
-        return ClientResult(body, float(data.num_train),
-                            {"train_loss": loss, "head_loss": head_loss}, client_state=head)
+        return ClientResult(
+            body,
+            float(data.num_train),
+            {"train_loss": loss, "head_loss": head_loss},
+            client_state=head,
+        )
 
-    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[float, float]:
+    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """The global body with the initial head (see ``evaluate_global``)."""
         return evaluate(self.load({**model.state, **self.init_head}), x, y)
 
-    def evaluate_global(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor,
-                        client_states: dict[int, State]) -> tuple[float, float]:
+    def evaluate_global(
+        self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor, client_states: dict[int, State]
+    ) -> tuple[float, float]:
         """Mean (loss, accuracy) over the clients' heads on the global body."""
         heads = [client_states[c] for c in sorted(client_states)] or [self.init_head]
         net = self.load({**model.state, **self.init_head})
@@ -80,8 +92,9 @@ class FedRep(FixedModelMethod):
             scores.append(evaluate(net.head, f, y))
         return tuple(float(v) for v in np.mean(scores, axis=0))
 
-    def personal_accuracy(self, model: GlobalModel, data: ClientData, client_state: State | None,
-                          ctx: RoundContext) -> float:
+    def personal_accuracy(
+        self, model: GlobalModel, data: ClientData, client_state: State | None, ctx: RoundContext
+    ) -> float:
         f = self.cfg.algorithm.fedrep
         head = client_state if client_state is not None else self.init_head
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "fedrep.personal")

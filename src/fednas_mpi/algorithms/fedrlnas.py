@@ -47,9 +47,13 @@ from .common.supernet import state_of
 class FedRLNASConfig(SubnetSearchConfig):
     """FedRLNAS: the shared subnet-search keys and the reward baseline."""
 
-    baseline_decay: float = option(0.9, "Reward baseline b <- decay * b + (1 - decay) * mean "
-                                         "reward of the round (started at the first round's).",
-                                    ge=0.0, lt=1.0)
+    baseline_decay: float = option(
+        0.9,
+        "Reward baseline b <- decay * b + (1 - decay) * mean "
+        "reward of the round (started at the first round's).",
+        ge=0.0,
+        lt=1.0,
+    )
 
 
 RL_KEYS = ("rl.inv_n", "rl.reward")
@@ -67,9 +71,14 @@ class FedRLNAS(SubnetSearch):
     def init_global(self) -> GlobalModel:
         spec = self.initial_spec()
         state = state_of(self.fresh(spec))
-        return GlobalModel(spec, state,
-                           {"baseline": torch.zeros((), dtype=torch.float64),
-                            "baseline_set": torch.zeros((), dtype=torch.float64)})
+        return GlobalModel(
+            spec,
+            state,
+            {
+                "baseline": torch.zeros((), dtype=torch.float64),
+                "baseline_set": torch.zeros((), dtype=torch.float64),
+            },
+        )
 
     def aux_shapes(self, model: GlobalModel) -> dict[str, tuple[int, ...]]:
         out: dict[str, tuple[int, ...]] = {k: () for k in RL_KEYS}
@@ -80,30 +89,41 @@ class FedRLNAS(SubnetSearch):
         return out
 
     # ------------------------------------------------------------ client
-    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
-                      client_state: State | None) -> ClientResult:
+    def client_update(
+        self, model: GlobalModel, data: ClientData, ctx: RoundContext, client_state: State | None
+    ) -> ClientResult:
         net = self.net_of(model.spec, model.state)
         masks = self.masks_of(net)
         alpha = {c: model.state[f"alpha_{c}"] for c in CELL_TYPES}
-        choices = choices_of(alpha, masks, torch_rng(ctx.seed, ctx.round, data.client_id,
-                                                     f"{self.purpose}.arch"), self.conf.epsilon)
+        choices = choices_of(
+            alpha,
+            masks,
+            torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.purpose}.arch"),
+            self.conf.epsilon,
+        )
         _, loss, reward, local_acc = self.train_subnet(net, choices, data, ctx)
         n = float(data.num_train)
         state = state_of(net)
-        aux = {"rl.inv_n": torch.tensor(1.0 / n, dtype=torch.float64),
-               "rl.reward": torch.tensor(reward / n, dtype=torch.float64)}
+        aux = {
+            "rl.inv_n": torch.tensor(1.0 / n, dtype=torch.float64),
+            "rl.reward": torch.tensor(reward / n, dtype=torch.float64),
+        }
         for c in CELL_TYPES:
             s = score(alpha[c], masks[c], choices[c])
             aux[f"rl.count_{c}"] = onehot(s.shape, choices[c])
             aux[f"rl.score_{c}"] = s / n
             aux[f"rl.rscore_{c}"] = s * (reward / n)
-        return ClientResult({k: state[k] for k in model.state}, n,
-                            {"train_loss": loss, "reward": reward, "local_acc": local_acc},
-                            aux=aux)
+        return ClientResult(
+            {k: state[k] for k in model.state},
+            n,
+            {"train_loss": loss, "reward": reward, "local_acc": local_acc},
+            aux=aux,
+        )
 
     # ------------------------------------------------------------ server
-    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
-                    ctx: RoundContext) -> GlobalModel:
+    def server_step(
+        self, model: GlobalModel, averaged: State, metrics: dict[str, float], ctx: RoundContext
+    ) -> GlobalModel:
         f = self.conf
         state = self.fold_round(model, averaged)
         # REINFORCE on alpha: mean over clients of (R_i - b) * score_i
@@ -113,10 +133,12 @@ class FedRLNAS(SubnetSearch):
         b = float(server["baseline"]) if float(server["baseline_set"]) else mean_r
         for c in CELL_TYPES:
             grad = (averaged[f"rl.rscore_{c}"] - b * averaged[f"rl.score_{c}"]) / inv
-            state[f"alpha_{c}"] = adam_ascent(model.state[f"alpha_{c}"], grad, server,
-                                              f"adam_{c}.", f.arch_lr, f.arch_betas)
-        server["baseline"] = torch.tensor(f.baseline_decay * b + (1 - f.baseline_decay)
-                                          * mean_r, dtype=torch.float64)
+            state[f"alpha_{c}"] = adam_ascent(
+                model.state[f"alpha_{c}"], grad, server, f"adam_{c}.", f.arch_lr, f.arch_betas
+            )
+        server["baseline"] = torch.tensor(
+            f.baseline_decay * b + (1 - f.baseline_decay) * mean_r, dtype=torch.float64
+        )
         server["baseline_set"] = torch.ones((), dtype=torch.float64)
         metrics.update(lr=self.lr(ctx.round), mean_reward=mean_r, baseline=b)
         spec = model.spec

@@ -39,21 +39,32 @@ from .common.training import evaluate, minibatches
 @dataclass(kw_only=True)
 class PerFedAvgConfig:
     variant: Literal["first_order", "hessian_free"] = option(
-        "first_order", "Meta gradient: first_order drops the Hessian term; hessian_free "
-                       "estimates it by a finite difference of gradients on a third batch.")
-    alpha: float = option(0.01, "Inner (adaptation) step size alpha; the outer step size beta is "
-                                 "algorithm.lr.", gt=0.0)
-    hf_delta: float = option(0.001, "hessian_free: finite-difference step delta of the "
-                                     "Hessian-vector product.", gt=0.0)
-    adapt_steps: int = option(1, "Personalisation before local evaluation: SGD steps of size "
-                                  "alpha on minibatches of the client's train split.", ge=1)
+        "first_order",
+        "Meta gradient: first_order drops the Hessian term; hessian_free "
+        "estimates it by a finite difference of gradients on a third batch.",
+    )
+    alpha: float = option(
+        0.01,
+        "Inner (adaptation) step size alpha; the outer step size beta is algorithm.lr.",
+        gt=0.0,
+    )
+    hf_delta: float = option(
+        0.001, "hessian_free: finite-difference step delta of the Hessian-vector product.", gt=0.0
+    )
+    adapt_steps: int = option(
+        1,
+        "Personalisation before local evaluation: SGD steps of size "
+        "alpha on minibatches of the client's train split.",
+        ge=1,
+    )
 
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def batch_groups(n: int, batch: int, parts: int, generator: torch.Generator
-                 ) -> list[list[torch.Tensor]]:
+def batch_groups(
+    n: int, batch: int, parts: int, generator: torch.Generator
+) -> list[list[torch.Tensor]]:
     """Groups of ``parts`` disjoint index batches from one seeded permutation of range(n).
 
     As many full groups as fit (at least one; with fewer than parts * batch samples the
@@ -62,7 +73,7 @@ def batch_groups(n: int, batch: int, parts: int, generator: torch.Generator
     perm = torch.randperm(n, generator=generator)
     groups = []
     for g in range(max(n // (parts * size), 1)):
-        groups.append([perm[((g * parts + i) * size) % n:][:size] for i in range(parts)])
+        groups.append([perm[((g * parts + i) * size) % n :][:size] for i in range(parts)])
     return groups
 
 
@@ -71,9 +82,15 @@ def _grad(net: nn.Module, params: Sequence[nn.Parameter], batch: Batch) -> list[
     return list(torch.autograd.grad(loss, params))
 
 
-def meta_step(net: nn.Module, params: Sequence[nn.Parameter], batches: Sequence[Batch],
-              alpha: float, optimizer: torch.optim.Optimizer,
-              hessian_free: bool = False, delta: float = 1e-3) -> float:
+def meta_step(
+    net: nn.Module,
+    params: Sequence[nn.Parameter],
+    batches: Sequence[Batch],
+    alpha: float,
+    optimizer: torch.optim.Optimizer,
+    hessian_free: bool = False,
+    delta: float = 1e-3,
+) -> float:
     """One per-FedAvg local step on (D, D'[, D'']); returns the loss on D' at w_tmp."""
     params = list(params)
     w0 = [p.detach().clone() for p in params]
@@ -106,8 +123,9 @@ class PerFedAvg(FixedModelMethod):
     name = "perfedavg"
     client_metrics = ("train_loss",)
 
-    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
-                      client_state: State | None) -> ClientResult:
+    def client_update(
+        self, model: GlobalModel, data: ClientData, ctx: RoundContext, client_state: State | None
+    ) -> ClientResult:
         a, p = self.cfg.algorithm, self.cfg.algorithm.perfedavg
         net = self.load(model.state)
         net.train()
@@ -124,14 +142,17 @@ class PerFedAvg(FixedModelMethod):
         total, steps = 0.0, 0
         for _ in range(a.local_epochs):
             for group in batch_groups(len(y), a.batch_size, 3 if hf else 2, g):
-                total += meta_step(net, params, [batch(i) for i in group], p.alpha, opt,
-                                   hf, p.hf_delta)
+                total += meta_step(
+                    net, params, [batch(i) for i in group], p.alpha, opt, hf, p.hf_delta
+                )
                 steps += 1
-        return ClientResult(clone_state(net), float(data.num_train),
-                            {"train_loss": total / max(steps, 1)})
+        return ClientResult(
+            clone_state(net), float(data.num_train), {"train_loss": total / max(steps, 1)}
+        )
 
-    def personal_accuracy(self, model: GlobalModel, data: ClientData, client_state: State | None,
-                          ctx: RoundContext) -> float:
+    def personal_accuracy(
+        self, model: GlobalModel, data: ClientData, client_state: State | None, ctx: RoundContext
+    ) -> float:
         """``adapt_steps`` SGD steps of size alpha from the global model, then evaluate."""
         if len(data.eval_y) == 0:
             return float("nan")
@@ -143,7 +164,7 @@ class PerFedAvg(FixedModelMethod):
         batches: list[torch.Tensor] = []
         while len(batches) < p.adapt_steps:
             batches += minibatches(len(data.train_y), self.cfg.algorithm.batch_size, g)
-        for idx in batches[:p.adapt_steps]:
+        for idx in batches[: p.adapt_steps]:
             grads = _grad(net, params, (data.train_x[idx], data.train_y[idx]))
             with torch.no_grad():
                 for q, d in zip(params, grads):

@@ -49,10 +49,13 @@ class PerFedRLNASConfig(SubnetSearchConfig):
     """PerFedRLNAS: the shared subnet-search keys (here of each client's own policy) and
     the time penalty of its reward."""
 
-    time_lambda: float = option(0.01, "lambda_time of the reward acc - mean best acc - "
-                                       "lambda_time * (time - fastest time of the round); time "
-                                       "is the deterministic cost samples x path parameters / 1e6.",
-                                 ge=0.0)
+    time_lambda: float = option(
+        0.01,
+        "lambda_time of the reward acc - mean best acc - "
+        "lambda_time * (time - fastest time of the round); time "
+        "is the deterministic cost samples x path parameters / 1e6.",
+        ge=0.0,
+    )
 
 
 def path_params(net, choices) -> int:
@@ -68,8 +71,9 @@ def path_params(net, choices) -> int:
     return total
 
 
-def personal_rewards(acc: dict[int, float], best: dict[int, float], time: dict[int, float],
-                     lam: float) -> dict[int, float]:
+def personal_rewards(
+    acc: dict[int, float], best: dict[int, float], time: dict[int, float], lam: float
+) -> dict[int, float]:
     """R_i = acc_i - mean_j best_j - lam * (time_i - min time) for the round's clients
     (``acc``, ``time``); ``best`` holds every known client's best accuracy."""
     mean_best = sum(best.values()) / len(best)
@@ -95,8 +99,10 @@ class PerFedRLNAS(SubnetSearch):
         return {f"rl.count_{c}": tuple(model.state[f"alpha_{c}"].shape) for c in CELL_TYPES}
 
     def initial_client_state(self, model: GlobalModel) -> State:
-        st: State = {f"alpha_{c}": torch.zeros_like(model.state[f"alpha_{c}"],
-                                                     dtype=torch.float64) for c in CELL_TYPES}
+        st: State = {
+            f"alpha_{c}": torch.zeros_like(model.state[f"alpha_{c}"], dtype=torch.float64)
+            for c in CELL_TYPES
+        }
         st["best_acc"] = torch.zeros((), dtype=torch.float64)
         st["seen"] = torch.zeros((), dtype=torch.float64)
         return st
@@ -104,17 +110,25 @@ class PerFedRLNAS(SubnetSearch):
     # ------------------------------------------------------------ client
     def sample(self, policy: State, masks, ctx: RoundContext, cid: int):
         if ctx.round + 1 == ctx.rounds:  # the client's own subnet: its policy's argmax
-            return {c: policy[f"alpha_{c}"].masked_fill(~masks[c].bool(), float("-inf"))
-                    .argmax(1).tolist() for c in CELL_TYPES}
+            return {
+                c: policy[f"alpha_{c}"]
+                .masked_fill(~masks[c].bool(), float("-inf"))
+                .argmax(1)
+                .tolist()
+                for c in CELL_TYPES
+            }
         g = torch_rng(ctx.seed, ctx.round, cid, f"{self.purpose}.arch")
-        return choices_of({c: policy[f"alpha_{c}"] for c in CELL_TYPES}, masks, g,
-                          self.conf.epsilon)
+        return choices_of(
+            {c: policy[f"alpha_{c}"] for c in CELL_TYPES}, masks, g, self.conf.epsilon
+        )
 
-    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
-                      client_state: State | None) -> ClientResult:
+    def client_update(
+        self, model: GlobalModel, data: ClientData, ctx: RoundContext, client_state: State | None
+    ) -> ClientResult:
         a = self.cfg.algorithm
-        policy = dict(client_state) if client_state is not None else \
-            self.initial_client_state(model)
+        policy = (
+            dict(client_state) if client_state is not None else self.initial_client_state(model)
+        )
         net = self.net_of(model.spec, model.state)
         masks = self.masks_of(net)
         choices = self.sample(policy, masks, ctx, data.client_id)
@@ -123,26 +137,40 @@ class PerFedRLNAS(SubnetSearch):
         cost = a.local_epochs * len(tr) * path_params(net, choices) / 1e6
         state = state_of(net)
         aux: State = {}
-        mine: State = {"acc": torch.tensor(reward, dtype=torch.float64),
-                       "time": torch.tensor(cost, dtype=torch.float64)}
+        mine: State = {
+            "acc": torch.tensor(reward, dtype=torch.float64),
+            "time": torch.tensor(cost, dtype=torch.float64),
+        }
         for c in CELL_TYPES:
             state[f"alpha_{c}"] = policy[f"alpha_{c}"].to(state[f"alpha_{c}"].dtype)
             aux[f"rl.count_{c}"] = onehot(policy[f"alpha_{c}"].shape, choices[c])
             mine[f"score_{c}"] = score(policy[f"alpha_{c}"], masks[c], choices[c])
             policy[f"subnet_{c}"] = torch.tensor(choices[c], dtype=torch.float64)
         policy["local_acc"] = torch.tensor(local_acc, dtype=torch.float64)
-        return ClientResult({k: state[k] for k in model.state}, float(data.num_train),
-                            {"train_loss": loss, "reward": reward, "local_acc": local_acc,
-                             "time_cost": cost}, client_state=policy, aux=aux, client_aux=mine)
+        return ClientResult(
+            {k: state[k] for k in model.state},
+            float(data.num_train),
+            {"train_loss": loss, "reward": reward, "local_acc": local_acc, "time_cost": cost},
+            client_state=policy,
+            aux=aux,
+            client_aux=mine,
+        )
 
     # ------------------------------------------------------------ server
-    def server_client_step(self, states: dict[int, State], clients: list[int],
-                           aux: dict[int, State], metrics: dict[str, float],
-                           ctx: RoundContext) -> dict[int, State]:
+    def server_client_step(
+        self,
+        states: dict[int, State],
+        clients: list[int],
+        aux: dict[int, State],
+        metrics: dict[str, float],
+        ctx: RoundContext,
+    ) -> dict[int, State]:
         f = self.conf
         acc = {c: float(aux[c]["acc"]) for c in clients}
-        best = {c: max(float(s["best_acc"]), float(aux[c]["acc"]))
-                if c in aux else float(s["best_acc"]) for c, s in states.items()}
+        best = {
+            c: max(float(s["best_acc"]), float(aux[c]["acc"])) if c in aux else float(s["best_acc"])
+            for c, s in states.items()
+        }
         time = {c: float(aux[c]["time"]) for c in clients}
         rewards = personal_rewards(acc, best, time, f.time_lambda)
         out: dict[int, State] = {}
@@ -150,22 +178,31 @@ class PerFedRLNAS(SubnetSearch):
             st = dict(states[c])
             for cell in CELL_TYPES:
                 st[f"alpha_{cell}"] = adam_ascent(
-                    st[f"alpha_{cell}"], rewards[c] * aux[c][f"score_{cell}"], st,
-                    f"adam_{cell}.", f.arch_lr, f.arch_betas)
+                    st[f"alpha_{cell}"],
+                    rewards[c] * aux[c][f"score_{cell}"],
+                    st,
+                    f"adam_{cell}.",
+                    f.arch_lr,
+                    f.arch_betas,
+                )
             st["best_acc"] = torch.tensor(best[c], dtype=torch.float64)
             st["seen"] = st["seen"] + 1
             st["last_reward"] = torch.tensor(rewards[c], dtype=torch.float64)
             out[c] = st
         r = list(rewards.values())
-        subnets = {tuple(v for x in CELL_TYPES for v in states[c][f"subnet_{x}"].tolist())
-                   for c in clients}
-        metrics.update(personal_reward=sum(r) / len(r),
-                       mean_best_acc=sum(best.values()) / len(best),
-                       distinct_subnets=float(len(subnets)))
+        subnets = {
+            tuple(v for x in CELL_TYPES for v in states[c][f"subnet_{x}"].tolist()) for c in clients
+        }
+        metrics.update(
+            personal_reward=sum(r) / len(r),
+            mean_best_acc=sum(best.values()) / len(best),
+            distinct_subnets=float(len(subnets)),
+        )
         return out
 
-    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
-                    ctx: RoundContext) -> GlobalModel:
+    def server_step(
+        self, model: GlobalModel, averaged: State, metrics: dict[str, float], ctx: RoundContext
+    ) -> GlobalModel:
         state = self.fold_round(model, averaged)
         for c in CELL_TYPES:  # the mean policy of the round's clients
             state[f"alpha_{c}"] = averaged[f"alpha_{c}"]
@@ -196,8 +233,9 @@ class MetaPerFedRLNAS(PerFedRLNAS):
         self.meta = MetaSearch(cfg)
         self.pruning = self.meta.pruning(combos=False)  # the paths have no combination logits
 
-    def local_train(self, net, choices, data: ClientData, tr: torch.Tensor,
-                    ctx: RoundContext) -> float:
+    def local_train(
+        self, net, choices, data: ClientData, tr: torch.Tensor, ctx: RoundContext
+    ) -> float:
         a, f = self.cfg.algorithm, self.cfg.algorithm.fedmetanas
         net.train()
         task, meta = self.meta.learners(net.weight_parameters(), [], ctx.round)
@@ -215,8 +253,9 @@ class MetaPerFedRLNAS(PerFedRLNAS):
                 total, steps = total + q_loss, steps + 1
         return total / max(steps, 1)
 
-    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
-                    ctx: RoundContext) -> GlobalModel:
+    def server_step(
+        self, model: GlobalModel, averaged: State, metrics: dict[str, float], ctx: RoundContext
+    ) -> GlobalModel:
         out = super().server_step(model, averaged, metrics, ctx)
         metrics["temperature"] = self.meta.temperature(ctx.round)
         if (gaps := self.pruning.gaps_after(ctx.round + 1)) is None:

@@ -32,16 +32,25 @@ from .common.training import evaluate, sgd_epochs
 
 @dataclass(kw_only=True)
 class RandomNASConfig:
-    genotype_seed: int = option(0, "Which random genotype: drawn uniformly from the search space "
-                                    "from this seed alone (not run.seed), so one genotype can be "
-                                    "trained with several seeds.", ge=0)
-    lr: float = option(0.025, "SGD learning rate in round 1 (cosine schedule over run.rounds).",
-                        gt=0.0)
+    genotype_seed: int = option(
+        0,
+        "Which random genotype: drawn uniformly from the search space "
+        "from this seed alone (not run.seed), so one genotype can be "
+        "trained with several seeds.",
+        ge=0,
+    )
+    lr: float = option(
+        0.025, "SGD learning rate in round 1 (cosine schedule over run.rounds).", gt=0.0
+    )
     lr_min: float = option(0.001, "Learning rate in the last round.", ge=0.0)
     momentum: float = option(0.9, "SGD momentum.", ge=0.0, lt=1.0)
     weight_decay: float = option(3e-4, "SGD weight decay.", ge=0.0)
-    local_eval_every: int = option(1, "Evaluate the sampled clients' models on their eval splits "
-                                       "every N rounds (and in the last).", ge=1)
+    local_eval_every: int = option(
+        1,
+        "Evaluate the sampled clients' models on their eval splits "
+        "every N rounds (and in the last).",
+        ge=1,
+    )
 
 
 class RandomNAS(SupernetMethod):
@@ -51,8 +60,9 @@ class RandomNAS(SupernetMethod):
     def genotype_spec(self) -> dict:
         """The spec of the sampled genotype (the same for every run seed)."""
         seed = self.cfg.algorithm.random_nas.genotype_seed
-        return sampled_spec(self.space, torch_rng(seed, SETUP, SERVER, "random_nas.genotype")
-                            ).to_dict()
+        return sampled_spec(
+            self.space, torch_rng(seed, SETUP, SERVER, "random_nas.genotype")
+        ).to_dict()
 
     def lr(self, round_: int) -> float:
         f = self.cfg.algorithm.random_nas
@@ -62,29 +72,43 @@ class RandomNAS(SupernetMethod):
         spec = self.genotype_spec()
         return GlobalModel(spec, state_of(self.fresh(spec, "random_nas.init")))
 
-    def client_update(self, model: GlobalModel, data: ClientData, ctx: RoundContext,
-                      client_state: State | None) -> ClientResult:
+    def client_update(
+        self, model: GlobalModel, data: ClientData, ctx: RoundContext, client_state: State | None
+    ) -> ClientResult:
         f, a = self.cfg.algorithm.random_nas, self.cfg.algorithm
         net = self._net(model)
         net.set_sampling(1.0, None)
-        opt = torch.optim.SGD(net.weight_parameters(), lr=self.lr(ctx.round),
-                              momentum=f.momentum, weight_decay=f.weight_decay)
+        opt = torch.optim.SGD(
+            net.weight_parameters(),
+            lr=self.lr(ctx.round),
+            momentum=f.momentum,
+            weight_decay=f.weight_decay,
+        )
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "random_nas.batches")
-        train_loss = sgd_epochs(net, data.train_x, data.train_y, opt, a.batch_size,
-                                a.local_epochs, g, augment=data.augment)
+        train_loss = sgd_epochs(
+            net,
+            data.train_x,
+            data.train_y,
+            opt,
+            a.batch_size,
+            a.local_epochs,
+            g,
+            augment=data.augment,
+        )
         local_acc = float("nan")
         if ctx.is_due(f.local_eval_every):
             _, local_acc = evaluate(net, data.eval_x, data.eval_y)
-        return ClientResult(state_of(net), float(data.num_train),
-                            {"train_loss": train_loss, "local_acc": local_acc})
+        return ClientResult(
+            state_of(net), float(data.num_train), {"train_loss": train_loss, "local_acc": local_acc}
+        )
 
-    def server_step(self, model: GlobalModel, averaged: State, metrics: dict[str, float],
-                    ctx: RoundContext) -> GlobalModel:
+    def server_step(
+        self, model: GlobalModel, averaged: State, metrics: dict[str, float], ctx: RoundContext
+    ) -> GlobalModel:
         metrics.update(lr=self.lr(ctx.round))
         return GlobalModel(model.spec, averaged, model.server_state)
 
-    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[float, float]:
+    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         net = self._net(model)
         net.set_sampling(1.0, None)
         return evaluate(net, x, y)

@@ -70,24 +70,47 @@ METHODS = (
     Method("fedavg", FedAvg, nas=False, top=SGD),
     Method("fedmetanas", FedMetaNAS, nas=True, sections={"fedmetanas": FedMetaNASConfig}),
     Method("fednas", FedNAS, nas=True, sections={"fednas": FedNASConfig}),
-    Method("perfedavg", PerFedAvg, nas=False, top=SGD, sections={"perfedavg": PerFedAvgConfig},
-           personal=True),
-    Method("fedrep", FedRep, nas=False, top=SGD, sections={"fedrep": FedRepConfig},
-           personal=True),
-    Method("fedbabu", FedBABU, nas=False, top=SGD, sections={"fedbabu": FedBABUConfig},
-           personal=True),
+    Method(
+        "perfedavg",
+        PerFedAvg,
+        nas=False,
+        top=SGD,
+        sections={"perfedavg": PerFedAvgConfig},
+        personal=True,
+    ),
+    Method("fedrep", FedRep, nas=False, top=SGD, sections={"fedrep": FedRepConfig}, personal=True),
+    Method(
+        "fedbabu", FedBABU, nas=False, top=SGD, sections={"fedbabu": FedBABUConfig}, personal=True
+    ),
     Method("feddsnas", FedDSNAS, nas=True, sections={"feddsnas": FedDSNASConfig}, path=True),
     Method("fedrlnas", FedRLNAS, nas=True, sections={"fedrlnas": FedRLNASConfig}, path=True),
-    Method("perfedrlnas", PerFedRLNAS, nas=True, sections={"perfedrlnas": PerFedRLNASConfig},
-           path=True, personal=True),
+    Method(
+        "perfedrlnas",
+        PerFedRLNAS,
+        nas=True,
+        sections={"perfedrlnas": PerFedRLNASConfig},
+        path=True,
+        personal=True,
+    ),
     Method("fedpnas", FedPNAS, nas=True, sections={"fedpnas": FedPNASConfig}, personal=True),
-    Method("meta_fedpnas", MetaFedPNAS, nas=True,
-           sections={"fedpnas": FedPNASConfig, "fedmetanas": FedMetaNASConfig}, personal=True),
-    Method("meta_perfedrlnas", MetaPerFedRLNAS, nas=True,
-           sections={"perfedrlnas": PerFedRLNASConfig, "fedmetanas": FedMetaNASConfig},
-           path=True, personal=True),
-    Method("random_nas", RandomNAS, nas=True, sections={"random_nas": RandomNASConfig},
-           baseline=True),
+    Method(
+        "meta_fedpnas",
+        MetaFedPNAS,
+        nas=True,
+        sections={"fedpnas": FedPNASConfig, "fedmetanas": FedMetaNASConfig},
+        personal=True,
+    ),
+    Method(
+        "meta_perfedrlnas",
+        MetaPerFedRLNAS,
+        nas=True,
+        sections={"perfedrlnas": PerFedRLNASConfig, "fedmetanas": FedMetaNASConfig},
+        path=True,
+        personal=True,
+    ),
+    Method(
+        "random_nas", RandomNAS, nas=True, sections={"random_nas": RandomNASConfig}, baseline=True
+    ),
 )
 
 

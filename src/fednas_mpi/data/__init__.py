@@ -3,5 +3,12 @@
 from .datasets import DataError, Dataset, load_dataset, prefetch
 from .partition import ClientSplit, Partition, make_partition
 
-__all__ = ["DataError", "Dataset", "load_dataset", "prefetch", "ClientSplit", "Partition",
-           "make_partition"]
+__all__ = [
+    "DataError",
+    "Dataset",
+    "load_dataset",
+    "prefetch",
+    "ClientSplit",
+    "Partition",
+    "make_partition",
+]

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int,
-                     fill: torch.Tensor | float = 0.0) -> torch.Tensor:
+def random_crop_flip(
+    x: torch.Tensor, generator: torch.Generator, padding: int, fill: torch.Tensor | float = 0.0
+) -> torch.Tensor:
     """Pad each image by ``padding`` with ``fill``, crop back to its size at a random offset,
     then mirror it left-right with probability 1/2.
 
@@ -33,7 +34,7 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int,
     flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
     padded = torch.empty(b, c, h + 2 * padding, w + 2 * padding, dtype=x.dtype, device=dev)
     padded[:] = torch.as_tensor(fill, dtype=x.dtype).to(dev).reshape(-1, 1, 1)
-    padded[:, :, padding:padding + h, padding:padding + w] = x
+    padded[:, :, padding : padding + h, padding : padding + w] = x
     rows = dy[:, None] + torch.arange(h, device=dev)  # (b, h)
     cols = torch.arange(w, device=dev).expand(b, w)
     cols = dx[:, None] + torch.where(flip[:, None], w - 1 - cols, cols)  # (b, w)

@@ -1,7 +1,7 @@
 """``fednas-mpi data stats|download``: look at partitions and fetch datasets (no MPI).
 
-    fednas-mpi data stats (RUN_DIR | CFG.yaml) [--png FILE] [--part train|eval] [--set k=v]
-    fednas-mpi data download NAME --root DIR
+fednas-mpi data stats (RUN_DIR | CFG.yaml) [--png FILE] [--part train|eval] [--set k=v]
+fednas-mpi data download NAME --root DIR
 """
 
 from __future__ import annotations
@@ -19,24 +19,42 @@ EXIT_BAD_INPUT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fednas-mpi data",
-                                description="Dataset and partition tools (run without mpirun).")
+    p = argparse.ArgumentParser(
+        prog="fednas-mpi data", description="Dataset and partition tools (run without mpirun)."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("stats", help="per-client class histograms: a table and a heatmap PNG")
-    s.add_argument("source", metavar="RUN_DIR|CFG.yaml",
-                   help="a run directory (its newest checkpoint) or a config (partition built "
-                        "directly; loads the dataset)")
-    s.add_argument("--part", choices=("train", "eval"), default="train",
-                   help="which split of every client (default train)")
-    s.add_argument("--png", metavar="FILE",
-                   help="heatmap file (default RUN_DIR/partition_PART.png, or "
-                        "CFG-partition_PART.png in the current directory)")
-    s.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
-                   dest="overrides", help="override one config value (with CFG.yaml)")
+    s.add_argument(
+        "source",
+        metavar="RUN_DIR|CFG.yaml",
+        help="a run directory (its newest checkpoint) or a config (partition built "
+        "directly; loads the dataset)",
+    )
+    s.add_argument(
+        "--part",
+        choices=("train", "eval"),
+        default="train",
+        help="which split of every client (default train)",
+    )
+    s.add_argument(
+        "--png",
+        metavar="FILE",
+        help="heatmap file (default RUN_DIR/partition_PART.png, or "
+        "CFG-partition_PART.png in the current directory)",
+    )
+    s.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override one config value (with CFG.yaml)",
+    )
     d = sub.add_parser("download", help="download a dataset through torchvision")
     d.add_argument("name", choices=("mnist", "fashion_mnist", "cifar10", "cifar100", "digits"))
-    d.add_argument("--root", required=True, metavar="DIR",
-                   help="the directory that data.root will name")
+    d.add_argument(
+        "--root", required=True, metavar="DIR", help="the directory that data.root will name"
+    )
     return p
 
 

@@ -22,8 +22,7 @@ from .augment import CropFlip
 from .errors import DataError
 from .vision import SOURCES, fetch, read_source
 
-__all__ = ["DataError", "Dataset", "load_dataset", "load_digits", "prefetch",
-           "resize_images"]
+__all__ = ["DataError", "Dataset", "load_dataset", "load_digits", "prefetch", "resize_images"]
 
 
 @dataclass(frozen=True)
@@ -97,8 +96,9 @@ def load_digits(cfg: DataConfig, seed: int) -> Dataset:
     bunch = _sk_digits()
     x = bunch.images.astype(np.float32) / 16.0  # pixel values are 0..16
     y = bunch.target.astype(np.int64)
-    train, test = _stratified_holdout(y, cfg.test_fraction,
-                                      numpy_rng(seed, SETUP, SERVER, "data.holdout"))
+    train, test = _stratified_holdout(
+        y, cfg.test_fraction, numpy_rng(seed, SETUP, SERVER, "data.holdout")
+    )
     mean, std = x[train].mean(), x[train].std()
     x = (x - mean) / std
     xt = torch.from_numpy(x).unsqueeze(1)
@@ -116,8 +116,13 @@ def resize_images(x: torch.Tensor, side: int, chunk: int = 4096) -> torch.Tensor
         return x
     parts = []
     for i in range(0, len(x), chunk):
-        part = F.interpolate(x[i:i + chunk].to(torch.float32), size=(side, side),
-                             mode="bilinear", antialias=True, align_corners=False)
+        part = F.interpolate(
+            x[i : i + chunk].to(torch.float32),
+            size=(side, side),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
         if x.dtype == torch.uint8:
             part = part.round_().clamp_(0, 255).to(torch.uint8)
         parts.append(part)
@@ -137,9 +142,16 @@ def load_vision(cfg: DataConfig, seed: int) -> Dataset:
         prefetch(cfg)
     tx, ty, sx, sy = read_source(source, cfg.root)
     # copies: the IDX reader returns read-only views of the file's bytes
-    return Dataset(cfg.name, torch.from_numpy(np.array(tx)), torch.from_numpy(ty),
-                   torch.from_numpy(np.array(sx)), torch.from_numpy(sy),
-                   num_classes=source.num_classes, mean=source.mean, std=source.std)
+    return Dataset(
+        cfg.name,
+        torch.from_numpy(np.array(tx)),
+        torch.from_numpy(ty),
+        torch.from_numpy(np.array(sx)),
+        torch.from_numpy(sy),
+        num_classes=source.num_classes,
+        mean=source.mean,
+        std=source.std,
+    )
 
 
 def prefetch(cfg: DataConfig) -> None:
@@ -164,8 +176,11 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     """
     ds = LOADERS[cfg.name](cfg, seed)
     if cfg.resize:
-        ds = replace(ds, train_data=resize_images(ds.train_data, cfg.resize),
-                     test_data=resize_images(ds.test_data, cfg.resize))
+        ds = replace(
+            ds,
+            train_data=resize_images(ds.train_data, cfg.resize),
+            test_data=resize_images(ds.test_data, cfg.resize),
+        )
     if cfg.augment:
         # DARTS pads 32x32 CIFAR images by 4; keep that ratio for resized images.
         side = ds.input_shape[1]

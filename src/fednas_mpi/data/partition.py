@@ -38,8 +38,12 @@ class Partition:
 
     def histograms(self, labels: np.ndarray, part: str = "train") -> np.ndarray:
         """(clients, classes) label counts of each client's train or eval split."""
-        return np.stack([np.bincount(labels[getattr(c, part)], minlength=self.num_classes)
-                         for c in self.clients])
+        return np.stack(
+            [
+                np.bincount(labels[getattr(c, part)], minlength=self.num_classes)
+                for c in self.clients
+            ]
+        )
 
 
 def split_iid(n: int, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -47,8 +51,9 @@ def split_iid(n: int, num_clients: int, rng: np.random.Generator) -> list[np.nda
     return [np.sort(s) for s in np.array_split(rng.permutation(n), num_clients)]
 
 
-def split_dirichlet(labels: np.ndarray, num_clients: int, alpha: float,
-                    rng: np.random.Generator) -> list[np.ndarray]:
+def split_dirichlet(
+    labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Per class, client proportions ~ Dir(alpha); the class's samples are cut accordingly."""
     shares: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
     for c in np.unique(labels):
@@ -60,8 +65,9 @@ def split_dirichlet(labels: np.ndarray, num_clients: int, alpha: float,
     return [np.sort(np.concatenate(s)) for s in shares]
 
 
-def stratified_eval_split(indices: np.ndarray, labels: np.ndarray, eval_fraction: float,
-                          rng: np.random.Generator) -> ClientSplit:
+def stratified_eval_split(
+    indices: np.ndarray, labels: np.ndarray, eval_fraction: float, rng: np.random.Generator
+) -> ClientSplit:
     """Hold out ``eval_fraction`` of every class the client has (rounded down)."""
     if eval_fraction == 0.0 or len(indices) == 0:
         return ClientSplit(np.sort(indices).astype(np.int64), np.empty(0, dtype=np.int64))
@@ -74,8 +80,9 @@ def stratified_eval_split(indices: np.ndarray, labels: np.ndarray, eval_fraction
     return ClientSplit(np.sort(np.concatenate(train)), np.sort(np.concatenate(held)))
 
 
-def choose_classes(num_clients: int, tau: int, num_classes: int,
-                   rng: np.random.Generator) -> list[np.ndarray]:
+def choose_classes(
+    num_clients: int, tau: int, num_classes: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """``tau`` distinct classes per client, every class used by about as many clients.
 
     Each client takes the ``tau`` classes used least so far, ties broken at
@@ -91,8 +98,9 @@ def choose_classes(num_clients: int, tau: int, num_classes: int,
     return out
 
 
-def split_label_skew(labels: np.ndarray, num_clients: int, tau: int,
-                     rng: np.random.Generator) -> list[np.ndarray]:
+def split_label_skew(
+    labels: np.ndarray, num_clients: int, tau: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Whole pool: each class is cut into equal shares among the clients holding it.
 
     Classes no client holds (when clients x tau < classes) are left out.
@@ -143,8 +151,9 @@ def draw_counts(p: np.ndarray, need: int, left: np.ndarray) -> np.ndarray:
     return counts
 
 
-def _client_proportions(cfg: PartitionConfig, pool_counts: np.ndarray,
-                        rng: np.random.Generator) -> list[np.ndarray]:
+def _client_proportions(
+    cfg: PartitionConfig, pool_counts: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
     m, num_classes = cfg.num_clients, len(pool_counts)
     if cfg.scheme == "iid":
         return [pool_counts / pool_counts.sum()] * m
@@ -164,24 +173,31 @@ def _client_proportions(cfg: PartitionConfig, pool_counts: np.ndarray,
     return props
 
 
-def _label_skew_shortfall(cfg: PartitionConfig, wanted: np.ndarray,
-                          pool_counts: np.ndarray) -> None:
+def _label_skew_shortfall(
+    cfg: PartitionConfig, wanted: np.ndarray, pool_counts: np.ndarray
+) -> None:
     """Label skew never swaps a client's classes, so running out of a class is an error."""
     short = np.flatnonzero(wanted > pool_counts)
     if len(short):
         c = int(short[0])
-        how = ("one client" if cfg.overlap else "the clients holding it together")
+        how = "one client" if cfg.overlap else "the clients holding it together"
         raise DataError(
             f"partition: label_skew with partition.tau={cfg.tau} asks for {int(wanted[c])} "
             f"images of class {c} from {how}, but the training pool holds "
             f"{int(pool_counts[c])}; lower partition.train_size / partition.eval_size"
-            + ("" if cfg.overlap else " or partition.num_clients, or set "
-               "partition.overlap: true (clients may then share images)")
-            + ", or raise partition.tau")
+            + (
+                ""
+                if cfg.overlap
+                else " or partition.num_clients, or set "
+                "partition.overlap: true (clients may then share images)"
+            )
+            + ", or raise partition.tau"
+        )
 
 
-def fixed_size_partition(labels: np.ndarray, cfg: PartitionConfig, num_classes: int,
-                         rng: np.random.Generator) -> list[ClientSplit]:
+def fixed_size_partition(
+    labels: np.ndarray, cfg: PartitionConfig, num_classes: int, rng: np.random.Generator
+) -> list[ClientSplit]:
     """Exactly train_size + eval_size images per client, by the client's label proportions.
 
     IID clients follow the pool's label mix, Dirichlet clients draw their mix
@@ -218,14 +234,18 @@ def fixed_size_partition(labels: np.ndarray, cfg: PartitionConfig, num_classes: 
         train, held = [], []
         for c in np.flatnonzero(cnt):
             if cfg.overlap:
-                mine = pools[c][rng.permutation(len(pools[c]))[:cnt[c]]]
+                mine = pools[c][rng.permutation(len(pools[c]))[: cnt[c]]]
             else:
-                mine = pools[c][used[c]:used[c] + cnt[c]]
+                mine = pools[c][used[c] : used[c] + cnt[c]]
                 used[c] += cnt[c]
-            held.append(mine[:n_eval[c]])
-            train.append(mine[n_eval[c]:])
-        clients.append(ClientSplit(np.sort(np.concatenate(train)).astype(np.int64),
-                                   np.sort(np.concatenate(held)).astype(np.int64)))
+            held.append(mine[: n_eval[c]])
+            train.append(mine[n_eval[c] :])
+        clients.append(
+            ClientSplit(
+                np.sort(np.concatenate(train)).astype(np.int64),
+                np.sort(np.concatenate(held)).astype(np.int64),
+            )
+        )
     return clients
 
 
@@ -233,11 +253,15 @@ def _check_request(cfg: PartitionConfig, n: int, num_classes: int) -> None:
     """Requests no draw can satisfy, each as one error naming the fields."""
     m = cfg.num_clients
     if cfg.scheme == "dirichlet" and not cfg.alpha > 0:
-        raise DataError(f"partition.alpha = {cfg.alpha}: the Dirichlet concentration must be "
-                        f"> 0 (smaller = more skewed; the paper uses 0.3 and 0.1)")
+        raise DataError(
+            f"partition.alpha = {cfg.alpha}: the Dirichlet concentration must be "
+            f"> 0 (smaller = more skewed; the paper uses 0.3 and 0.1)"
+        )
     if cfg.scheme == "label_skew" and not 1 <= cfg.tau <= num_classes:
-        raise DataError(f"partition.tau = {cfg.tau}: each client holds tau classes, and the "
-                        f"dataset has {num_classes}; use a value in [1, {num_classes}]")
+        raise DataError(
+            f"partition.tau = {cfg.tau}: each client holds tau classes, and the "
+            f"dataset has {num_classes}; use a value in [1, {num_classes}]"
+        )
     size = cfg.train_size + cfg.eval_size
     if cfg.train_size == 0:
         need = cfg.min_train * m
@@ -245,23 +269,31 @@ def _check_request(cfg: PartitionConfig, n: int, num_classes: int) -> None:
             raise DataError(
                 f"partition: {m} clients x partition.min_train={cfg.min_train} needs {need} "
                 f"training samples but the pool has {n} (eval_fraction {cfg.eval_fraction}); "
-                f"lower partition.num_clients or partition.min_train")
+                f"lower partition.num_clients or partition.min_train"
+            )
     elif cfg.overlap and size > n:
         raise DataError(
             f"partition: partition.train_size={cfg.train_size} + partition.eval_size="
             f"{cfg.eval_size} = {size} images per client, but the training pool holds {n}; "
-            f"lower partition.train_size or partition.eval_size")
+            f"lower partition.train_size or partition.eval_size"
+        )
     elif not cfg.overlap and m * size > n:
         raise DataError(
             f"partition: {m} clients (partition.num_clients) x (partition.train_size="
             f"{cfg.train_size} + partition.eval_size={cfg.eval_size}) = {m * size} images, but "
             f"the training pool holds {n}; lower partition.num_clients, partition.train_size "
             f"or partition.eval_size, or set partition.overlap: true (clients may then share "
-            f"images)")
+            f"images)"
+        )
 
 
-def make_partition(labels: np.ndarray, cfg: PartitionConfig, seed: int,
-                   max_tries: int = 200, num_classes: int | None = None) -> Partition:
+def make_partition(
+    labels: np.ndarray,
+    cfg: PartitionConfig,
+    seed: int,
+    max_tries: int = 200,
+    num_classes: int | None = None,
+) -> Partition:
     """Spread the pool with ``labels`` over ``cfg.num_clients`` clients (see the module doc).
 
     ``num_classes`` (the dataset's) defaults to the largest label + 1. Raises
@@ -284,10 +316,12 @@ def make_partition(labels: np.ndarray, cfg: PartitionConfig, seed: int,
         clients = [stratified_eval_split(s, labels, cfg.eval_fraction, rng) for s in shares]
         if min(len(c.train) for c in clients) >= cfg.min_train:
             return Partition(clients, num_classes)
-    what, knob = {"dirichlet": (f"Dirichlet(alpha={cfg.alpha})", "raise partition.alpha"),
-                  "label_skew": (f"label_skew (tau={cfg.tau})", "raise partition.tau"),
-                  }.get(cfg.scheme, ("iid", "use fixed partition.train_size"))
+    what, knob = {
+        "dirichlet": (f"Dirichlet(alpha={cfg.alpha})", "raise partition.alpha"),
+        "label_skew": (f"label_skew (tau={cfg.tau})", "raise partition.tau"),
+    }.get(cfg.scheme, ("iid", "use fixed partition.train_size"))
     raise DataError(
         f"partition: no {what} draw in {max_tries} tries gave every one of "
         f"{m} clients at least partition.min_train={cfg.min_train} training samples; {knob}, "
-        f"or lower partition.min_train or partition.num_clients")
+        f"or lower partition.min_train or partition.num_clients"
+    )

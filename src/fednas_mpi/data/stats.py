@@ -22,10 +22,16 @@ DPI = 100  # so a heatmap PNG is 900 x 600 pixels
 def describe(cfg: Config) -> str:
     """A short name of the partition, e.g. 'Dirichlet(alpha=0.1), 100 clients x (600+600)'."""
     p = cfg.partition
-    scheme = {"iid": "IID", "dirichlet": f"Dirichlet(alpha={p.alpha:g})",
-              "label_skew": f"label skew tau={p.tau}"}[p.scheme]
-    sizes = (f" x ({p.train_size}+{p.eval_size}{', overlapping' if p.overlap else ''})"
-             if p.train_size else "")
+    scheme = {
+        "iid": "IID",
+        "dirichlet": f"Dirichlet(alpha={p.alpha:g})",
+        "label_skew": f"label skew tau={p.tau}",
+    }[p.scheme]
+    sizes = (
+        f" x ({p.train_size}+{p.eval_size}{', overlapping' if p.overlap else ''})"
+        if p.train_size
+        else ""
+    )
     return f"{scheme}, {p.num_clients} clients{sizes}"
 
 
@@ -39,18 +45,33 @@ def table(hist: np.ndarray) -> str:
     cw = max(len("client"), len(str(m - 1)), len("all"))
 
     def line(label: str, cells: list[str], total: str, present: str) -> str:
-        return (f"{label:>{cw}} | " + " ".join(f"{s:>{width}}" for s in cells)
-                + f" | {total:>{tw}} {present:>7}")
+        return (
+            f"{label:>{cw}} | "
+            + " ".join(f"{s:>{width}}" for s in cells)
+            + f" | {total:>{tw}} {present:>7}"
+        )
 
     out = [line("client", [str(k) for k in range(c)], "total", "classes")]
     out.append("-" * len(out[0]))
     for k in range(m):
-        out.append(line(str(k), [str(int(v)) for v in hist[k]], str(int(totals[k])),
-                        str(int((hist[k] > 0).sum()))))
+        out.append(
+            line(
+                str(k),
+                [str(int(v)) for v in hist[k]],
+                str(int(totals[k])),
+                str(int((hist[k] > 0).sum())),
+            )
+        )
     out.append("-" * len(out[0]))
     column = hist.sum(axis=0)
-    out.append(line("all", [str(int(v)) for v in column], str(int(totals.sum())),
-                    str(int((column > 0).sum()))))
+    out.append(
+        line(
+            "all",
+            [str(int(v)) for v in column],
+            str(int(totals.sum())),
+            str(int((column > 0).sum())),
+        )
+    )
     return "\n".join(out)
 
 
@@ -74,8 +95,15 @@ def heatmap(hist: np.ndarray, path: str | Path, title: str) -> Path:
             threshold = hist.max(initial=0) / 2
             for k in range(m):
                 for j in range(c):
-                    ax.text(j, k, str(int(hist[k, j])), ha="center", va="center", fontsize=7,
-                            color="black" if hist[k, j] > threshold else "white")
+                    ax.text(
+                        j,
+                        k,
+                        str(int(hist[k, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="black" if hist[k, j] > threshold else "white",
+                    )
             ax.set_xticks(range(c))
             ax.set_yticks(range(m))
         path = Path(path)
@@ -114,6 +142,5 @@ def from_config(cfg: Config, part: str) -> np.ndarray:
 
     dataset = load_dataset(cfg.data, cfg.run.seed)
     labels = dataset.train_y.numpy()
-    partition = make_partition(labels, cfg.partition, cfg.run.seed,
-                               num_classes=dataset.num_classes)
+    partition = make_partition(labels, cfg.partition, cfg.run.seed, num_classes=dataset.num_classes)
     return partition.histograms(labels, part)

@@ -37,8 +37,10 @@ def _checkpoint(run_dir: Path, round_: int | None):
     if round_ is not None:
         path = checkpoint_path(run_dir, round_)
         if not path.is_file():
-            raise ExportError(f"{path}: no such checkpoint (store.keep may have deleted it); "
-                              f"give another --round or none for the newest")
+            raise ExportError(
+                f"{path}: no such checkpoint (store.keep may have deleted it); "
+                f"give another --round or none for the newest"
+            )
         try:
             return read_checkpoint(path)
         except CheckpointError as e:
@@ -62,13 +64,24 @@ def preprocessing(cfg, dataset) -> dict:
 
         bunch = load_digits()
         x = bunch.images.astype(np.float32) / 16.0
-        train, _ = _stratified_holdout(bunch.target, cfg.data.test_fraction,
-                                       numpy_rng(cfg.run.seed, SETUP, SERVER, "data.holdout"))
-        out.update(source="scikit-learn digits: 8x8 pixel values 0..16", scale=1 / 16,
-                   mean=[float(x[train].mean())], std=[float(x[train].std())])
+        train, _ = _stratified_holdout(
+            bunch.target,
+            cfg.data.test_fraction,
+            numpy_rng(cfg.run.seed, SETUP, SERVER, "data.holdout"),
+        )
+        out.update(
+            source="scikit-learn digits: 8x8 pixel values 0..16",
+            scale=1 / 16,
+            mean=[float(x[train].mean())],
+            std=[float(x[train].std())],
+        )
     else:
-        out.update(source=f"{cfg.data.name}: uint8 pixels 0..255", scale=1 / 255,
-                   mean=list(dataset.mean), std=list(dataset.std))
+        out.update(
+            source=f"{cfg.data.name}: uint8 pixels 0..255",
+            scale=1 / 255,
+            mean=list(dataset.mean),
+            std=list(dataset.std),
+        )
     if cfg.data.resize:
         out["resize"] = f"{cfg.data.resize}x{cfg.data.resize}, bilinear with antialiasing"
     out["formula"] = "x = (pixels * scale - mean[c]) / std[c]"
@@ -78,22 +91,28 @@ def preprocessing(cfg, dataset) -> dict:
 def _calibration_batches(dataset, index: np.ndarray, samples: int, batch: int, seed: int):
     """At most ``samples`` training images in a seeded order, as near-equal batches of at
     most ``batch`` (every batch counts alike in the running averages)."""
-    order = torch.randperm(len(index), generator=torch_rng(seed, SETUP, SERVER,
-                                                           "export.calibration"))
+    order = torch.randperm(
+        len(index), generator=torch_rng(seed, SETUP, SERVER, "export.calibration")
+    )
     chosen = np.asarray(index)[order[:samples].numpy()]
     parts = np.array_split(chosen, max(1, -(-len(chosen) // batch)))
     return [dataset.train_inputs(np.sort(p)) for p in parts if len(p)], len(chosen)
 
 
 def _run_value(ckpt, name: str) -> float:
-    values = np.asarray(ckpt.metrics.get(name, []), dtype=np.float64)[:ckpt.round]
+    values = np.asarray(ckpt.metrics.get(name, []), dtype=np.float64)[: ckpt.round]
     finite = values[np.isfinite(values)]
     return float(finite[-1]) if finite.size else float("nan")
 
 
-def export_run(run_dir: str | Path, out: str | Path, round_: int | None = None,
-               client: int | None = None, calibration_samples: int = 8192,
-               calibration_batch: int = 256) -> dict:
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    round_: int | None = None,
+    client: int | None = None,
+    calibration_samples: int = 8192,
+    calibration_batch: int = 256,
+) -> dict:
     """Export the model of ``run_dir`` (newest checkpoint, or round ``round_``; the
     personalised model of ``client``) to ``out``; returns its description with the
     measured accuracies. Raises ExportError on requests the run cannot satisfy."""
@@ -106,13 +125,15 @@ def export_run(run_dir: str | Path, out: str | Path, round_: int | None = None,
     try:
         cfg = config_mod.from_stored(yaml.safe_load(ckpt.config_yaml))
     except ConfigError as e:
-        raise ExportError(f"{ckpt.path}: this fednas-mpi cannot read the run's config "
-                          f"({e})") from None
+        raise ExportError(
+            f"{ckpt.path}: this fednas-mpi cannot read the run's config ({e})"
+        ) from None
     use_reference()  # plain torch ops; the deployed network needs no library of ours
     try:
         dataset = load_dataset(cfg.data, cfg.run.seed)
-        partition = make_partition(dataset.train_y.numpy(), cfg.partition, cfg.run.seed,
-                                   num_classes=dataset.num_classes)
+        partition = make_partition(
+            dataset.train_y.numpy(), cfg.partition, cfg.run.seed, num_classes=dataset.num_classes
+        )
     except DataError as e:
         raise ExportError(str(e)) from None
     target = build_target(cfg, ckpt, dataset, partition, client)
@@ -126,23 +147,38 @@ def export_run(run_dir: str | Path, out: str | Path, round_: int | None = None,
     if target.search:
         # Before recalibration the frozen network must be the method's own evaluation.
         frozen_acc = evaluate(target.module, x, y)[1]
-        batches, seen = _calibration_batches(dataset, target.calibration, calibration_samples,
-                                             calibration_batch, cfg.run.seed)
+        batches, seen = _calibration_batches(
+            dataset, target.calibration, calibration_samples, calibration_batch, cfg.run.seed
+        )
         layers = len(deploy.batch_stat_norms(target.module))
         deploy.recalibrate(target.module, batches)
-        whose = "all clients' train splits" if client is None else \
-            f"client {client}'s train split"
-        bn = {"kind": "recalibrated running statistics", "data": whose, "samples": seen,
-              "batch_size": calibration_batch, "layers": layers}
+        whose = "all clients' train splits" if client is None else f"client {client}'s train split"
+        bn = {
+            "kind": "recalibrated running statistics",
+            "data": whose,
+            "samples": seen,
+            "batch_size": calibration_batch,
+            "layers": layers,
+        }
     shape = tuple(dataset.input_shape)
     meta = {
-        "format": artifact.FORMAT, "format_version": artifact.FORMAT_VERSION,
-        "fednas_mpi": __version__, "torch": torch.__version__,
-        "run": str(run_dir), "checkpoint": ckpt.path.name if ckpt.path else None,
-        "round": ckpt.round, "method": cfg.algorithm.name, "dataset": cfg.data.name,
-        "model": cfg.model.name, "client": client, "num_classes": dataset.num_classes,
-        "preprocessing": preprocessing(cfg, dataset), "batchnorm": bn,
-        "genotype": target.genotype, "cells": target.cells, "notes": target.notes,
+        "format": artifact.FORMAT,
+        "format_version": artifact.FORMAT_VERSION,
+        "fednas_mpi": __version__,
+        "torch": torch.__version__,
+        "run": str(run_dir),
+        "checkpoint": ckpt.path.name if ckpt.path else None,
+        "round": ckpt.round,
+        "method": cfg.algorithm.name,
+        "dataset": cfg.data.name,
+        "model": cfg.model.name,
+        "client": client,
+        "num_classes": dataset.num_classes,
+        "preprocessing": preprocessing(cfg, dataset),
+        "batchnorm": bn,
+        "genotype": target.genotype,
+        "cells": target.cells,
+        "notes": target.notes,
         "params": artifact.count_params(target.module),
         "macs": artifact.count_macs(target.module, shape),
     }
@@ -152,12 +188,17 @@ def export_run(run_dir: str | Path, out: str | Path, round_: int | None = None,
     exported_acc = _accuracy(loaded, x, y)
     meta.update(
         size_bytes=out.stat().st_size,
-        accuracy={"evaluated_on": "server test set" if target.eval_on == "test"
-                  else f"client {client}'s eval split",
-                  "exported": exported_acc, "method_evaluation": target.reference_acc,
-                  "frozen_batch_statistics": frozen_acc,
-                  "run_global_acc": _run_value(ckpt, "global_acc"),
-                  "run_personal_acc": _run_value(ckpt, "personal_acc")})
+        accuracy={
+            "evaluated_on": "server test set"
+            if target.eval_on == "test"
+            else f"client {client}'s eval split",
+            "exported": exported_acc,
+            "method_evaluation": target.reference_acc,
+            "frozen_batch_statistics": frozen_acc,
+            "run_global_acc": _run_value(ckpt, "global_acc"),
+            "run_personal_acc": _run_value(ckpt, "personal_acc"),
+        },
+    )
     if client is not None:
         meta["accuracy"]["exported_test"] = _accuracy(loaded, dataset.test_x, dataset.test_y)
     artifact.write(program, out, meta)  # again, now with what the loaded file measured
@@ -168,6 +209,8 @@ def export_run(run_dir: str | Path, out: str | Path, round_: int | None = None,
 def _accuracy(module, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> float:
     if len(y) == 0:
         return float("nan")
-    correct = sum(int((module(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
-                  for i in range(0, len(y), batch))
+    correct = sum(
+        int((module(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
+        for i in range(0, len(y), batch)
+    )
     return correct / len(y)

@@ -68,8 +68,11 @@ def count_macs(module: nn.Module, input_shape: tuple[int, int, int]) -> int:
         nonlocal total
         total += out[0].numel() * m.in_features
 
-    hooks = [m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else linear)
-             for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [
+        m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else linear)
+        for m in module.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     try:
         with torch.no_grad():
             module.eval()(torch.zeros(1, *input_shape))

@@ -61,26 +61,37 @@ class Target:
 def client_data(dataset, partition, cid: int) -> ClientData:
     """A client's data as the runtime gives it to the method (on the CPU)."""
     split = partition.clients[cid]
-    return ClientData(cid, dataset.train_inputs(split.train), dataset.train_y[split.train],
-                      dataset.train_inputs(split.eval), dataset.train_y[split.eval],
-                      augment=dataset.augment)
+    return ClientData(
+        cid,
+        dataset.train_inputs(split.train),
+        dataset.train_y[split.train],
+        dataset.train_inputs(split.eval),
+        dataset.train_y[split.eval],
+        augment=dataset.augment,
+    )
 
 
 def build_target(cfg: Config, ckpt, dataset, partition, client: int | None) -> Target:
     name = cfg.algorithm.name
     if client is not None:
         if name not in PERSONAL:
-            raise ExportError(f"{name} has no personalised model: export its global model "
-                              f"(drop --client)")
+            raise ExportError(
+                f"{name} has no personalised model: export its global model (drop --client)"
+            )
         if not 0 <= client < cfg.partition.num_clients:
-            raise ExportError(f"--client {client}: the run has clients 0.."
-                              f"{cfg.partition.num_clients - 1}")
+            raise ExportError(
+                f"--client {client}: the run has clients 0..{cfg.partition.num_clients - 1}"
+            )
     elif name == "fedrep":
-        raise ExportError("fedrep has no global head (its global accuracy is the mean over "
-                          "the clients' heads on the global body): pass --client ID")
+        raise ExportError(
+            "fedrep has no global head (its global accuracy is the mean over "
+            "the clients' heads on the global body): pass --client ID"
+        )
     if name not in FIXED + MIXTURE + PATH:
-        raise ExportError(f"export does not know how {name} evaluates its model: it is not "
-                          f"in fednas_mpi/algorithms/registry.py")
+        raise ExportError(
+            f"export does not know how {name} evaluates its model: it is not "
+            f"in fednas_mpi/algorithms/registry.py"
+        )
     algo = get_algorithm(name)(cfg, DataInfo(dataset.input_shape, dataset.num_classes))
     model = GlobalModel(ckpt.spec, ckpt.state, ckpt.server_state)
     if name in FIXED:
@@ -96,8 +107,7 @@ def _all_train(partition) -> np.ndarray:
 
 def _fixed(algo, model, ckpt, dataset, partition, client) -> Target:
     if client is None:
-        acc = algo.evaluate_global(model, dataset.test_x, dataset.test_y,
-                                   ckpt.client_states)[1]
+        acc = algo.evaluate_global(model, dataset.test_x, dataset.test_y, ckpt.client_states)[1]
         return Target(copy.deepcopy(algo.load(model.state)).eval(), False, "test", acc)
     # The personalisation step trains the process's model in place; the copy taken
     # afterwards is checked against the accuracy the method reported for it.
@@ -108,11 +118,20 @@ def _fixed(algo, model, ckpt, dataset, partition, client) -> Target:
     net = copy.deepcopy(algo._model()).eval()
     got = evaluate(net, data.eval_x, data.eval_y)[1]
     if not (got == acc or (np.isnan(got) and np.isnan(acc))):
-        raise RuntimeError(f"{algo.name}: the personalised model of client {client} could "
-                           f"not be reproduced (accuracy {got} vs {acc})")
-    return Target(net, False, "client", acc,
-                  notes=[f"client {client}: the model of {algo.name}'s personalised "
-                         f"evaluation after round {ckpt.round}"])
+        raise RuntimeError(
+            f"{algo.name}: the personalised model of client {client} could "
+            f"not be reproduced (accuracy {got} vs {acc})"
+        )
+    return Target(
+        net,
+        False,
+        "client",
+        acc,
+        notes=[
+            f"client {client}: the model of {algo.name}'s personalised "
+            f"evaluation after round {ckpt.round}"
+        ],
+    )
 
 
 def _temperature(algo, model) -> float:
@@ -134,33 +153,59 @@ def _mixture(algo, model, ckpt, dataset, partition, client) -> Target:
         net.eval()
         with torch.no_grad():
             weights = {c: net.mixing_weights(c, False) for c in CELL_TYPES}
-        plans = [deploy.mixture_plan(net, cell, *weights["reduce" if cell.reduction
-                                                          else "normal"])
-                 for cell in net.cells]
-        return Target(deploy.freeze(net, plans), True, "test", acc, _all_train(partition),
-                      genotype, deploy.describe(net, plans))
+        plans = [
+            deploy.mixture_plan(net, cell, *weights["reduce" if cell.reduction else "normal"])
+            for cell in net.cells
+        ]
+        return Target(
+            deploy.freeze(net, plans),
+            True,
+            "test",
+            acc,
+            _all_train(partition),
+            genotype,
+            deploy.describe(net, plans),
+        )
     # FedPNAS client: the global base, the client's personalised cells and logits.
     mine = algo.personal_state(model, ckpt.client_states.get(client))
     logits = ("palpha_", "pbeta_")
-    net.load_state_dict({k: v for k, v in mine.items() if not k.startswith(logits)},
-                        strict=False)
+    net.load_state_dict({k: v for k, v in mine.items() if not k.startswith(logits)}, strict=False)
     personal = {k: v for k, v in mine.items() if k.startswith(logits)}
     net.set_sampling(temp, None)
     net.eval()
     data = client_data(dataset, partition, client)
-    acc = evaluate(SplitModel(net, personal, algo.first_personal), data.eval_x,
-                   data.eval_y)[1]
+    acc = evaluate(SplitModel(net, personal, algo.first_personal), data.eval_x, data.eval_y)[1]
     with torch.no_grad():
         base = {c: net.mixing_weights(c, False) for c in CELL_TYPES}
-        pers = {c: net.mixing_weights(c, False, personal[f"palpha_{c}"], personal[f"pbeta_{c}"])
-                for c in CELL_TYPES}
-    plans = [deploy.mixture_plan(net, cell, *(pers if li >= algo.first_personal else base)[
-        "reduce" if cell.reduction else "normal"]) for li, cell in enumerate(net.cells)]
-    notes = [] if client in ckpt.client_states else \
-        [f"client {client} was never sampled: its model is the global one"]
-    return Target(deploy.freeze(net, plans), True, "client", acc,
-                  partition.clients[client].train, genotype, deploy.describe(net, plans),
-                  notes)
+        pers = {
+            c: net.mixing_weights(c, False, personal[f"palpha_{c}"], personal[f"pbeta_{c}"])
+            for c in CELL_TYPES
+        }
+    plans = [
+        deploy.mixture_plan(
+            net,
+            cell,
+            *(pers if li >= algo.first_personal else base)[
+                "reduce" if cell.reduction else "normal"
+            ],
+        )
+        for li, cell in enumerate(net.cells)
+    ]
+    notes = (
+        []
+        if client in ckpt.client_states
+        else [f"client {client} was never sampled: its model is the global one"]
+    )
+    return Target(
+        deploy.freeze(net, plans),
+        True,
+        "client",
+        acc,
+        partition.clients[client].train,
+        genotype,
+        deploy.describe(net, plans),
+        notes,
+    )
 
 
 def _path(algo, model, ckpt, dataset, partition, client) -> Target:
@@ -173,19 +218,33 @@ def _path(algo, model, ckpt, dataset, partition, client) -> Target:
     else:
         st = ckpt.client_states.get(client)
         if st is None or any(f"subnet_{c}" not in st for c in CELL_TYPES):
-            raise ExportError(f"client {client} was never sampled, so it has no subnet of "
-                              f"its own; choose a client that took part")
+            raise ExportError(
+                f"client {client} was never sampled, so it has no subnet of "
+                f"its own; choose a client that took part"
+            )
         choices = {c: [int(v) for v in st[f"subnet_{c}"].tolist()] for c in CELL_TYPES}
         alpha = {c: st[f"alpha_{c}"] for c in CELL_TYPES}
         data = client_data(dataset, partition, client)
         x, y = data.eval_x, data.eval_y
         calib, eval_on = partition.clients[client].train, "client"
-        notes = [f"client {client}: its own subnet (the one it trained last) on the shared "
-                 f"supernet's weights"]
+        notes = [
+            f"client {client}: its own subnet (the one it trained last) on the shared "
+            f"supernet's weights"
+        ]
         acc = evaluate(PathModel(net, choices), x, y)[1]
     net.eval()
-    plans = [deploy.path_plan(net, cell, choices["reduce" if cell.reduction else "normal"])
-             for cell in net.cells]
+    plans = [
+        deploy.path_plan(net, cell, choices["reduce" if cell.reduction else "normal"])
+        for cell in net.cells
+    ]
     genotype = Genotype.from_dict(child_genotype(algo.space, choices, alpha)).to_dict()
-    return Target(deploy.freeze(net, plans), True, eval_on, acc, calib, genotype,
-                  deploy.describe(net, plans), notes)
+    return Target(
+        deploy.freeze(net, plans),
+        True,
+        eval_on,
+        acc,
+        calib,
+        genotype,
+        deploy.describe(net, plans),
+        notes,
+    )

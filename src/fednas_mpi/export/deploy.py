@@ -32,8 +32,14 @@ CellPlan = list[NodePlan]
 
 
 class DeployCell(nn.Module):
-    def __init__(self, pre0: nn.Module, pre1: nn.Module, plan: CellPlan,
-                 ops: Sequence[Sequence[nn.Module]], reduction: bool):
+    def __init__(
+        self,
+        pre0: nn.Module,
+        pre1: nn.Module,
+        plan: CellPlan,
+        ops: Sequence[Sequence[nn.Module]],
+        reduction: bool,
+    ):
         super().__init__()
         self.pre0, self.pre1, self.reduction = pre0, pre1, reduction
         self.inputs = [[i for i, _, _ in node] for node in plan]
@@ -117,29 +123,46 @@ def freeze(net, plans: Sequence[CellPlan]) -> DeployNet:
     on the CPU; ``net`` itself is not changed)."""
     cells = []
     for cell, plan in zip(net.cells, plans):
-        ops = [[copy.deepcopy(cell.edges[f"{j}_{i}"][name]).cpu() for i, name, _ in node]
-               for j, node in enumerate(plan)]
-        cells.append(DeployCell(copy.deepcopy(cell.pre0).cpu(), copy.deepcopy(cell.pre1).cpu(),
-                                [[(i, n, w.cpu()) for i, n, w in node] for node in plan],
-                                ops, cell.reduction))
+        ops = [
+            [copy.deepcopy(cell.edges[f"{j}_{i}"][name]).cpu() for i, name, _ in node]
+            for j, node in enumerate(plan)
+        ]
+        cells.append(
+            DeployCell(
+                copy.deepcopy(cell.pre0).cpu(),
+                copy.deepcopy(cell.pre1).cpu(),
+                [[(i, n, w.cpu()) for i, n, w in node] for node in plan],
+                ops,
+                cell.reduction,
+            )
+        )
     out = DeployNet(copy.deepcopy(net.stem).cpu(), cells, copy.deepcopy(net.classifier).cpu())
     return out.eval()
 
 
 def describe(net, plans: Sequence[CellPlan]) -> list[dict]:
     """JSON-able view of the plans: per cell, per node its (input, op, weight) terms."""
-    return [{"reduction": bool(cell.reduction),
-             "nodes": [[{"input": i, "op": name, "weight": round(float(w), 6)}
-                        for i, name, w in node] for node in plan]}
-            for cell, plan in zip(net.cells, plans)]
+    return [
+        {
+            "reduction": bool(cell.reduction),
+            "nodes": [
+                [{"input": i, "op": name, "weight": round(float(w), 6)} for i, name, w in node]
+                for node in plan
+            ],
+        }
+        for cell, plan in zip(net.cells, plans)
+    ]
 
 
 def batch_stat_norms(module: nn.Module) -> list[tuple[nn.Module, str, nn.BatchNorm2d]]:
     """(parent, attribute, layer) of every BatchNorm2d that normalises with the current
     batch's statistics also in eval mode (the search space's)."""
-    return [(parent, name, child) for parent in module.modules()
-            for name, child in parent.named_children()
-            if isinstance(child, nn.BatchNorm2d) and not child.track_running_stats]
+    return [
+        (parent, name, child)
+        for parent in module.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.BatchNorm2d) and not child.track_running_stats
+    ]
 
 
 @torch.no_grad()
@@ -153,8 +176,13 @@ def recalibrate(module: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     if not found:
         return 0
     for parent, name, old in found:
-        new = nn.BatchNorm2d(old.num_features, eps=old.eps, momentum=None, affine=old.affine,
-                             track_running_stats=True)
+        new = nn.BatchNorm2d(
+            old.num_features,
+            eps=old.eps,
+            momentum=None,
+            affine=old.affine,
+            track_running_stats=True,
+        )
         if old.affine:
             new.weight.copy_(old.weight)
             new.bias.copy_(old.bias)

@@ -6,20 +6,33 @@ This package depends on torch only, below ``nas`` in the layering.
 """
 
 from .ops import (
-                  BACKENDS,
-                  KernelError,
-                  Status,
-                  configure,
-                  fused_supports,
-                  gumbel_mix,
-                  hard_index,
-                  load,
-                  mix,
-                  status,
-                  use_reference,
+    BACKENDS,
+    KernelError,
+    Status,
+    configure,
+    fused_supports,
+    gumbel_mix,
+    hard_index,
+    load,
+    mix,
+    status,
+    use_reference,
 )
 from .reference import reference_gumbel_mix, reference_mix, reference_mix_stacked
 
-__all__ = ["BACKENDS", "KernelError", "Status", "configure", "fused_supports", "gumbel_mix",
-           "hard_index", "load", "mix", "reference_gumbel_mix", "reference_mix",
-           "reference_mix_stacked", "status", "use_reference"]
+__all__ = [
+    "BACKENDS",
+    "KernelError",
+    "Status",
+    "configure",
+    "fused_supports",
+    "gumbel_mix",
+    "hard_index",
+    "load",
+    "mix",
+    "reference_gumbel_mix",
+    "reference_mix",
+    "reference_mix_stacked",
+    "status",
+    "use_reference",
+]

@@ -72,9 +72,13 @@ def _load(path: Path, source: str) -> LoadResult:
     found = int(torch.ops.fednas.abi_version())
     if found != abi_version():
         # The namespace is now taken by a stale library: nothing else can load in this process.
-        return LoadResult(False, source, str(path),
-                          f"{path} has kernel ABI {found}, the sources {abi_version()}: rebuild "
-                          f"it (see README, Fused kernels) or delete it")
+        return LoadResult(
+            False,
+            source,
+            str(path),
+            f"{path} has kernel ABI {found}, the sources {abi_version()}: rebuild "
+            f"it (see README, Fused kernels) or delete it",
+        )
     return LoadResult(True, source, str(path))
 
 
@@ -91,9 +95,12 @@ def load_prebuilt() -> LoadResult | None:
         if path.is_file():
             return _load(path, "prebuilt")
     if os.environ.get("FEDNAS_KERNELS_LIBRARY"):
-        return LoadResult(False, "prebuilt", os.environ["FEDNAS_KERNELS_LIBRARY"],
-                          f"FEDNAS_KERNELS_LIBRARY={os.environ['FEDNAS_KERNELS_LIBRARY']} is not "
-                          f"a file")
+        return LoadResult(
+            False,
+            "prebuilt",
+            os.environ["FEDNAS_KERNELS_LIBRARY"],
+            f"FEDNAS_KERNELS_LIBRARY={os.environ['FEDNAS_KERNELS_LIBRARY']} is not a file",
+        )
     return None
 
 
@@ -171,11 +178,17 @@ def jit_build(with_cuda: bool, verbose: bool = False) -> LoadResult:
         shutil.rmtree(private, ignore_errors=True)
         private.mkdir(parents=True)
         built = cpp_extension.load(
-            name=name, sources=[str(s) for s in sources(with_cuda)],
-            extra_include_paths=[str(CSRC)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+            name=name,
+            sources=[str(s) for s in sources(with_cuda)],
+            extra_include_paths=[str(CSRC)],
+            extra_cflags=CFLAGS,
+            extra_ldflags=LDFLAGS,
             extra_cuda_cflags=["-O3", "--use_fast_math"] if with_cuda else None,
-            build_directory=str(private), is_python_module=False, with_cuda=with_cuda,
-            verbose=verbose)
+            build_directory=str(private),
+            is_python_module=False,
+            with_cuda=with_cuda,
+            verbose=verbose,
+        )
         os.replace(built, target)  # atomic publish into the shared cache
     except Exception as e:  # compiler missing, compile error, unwritable cache, ...
         log = target.parent / f"{name}.build-error.log"

@@ -51,8 +51,10 @@ def _register_python_parts() -> None:
     @torch.library.register_fake("fednas::mix")
     def _mix_fake(outputs, weights):
         torch._check(len(outputs) > 0, lambda: "fednas::mix needs at least one output")
-        torch._check(weights.dim() == 1 and weights.shape[0] == len(outputs),
-                     lambda: "fednas::mix: one weight per output")
+        torch._check(
+            weights.dim() == 1 and weights.shape[0] == len(outputs),
+            lambda: "fednas::mix: one weight per output",
+        )
         return torch.empty_like(outputs[0])
 
     @torch.library.register_fake("fednas::mix_backward")
@@ -67,8 +69,11 @@ def _register_python_parts() -> None:
 
     def backward(ctx, grad):
         weights, *outputs = ctx.saved_tensors
-        need_outputs = any(ctx.needs_input_grad[0]) if isinstance(
-            ctx.needs_input_grad[0], (list, tuple)) else bool(ctx.needs_input_grad[0])
+        need_outputs = (
+            any(ctx.needs_input_grad[0])
+            if isinstance(ctx.needs_input_grad[0], (list, tuple))
+            else bool(ctx.needs_input_grad[0])
+        )
         grads, grad_weights = torch.ops.fednas.mix_backward(grad, outputs, weights, need_outputs)
         if not need_outputs:
             grads = [None] * ctx.num_outputs
@@ -78,8 +83,9 @@ def _register_python_parts() -> None:
     _registered = True
 
 
-def load(builder: bool = True, wait_for_builder: Callable[[], None] | None = None,
-         verbose: bool = False) -> loader.LoadResult:
+def load(
+    builder: bool = True, wait_for_builder: Callable[[], None] | None = None, verbose: bool = False
+) -> loader.LoadResult:
     """Make the fused library available in this process (prebuilt, cached or JIT-built).
 
     On a node with several processes only ``builder`` compiles; the others call
@@ -97,8 +103,11 @@ def load(builder: bool = True, wait_for_builder: Callable[[], None] | None = Non
             wait_for_builder()
         if not builder:
             result = loader.load_cached(with_cuda) or loader.LoadResult(
-                False, "jit", str(loader.jit_target(with_cuda)),
-                "the node's building rank left no library in the cache")
+                False,
+                "jit",
+                str(loader.jit_target(with_cuda)),
+                "the node's building rank left no library in the cache",
+            )
     elif wait_for_builder is not None:
         wait_for_builder()  # keep the collective balanced with the ranks that had to build
     if result.ok:
@@ -106,8 +115,9 @@ def load(builder: bool = True, wait_for_builder: Callable[[], None] | None = Non
     return result
 
 
-def configure(backend: str = "auto", result: loader.LoadResult | None = None,
-              announce: bool = True) -> Status:
+def configure(
+    backend: str = "auto", result: loader.LoadResult | None = None, announce: bool = True
+) -> Status:
     """Choose what ``mix`` uses from ``kernels.backend`` and a load result.
 
     ``reference`` never touches the library; ``fused`` raises KernelError when it is
@@ -125,13 +135,18 @@ def configure(backend: str = "auto", result: loader.LoadResult | None = None,
         _status = Status("fused", result.source, result.path, cuda=loader.has_cuda_kernels())
         return _status
     if backend == "fused":
-        raise KernelError(f"kernels.backend is 'fused' but the fused kernels are not available: "
-                          f"{result.error}. Fix the build, or set kernels.backend: auto to fall "
-                          f"back to the PyTorch reference")
+        raise KernelError(
+            f"kernels.backend is 'fused' but the fused kernels are not available: "
+            f"{result.error}. Fix the build, or set kernels.backend: auto to fall "
+            f"back to the PyTorch reference"
+        )
     _status = Status("reference", result.source, result.path, result.error)
     if announce:
-        warnings.warn(f"fused mixing kernels unavailable, using the PyTorch reference: "
-                      f"{result.error}", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"fused mixing kernels unavailable, using the PyTorch reference: {result.error}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return _status
 
 
@@ -149,24 +164,30 @@ def fused_supports(t: torch.Tensor) -> bool:
     return False
 
 
-def _check_args(op: str, outputs: Sequence[torch.Tensor | None], weights: torch.Tensor,
-                what: str = "weights") -> None:
+def _check_args(
+    op: str, outputs: Sequence[torch.Tensor | None], weights: torch.Tensor, what: str = "weights"
+) -> None:
     """The C++ checks, made here first: a C++ exception from these ops crashed the process
     (segfault) under torch 2.11 on the GPU image, so wrong arguments must not reach it."""
     if weights.dim() != 1 or weights.shape[0] != len(outputs):
-        raise RuntimeError(f"fednas::{op}: {what} must be 1-D with one entry per output "
-                           f"({len(outputs)}), got shape {list(weights.shape)}")
+        raise RuntimeError(
+            f"fednas::{op}: {what} must be 1-D with one entry per output "
+            f"({len(outputs)}), got shape {list(weights.shape)}"
+        )
     first = next(o for o in outputs if o is not None)
     for k, o in enumerate(outputs):
         if o is None:
             continue
         if o.shape != first.shape or o.dtype != first.dtype or o.device != first.device:
-            raise RuntimeError(f"fednas::{op}: output {k} has shape {list(o.shape)} "
-                               f"({o.dtype}, {o.device}), the first output "
-                               f"{list(first.shape)} ({first.dtype}, {first.device})")
+            raise RuntimeError(
+                f"fednas::{op}: output {k} has shape {list(o.shape)} "
+                f"({o.dtype}, {o.device}), the first output "
+                f"{list(first.shape)} ({first.dtype}, {first.device})"
+            )
     if weights.device != first.device:
-        raise RuntimeError(f"fednas::{op}: {what} are on {weights.device}, "
-                           f"the outputs on {first.device}")
+        raise RuntimeError(
+            f"fednas::{op}: {what} are on {weights.device}, the outputs on {first.device}"
+        )
 
 
 def mix(outputs: Sequence[torch.Tensor | None], weights: torch.Tensor) -> torch.Tensor:
@@ -184,10 +205,14 @@ def mix(outputs: Sequence[torch.Tensor | None], weights: torch.Tensor) -> torch.
     return torch.ops.fednas.mix(tensors, weights)
 
 
-def gumbel_mix(outputs: Sequence[torch.Tensor | None], logits: torch.Tensor, temperature: float,
-               noise: torch.Tensor | None = None,
-               mask: torch.Tensor | Sequence[bool] | None = None,
-               hard: bool = False) -> torch.Tensor:
+def gumbel_mix(
+    outputs: Sequence[torch.Tensor | None],
+    logits: torch.Tensor,
+    temperature: float,
+    noise: torch.Tensor | None = None,
+    mask: torch.Tensor | Sequence[bool] | None = None,
+    hard: bool = False,
+) -> torch.Tensor:
     """Eq. 1-2 as one op: softmax((logits + noise) / T) over ``mask``, mixing the outputs
     that exist (None: the zero op or a pruned one). ``hard``: the DSNAS estimator, see
     reference.reference_gumbel_mix; compute only ``hard_index(logits, noise, mask)``'s op."""
@@ -198,10 +223,14 @@ def gumbel_mix(outputs: Sequence[torch.Tensor | None], logits: torch.Tensor, tem
         return reference_gumbel_mix(outputs, logits, temperature, noise, mask, hard)
     _check_args("gumbel_mix", outputs, logits, "logits")
     if not (temperature > 0.0 and math.isfinite(temperature)):
-        raise RuntimeError(f"fednas::gumbel_mix: temperature must be positive and finite, "
-                           f"got {temperature}")
-    keep = None if mask is None else [int(bool(m)) for m in
-                                      (mask.tolist() if torch.is_tensor(mask) else mask)]
+        raise RuntimeError(
+            f"fednas::gumbel_mix: temperature must be positive and finite, got {temperature}"
+        )
+    keep = (
+        None
+        if mask is None
+        else [int(bool(m)) for m in (mask.tolist() if torch.is_tensor(mask) else mask)]
+    )
     if keep is not None and len(keep) != len(outputs):
         raise RuntimeError("fednas::gumbel_mix: mask must have one 0/1 entry per output")
     if hard:
@@ -209,11 +238,23 @@ def gumbel_mix(outputs: Sequence[torch.Tensor | None], logits: torch.Tensor, tem
         # raised from this op crashed the process (segfault) instead of reaching Python.
         s = hard_index(logits.detach(), None if noise is None else noise.detach(), keep)
         if outputs[s] is None:
-            raise RuntimeError(f"fednas::gumbel_mix(hard=True): the sampled entry {s} has no "
-                               f"output; compute the op that hard_index selects")
-    return torch.ops.fednas.gumbel_mix(list(outputs), logits, float(temperature), noise, keep,
-                                       hard)
+            raise RuntimeError(
+                f"fednas::gumbel_mix(hard=True): the sampled entry {s} has no "
+                f"output; compute the op that hard_index selects"
+            )
+    return torch.ops.fednas.gumbel_mix(list(outputs), logits, float(temperature), noise, keep, hard)
 
 
-__all__ = ["BACKENDS", "KernelError", "Status", "configure", "fused_supports", "gumbel_mix",
-           "hard_index", "load", "mix", "status", "use_reference"]
+__all__ = [
+    "BACKENDS",
+    "KernelError",
+    "Status",
+    "configure",
+    "fused_supports",
+    "gumbel_mix",
+    "hard_index",
+    "load",
+    "mix",
+    "status",
+    "use_reference",
+]

@@ -34,9 +34,14 @@ def masked_logits(logits: torch.Tensor, mask) -> torch.Tensor:
     return logits.masked_fill(~keep, float("-inf"))
 
 
-def reference_gumbel_mix(outputs: Sequence[torch.Tensor | None], logits: torch.Tensor,
-                         temperature: float, noise: torch.Tensor | None = None,
-                         mask: torch.Tensor | None = None, hard: bool = False) -> torch.Tensor:
+def reference_gumbel_mix(
+    outputs: Sequence[torch.Tensor | None],
+    logits: torch.Tensor,
+    temperature: float,
+    noise: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    hard: bool = False,
+) -> torch.Tensor:
     """Eq. 1 and 2: softmax((logits + noise) / T) over the mask, mixing the outputs that exist.
 
     ``hard``: the DSNAS estimator. Returns the output of s = argmax(logits + noise) and sends
@@ -55,8 +60,9 @@ def reference_gumbel_mix(outputs: Sequence[torch.Tensor | None], logits: torch.T
     return reference_mix(outputs, torch.softmax(z / temperature, 0))
 
 
-def hard_index(logits: torch.Tensor, noise: torch.Tensor | None = None,
-               mask: torch.Tensor | None = None) -> int:
+def hard_index(
+    logits: torch.Tensor, noise: torch.Tensor | None = None, mask: torch.Tensor | None = None
+) -> int:
     """The entry ``gumbel_mix(hard=True)`` picks, so callers compute only that op."""
     z = logits if noise is None else logits + noise
     return int(masked_logits(z, mask).argmax())

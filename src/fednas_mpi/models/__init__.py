@@ -17,8 +17,9 @@ from .mobilenet import MobileNetV3Net, init_mobilenet
 HEAD = "head."
 
 
-def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int], num_classes: int,
-                generator: torch.Generator) -> nn.Module:
+def build_model(
+    cfg: ModelConfig, in_shape: tuple[int, int, int], num_classes: int, generator: torch.Generator
+) -> nn.Module:
     """Build the configured model with weights drawn from ``generator`` (not the global RNG)."""
     if cfg.name == "cnn":
         model = SmallCNN(in_shape, num_classes, cfg.channels, cfg.hidden)
@@ -26,8 +27,9 @@ def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int], num_classes: i
         return model
     if cfg.name in ("mobilenet_v3_small", "mobilenet_v3_large"):
         m = cfg.mobilenet
-        model = MobileNetV3Net(cfg.name, in_shape, num_classes, m.width_mult, m.min_feature,
-                               m.bn_momentum)
+        model = MobileNetV3Net(
+            cfg.name, in_shape, num_classes, m.width_mult, m.min_feature, m.bn_momentum
+        )
         init_mobilenet(model, generator)
         return model
     raise ValueError(f"model.name {cfg.name!r} is not a fixed architecture")
@@ -37,8 +39,9 @@ def is_head(key: str) -> bool:
     return key.startswith(HEAD)
 
 
-def split_state(state: dict[str, torch.Tensor]
-                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def split_state(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(body entries, head entries) of a model's state dict, each in the original order."""
     body = {k: v for k, v in state.items() if not is_head(k)}
     head = {k: v for k, v in state.items() if is_head(k)}

@@ -13,8 +13,9 @@ class SmallCNN(nn.Module):
     non-IID clients, and the model should stay a plain reference workload.
     """
 
-    def __init__(self, in_shape: tuple[int, int, int], num_classes: int,
-                 channels: list[int], hidden: int):
+    def __init__(
+        self, in_shape: tuple[int, int, int], num_classes: int, channels: list[int], hidden: int
+    ):
         super().__init__()
         c, h, _ = in_shape
         layers: list[nn.Module] = []
@@ -26,8 +27,12 @@ class SmallCNN(nn.Module):
             c = out
         layers.append(nn.AdaptiveAvgPool2d(2))
         self.body = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * 4, hidden), nn.ReLU(inplace=True),
-                                  nn.Linear(hidden, num_classes))
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(c * 4, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))

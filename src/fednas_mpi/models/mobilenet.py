@@ -37,8 +37,7 @@ from torch import nn
 
 def _downsampling_convs(features: nn.Sequential) -> list[nn.Conv2d]:
     """The stride-2 convolutions of the feature extractor, from the input side."""
-    return [m for m in features.modules()
-            if isinstance(m, nn.Conv2d) and tuple(m.stride) == (2, 2)]
+    return [m for m in features.modules() if isinstance(m, nn.Conv2d) and tuple(m.stride) == (2, 2)]
 
 
 def _out_side(side: int, strides: int) -> int:
@@ -50,23 +49,33 @@ def _out_side(side: int, strides: int) -> int:
 class MobileNetV3Net(nn.Module):
     """torchvision's MobileNetV3 rearranged as ``head(body(x))`` for small images."""
 
-    def __init__(self, variant: str, in_shape: tuple[int, int, int], num_classes: int,
-                 width_mult: float = 1.0, min_feature: int = 2, bn_momentum: float = 0.1):
+    def __init__(
+        self,
+        variant: str,
+        in_shape: tuple[int, int, int],
+        num_classes: int,
+        width_mult: float = 1.0,
+        min_feature: int = 2,
+        bn_momentum: float = 0.1,
+    ):
         super().__init__()
-        build = {"mobilenet_v3_small": torchvision.models.mobilenet_v3_small,
-                 "mobilenet_v3_large": torchvision.models.mobilenet_v3_large}[variant]
+        build = {
+            "mobilenet_v3_small": torchvision.models.mobilenet_v3_small,
+            "mobilenet_v3_large": torchvision.models.mobilenet_v3_large,
+        }[variant]
         tv = build(weights=None, num_classes=num_classes, width_mult=width_mult, dropout=0.0)
         c, h, w = in_shape
         stem = tv.features[0][0]
-        tv.features[0][0] = nn.Conv2d(c, stem.out_channels, stem.kernel_size, stem.stride,
-                                      stem.padding, bias=False)
+        tv.features[0][0] = nn.Conv2d(
+            c, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False
+        )
         down = _downsampling_convs(tv.features)
         keep = len(down)
         while keep > 0 and _out_side(min(h, w), keep) < min_feature:
             keep -= 1
-        for conv in down[:len(down) - keep]:
+        for conv in down[: len(down) - keep]:
             conv.stride = (1, 1)
-        self.downsampling = 2 ** keep
+        self.downsampling = 2**keep
         for m in tv.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.momentum = bn_momentum

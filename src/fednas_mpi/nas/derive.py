@@ -44,9 +44,15 @@ def _gaps(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (z.max(dim=-1, keepdim=True).values - z).masked_fill(~mask, float("inf"))
 
 
-def prune(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor | None,
-          op_mask: list[list[bool]], combo_mask: list[bool], op_gap: float,
-          combo_gap: float) -> Pruned:
+def prune(
+    space: CellSpace,
+    alpha: torch.Tensor,
+    beta: torch.Tensor | None,
+    op_mask: list[list[bool]],
+    combo_mask: list[bool],
+    op_gap: float,
+    combo_gap: float,
+) -> Pruned:
     """Soft pruning on the learned distribution (section 4.4): drop an op whose logit lies
     more than ``op_gap`` below the strongest live op of its edge, i.e. whose probability
     under softmax(alpha) (lambda = 1) is below exp(-op_gap) times the strongest's; the same
@@ -77,13 +83,15 @@ def prune(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor | None,
             node_keep = cm[seg] & ~(g > combo_gap)
             node_keep[int(g.argmin())] = True
             ckeep[seg] = node_keep
-            removed_c += [(j, c, float(g[c])) for c in (cm[seg] & ~node_keep).nonzero()
-                          .flatten().tolist()]
+            removed_c += [
+                (j, c, float(g[c])) for c in (cm[seg] & ~node_keep).nonzero().flatten().tolist()
+            ]
     return Pruned(keep.tolist(), ckeep.tolist(), removed, removed_c)
 
 
-def sample_genotype(space: CellSpace, generator: torch.Generator
-                    ) -> tuple[dict, list[list[bool]], list[bool]]:
+def sample_genotype(
+    space: CellSpace, generator: torch.Generator
+) -> tuple[dict, list[list[bool]], list[bool]]:
     """A genotype drawn uniformly from the space (the random-architecture baseline): per
     node one of its k-combinations of inputs, per chosen edge one op other than ``none``,
     each uniformly and independently from ``generator``. Returns the genotype and the
@@ -107,8 +115,13 @@ def sample_genotype(space: CellSpace, generator: torch.Generator
     return ({"nodes": nodes, "concat": list(range(2, space.nodes + 2))}, op_mask, combo_mask)
 
 
-def finalize(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor,
-             op_mask: list[list[bool]], combo_mask: list[bool]) -> tuple[dict, list, list]:
+def finalize(
+    space: CellSpace,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    op_mask: list[list[bool]],
+    combo_mask: list[bool],
+) -> tuple[dict, list, list]:
     """The genotype (strongest surviving combination per node, strongest real op per
     edge in it, from probabilities softmax(log alpha) and softmax(beta) over the
     survivors) and the masks that keep exactly that. Op rows of edges outside the
@@ -125,7 +138,7 @@ def finalize(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor,
     nodes = []
     for j, combos in enumerate(space.combos):
         lo = space.combo_offsets[j]
-        q = _masked_probs(beta[lo:lo + len(combos)], cm[lo:lo + len(combos)], 1.0)
+        q = _masked_probs(beta[lo : lo + len(combos)], cm[lo : lo + len(combos)], 1.0)
         c = int(q.argmax())
         new_combo[lo + c] = True
         chosen = []
@@ -133,16 +146,21 @@ def finalize(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor,
             e = space.edge(j, i)
             k = int(real[e].masked_fill(~om[e], -1.0).argmax())
             new_op[e, k] = True
-            chosen.append({"op": space.primitives[k], "input": i,
-                           "p_op": round(float(p_all[e, k]), 4)})
-        p_combo = torch.softmax(beta[lo:lo + len(combos)].detach().double(), dim=-1)
+            chosen.append(
+                {"op": space.primitives[k], "input": i, "p_op": round(float(p_all[e, k]), 4)}
+            )
+        p_combo = torch.softmax(beta[lo : lo + len(combos)].detach().double(), dim=-1)
         nodes.append({"inputs": chosen, "p_combo": round(float(p_combo[c]), 4)})
-    return {"nodes": nodes, "concat": list(range(2, space.nodes + 2))}, \
-        new_op.tolist(), new_combo.tolist()
+    return (
+        {"nodes": nodes, "concat": list(range(2, space.nodes + 2))},
+        new_op.tolist(),
+        new_combo.tolist(),
+    )
 
 
-def derive_darts(space: CellSpace, alpha: torch.Tensor, op_mask: list[list[bool]]
-                 ) -> tuple[dict, list, list]:
+def derive_darts(
+    space: CellSpace, alpha: torch.Tensor, op_mask: list[list[bool]]
+) -> tuple[dict, list, list]:
     """DARTS's derivation (for supernets without input-combination parameters): per
     node the k inputs whose strongest op other than ``none`` weighs most, per chosen
     edge that op; weights are softmax(alpha) over the edge's ops. Returns the genotype
@@ -169,20 +187,24 @@ def derive_darts(space: CellSpace, alpha: torch.Tensor, op_mask: list[list[bool]
             new_op[e, k] = True
             picks.append({"op": space.primitives[k], "input": i, "p_op": round(float(p[e, k]), 4)})
         nodes.append({"inputs": picks})
-    return {"nodes": nodes, "concat": list(range(2, space.nodes + 2))}, new_op.tolist(), \
-        new_combo
+    return {"nodes": nodes, "concat": list(range(2, space.nodes + 2))}, new_op.tolist(), new_combo
 
 
 def argmax_choices(net) -> dict[str, list[int]]:
     """The argmax child of a ``SearchNetwork``: per cell type and edge the strongest op its
     mask keeps (``none`` included: such an edge contributes nothing)."""
-    return {c: [hard_index(row, None, m) for row, m in
-                zip(getattr(net, f"alpha_{c}").detach(), getattr(net, f"op_mask_{c}"))]
-            for c in CELL_TYPES}
+    return {
+        c: [
+            hard_index(row, None, m)
+            for row, m in zip(getattr(net, f"alpha_{c}").detach(), getattr(net, f"op_mask_{c}"))
+        ]
+        for c in CELL_TYPES
+    }
 
 
-def child_genotype(space: CellSpace, choices: Mapping[str, list[int]],
-                   alpha: Mapping[str, torch.Tensor]) -> dict:
+def child_genotype(
+    space: CellSpace, choices: Mapping[str, list[int]], alpha: Mapping[str, torch.Tensor]
+) -> dict:
     """Genotype of a one-op-per-edge child: per node its edges whose op is not ``none``,
     each with its probability softmax(alpha) over the edge's ops."""
     genotype: dict = {}
@@ -195,19 +217,28 @@ def child_genotype(space: CellSpace, choices: Mapping[str, list[int]],
                 e = space.edge(j, i)
                 k = int(choices[c][e])
                 if space.primitives[k] != "none":
-                    picks.append({"op": space.primitives[k], "input": i,
-                                  "p_op": round(float(p[e, k]), 4)})
+                    picks.append(
+                        {"op": space.primitives[k], "input": i, "p_op": round(float(p[e, k]), 4)}
+                    )
             nodes.append({"inputs": picks})
         genotype[c] = {"nodes": nodes, "concat": list(range(2, space.nodes + 2))}
     return genotype
 
 
-def child_masks(space: CellSpace, choices: Mapping[str, list[int]],
-                masks: Mapping[str, CellMasks]) -> dict[str, CellMasks]:
+def child_masks(
+    space: CellSpace, choices: Mapping[str, list[int]], masks: Mapping[str, CellMasks]
+) -> dict[str, CellMasks]:
     """Masks that keep exactly one op (the chosen one) per edge; combinations unchanged."""
-    return {c: CellMasks([[k == int(choices[c][e]) for k in range(len(space.primitives))]
-                          for e in range(space.num_edges)], masks[c].combos)
-            for c in CELL_TYPES}
+    return {
+        c: CellMasks(
+            [
+                [k == int(choices[c][e]) for k in range(len(space.primitives))]
+                for e in range(space.num_edges)
+            ],
+            masks[c].combos,
+        )
+        for c in CELL_TYPES
+    }
 
 
 # ------------------------------------------------------------------ whole specs
@@ -218,8 +249,9 @@ def final_spec(space: CellSpace, spec: ArchSpec, state: Mapping[str, torch.Tenso
     masks, cells = {}, {}
     for c in CELL_TYPES:
         m = spec.masks[c]
-        cells[c], ops, combos = finalize(space, state[f"alpha_{c}"], state[f"beta_{c}"],
-                                         m.ops, m.combos)
+        cells[c], ops, combos = finalize(
+            space, state[f"alpha_{c}"], state[f"beta_{c}"], m.ops, m.combos
+        )
         masks[c] = CellMasks(ops, combos)
     return spec.derived(masks, Genotype.from_dict(cells))
 
@@ -233,11 +265,17 @@ def darts_spec(space: CellSpace, spec: ArchSpec, state: Mapping[str, torch.Tenso
     return spec.derived(masks, Genotype.from_dict(cells))
 
 
-def child_spec(space: CellSpace, spec: ArchSpec, choices: Mapping[str, list[int]],
-               alpha: Mapping[str, torch.Tensor]) -> ArchSpec:
+def child_spec(
+    space: CellSpace,
+    spec: ArchSpec,
+    choices: Mapping[str, list[int]],
+    alpha: Mapping[str, torch.Tensor],
+) -> ArchSpec:
     """The spec of a one-op-per-edge child (the argmax child, a client's subnet)."""
-    return spec.derived(child_masks(space, choices, spec.masks),
-                        Genotype.from_dict(child_genotype(space, choices, alpha)))
+    return spec.derived(
+        child_masks(space, choices, spec.masks),
+        Genotype.from_dict(child_genotype(space, choices, alpha)),
+    )
 
 
 def sampled_spec(space: CellSpace, generator: torch.Generator) -> ArchSpec:

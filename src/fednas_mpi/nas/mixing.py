@@ -22,21 +22,32 @@ import torch
 from ..kernels.reference import reference_mix
 
 
-def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-                 ) -> torch.Tensor:
+def gumbel_noise(
+    shape: torch.Size | tuple[int, ...],
+    generator: torch.Generator | None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
     """Standard Gumbel samples -log(-log U), with U clamped so every sample is finite, on
     ``device``. U is drawn on the generator's own device (the CPU for the runtime's
     generators), so a seed gives the same samples whatever device computes with them."""
-    u = torch.rand(shape, generator=generator, dtype=dtype,
-                   device=generator.device if generator is not None else device)
+    u = torch.rand(
+        shape,
+        generator=generator,
+        dtype=dtype,
+        device=generator.device if generator is not None else device,
+    )
     info = torch.finfo(dtype)
     u = u.clamp(min=info.tiny, max=1.0 - info.eps)
     return (-torch.log(-torch.log(u))).to(device)
 
 
-def relaxed_weights(logits: torch.Tensor, temperature: float, noise: torch.Tensor | None = None,
-                    mask: torch.Tensor | None = None) -> torch.Tensor:
+def relaxed_weights(
+    logits: torch.Tensor,
+    temperature: float,
+    noise: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Eq. 1 along the last dimension; masked-out entries are exactly zero."""
     z = logits if noise is None else logits + noise
     z = z / temperature

@@ -35,8 +35,17 @@ CellForward = Callable[[int, "SearchCell", torch.Tensor, torch.Tensor], torch.Te
 
 
 class SearchCell(nn.Module):
-    def __init__(self, space: CellSpace, c_pp: int, c_p: int, c: int, reduction: bool,
-                 reduction_prev: bool, op_mask: list[list[bool]], combo_mask: list[bool]):
+    def __init__(
+        self,
+        space: CellSpace,
+        c_pp: int,
+        c_p: int,
+        c: int,
+        reduction: bool,
+        reduction_prev: bool,
+        op_mask: list[list[bool]],
+        combo_mask: list[bool],
+    ):
         super().__init__()
         self.space, self.reduction = space, reduction
         self.pre0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
@@ -79,9 +88,17 @@ class SearchCell(nn.Module):
 class SearchNetwork(nn.Module):
     """Stem, ``layers`` cells (reductions at 1/3 and 2/3 of the depth), classifier."""
 
-    def __init__(self, in_channels: int, num_classes: int, init_channels: int, layers: int,
-                 space: CellSpace, stem_multiplier: int,
-                 masks: Mapping[str, CellMasks | Mapping], inputs: str = "combinations"):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        init_channels: int,
+        layers: int,
+        space: CellSpace,
+        stem_multiplier: int,
+        masks: Mapping[str, CellMasks | Mapping],
+        inputs: str = "combinations",
+    ):
         super().__init__()
         if inputs not in ("combinations", "sum"):
             raise ValueError(f"inputs must be 'combinations' or 'sum', not {inputs!r}")
@@ -95,13 +112,14 @@ class SearchNetwork(nn.Module):
             self.beta_normal = nn.Parameter(torch.zeros(n))
             self.beta_reduce = nn.Parameter(torch.zeros(n))
         for cell in ("normal", "reduce"):
-            self.register_buffer(f"op_mask_{cell}", torch.tensor(masks[cell].ops),
-                                 persistent=False)
-            self.register_buffer(f"combo_mask_{cell}", torch.tensor(masks[cell].combos),
-                                 persistent=False)
+            self.register_buffer(f"op_mask_{cell}", torch.tensor(masks[cell].ops), persistent=False)
+            self.register_buffer(
+                f"combo_mask_{cell}", torch.tensor(masks[cell].combos), persistent=False
+            )
         c_cur = stem_multiplier * init_channels
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_cur, 3, padding=1, bias=False),
-                                  batch_norm(c_cur, affine=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, c_cur, 3, padding=1, bias=False), batch_norm(c_cur, affine=True)
+        )
         c_pp, c_p, c = c_cur, c_cur, init_channels
         self.cells = nn.ModuleList()
         reduction_prev = False
@@ -111,8 +129,18 @@ class SearchNetwork(nn.Module):
             if reduction:
                 c *= 2
             kind = "reduce" if reduction else "normal"
-            self.cells.append(SearchCell(space, c_pp, c_p, c, reduction, reduction_prev,
-                                         masks[kind].ops, masks[kind].combos))
+            self.cells.append(
+                SearchCell(
+                    space,
+                    c_pp,
+                    c_p,
+                    c,
+                    reduction,
+                    reduction_prev,
+                    masks[kind].ops,
+                    masks[kind].combos,
+                )
+            )
             reduction_prev = reduction
             c_pp, c_p = c_p, space.nodes * c
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -132,8 +160,13 @@ class SearchNetwork(nn.Module):
         """Gumbel noise from ``generator`` in each forward; None = deterministic weights."""
         self.temperature, self.generator = float(temperature), generator
 
-    def mixing_weights(self, cell: str, noisy: bool = False, alpha: torch.Tensor | None = None,
-                       beta: torch.Tensor | None = None) -> Mixing:
+    def mixing_weights(
+        self,
+        cell: str,
+        noisy: bool = False,
+        alpha: torch.Tensor | None = None,
+        beta: torch.Tensor | None = None,
+    ) -> Mixing:
         """(op weights (edges, ops), input coefficients per node) of a cell type: eq. 1 over
         the ops, eq. 8 over the input combinations (or DARTS's sum). ``alpha`` and ``beta``
         given: those logits in place of the network's own (a client's personalised ones),
@@ -145,18 +178,20 @@ class SearchNetwork(nn.Module):
             op_noise = gumbel_noise(alpha.shape, self.generator, alpha.dtype, alpha.device)
             if beta is not None:
                 combo_noise = gumbel_noise(beta.shape, self.generator, beta.dtype, beta.device)
-        op_w = self.space.op_weights(alpha, self.temperature, op_noise,
-                                     getattr(self, f"op_mask_{cell}"))
+        op_w = self.space.op_weights(
+            alpha, self.temperature, op_noise, getattr(self, f"op_mask_{cell}")
+        )
         combo_mask = getattr(self, f"combo_mask_{cell}")
         if self.inputs == "sum":
             # DARTS: a node sums its live edges (those in a surviving combination).
-            coefs = [(self.space.incidence(j).to(op_w) @ combo_mask[lo:lo + len(c)].to(op_w))
-                     .clamp(max=1.0)
-                     for j, (lo, c) in enumerate(zip(self.space.combo_offsets,
-                                                     self.space.combos))]
+            coefs = [
+                (self.space.incidence(j).to(op_w) @ combo_mask[lo : lo + len(c)].to(op_w)).clamp(
+                    max=1.0
+                )
+                for j, (lo, c) in enumerate(zip(self.space.combo_offsets, self.space.combos))
+            ]
         else:
-            coefs = self.space.input_coefficients(beta, self.temperature, combo_noise,
-                                                  combo_mask)
+            coefs = self.space.input_coefficients(beta, self.temperature, combo_noise, combo_mask)
         return op_w, coefs
 
     def run_cells(self, x: torch.Tensor, cell_forward: CellForward) -> torch.Tensor:
@@ -176,5 +211,6 @@ class SearchNetwork(nn.Module):
             def mixing(layer: int, kind: str) -> Mixing:
                 return weights[kind]
 
-        return self.run_cells(x, lambda layer, cell, s0, s1:
-                              cell(s0, s1, *mixing(layer, cell.kind)))
+        return self.run_cells(
+            x, lambda layer, cell, s0, s1: cell(s0, s1, *mixing(layer, cell.kind))
+        )

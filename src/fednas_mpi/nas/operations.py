@@ -25,11 +25,14 @@ def batch_norm(c: int, affine: bool = False) -> nn.BatchNorm2d:
 
 
 class ReLUConvBN(nn.Sequential):
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int,
-                 affine: bool = False):
-        super().__init__(nn.ReLU(inplace=False),
-                         nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False),
-                         batch_norm(c_out, affine))
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = False
+    ):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False),
+            batch_norm(c_out, affine),
+        )
 
 
 class SepConv(nn.Sequential):
@@ -40,10 +43,13 @@ class SepConv(nn.Sequential):
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(c, c, kernel, stride, pad, groups=c, bias=False),
-            nn.Conv2d(c, c, 1, bias=False), batch_norm(c, affine),
+            nn.Conv2d(c, c, 1, bias=False),
+            batch_norm(c, affine),
             nn.ReLU(inplace=False),
             nn.Conv2d(c, c, kernel, 1, pad, groups=c, bias=False),
-            nn.Conv2d(c, c, 1, bias=False), batch_norm(c, affine))
+            nn.Conv2d(c, c, 1, bias=False),
+            batch_norm(c, affine),
+        )
 
 
 class DilConv(nn.Sequential):
@@ -54,7 +60,9 @@ class DilConv(nn.Sequential):
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(c, c, kernel, stride, pad, dilation=2, groups=c, bias=False),
-            nn.Conv2d(c, c, 1, bias=False), batch_norm(c, affine))
+            nn.Conv2d(c, c, 1, bias=False),
+            batch_norm(c, affine),
+        )
 
 
 class FactorizedReduce(nn.Module):
@@ -82,8 +90,11 @@ class Pool(nn.Sequential):
     """Pooling followed by a non-affine BN (DARTS puts one after pooling in the search)."""
 
     def __init__(self, kind: str, c: int, stride: int):
-        pool = nn.MaxPool2d(3, stride, 1) if kind == "max" else \
-            nn.AvgPool2d(3, stride, 1, count_include_pad=False)
+        pool = (
+            nn.MaxPool2d(3, stride, 1)
+            if kind == "max"
+            else nn.AvgPool2d(3, stride, 1, count_include_pad=False)
+        )
         super().__init__(pool, batch_norm(c, False))
 
 

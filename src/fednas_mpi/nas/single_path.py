@@ -26,25 +26,49 @@ from .spec import CELL_TYPES
 Choices = Mapping[str, Sequence[int]]
 
 
-def sample_choices(net: SearchNetwork, noise: Mapping[str, torch.Tensor]
-                   ) -> dict[str, list[int]]:
+def sample_choices(net: SearchNetwork, noise: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
     """The ops argmax(alpha + noise) picks per edge (a draw from softmax(alpha))."""
-    return {c: [hard_index(row, n, m) for row, n, m in
-                zip(getattr(net, f"alpha_{c}").detach(), noise[c],
-                    getattr(net, f"op_mask_{c}"))]
-            for c in CELL_TYPES}
+    return {
+        c: [
+            hard_index(row, n, m)
+            for row, n, m in zip(
+                getattr(net, f"alpha_{c}").detach(), noise[c], getattr(net, f"op_mask_{c}")
+            )
+        ]
+        for c in CELL_TYPES
+    }
 
 
-def path_forward(net: SearchNetwork, x: torch.Tensor, choices: Choices,
-                 noise: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+def path_forward(
+    net: SearchNetwork,
+    x: torch.Tensor,
+    choices: Choices,
+    noise: Mapping[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """``net``'s forward (``run_cells``) with each cell running only its chosen ops."""
-    return net.run_cells(x, lambda layer, cell, s0, s1: _cell(
-        net, cell, cell.kind, s0, s1, choices[cell.kind],
-        None if noise is None else noise[cell.kind]))
+    return net.run_cells(
+        x,
+        lambda layer, cell, s0, s1: _cell(
+            net,
+            cell,
+            cell.kind,
+            s0,
+            s1,
+            choices[cell.kind],
+            None if noise is None else noise[cell.kind],
+        ),
+    )
 
 
-def _cell(net: SearchNetwork, cell: SearchCell, kind: str, s0, s1, choice: Sequence[int],
-          noise: torch.Tensor | None) -> torch.Tensor:
+def _cell(
+    net: SearchNetwork,
+    cell: SearchCell,
+    kind: str,
+    s0,
+    s1,
+    choice: Sequence[int],
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
     space = net.space
     states = [cell.pre0(s0), cell.pre1(s1)]
     alpha, mask = getattr(net, f"alpha_{kind}"), getattr(net, f"op_mask_{kind}")
@@ -73,4 +97,3 @@ def _cell(net: SearchNetwork, cell: SearchCell, kind: str, s0, s1, choice: Seque
             total = ref.new_zeros(n, c, h, w)
         states.append(total)
     return torch.cat(states[2:], dim=1)
-

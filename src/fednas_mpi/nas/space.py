@@ -59,8 +59,10 @@ class CellSpace:
     @cached_property
     def combos(self) -> list[list[tuple[int, ...]]]:
         """Per node, its k-combinations of input states, in lexicographic order."""
-        return [list(itertools.combinations(range(self.inputs_of(j)), self.k_of(j)))
-                for j in range(self.nodes)]
+        return [
+            list(itertools.combinations(range(self.inputs_of(j)), self.k_of(j)))
+            for j in range(self.nodes)
+        ]
 
     @cached_property
     def combo_offsets(self) -> list[int]:
@@ -71,16 +73,19 @@ class CellSpace:
         return sum(len(c) for c in self.combos)
 
     def full_masks(self) -> tuple[list[list[bool]], list[bool]]:
-        return ([[True] * len(self.primitives) for _ in range(self.num_edges)],
-                [True] * self.num_combos)
+        return (
+            [[True] * len(self.primitives) for _ in range(self.num_edges)],
+            [True] * self.num_combos,
+        )
 
     # ---------------------------------------------------------- weights
     def op_weights(self, alpha: torch.Tensor, temperature: float, noise, op_mask) -> torch.Tensor:
         """Eq. 1 per edge: (edges, ops)."""
         return relaxed_weights(alpha, temperature, noise, op_mask)
 
-    def input_coefficients(self, beta: torch.Tensor, temperature: float, noise,
-                           combo_mask: torch.Tensor) -> list[torch.Tensor]:
+    def input_coefficients(
+        self, beta: torch.Tensor, temperature: float, noise, combo_mask: torch.Tensor
+    ) -> list[torch.Tensor]:
         """Eq. 8 per node: coefficient of each input = sum of Z over combinations holding it."""
         out = []
         z_all = beta if noise is None else beta + noise
@@ -112,8 +117,7 @@ class CellSpace:
         live = []
         for j, combos in enumerate(self.combos):
             lo = self.combo_offsets[j]
-            live.append({i for c, combo in enumerate(combos) if combo_mask[lo + c]
-                         for i in combo})
+            live.append({i for c, combo in enumerate(combos) if combo_mask[lo + c] for i in combo})
         return live
 
 
@@ -144,8 +148,11 @@ def logit_signal(logits: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     second = top2[:, -1] if z.shape[-1] > 1 else top2[:, 0]
     gap = torch.where(torch.isfinite(second), top2[:, 0] - second, torch.zeros_like(second))
     p = relaxed_weights(z, 1.0, None, m)
-    return {"range": float((hi.max(-1).values - lo.min(-1).values).mean()),
-            "gap": float(gap.mean()), "agreement": float(p.max(-1).values.mean())}
+    return {
+        "range": float((hi.max(-1).values - lo.min(-1).values).mean()),
+        "gap": float(gap.mean()),
+        "agreement": float(p.max(-1).values.mean()),
+    }
 
 
 def entropy(weights: torch.Tensor) -> float:

@@ -75,8 +75,10 @@ class NodeGenotype:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> NodeGenotype:
-        return cls([EdgeChoice(x["op"], int(x["input"]), x.get("p_op")) for x in d["inputs"]],
-                   d.get("p_combo"))
+        return cls(
+            [EdgeChoice(x["op"], int(x["input"]), x.get("p_op")) for x in d["inputs"]],
+            d.get("p_combo"),
+        )
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,9 @@ class Genotype:
         for c in CELL_TYPES:
             if c not in self.cells:
                 continue
-            nodes = [" + ".join(f"{x.op}(s{x.input})" for x in n.inputs)
-                     for n in self.cells[c].nodes]
+            nodes = [
+                " + ".join(f"{x.op}(s{x.input})" for x in n.inputs) for n in self.cells[c].nodes
+            ]
             lines.append(f"{c}: " + "; ".join(f"s{j + 2} = {n}" for j, n in enumerate(nodes)))
         return "\n".join(lines)
 
@@ -135,9 +138,11 @@ class ArchSpec:
         return replace(self, masks=masks, genotype=genotype)
 
     def to_dict(self) -> dict:
-        d: dict = {"masks": {c: m.to_dict() for c, m in self.masks.items()},
-                   "inputs": self.inputs,
-                   "genotype": None if self.genotype is None else self.genotype.to_dict()}
+        d: dict = {
+            "masks": {c: m.to_dict() for c, m in self.masks.items()},
+            "inputs": self.inputs,
+            "genotype": None if self.genotype is None else self.genotype.to_dict(),
+        }
         if self.prune_log:
             d["prune_log"] = list(self.prune_log)
         return d
@@ -149,9 +154,12 @@ class ArchSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ArchSpec:
         g = d.get("genotype")
-        return cls({c: CellMasks.from_dict(d["masks"][c]) for c in CELL_TYPES},
-                   d.get("inputs", "combinations"),
-                   Genotype.from_dict(g) if g else None, list(d.get("prune_log", [])))
+        return cls(
+            {c: CellMasks.from_dict(d["masks"][c]) for c in CELL_TYPES},
+            d.get("inputs", "combinations"),
+            Genotype.from_dict(g) if g else None,
+            list(d.get("prune_log", [])),
+        )
 
     @classmethod
     def from_json(cls, text: str) -> ArchSpec:

@@ -1,8 +1,8 @@
 """``fednas-mpi inspect|compare|plot``: look at runs from their checkpoints (no MPI).
 
-    fednas-mpi inspect RUN_DIR [--rounds] [--clients] [--json | --csv]
-    fednas-mpi compare RUN_DIR... [--csv] [--target ACC]
-    fednas-mpi plot RUN_DIR... [--out DIR]
+fednas-mpi inspect RUN_DIR [--rounds] [--clients] [--json | --csv]
+fednas-mpi compare RUN_DIR... [--csv] [--target ACC]
+fednas-mpi plot RUN_DIR... [--out DIR]
 """
 
 from __future__ import annotations
@@ -29,37 +29,54 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     prog = f"fednas-mpi {command}"
     if command == "inspect":
         p = argparse.ArgumentParser(
-            prog=prog, description="Summary of one run from its newest complete checkpoint "
-                                   "(works while the run is still being written).")
+            prog=prog,
+            description="Summary of one run from its newest complete checkpoint "
+            "(works while the run is still being written).",
+        )
         p.add_argument("run", metavar="RUN_DIR", help="run directory (or one round_NNNNN.h5)")
         p.add_argument("--rounds", action="store_true", help="also print the per-round table")
         p.add_argument("--clients", action="store_true", help="also print the per-client table")
         out = p.add_mutually_exclusive_group()
-        out.add_argument("--json", action="store_true",
-                         help="print summary, rounds and clients as one JSON document")
-        out.add_argument("--csv", action="store_true",
-                         help="print CSV: the per-round table with --rounds, the per-client "
-                              "table with --clients, else the summary as one row")
+        out.add_argument(
+            "--json",
+            action="store_true",
+            help="print summary, rounds and clients as one JSON document",
+        )
+        out.add_argument(
+            "--csv",
+            action="store_true",
+            help="print CSV: the per-round table with --rounds, the per-client "
+            "table with --clients, else the summary as one row",
+        )
         return p
     if command == "compare":
         p = argparse.ArgumentParser(
-            prog=prog, description="Settings side by side (paper Table 2): runs whose configs "
-                                   "differ only in run.seed form one setting; mean ± std over "
-                                   "its seeds.")
+            prog=prog,
+            description="Settings side by side (paper Table 2): runs whose configs "
+            "differ only in run.seed form one setting; mean ± std over "
+            "its seeds.",
+        )
         p.add_argument("runs", nargs="+", metavar="RUN_DIR")
         p.add_argument("--csv", action="store_true", help="CSV instead of a Markdown table")
-        p.add_argument("--target", type=_accuracy, metavar="ACC",
-                       help="also report the time until the global accuracy first reaches "
-                            "ACC (0.9 or 90)")
+        p.add_argument(
+            "--target",
+            type=_accuracy,
+            metavar="ACC",
+            help="also report the time until the global accuracy first reaches ACC (0.9 or 90)",
+        )
         return p
     p = argparse.ArgumentParser(
-        prog=prog, description="PNG figures: accuracy vs round and vs time (mean ± std band "
-                               "over seeds), temperature and architecture entropy, time per "
-                               "round, partition heatmaps, genotype cells.")
+        prog=prog,
+        description="PNG figures: accuracy vs round and vs time (mean ± std band "
+        "over seeds), temperature and architecture entropy, time per "
+        "round, partition heatmaps, genotype cells.",
+    )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", metavar="DIR",
-                   help="directory for the PNGs (default RUN_DIR/plots for one run, ./plots "
-                        "for several)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="directory for the PNGs (default RUN_DIR/plots for one run, ./plots for several)",
+    )
     return p
 
 
@@ -73,16 +90,24 @@ def inspect(args: argparse.Namespace) -> int:
     if args.csv:
         if args.rounds and args.clients:
             raise ReportError("--csv prints one table: give --rounds or --clients, not both")
-        rows = sm.rounds(run) if args.rounds else sm.clients(run) if args.clients \
+        rows = (
+            sm.rounds(run)
+            if args.rounds
+            else sm.clients(run)
+            if args.clients
             else [sm.summary_row(sm.summary(run))]
+        )
         sys.stdout.write(sm.to_csv(rows))
         return 0
     print(sm.summary_text(sm.summary(run)))
     if args.rounds:
         print(f"\nper round ({run.checkpoint.name}):\n{sm.table(sm.rounds(run))}")
     if args.clients:
-        note = "" if run.client_metrics else \
-            " (per-client metrics not stored: a run from an older fednas-mpi)"
+        note = (
+            ""
+            if run.client_metrics
+            else " (per-client metrics not stored: a run from an older fednas-mpi)"
+        )
         print(f"\nper client{note}:\n{sm.table(sm.clients(run))}")
     return 0
 
@@ -99,13 +124,17 @@ def plot(args: argparse.Namespace) -> int:
     from .plots import plot_all
 
     runs = load_runs(args.runs)
-    out = Path(args.out) if args.out else \
-        (runs[0].directory / "plots" if len(runs) == 1 else Path("plots"))
+    out = (
+        Path(args.out)
+        if args.out
+        else (runs[0].directory / "plots" if len(runs) == 1 else Path("plots"))
+    )
     try:
         written, notes = plot_all(runs, out)
     except OSError as e:
-        raise ReportError(f"{out}: cannot write the figures ({e.strerror}); choose a "
-                          f"writable --out") from None
+        raise ReportError(
+            f"{out}: cannot write the figures ({e.strerror}); choose a writable --out"
+        ) from None
     for note in notes:
         print(f"note: {note}")
     for path in written:

@@ -68,9 +68,14 @@ def rows(settings: list[Setting], target: float | None) -> list[dict]:
     out = []
     for s in settings:
         per_run = [run_values(r, target) for r in s.runs]
-        row: dict = {"setting": s.label, "method": s.method, "dataset": s.runs[0].dataset,
-                     "runs": len(s.runs), "seeds": " ".join(str(x) for x in s.seeds),
-                     "rounds": _rounds(s)}
+        row: dict = {
+            "setting": s.label,
+            "method": s.method,
+            "dataset": s.runs[0].dataset,
+            "runs": len(s.runs),
+            "seeds": " ".join(str(x) for x in s.seeds),
+            "rounds": _rounds(s),
+        }
         for key in per_run[0]:
             m, sd = mean_std([v[key] for v in per_run])
             row[f"{key}_mean"], row[f"{key}_std"] = m, sd
@@ -88,11 +93,23 @@ def rows(settings: list[Setting], target: float | None) -> list[dict]:
 
 def markdown(settings: list[Setting], legend: list[str], target: float | None) -> str:
     table = rows(settings, target)
-    best_final = max((r["final_acc_mean"] for r in table if np.isfinite(r["final_acc_mean"])),
-                     default=np.nan)
+    best_final = max(
+        (r["final_acc_mean"] for r in table if np.isfinite(r["final_acc_mean"])), default=np.nan
+    )
     fastest = min((r["time_mean"] for r in table if r["time_mean"] > 0), default=np.nan)
-    head = ["setting", "method", "seeds", "rounds", "final acc %", "Δ best pp", "best acc %",
-            "local acc %", "time s", "x fastest", "time per stage s"]
+    head = [
+        "setting",
+        "method",
+        "seeds",
+        "rounds",
+        "final acc %",
+        "Δ best pp",
+        "best acc %",
+        "local acc %",
+        "time s",
+        "x fastest",
+        "time per stage s",
+    ]
     if target is not None:
         head.append(f"time to {100 * target:g} % s")
     head.append("acc before -> after arch change %")
@@ -102,50 +119,76 @@ def markdown(settings: list[Setting], legend: list[str], target: float | None) -
         col = {k: [v[k] for v in runs] for k in runs[0]}
         stages = ", ".join(
             f"{stage} {_ms([time_per_stage(x).get(stage, 0.0) for x in s.runs], digits=1)}"
-            for stage in dict.fromkeys(st for x in s.runs for st in time_per_stage(x)))
-        change = "-" if not np.isfinite(r["acc_before_change_mean"]) else \
-            f"{_ms(col['acc_before_change'], 100)} -> {_ms(col['acc_after_change'], 100)}"
+            for stage in dict.fromkeys(st for x in s.runs for st in time_per_stage(x))
+        )
+        change = (
+            "-"
+            if not np.isfinite(r["acc_before_change_mean"])
+            else f"{_ms(col['acc_before_change'], 100)} -> {_ms(col['acc_after_change'], 100)}"
+        )
         gap = r["final_acc_mean"] - best_final
-        cells = [s.label or "-", s.method, r["seeds"], r["rounds"],
-                 _ms(col["final_acc"], 100), "-" if not np.isfinite(gap) else f"{100 * gap:+.2f}",
-                 _ms(col["best_acc"], 100), _ms(col["local_acc"], 100),
-                 _ms(col["time"], digits=1),
-                 f"{r['time_mean'] / fastest:.2f}" if np.isfinite(fastest) else "-", stages]
+        cells = [
+            s.label or "-",
+            s.method,
+            r["seeds"],
+            r["rounds"],
+            _ms(col["final_acc"], 100),
+            "-" if not np.isfinite(gap) else f"{100 * gap:+.2f}",
+            _ms(col["best_acc"], 100),
+            _ms(col["local_acc"], 100),
+            _ms(col["time"], digits=1),
+            f"{r['time_mean'] / fastest:.2f}" if np.isfinite(fastest) else "-",
+            stages,
+        ]
         if target is not None:
             cells.append(_ms(col["time_to_target"], digits=1))
         cells.append(change)
         lines.append("| " + " | ".join(cells) + " |")
     notes = [_verdict(settings, table)] if len(settings) > 1 else []
     notes += legend
-    incomplete = [f"{r.directory} ({r.round}/{r.rounds_planned} rounds)"
-                  for s in settings for r in s.runs if not r.complete]
+    incomplete = [
+        f"{r.directory} ({r.round}/{r.rounds_planned} rounds)"
+        for s in settings
+        for r in s.runs
+        if not r.complete
+    ]
     if incomplete:
         notes.append("incomplete runs (still running or interrupted): " + ", ".join(incomplete))
     notes.append("mean ± sample std over the runs of a setting; time: sum of round times")
-    genotypes = [f"{s.title}, seed {r.seed} ({r.directory}):\n{g.text}"
-                 for s in settings for r in s.runs
-                 if (g := genotype_of(r.spec)) is not None and g.text]
+    genotypes = [
+        f"{s.title}, seed {r.seed} ({r.directory}):\n{g.text}"
+        for s in settings
+        for r in s.runs
+        if (g := genotype_of(r.spec)) is not None and g.text
+    ]
     out = "\n".join(lines) + "\n\n" + "\n".join(notes)
     if genotypes:
-        out += "\n\nGenotypes found (s0, s1: cell inputs; s2.. intermediate nodes):\n\n```\n" \
-            + "\n\n".join(genotypes) + "\n```"
+        out += (
+            "\n\nGenotypes found (s0, s1: cell inputs; s2.. intermediate nodes):\n\n```\n"
+            + "\n\n".join(genotypes)
+            + "\n```"
+        )
     return out
 
 
 def _verdict(settings: list[Setting], table: list[dict]) -> str:
-    order = sorted(range(len(table)), key=lambda i: -np.nan_to_num(table[i]["final_acc_mean"],
-                                                                   nan=-1.0))
+    order = sorted(
+        range(len(table)), key=lambda i: -np.nan_to_num(table[i]["final_acc_mean"], nan=-1.0)
+    )
     a, b = order[0], order[1]
     ta, tb = table[a], table[b]
     if not np.isfinite(ta["final_acc_mean"]):
         return "no setting has a measured global accuracy yet"
-    text = (f"best final accuracy: {settings[a].title}, {100 * ta['final_acc_mean']:.2f} %, "
-            f"{100 * (ta['final_acc_mean'] - tb['final_acc_mean']):+.2f} pp over "
-            f"{settings[b].title}")
+    text = (
+        f"best final accuracy: {settings[a].title}, {100 * ta['final_acc_mean']:.2f} %, "
+        f"{100 * (ta['final_acc_mean'] - tb['final_acc_mean']):+.2f} pp over "
+        f"{settings[b].title}"
+    )
     if ta["time_mean"] > 0 and tb["time_mean"] > 0:
         ratio = ta["time_mean"] / tb["time_mean"]
-        text += (f", in {ratio:.2f}x its time" if ratio >= 1 else
-                 f", in 1/{1 / ratio:.1f} of its time")
+        text += (
+            f", in {ratio:.2f}x its time" if ratio >= 1 else f", in 1/{1 / ratio:.1f} of its time"
+        )
     return text
 
 

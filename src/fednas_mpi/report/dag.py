@@ -15,9 +15,14 @@ import numpy as np
 
 #: One colour per DARTS primitive; other op names get a colour from their name.
 OP_COLOURS = {
-    "none": "#7f7f7f", "max_pool_3x3": "#1f77b4", "avg_pool_3x3": "#17becf",
-    "skip_connect": "#2ca02c", "sep_conv_3x3": "#d62728", "sep_conv_5x5": "#ff7f0e",
-    "dil_conv_3x3": "#9467bd", "dil_conv_5x5": "#8c564b",
+    "none": "#7f7f7f",
+    "max_pool_3x3": "#1f77b4",
+    "avg_pool_3x3": "#17becf",
+    "skip_connect": "#2ca02c",
+    "sep_conv_3x3": "#d62728",
+    "sep_conv_5x5": "#ff7f0e",
+    "dil_conv_3x3": "#9467bd",
+    "dil_conv_5x5": "#8c564b",
 }
 _FALLBACK = ("#e377c2", "#bcbd22", "#393b79", "#637939", "#843c39")
 
@@ -72,8 +77,9 @@ _LABEL_AT = (0.5, 0.35, 0.65, 0.25, 0.75)
 _LABEL_BOX = (0.8, 0.22)  # a label's extent in data units (about), for avoiding overlaps
 
 
-def _label_point(a: tuple[float, float], b: tuple[float, float], rad: float,
-                 taken: list[tuple[float, float]]) -> tuple[float, float]:
+def _label_point(
+    a: tuple[float, float], b: tuple[float, float], rad: float, taken: list[tuple[float, float]]
+) -> tuple[float, float]:
     """The first point along the edge whose label overlaps no label placed before."""
     w, h = _LABEL_BOX
     for t in _LABEL_AT:
@@ -100,22 +106,52 @@ def draw_cell(ax, cell: dict, title: str) -> None:
             source = f"s{int(edge['input'])}"
             rad = _bend(pos, source, target)
             colour = op_colour(str(edge["op"]))
-            ax.add_patch(FancyArrowPatch(pos[source], pos[target], arrowstyle="-|>",
-                                         mutation_scale=14, color=colour, lw=1.8,
-                                         connectionstyle=f"arc3,rad={rad}",
-                                         shrinkA=17, shrinkB=17, zorder=1))
+            ax.add_patch(
+                FancyArrowPatch(
+                    pos[source],
+                    pos[target],
+                    arrowstyle="-|>",
+                    mutation_scale=14,
+                    color=colour,
+                    lw=1.8,
+                    connectionstyle=f"arc3,rad={rad}",
+                    shrinkA=17,
+                    shrinkB=17,
+                    zorder=1,
+                )
+            )
             x, y = _label_point(pos[source], pos[target], rad, taken)
-            ax.text(x, y, str(edge["op"]), fontsize=8, color=colour, ha="center",
-                    va="center", zorder=3,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none"})
+            ax.text(
+                x,
+                y,
+                str(edge["op"]),
+                fontsize=8,
+                color=colour,
+                ha="center",
+                va="center",
+                zorder=3,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none"},
+            )
     for j in cell.get("concat", range(2, len(nodes) + 2)):
-        ax.add_patch(FancyArrowPatch(pos[f"s{j}"], pos["out"], arrowstyle="-|>",
-                                     mutation_scale=12, color="#555555", lw=1.0, ls="--",
-                                     shrinkA=17, shrinkB=17, zorder=1))
+        ax.add_patch(
+            FancyArrowPatch(
+                pos[f"s{j}"],
+                pos["out"],
+                arrowstyle="-|>",
+                mutation_scale=12,
+                color="#555555",
+                lw=1.0,
+                ls="--",
+                shrinkA=17,
+                shrinkB=17,
+                zorder=1,
+            )
+        )
     for key, (x, y) in pos.items():
         is_io = key in names
-        ax.scatter([x], [y], s=900, zorder=2, edgecolors="black",
-                   c="#c6dbef" if is_io else "#fdd0a2")
+        ax.scatter(
+            [x], [y], s=900, zorder=2, edgecolors="black", c="#c6dbef" if is_io else "#fdd0a2"
+        )
         label = f"${names[key]}$" if is_io else key
         ax.text(x, y, label, ha="center", va="center", fontsize=9, zorder=4)
     xs = np.array([p[0] for p in pos.values()])

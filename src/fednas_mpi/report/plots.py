@@ -26,11 +26,19 @@ from .dag import draw_cell
 from .runs import Run, Setting, group_settings
 
 DPI = 100
-SIZES = {"accuracy": (1200, 500), "architecture": (1500, 450), "time": (1200, 600),
-         "partition": (900, 600), "genotype": (1200, 800)}
-TIME_PARTS = (("compute_time", "compute"), ("comm_time", "communicate"),
-              ("aggregate_time", "aggregate"),
-              ("eval_time", "evaluate"))
+SIZES = {
+    "accuracy": (1200, 500),
+    "architecture": (1500, 450),
+    "time": (1200, 600),
+    "partition": (900, 600),
+    "genotype": (1200, 800),
+}
+TIME_PARTS = (
+    ("compute_time", "compute"),
+    ("comm_time", "communicate"),
+    ("aggregate_time", "aggregate"),
+    ("eval_time", "evaluate"),
+)
 
 
 def _figure(kind: str, rows: int = 1, cols: int = 1):
@@ -122,17 +130,21 @@ def architecture(settings: list[Setting], path: Path) -> Path:
     temp_ax, ent_ax, ops_ax = axes[0]
     for s, colour in zip(settings, _colours(len(settings))):
         for ax, name, style, suffix in (
-                (temp_ax, "temperature", "-", ""), (ent_ax, "arch_entropy_ops", "-", " (ops)"),
-                (ent_ax, "arch_entropy_inputs", "--", " (inputs)"),
-                (ops_ax, "ops_alive", "-", "")):
+            (temp_ax, "temperature", "-", ""),
+            (ent_ax, "arch_entropy_ops", "-", " (ops)"),
+            (ent_ax, "arch_entropy_inputs", "--", " (inputs)"),
+            (ops_ax, "ops_alive", "-", ""),
+        ):
             if not any(name in r.metrics for r in s.runs):
                 continue
             x, mean, std = _mean_band(_stack(s.runs, name))
             if x.size:
                 _line(ax, x, mean, std, _label(s) + suffix, colour, style)
-    for ax, title, ylabel in ((temp_ax, "temperature lambda", "lambda"),
-                              (ent_ax, "architecture entropy", "mean entropy, nats"),
-                              (ops_ax, "surviving ops (both cells, live edges)", "ops")):
+    for ax, title, ylabel in (
+        (temp_ax, "temperature lambda", "lambda"),
+        (ent_ax, "architecture entropy", "mean entropy, nats"),
+        (ops_ax, "surviving ops (both cells, live edges)", "ops"),
+    ):
         ax.set_title(title)
         _round_axis(ax)
         ax.set_ylabel(ylabel)
@@ -140,8 +152,14 @@ def architecture(settings: list[Setting], path: Path) -> Path:
         if ax.lines:
             ax.legend(fontsize=7)
         else:
-            ax.text(0.5, 0.5, "not measured by these methods", ha="center", va="center",
-                    transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                "not measured by these methods",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
     return _save(fig, path)
 
 
@@ -159,8 +177,14 @@ def times(settings: list[Setting], path: Path) -> Path:
             part = np.nan_to_num(_stack(s.runs, name)).mean(axis=0)
             ax.bar(x, part, bottom=bottom, color=colour, label=label, width=0.85)
             bottom += part
-        ax.bar(x, np.maximum(total - bottom, 0.0), bottom=bottom, color=colours[-1],
-               label="other", width=0.85)
+        ax.bar(
+            x,
+            np.maximum(total - bottom, 0.0),
+            bottom=bottom,
+            color=colours[-1],
+            label="other",
+            width=0.85,
+        )
         ax.set_title(_label(s), fontsize=9)
         _round_axis(ax)
         ax.set_ylabel("seconds")
@@ -174,8 +198,10 @@ def times(settings: list[Setting], path: Path) -> Path:
 def genotype(run: Run, title: str, path: Path) -> Path:
     fig, axes = _figure("genotype", 2, 1)
     g = genotype_of(run.spec)
-    for ax, cell, name in ((axes[0][0], "normal", "normal cell"),
-                           (axes[1][0], "reduce", "reduction cell")):
+    for ax, cell, name in (
+        (axes[0][0], "normal", "normal cell"),
+        (axes[1][0], "reduce", "reduction cell"),
+    ):
         if g is not None and cell in g.cells:
             draw_cell(ax, g.cells[cell].to_dict(), name)
         else:
@@ -201,8 +227,9 @@ def plot_all(runs: list[Run], out: Path) -> tuple[list[Path], list[str]]:
     if any("temperature" in r.metrics or "arch_entropy_ops" in r.metrics for r in runs):
         written.append(architecture(settings, out / "architecture.png"))
     else:
-        notes.append("no architecture metrics (no NAS method among the runs): "
-                     "architecture.png not written")
+        notes.append(
+            "no architecture metrics (no NAS method among the runs): architecture.png not written"
+        )
     written.append(times(settings, out / "time.png"))
     written += _partitions(settings, out, notes)
     for run, name in zip(runs, _unique_names(runs)):
@@ -230,6 +257,11 @@ def _partitions(settings: list[Setting], out: Path, notes: list[str]) -> list[Pa
         cfg = r.typed_config()
         what = describe(cfg) if cfg is not None else "partition"
         name = "partition.png" if len(seen) == 1 else f"partition_{i + 1}_{_safe(r.name)}.png"
-        written.append(heatmap(r.partition["train_hist"], out / name,
-                               f"{r.dataset}: {what}; train split ({r.name})"))
+        written.append(
+            heatmap(
+                r.partition["train_hist"],
+                out / name,
+                f"{r.dataset}: {what}; train split ({r.name})",
+            )
+        )
     return written

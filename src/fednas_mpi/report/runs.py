@@ -90,8 +90,11 @@ class Run:
     def setting(self) -> dict[str, object]:
         """The flattened config without the seed and the fields that do not change results."""
         flat = config_mod.flatten(self.config)
-        return {k: v for k, v in flat.items()
-                if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in NOT_A_SETTING)}
+        return {
+            k: v
+            for k, v in flat.items()
+            if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in NOT_A_SETTING)
+        }
 
 
 def temp_files(directory: Path) -> list[str]:
@@ -105,21 +108,29 @@ def temp_files(directory: Path) -> list[str]:
 def _no_checkpoint(directory: Path) -> ReportError:
     writing = temp_files(directory)
     if writing:
-        return ReportError(f"{directory}: no complete checkpoint yet; round 1 is being written "
-                           f"({writing[0]}); try again once round_00001.h5 appears")
+        return ReportError(
+            f"{directory}: no complete checkpoint yet; round 1 is being written "
+            f"({writing[0]}); try again once round_00001.h5 appears"
+        )
     try:
         entries = sorted(p.name for p in directory.iterdir())
     except OSError as e:
         return ReportError(f"{directory}: cannot list the directory ({e.strerror})")
     if "config.yaml" in entries:
-        return ReportError(f"{directory}: no checkpoint yet (round_00001.h5 is written when the "
-                           f"run finishes its first round); try again then")
+        return ReportError(
+            f"{directory}: no checkpoint yet (round_00001.h5 is written when the "
+            f"run finishes its first round); try again then"
+        )
     if not entries:
-        return ReportError(f"{directory}: empty directory, not a fednas-mpi run (no "
-                           f"round_NNNNN.h5); give the --out directory of a run")
+        return ReportError(
+            f"{directory}: empty directory, not a fednas-mpi run (no "
+            f"round_NNNNN.h5); give the --out directory of a run"
+        )
     shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
-    return ReportError(f"{directory}: no checkpoint round_NNNNN.h5 (holds {shown}); give the "
-                       f"--out directory of a run")
+    return ReportError(
+        f"{directory}: no checkpoint round_NNNNN.h5 (holds {shown}); give the "
+        f"--out directory of a run"
+    )
 
 
 def _read(path: Path, directory: Path) -> Run:
@@ -132,24 +143,44 @@ def _read(path: Path, directory: Path) -> Run:
 def _read_run(path: Path, directory: Path) -> Run:
     ck = read_checkpoint(path, tensors=False)
     with h5py.File(path, "r", locking=False) as f:
-        partition = {k: np.asarray(v[()]) for k, v in f["partition"].items()} \
-            if "partition" in f else {}
-        subnets = {int(c): {cell: np.asarray(g[f"subnet_{cell}"][()]).astype(int).tolist()
-                            for cell in ("normal", "reduce")}
-                   for c, g in (f["clients"].items() if "clients" in f else [])
-                   if "subnet_normal" in g and "subnet_reduce" in g}
+        partition = (
+            {k: np.asarray(v[()]) for k, v in f["partition"].items()} if "partition" in f else {}
+        )
+        subnets = {
+            int(c): {
+                cell: np.asarray(g[f"subnet_{cell}"][()]).astype(int).tolist()
+                for cell in ("normal", "reduce")
+            }
+            for c, g in (f["clients"].items() if "clients" in f else [])
+            if "subnet_normal" in g and "subnet_reduce" in g
+        }
     config = yaml.safe_load(ck.config_yaml) or {}
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its config attribute is not a YAML mapping")
     config = config_mod.stored(config)  # older runs stored every method's section
     prims = config.get("model", {}).get("darts", {}).get("primitives", [])
-    client_subnets = {c: {cell: [prims[k] if 0 <= k < len(prims) else str(k) for k in ops]
-                          for cell, ops in sn.items()} for c, sn in sorted(subnets.items())}
+    client_subnets = {
+        c: {
+            cell: [prims[k] if 0 <= k < len(prims) else str(k) for k in ops]
+            for cell, ops in sn.items()
+        }
+        for c, sn in sorted(subnets.items())
+    }
     planned = ck.attrs.get("rounds_planned", config.get("run", {}).get("rounds", ck.round))
-    return Run(directory=directory, checkpoint=path, round=ck.round,
-               rounds_planned=int(planned), attrs=ck.attrs, config=config, spec=ck.spec,
-               metrics=ck.metrics, stages=ck.stages, client_metrics=ck.client_metrics,
-               partition=partition, client_subnets=client_subnets)
+    return Run(
+        directory=directory,
+        checkpoint=path,
+        round=ck.round,
+        rounds_planned=int(planned),
+        attrs=ck.attrs,
+        config=config,
+        spec=ck.spec,
+        metrics=ck.metrics,
+        stages=ck.stages,
+        client_metrics=ck.client_metrics,
+        partition=partition,
+        client_subnets=client_subnets,
+    )
 
 
 def load_run(source: str | Path) -> Run:
@@ -166,8 +197,11 @@ def load_run(source: str | Path) -> Run:
         try:
             run = _read(source, source.parent)
         except (CheckpointError, OSError, KeyError, ValueError) as e:
-            text = str(e) if str(e).startswith(str(source)) else \
-                f"{source}: unreadable checkpoint ({e})"
+            text = (
+                str(e)
+                if str(e).startswith(str(source))
+                else f"{source}: unreadable checkpoint ({e})"
+            )
             raise ReportError(f"{text}; give a fednas-mpi checkpoint or run directory") from None
         run.writing = temp_files(source.parent)
         return run
@@ -259,12 +293,20 @@ def group_settings(runs: list[Run], max_label: int = 48) -> tuple[list[Setting],
         shared = k.split(".")[0] in ("data", "partition", "federation", "run")
         same_method_differs = any(
             a.method == b.method and va != vb
-            for a, va in zip(settings, values) for b, vb in zip(settings, values))
+            for a, va in zip(settings, values)
+            for b, vb in zip(settings, values)
+        )
         if shared or same_method_differs:
             shown.append(k)
     # a key another method reads is not part of this run's label (its config has none)
-    labels = [", ".join(f"{k.split('.', 1)[1] if k.count('.') > 1 else k}={_value(f.get(k))}"
-                        for k in shown if k in f) for f in flats]
+    labels = [
+        ", ".join(
+            f"{k.split('.', 1)[1] if k.count('.') > 1 else k}={_value(f.get(k))}"
+            for k in shown
+            if k in f
+        )
+        for f in flats
+    ]
     legend = []
     if any(len(label) > max_label for label in labels):
         legend = [f"S{i + 1}: {label}" for i, label in enumerate(labels)]

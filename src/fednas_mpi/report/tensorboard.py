@@ -24,8 +24,14 @@ from ..nas.spec import genotype_of
 from ..store import checkpoint_path
 
 SUBDIR = "tensorboard"
-ARCH = ("ops_alive", "combos_alive", "temperature", "acc_before_prune", "acc_after_prune",
-        "distinct_subnets")
+ARCH = (
+    "ops_alive",
+    "combos_alive",
+    "temperature",
+    "acc_before_prune",
+    "acc_after_prune",
+    "distinct_subnets",
+)
 
 
 class TensorBoardUnavailable(RuntimeError):
@@ -47,7 +53,8 @@ def _writer_class():
     except ImportError:
         raise TensorBoardUnavailable(
             "store.tensorboard is true but the tensorboard package is not installed: "
-            "pip install 'fednas-mpi[tensorboard]' (or set store.tensorboard: false)") from None
+            "pip install 'fednas-mpi[tensorboard]' (or set store.tensorboard: false)"
+        ) from None
     return SummaryWriter
 
 
@@ -74,16 +81,18 @@ class TensorBoardLog:
             if math.isfinite(value):
                 self.writer.add_scalar(tag(name), float(value), step)
         spec = self._spec(step)
-        stage = metrics.get("stage") if isinstance(metrics.get("stage"), str) else \
-            spec.get("_stage")
+        stage = (
+            metrics.get("stage") if isinstance(metrics.get("stage"), str) else spec.get("_stage")
+        )
         if stage and stage != self.stage:
             self.writer.add_text("stage", str(stage), step)
             self.stage = stage
         genotype = g.text if (g := genotype_of(spec)) is not None else None
         if genotype and genotype != self.genotype:
             # Markdown: one line per cell type, kept as written
-            self.writer.add_text("genotype", "\n\n".join(
-                f"`{line}`" for line in genotype.splitlines()), step)
+            self.writer.add_text(
+                "genotype", "\n\n".join(f"`{line}`" for line in genotype.splitlines()), step
+            )
             self.genotype = genotype
         self.writer.flush()
 

@@ -78,8 +78,11 @@ def bcast_object(comm: MPI.Comm, obj, poll_s: float, root: int = 0):
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         n[0] = len(data)
     bcast_array(comm, n, poll_s, root)
-    payload = np.frombuffer(data, dtype=np.uint8).copy() if comm.Get_rank() == root \
+    payload = (
+        np.frombuffer(data, dtype=np.uint8).copy()
+        if comm.Get_rank() == root
         else np.empty(int(n[0]), dtype=np.uint8)
+    )
     bcast_array(comm, payload, poll_s, root)
     return obj if comm.Get_rank() == root else pickle.loads(payload.tobytes())
 

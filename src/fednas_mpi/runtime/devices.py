@@ -42,15 +42,18 @@ def choose(rank: int, worker_index: int, visible: int, rt: RuntimeConfig) -> str
         return "cpu"
     if visible == 0:
         if rt.device == "cuda":
-            raise DeviceError("runtime.device = cuda, but torch sees no GPU on this node "
-                              "(check CUDA_VISIBLE_DEVICES and the job's GPU request), or "
-                              "use runtime.device: auto / cpu")
+            raise DeviceError(
+                "runtime.device = cuda, but torch sees no GPU on this node "
+                "(check CUDA_VISIBLE_DEVICES and the job's GPU request), or "
+                "use runtime.device: auto / cpu"
+            )
         return "cpu"
     ids = list(rt.gpus) or list(range(visible))
     missing = [g for g in ids if g >= visible]
     if missing:
-        raise DeviceError(f"runtime.gpus = {list(rt.gpus)}: GPU(s) {missing} not visible "
-                          f"(torch sees {visible})")
+        raise DeviceError(
+            f"runtime.gpus = {list(rt.gpus)}: GPU(s) {missing} not visible (torch sees {visible})"
+        )
     if worker_index < 0:
         return f"cuda:{ids[0]}" if rt.server_device == "gpu" else "cpu"
     return f"cuda:{ids[worker_index % len(ids)]}"
@@ -71,8 +74,7 @@ def place(comm: MPI.Comm, rt: RuntimeConfig) -> tuple[Placement | None, list[Pla
     error, placement = "", None
     try:
         visible = torch.cuda.device_count() if rt.device != "cpu" else 0
-        placement = Placement(me, socket.gethostname(), local_rank,
-                              choose(me, index, visible, rt))
+        placement = Placement(me, socket.gethostname(), local_rank, choose(me, index, visible, rt))
     except DeviceError as e:
         error = f"[rank {me}] {e}"
     # Process-wide choices, made on every rank (harmless where there is no GPU).
@@ -100,8 +102,7 @@ def describe(placements: list[Placement]) -> str:
                 runs[-1] = (runs[-1][0], p.rank, p.device)
             else:
                 runs.append((p.rank, p.rank, p.device))
-        text = ", ".join(f"rank {a} {d}" if a == b else f"ranks {a}-{b} {d}"
-                         for a, b, d in runs)
+        text = ", ".join(f"rank {a} {d}" if a == b else f"ranks {a}-{b} {d}" for a, b, d in runs)
         parts.append(f"{host}: {text}")
     return "; ".join(parts)
 

@@ -38,14 +38,19 @@ def _describe(kind: str, name: str, t: torch.Tensor) -> str:
     flat = t.detach().reshape(-1)
     bad = ~torch.isfinite(flat)
     first = int(bad.nonzero()[0])
-    return (f"{kind} tensor {name!r} (shape {tuple(t.shape)}): {int(bad.sum())} of "
-            f"{flat.numel()} values not finite, first {float(flat[first])} at index {first}")
+    return (
+        f"{kind} tensor {name!r} (shape {tuple(t.shape)}): {int(bad.sum())} of "
+        f"{flat.numel()} values not finite, first {float(flat[first])} at index {first}"
+    )
 
 
-def check_client(state: Mapping[str, torch.Tensor], weight: float,
-                 metrics: Mapping[str, float],
-                 client_state: Mapping[str, torch.Tensor] | None,
-                 aux: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> str | None:
+def check_client(
+    state: Mapping[str, torch.Tensor],
+    weight: float,
+    metrics: Mapping[str, float],
+    client_state: Mapping[str, torch.Tensor] | None,
+    aux: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+) -> str | None:
     """What is wrong with one client result, or None when it is finite throughout.
     ``aux``: the result's auxiliary tensors by channel (``{"aux": ..., "client aux": ...}``),
     checked like the state: a NaN there would poison the server step as surely."""
@@ -78,12 +83,14 @@ def judge_round(policy: str, round_: int, clients, dropped: Mapping[int, str]) -
     if policy == "abort":
         raise NonFiniteError(
             f"non-finite client result in {where}{more} (run.on_nonfinite: abort). No "
-            f"checkpoint of this round was written.")
+            f"checkpoint of this round was written."
+        )
     if len(dropped) >= len(clients):
         raise NonFiniteError(
             f"every client of round {round_ + 1} ({len(clients)}) returned a non-finite "
             f"result, first {where}; nothing is left to average. No checkpoint of this "
-            f"round was written.")
+            f"round was written."
+        )
 
 
 def check_global(state: Mapping[str, torch.Tensor], round_: int) -> None:
@@ -93,25 +100,31 @@ def check_global(state: Mapping[str, torch.Tensor], round_: int) -> None:
         raise NonFiniteError(
             f"non-finite global model after round {round_ + 1}'s server step: "
             f"{_describe('global', name, state[name])}. No checkpoint of this round was "
-            f"written.")
+            f"written."
+        )
 
 
 def check_loss(loss: float, round_: int, evaluated: bool = True) -> None:
     """The server test loss: when it was measured NaN is as bad as Inf (unmeasured it is
     NaN by convention, and only Inf is an error)."""
     if math.isinf(loss) or (evaluated and math.isnan(loss)):
-        raise NonFiniteError(f"server test loss is {loss} after round {round_ + 1}. No "
-                             f"checkpoint of this round was written.")
+        raise NonFiniteError(
+            f"server test loss is {loss} after round {round_ + 1}. No "
+            f"checkpoint of this round was written."
+        )
 
 
-def mark_dropped(values: dict[str, dict[int, float]], dropped: Mapping[int, str],
-                 policy: str) -> dict[str, dict[int, float]]:
+def mark_dropped(
+    values: dict[str, dict[int, float]], dropped: Mapping[int, str], policy: str
+) -> dict[str, dict[int, float]]:
     """Per-client values of a round with the dropped clients' entries NaN and, under
     ``skip_client``, a ``dropped`` entry (1 dropped, 0 kept) for every client of the round."""
     if policy != "skip_client":
         return values
-    out = {name: {c: (float("nan") if c in dropped else v) for c, v in per.items()}
-           for name, per in values.items()}
+    out = {
+        name: {c: (float("nan") if c in dropped else v) for c, v in per.items()}
+        for name, per in values.items()
+    }
     clients = sorted(set().union(*(per.keys() for per in values.values())) | set(dropped))
     out["dropped"] = {c: float(c in dropped) for c in clients}
     return out

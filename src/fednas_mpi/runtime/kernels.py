@@ -25,9 +25,14 @@ def setup_kernels(backend: str, comm: MPI.Comm, poll_s: float) -> tuple[kernels.
             # The others wait politely (polling) while the node's first rank compiles.
             def wait() -> None:
                 mpi.wait(local.Ibarrier(), max(poll_s, 0.01))
+
         result = kernels.load(builder=local.Get_rank() == 0, wait_for_builder=wait)
-    failed = mpi.agree(comm, None if result.ok else
-                       f"rank {comm.Get_rank()} could not load the fused kernels: {result.error}")
+    failed = mpi.agree(
+        comm,
+        None
+        if result.ok
+        else f"rank {comm.Get_rank()} could not load the fused kernels: {result.error}",
+    )
     if failed is not None and result.ok:
         result = LoadResult(False, result.source, result.path, failed)
     try:

@@ -15,8 +15,14 @@ def _hms(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, start: int = 0, stream: TextIO | None = None,
-                 live: bool | None = None, width: int = 24):
+    def __init__(
+        self,
+        total: int,
+        start: int = 0,
+        stream: TextIO | None = None,
+        live: bool | None = None,
+        width: int = 24,
+    ):
         self.total, self.start = total, start
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty() if live is None else live
@@ -34,8 +40,10 @@ class Progress:
         per_round = elapsed / max(done - self.start, 1)
         eta = per_round * (self.total - done)
         stage = metrics.get("stage")
-        fields = (f"acc {self.last_acc:.4f}  loss {self.last_loss:.4f}  "
-                  f"{metrics.get('round_time', float('nan')):.2f}s/round  ETA {_hms(eta)}")
+        fields = (
+            f"acc {self.last_acc:.4f}  loss {self.last_loss:.4f}  "
+            f"{metrics.get('round_time', float('nan')):.2f}s/round  ETA {_hms(eta)}"
+        )
         if self.live:
             filled = int(self.width * done / self.total)
             bar = "#" * filled + "-" * (self.width - filled)

@@ -39,8 +39,7 @@ def loads(assignment: list[list[int]], work_of: np.ndarray) -> list[float]:
     return [float(sum(work_of[c] for c in cs)) for cs in assignment]
 
 
-def patience_exhausted(val_acc: Sequence[float], stoppable: Sequence[bool],
-                       patience: int) -> bool:
+def patience_exhausted(val_acc: Sequence[float], stoppable: Sequence[bool], patience: int) -> bool:
     """Early stopping after the newest round: within the newest run of consecutive
     stoppable rounds (a method's last stage), the validations made (finite entries of
     ``val_acc``; one per round, NaN where none was made) have not beaten their best for

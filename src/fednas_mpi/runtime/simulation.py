@@ -79,11 +79,17 @@ class Plan:
 
 
 def versions() -> str:
-    return json.dumps({
-        "fednas_mpi": __version__, "python": platform.python_version(),
-        "torch": torch.__version__, "numpy": np.__version__, "h5py": h5py.__version__,
-        "mpi4py": mpi4py.__version__, "mpi": MPI.Get_library_version().splitlines()[0].strip(),
-    })
+    return json.dumps(
+        {
+            "fednas_mpi": __version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "h5py": h5py.__version__,
+            "mpi4py": mpi4py.__version__,
+            "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+        }
+    )
 
 
 def _concat(states: list[tuple[int, State]]) -> tuple[list, np.ndarray]:
@@ -92,8 +98,9 @@ def _concat(states: list[tuple[int, State]]) -> tuple[list, np.ndarray]:
     return meta, (np.concatenate(parts) if parts else np.empty(0))
 
 
-def fold_in_order(reqs: list[MPI.Request], bufs: list[np.ndarray], size: int,
-                  poll_s: float) -> tuple[np.ndarray, float]:
+def fold_in_order(
+    reqs: list[MPI.Request], bufs: list[np.ndarray], size: int, poll_s: float
+) -> tuple[np.ndarray, float]:
     """Sum ``bufs[i][:size]`` in index order, each folded in as soon as it and every
     buffer before it have arrived (non-blocking), so folding overlaps the slower
     senders' work while the float64 result is the same for any arrival order.
@@ -125,13 +132,17 @@ def _split(meta: list, buf: np.ndarray) -> dict[int, State]:
     out, pos = {}, 0
     for cid, lm in meta:
         layout = Layout.from_meta(lm)
-        out[int(cid)] = layout.unpack(buf[pos:pos + layout.size])
+        out[int(cid)] = layout.unpack(buf[pos : pos + layout.size])
         pos += layout.size
     return out
 
 
-def _append_clients(history: dict[str, np.ndarray], values: dict[str, dict[int, float]],
-                    rounds_before: int, num_clients: int) -> dict[str, np.ndarray]:
+def _append_clients(
+    history: dict[str, np.ndarray],
+    values: dict[str, dict[int, float]],
+    rounds_before: int,
+    num_clients: int,
+) -> dict[str, np.ndarray]:
     """Add one round's row (NaN for clients not sampled) to rounds x clients arrays."""
     out = {}
     for name in set(history) | set(values):
@@ -162,9 +173,11 @@ def summed_layout(state: State, aux_shapes: dict[str, tuple[int, ...]]) -> Layou
     if clash:
         raise ValueError(f"aux entries {clash[:3]} have the names of global state entries")
     base = Layout.of(state)
-    return Layout(base.names + tuple(aux_shapes),
-                  base.shapes + tuple(tuple(s) for s in aux_shapes.values()),
-                  base.dtypes + (torch.float64,) * len(aux_shapes))
+    return Layout(
+        base.names + tuple(aux_shapes),
+        base.shapes + tuple(tuple(s) for s in aux_shapes.values()),
+        base.dtypes + (torch.float64,) * len(aux_shapes),
+    )
 
 
 def _method_times(metrics: dict[str, float], times: dict[str, float], aggregate: float) -> None:
@@ -174,8 +187,9 @@ def _method_times(metrics: dict[str, float], times: dict[str, float], aggregate:
     metrics["compute_time"] = times["compute"]
     metrics["comm_time"] = times["comm"]
     # the method's own time: what a deployment would spend (evaluation apart)
-    metrics["method_time"] = (metrics["aggregate_time"] + metrics["compute_time"]
-                              + metrics["comm_time"])
+    metrics["method_time"] = (
+        metrics["aggregate_time"] + metrics["compute_time"] + metrics["comm_time"]
+    )
 
 
 @dataclass
@@ -203,8 +217,14 @@ class _Reports:
 
 
 class Simulation:
-    def __init__(self, cfg: Config, comm: MPI.Comm, dataset: Dataset, partition: Partition,
-                 algorithm: Algorithm):
+    def __init__(
+        self,
+        cfg: Config,
+        comm: MPI.Comm,
+        dataset: Dataset,
+        partition: Partition,
+        algorithm: Algorithm,
+    ):
         self.cfg, self.comm = cfg, comm
         self.dataset, self.partition, self.algorithm = dataset, partition, algorithm
         self.poll = cfg.runtime.poll_interval_ms / 1000.0
@@ -224,8 +244,7 @@ class Simulation:
     def _open_transport(self) -> None:
         """Collective (serve and work_loop start together): the runtime.transport."""
         devices = [p.device for p in self.placements] or None
-        self.transport = make_transport(self.cfg.runtime.transport, self.comm, self.poll,
-                                        devices)
+        self.transport = make_transport(self.cfg.runtime.transport, self.comm, self.poll, devices)
 
     def _close_transport(self) -> None:
         if self.transport is not None:
@@ -237,39 +256,59 @@ class Simulation:
         split = self.partition.clients[cid]
         d = self.dataset
         # train_inputs normalises only this client's images (the pool may be stored as uint8)
-        return ClientData(cid, d.train_inputs(split.train), d.train_y[split.train],
-                          d.train_inputs(split.eval), d.train_y[split.eval],
-                          augment=d.augment).to(self.algorithm.device)
+        return ClientData(
+            cid,
+            d.train_inputs(split.train),
+            d.train_y[split.train],
+            d.train_inputs(split.eval),
+            d.train_y[split.eval],
+            augment=d.augment,
+        ).to(self.algorithm.device)
 
-    def run_clients(self, model: GlobalModel, clients: list[int], ctx: RoundContext,
-                    states_in: dict[int, State], round_clients: list[int]
-                    ) -> tuple[ClientSums, dict[int, State], dict[int, State], float]:
+    def run_clients(
+        self,
+        model: GlobalModel,
+        clients: list[int],
+        ctx: RoundContext,
+        states_in: dict[int, State],
+        round_clients: list[int],
+    ) -> tuple[ClientSums, dict[int, State], dict[int, State], float]:
         """Run the client update of each client in turn; pre-reduce the results (state and
         mean-reduced aux in one buffer). ``round_clients`` (all of the round's clients,
         sorted) fixes the per-client slots. Returns (sums, updated client states, each
         client's ``client_aux``, seconds)."""
         t0 = time.perf_counter()
         declared = self.algorithm.aux_shapes(model)
-        sums = ClientSums(summed_layout(model.state, declared), self.algorithm.client_metrics,
-                          round_clients)
+        sums = ClientSums(
+            summed_layout(model.state, declared), self.algorithm.client_metrics, round_clients
+        )
         states_out: dict[int, State] = {}
         aux_out: dict[int, State] = {}
         self.dropped = {}
         for cid in clients:
-            res = self.algorithm.client_update(model, self.client_data(cid), ctx,
-                                               states_in.get(cid))
+            res = self.algorithm.client_update(
+                model, self.client_data(cid), ctx, states_in.get(cid)
+            )
             if set(res.aux) != set(declared):
-                raise ValueError(f"{self.algorithm.name}: client {cid} returned aux entries "
-                                 f"{sorted(res.aux)}, aux_shapes declares {sorted(declared)}")
+                raise ValueError(
+                    f"{self.algorithm.name}: client {cid} returned aux entries "
+                    f"{sorted(res.aux)}, aux_shapes declares {sorted(declared)}"
+                )
             state = faults.poison_client(ctx.round, cid, on_cpu(res.state))
             aux, client_aux = on_cpu(res.aux), on_cpu(res.client_aux)
-            bad = guards.check_client(state, res.weight, res.metrics, res.client_state,
-                                      {"aux": aux, "client aux": client_aux})
+            bad = guards.check_client(
+                state,
+                res.weight,
+                res.metrics,
+                res.client_state,
+                {"aux": aux, "client aux": client_aux},
+            )
             if bad is not None:  # never folded in; the server applies run.on_nonfinite
                 self.dropped[cid] = bad
                 continue
-            sums.add({**state, **{k: aux[k] for k in declared}}, res.weight, res.metrics,
-                     client=cid)
+            sums.add(
+                {**state, **{k: aux[k] for k in declared}}, res.weight, res.metrics, client=cid
+            )
             if res.client_state is not None:
                 states_out[cid] = on_cpu(res.client_state)
             if client_aux:
@@ -277,13 +316,21 @@ class Simulation:
         return sums, states_out, aux_out, time.perf_counter() - t0
 
     def context(self, round_: int, stage: str | None = None) -> RoundContext:
-        return RoundContext(round_, self.cfg.run.rounds, self.cfg.run.seed,
-                            stage if stage is not None else self.algorithm.stage(round_))
+        return RoundContext(
+            round_,
+            self.cfg.run.rounds,
+            self.cfg.run.seed,
+            stage if stage is not None else self.algorithm.stage(round_),
+        )
 
     # ------------------------------------------------------------ server
-    def serve(self, run_dir, resume: Checkpoint | None = None,
-              on_round: Callable[[int, dict[str, float]], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> GlobalModel:
+    def serve(
+        self,
+        run_dir,
+        resume: Checkpoint | None = None,
+        on_round: Callable[[int, dict[str, float]], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> GlobalModel:
         """Run the rounds from ``resume`` (or from scratch) to ``run.rounds``. After each
         round's checkpoint, ``should_stop()`` true ends the run early (preemption): the
         workers are released and ``self.stopped_after`` holds the rounds completed.
@@ -300,8 +347,9 @@ class Simulation:
         for r in range(run.start, cfg.run.rounds):
             t_round = time.perf_counter()
             ctx = self.context(r)
-            clients = sample_clients(cfg.run.seed, r, cfg.partition.num_clients,
-                                     cfg.federation.clients_per_round)
+            clients = sample_clients(
+                cfg.run.seed, r, cfg.partition.num_clients, cfg.federation.clients_per_round
+            )
             reports = self._client_updates(ctx, run, clients)
             t_agg = time.perf_counter()
             averaged, metrics = self._aggregate(ctx, run, clients, reports)
@@ -329,11 +377,14 @@ class Simulation:
             return _Run(_on_cpu(self.algorithm.init_global()), {}, {}, [], {}, 0)
         if resume.rng_torch_cpu is not None:
             torch.set_rng_state(resume.rng_torch_cpu)
-        return _Run(GlobalModel(resume.spec, resume.state, resume.server_state),
-                    dict(resume.client_states), {k: list(v) for k, v in resume.metrics.items()},
-                    list(resume.stages),
-                    dict(resume.client_metrics),  # empty from checkpoints before it existed
-                    resume.round)
+        return _Run(
+            GlobalModel(resume.spec, resume.state, resume.server_state),
+            dict(resume.client_states),
+            {k: list(v) for k, v in resume.metrics.items()},
+            list(resume.stages),
+            dict(resume.client_metrics),  # empty from checkpoints before it existed
+            resume.round,
+        )
 
     def _fixed_record(self) -> dict:
         """What every checkpoint of this run stores unchanged: config, partition, attrs."""
@@ -345,10 +396,16 @@ class Simulation:
             "train_hist": self.partition.histograms(labels, "train"),
             "eval_hist": self.partition.histograms(labels, "eval"),
         }
-        attrs = {"rounds_planned": cfg.run.rounds, "world_size": self.comm.Get_size(),
-                 "seed": cfg.run.seed, "algorithm": cfg.algorithm.name,
-                 "dataset": cfg.data.name, "versions": versions(),
-                 "kernels": kernels.status().backend, "devices": to_json(self.placements)}
+        attrs = {
+            "rounds_planned": cfg.run.rounds,
+            "world_size": self.comm.Get_size(),
+            "seed": cfg.run.seed,
+            "algorithm": cfg.algorithm.name,
+            "dataset": cfg.data.name,
+            "versions": versions(),
+            "kernels": kernels.status().backend,
+            "devices": to_json(self.placements),
+        }
         return {"config_yaml": to_yaml(cfg), "partition": partition, "attrs": attrs}
 
     def _client_updates(self, ctx: RoundContext, run: _Run, clients: list[int]) -> _Reports:
@@ -357,13 +414,15 @@ class Simulation:
         assignment = assign(clients, self.work[clients], self.num_workers)
         layout = Layout.of(run.model.state)
         sent = (run.model.spec_json(), layout)
-        reports = self._dispatch(ctx, run.model, layout, assignment, run.client_states,
-                                 spec_changed=sent != run.sent)
+        reports = self._dispatch(
+            ctx, run.model, layout, assignment, run.client_states, spec_changed=sent != run.sent
+        )
         run.sent = sent
         return reports
 
-    def _aggregate(self, ctx: RoundContext, run: _Run, clients: list[int], reports: _Reports
-                   ) -> tuple[State, dict[str, float]]:
+    def _aggregate(
+        self, ctx: RoundContext, run: _Run, clients: list[int], reports: _Reports
+    ) -> tuple[State, dict[str, float]]:
         """FedAvg of the reports (Algorithm 1, lines 7-8; aux means included), each
         client's own metrics, its new stored state and the method's per-client server
         update. Returns (averaged, the round's metrics so far)."""
@@ -372,25 +431,35 @@ class Simulation:
         sums = ClientSums(reports.layout, self.algorithm.client_metrics, clients)
         averaged, metrics = sums.finish(reports.total)
         run.per_client = _append_clients(
-            run.per_client, guards.mark_dropped(sums.per_client(reports.total), self.dropped,
-                                                cfg.run.on_nonfinite),
-            len(run.stages), cfg.partition.num_clients)
+            run.per_client,
+            guards.mark_dropped(sums.per_client(reports.total), self.dropped, cfg.run.on_nonfinite),
+            len(run.stages),
+            cfg.partition.num_clients,
+        )
         run.client_states.update(reports.states)
         updated = self.algorithm.server_client_step(
-            run.client_states, sorted(int(c) for c in clients), reports.aux, metrics, ctx)
+            run.client_states, sorted(int(c) for c in clients), reports.aux, metrics, ctx
+        )
         run.client_states.update({c: on_cpu(st) for c, st in updated.items()})
         metrics.update(guards.round_metrics(cfg.run.on_nonfinite, self.dropped))
         return averaged, metrics
 
-    def _server_step(self, ctx: RoundContext, run: _Run, averaged: State,
-                     metrics: dict[str, float]) -> None:
+    def _server_step(
+        self, ctx: RoundContext, run: _Run, averaged: State, metrics: dict[str, float]
+    ) -> None:
         """The method's server step: the next global model (a pruning or a derivation
         changes its spec)."""
         run.model = _on_cpu(self.algorithm.server_step(run.model, averaged, metrics, ctx))
         guards.check_global(run.model.state, ctx.round)
 
-    def _evaluate(self, ctx: RoundContext, run: _Run, old_spec: dict, averaged: State,
-                  metrics: dict[str, float]) -> bool:
+    def _evaluate(
+        self,
+        ctx: RoundContext,
+        run: _Run,
+        old_spec: dict,
+        averaged: State,
+        metrics: dict[str, float],
+    ) -> bool:
         """Measure the new global model (apart from the method's time): ``val_acc`` on
         ``run.val_every``'s schedule, then, as that decides whether this round is the
         last, the server test set, the accuracies around a pruning and the personalised
@@ -399,11 +468,16 @@ class Simulation:
         cfg, model, r = self.cfg, run.model, ctx.round
         if cfg.run.val_every and ctx.is_due(cfg.run.val_every):
             metrics["val_loss"], metrics["val_acc"] = self.algorithm.evaluate_global(
-                model, *self._val_set(), run.client_states)
+                model, *self._val_set(), run.client_states
+            )
         early = patience_exhausted(
-            [*run.history.get("val_acc", [float("nan")] * len(run.stages)),
-             metrics.get("val_acc", float("nan"))],
-            [self.algorithm.can_stop(i) for i in range(r + 1)], cfg.run.patience)
+            [
+                *run.history.get("val_acc", [float("nan")] * len(run.stages)),
+                metrics.get("val_acc", float("nan")),
+            ],
+            [self.algorithm.can_stop(i) for i in range(r + 1)],
+            cfg.run.patience,
+        )
         last = r + 1 == cfg.run.rounds or early
         loss = acc = float("nan")
         changed = model.spec != old_spec
@@ -421,8 +495,15 @@ class Simulation:
         metrics.update(global_loss=loss, global_acc=acc, eval_time=time.perf_counter() - t_eval)
         return early
 
-    def _record(self, run_dir, ctx: RoundContext, run: _Run, metrics: dict[str, float],
-                fixed: dict, early: bool) -> None:
+    def _record(
+        self,
+        run_dir,
+        ctx: RoundContext,
+        run: _Run,
+        metrics: dict[str, float],
+        fixed: dict,
+        early: bool,
+    ) -> None:
         """Append the round to the history and write its checkpoint (then store.keep)."""
         metrics["checkpoint_time"] = float("nan")
         for name in set(run.history) | set(metrics):
@@ -432,18 +513,28 @@ class Simulation:
         t_ckpt = time.perf_counter()
         model, r = run.model, ctx.round
         write_checkpoint(
-            run_dir, r + 1, config_yaml=fixed["config_yaml"], spec=model.spec,
-            state=model.state, server_state=model.server_state,
+            run_dir,
+            r + 1,
+            config_yaml=fixed["config_yaml"],
+            spec=model.spec,
+            state=model.state,
+            server_state=model.server_state,
             client_states=run.client_states,
-            metrics={k: np.asarray(v) for k, v in run.history.items()}, stages=run.stages,
+            metrics={k: np.asarray(v) for k, v in run.history.items()},
+            stages=run.stages,
             partition=fixed["partition"],
-            attrs={**fixed["attrs"], "stage": ctx.stage,
-                   **({"stopped_early": r + 1} if early else {})},
-            client_metrics=run.per_client)
+            attrs={
+                **fixed["attrs"],
+                "stage": ctx.stage,
+                **({"stopped_early": r + 1} if early else {}),
+            },
+            client_metrics=run.per_client,
+        )
         prune_old(run_dir, self.cfg.store.keep)
         # stored from the next round's file on (a file cannot hold its own write time)
-        metrics["checkpoint_time"] = run.history["checkpoint_time"][-1] = \
+        metrics["checkpoint_time"] = run.history["checkpoint_time"][-1] = (
             time.perf_counter() - t_ckpt
+        )
 
     def _write_genotype(self, run_dir, model: GlobalModel) -> None:
         """genotype.json beside the checkpoints once a run that derives one has ended
@@ -451,7 +542,8 @@ class Simulation:
         genotype = genotype_of(model.spec)
         if genotype is not None and self.stopped_after is None:
             (Path(run_dir) / "genotype.json").write_text(
-                json.dumps(genotype.to_dict(), indent=2) + "\n")
+                json.dumps(genotype.to_dict(), indent=2) + "\n"
+            )
 
     def release_workers(self, exit_code: int = 0) -> None:
         """End the workers' loops (they exit with ``exit_code``) and close the transport.
@@ -468,8 +560,11 @@ class Simulation:
         if self._test is None or self._test[0].device != dev:
             self._test = (self.dataset.test_x.to(dev), self.dataset.test_y.to(dev))
             idx = eval_subset(len(self._test[1]), self.cfg.run.eval_subset)
-            self._test_sub = self._test if idx is None else \
-                tuple(t[torch.from_numpy(idx).to(dev)] for t in self._test)
+            self._test_sub = (
+                self._test
+                if idx is None
+                else tuple(t[torch.from_numpy(idx).to(dev)] for t in self._test)
+            )
         return self._test if whole else self._test_sub
 
     def _val_set(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -477,28 +572,35 @@ class Simulation:
         the clients' own held-out data, for ``val_acc`` (built once)."""
         if self._val is None:
             parts = [self.client_data(c) for c in range(self.cfg.partition.num_clients)]
-            self._val = (torch.cat([p.eval_x for p in parts]),
-                         torch.cat([p.eval_y for p in parts]))
+            self._val = (torch.cat([p.eval_x for p in parts]), torch.cat([p.eval_y for p in parts]))
         return self._val
 
-    def personal_accuracies(self, model: GlobalModel, client_states: dict[int, State],
-                            ctx: RoundContext) -> dict[str, float]:
+    def personal_accuracies(
+        self, model: GlobalModel, client_states: dict[int, State], ctx: RoundContext
+    ) -> dict[str, float]:
         """Mean and std over all clients (each counted once; empty eval splits left out)
         of the accuracy of each client's personalised model on its eval split (Table 5).
 
         Runs on the server, which holds the data of every client and their stored state,
         so the result does not depend on the rank count.
         """
-        accs = np.array([self.algorithm.personal_accuracy(model, self.client_data(c),
-                                                          client_states.get(c), ctx)
-                         for c in range(self.cfg.partition.num_clients)], dtype=np.float64)
+        accs = np.array(
+            [
+                self.algorithm.personal_accuracy(
+                    model, self.client_data(c), client_states.get(c), ctx
+                )
+                for c in range(self.cfg.partition.num_clients)
+            ],
+            dtype=np.float64,
+        )
         accs = accs[np.isfinite(accs)]
         if not accs.size:
             return {}
         return {"personal_acc": float(accs.mean()), "personal_acc_std": float(accs.std())}
 
-    def _prune_accuracies(self, old_spec: dict, averaged: State, new: GlobalModel,
-                          new_acc: float, test) -> dict[str, float]:
+    def _prune_accuracies(
+        self, old_spec: dict, averaged: State, new: GlobalModel, new_acc: float, test
+    ) -> dict[str, float]:
         """The server step changed the architecture (pruning): accuracy of the averaged
         model just before (``acc_before_prune``) and of the new architecture with the
         weights it inherits from it (``acc_after_prune``; paper Table 3). A method that
@@ -508,16 +610,21 @@ class Simulation:
         if all(new.state[k] is averaged.get(k) for k in new.state):
             acc_after = new_acc  # the new model is the averaged one, restricted
         elif all(k in averaged for k in new.state):
-            inherited = GlobalModel(new.spec, {k: averaged[k] for k in new.state},
-                                    new.server_state)
+            inherited = GlobalModel(new.spec, {k: averaged[k] for k in new.state}, new.server_state)
             _, acc_after = self.algorithm.evaluate(inherited, *test)
         else:
             acc_after = float("nan")
         return {"acc_before_prune": acc_before, "acc_after_prune": acc_after}
 
-    def _dispatch(self, ctx: RoundContext, model: GlobalModel, layout: Layout,
-                  assignment: list[list[int]], client_states: dict[int, State],
-                  spec_changed: bool) -> _Reports:
+    def _dispatch(
+        self,
+        ctx: RoundContext,
+        model: GlobalModel,
+        layout: Layout,
+        assignment: list[list[int]],
+        client_states: dict[int, State],
+        spec_changed: bool,
+    ) -> _Reports:
         """Run a round's clients (here or on the workers) and fold their partial sums.
 
         Returns the reports with times ``compute`` (slowest worker), ``comm`` (the rest of
@@ -527,22 +634,34 @@ class Simulation:
         size = ClientSums.buffer_size(summed, self.algorithm.client_metrics, len(round_clients))
         if self.comm.Get_size() == 1:
             sums, states, aux, seconds = self.run_clients(
-                model, assignment[0], ctx, client_states, round_clients)  # sets self.dropped
+                model, assignment[0], ctx, client_states, round_clients
+            )  # sets self.dropped
             t0 = time.perf_counter()
             total = np.zeros(size, dtype=np.float64)
             total += sums.buffer  # as the server adds worker buffers: 0 + p_1 (bit-equal)
-            return _Reports(summed, total, states, aux,
-                            {"compute": seconds, "comm": 0.0, "fold": time.perf_counter() - t0})
+            return _Reports(
+                summed,
+                total,
+                states,
+                aux,
+                {"compute": seconds, "comm": 0.0, "fold": time.perf_counter() - t0},
+            )
         comm, poll = self.comm, self.poll
         t_start = time.perf_counter()
-        incoming = {w: [(c, client_states[c]) for c in cs if c in client_states]
-                    for w, cs in enumerate(assignment)}
+        incoming = {
+            w: [(c, client_states[c]) for c in cs if c in client_states]
+            for w, cs in enumerate(assignment)
+        }
         incoming = {w: v for w, v in incoming.items() if v}
         packed = {w: _concat(v) for w, v in incoming.items()}
-        plan = Plan(round=ctx.round, stage=ctx.stage, assignment=assignment,
-                    spec_json=model.spec_json() if spec_changed else None,
-                    layout_meta=layout.to_meta() if spec_changed else None,
-                    incoming={w: meta for w, (meta, _) in packed.items()})
+        plan = Plan(
+            round=ctx.round,
+            stage=ctx.stage,
+            assignment=assignment,
+            spec_json=model.spec_json() if spec_changed else None,
+            layout_meta=layout.to_meta() if spec_changed else None,
+            incoming={w: meta for w, (meta, _) in packed.items()},
+        )
         busy = [w for w, cs in enumerate(assignment) if cs]
         # Post the receives before anything else so early finishers never wait on us.
         bufs = {w: np.empty(size + 1, dtype=np.float64) for w in busy}
@@ -563,13 +682,13 @@ class Simulation:
                 buf = np.empty(sum(Layout.from_meta(m).size for _, m in meta + aux_meta))
                 mpi.recv_array(comm, buf, w + 1, TAG_STATES_OUT, poll)
                 states.update(_split(meta, buf))
-                aux.update(_split(aux_meta, buf[sum(Layout.from_meta(m).size
-                                                    for _, m in meta):]))
+                aux.update(_split(aux_meta, buf[sum(Layout.from_meta(m).size for _, m in meta) :]))
         compute = max((float(bufs[w][-1]) for w in busy), default=0.0)
         t_end = time.perf_counter()
         comm_s = max(t_arrived - t_start - compute, 0.0) + (t_end - t_arrived - fold_tail)
-        return _Reports(summed, total, states, aux,
-                        {"compute": compute, "comm": comm_s, "fold": fold_tail})
+        return _Reports(
+            summed, total, states, aux, {"compute": compute, "comm": comm_s, "fold": fold_tail}
+        )
 
     # ------------------------------------------------------------ worker
     def work_loop(self) -> None:
@@ -600,7 +719,8 @@ class Simulation:
             model = GlobalModel(spec, layout.unpack(buf))
             ctx = self.context(plan.round, plan.stage)
             sums, states_out, aux_out, seconds = self.run_clients(
-                model, mine, ctx, states_in, sorted(c for cs in plan.assignment for c in cs))
+                model, mine, ctx, states_in, sorted(c for cs in plan.assignment for c in cs)
+            )
             self.transport.send(np.append(sums.buffer, seconds), 0)
             # the updated client states, then the clients' own aux, in one array
             meta, out = _concat(sorted(states_out.items()))

@@ -94,8 +94,13 @@ def _address(comm: MPI.Comm) -> str:
 class TorchTransport:
     name = "torch"
 
-    def __init__(self, comm: MPI.Comm, poll_s: float, devices: list[str] | None = None,
-                 timeout_s: float = 7 * 86400.0):
+    def __init__(
+        self,
+        comm: MPI.Comm,
+        poll_s: float,
+        devices: list[str] | None = None,
+        timeout_s: float = 7 * 86400.0,
+    ):
         # A long timeout: a worker's round may take hours at paper scale, and a failing rank
         # aborts the whole job through the MPI abort hooks anyway.
         import torch.distributed as dist
@@ -113,11 +118,18 @@ class TorchTransport:
         addr, port = mpi.bcast_object(comm, rendezvous, poll_s)
         self.owned = not dist.is_initialized()
         if self.owned:
-            dist.init_process_group(self.backend, init_method=f"tcp://{addr}:{port}",
-                                    rank=comm.Get_rank(), world_size=comm.Get_size(),
-                                    timeout=datetime.timedelta(seconds=timeout_s))
-        self.device = torch.device(devices[comm.Get_rank()]) if self.backend == "nccl" \
+            dist.init_process_group(
+                self.backend,
+                init_method=f"tcp://{addr}:{port}",
+                rank=comm.Get_rank(),
+                world_size=comm.Get_size(),
+                timeout=datetime.timedelta(seconds=timeout_s),
+            )
+        self.device = (
+            torch.device(devices[comm.Get_rank()])
+            if self.backend == "nccl"
             else torch.device("cpu")
+        )
         gpu_ranks = [r for r, d in enumerate(devices) if d.startswith("cuda")]
         self.gpu_group = None
         if self.backend == "gloo" and len(gpu_ranks) > 1:  # pragma: no cover - needs GPUs
@@ -165,8 +177,7 @@ class _CopyBack:  # pragma: no cover - needs a GPU
         return False
 
 
-def make_transport(name: str, comm: MPI.Comm, poll_s: float,
-                   devices: list[str] | None = None):
+def make_transport(name: str, comm: MPI.Comm, poll_s: float, devices: list[str] | None = None):
     if name == "torch" and comm.Get_size() > 1:
         return TorchTransport(comm, max(poll_s, 1e-4), devices)
     return MpiTransport(comm, poll_s)

@@ -92,11 +92,14 @@ def _cause(exc: BaseException) -> tuple[str, int | None]:
     if code is None:
         return f"{type(exc).__name__}: {exc}", None
     name = errno.errorcode.get(code, str(code))
-    hint = {errno.ENOSPC: "the file system is full", errno.EDQUOT: "the disk quota is used up",
-            errno.EIO: "the storage reported an I/O error",
-            errno.EACCES: "no permission to write there",
-            errno.EPERM: "no permission to write there",
-            errno.EROFS: "the file system is read-only"}.get(code)
+    hint = {
+        errno.ENOSPC: "the file system is full",
+        errno.EDQUOT: "the disk quota is used up",
+        errno.EIO: "the storage reported an I/O error",
+        errno.EACCES: "no permission to write there",
+        errno.EPERM: "no permission to write there",
+        errno.EROFS: "the file system is read-only",
+    }.get(code)
     text = f"{os.strerror(code)} ({name})"
     return (f"{text}: {hint}" if hint else text), code
 
@@ -156,10 +159,19 @@ def _tensor_group(parent: h5py.Group, name: str, tensors: State) -> None:
     _write_tensors(g, tensors)
 
 
-def _encode(round_: int, config_yaml: str, spec: dict, state: State, server_state: State,
-            client_states: dict[int, State], metrics: dict[str, np.ndarray], stages: list[str],
-            partition: dict[str, np.ndarray], attrs: dict,
-            client_metrics: dict[str, np.ndarray] | None) -> memoryview:
+def _encode(
+    round_: int,
+    config_yaml: str,
+    spec: dict,
+    state: State,
+    server_state: State,
+    client_states: dict[int, State],
+    metrics: dict[str, np.ndarray],
+    stages: list[str],
+    partition: dict[str, np.ndarray],
+    attrs: dict,
+    client_metrics: dict[str, np.ndarray] | None,
+) -> memoryview:
     """The checkpoint as the bytes of an HDF5 file, built in memory. HDF5 never touches the
     disk: a full disk or an I/O error then meets a plain write(2) (a clean OSError with its
     errno), never HDF5's flush at close, which reports such errors from deallocators (as
@@ -198,17 +210,38 @@ def _encode(round_: int, config_yaml: str, spec: dict, state: State, server_stat
     return buf.getbuffer()
 
 
-def write_checkpoint(run_dir: str | Path, round_: int, *, config_yaml: str, spec: dict,
-                     state: State, server_state: State, client_states: dict[int, State],
-                     metrics: dict[str, np.ndarray], stages: list[str],
-                     partition: dict[str, np.ndarray], attrs: dict,
-                     client_metrics: dict[str, np.ndarray] | None = None) -> Path:
+def write_checkpoint(
+    run_dir: str | Path,
+    round_: int,
+    *,
+    config_yaml: str,
+    spec: dict,
+    state: State,
+    server_state: State,
+    client_states: dict[int, State],
+    metrics: dict[str, np.ndarray],
+    stages: list[str],
+    partition: dict[str, np.ndarray],
+    attrs: dict,
+    client_metrics: dict[str, np.ndarray] | None = None,
+) -> Path:
     """Write round ``round_``'s checkpoint atomically and return its path."""
     final = checkpoint_path(run_dir, round_)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
-        data = _encode(round_, config_yaml, spec, state, server_state, client_states,
-                       metrics, stages, partition, attrs, client_metrics)
+        data = _encode(
+            round_,
+            config_yaml,
+            spec,
+            state,
+            server_state,
+            client_states,
+            metrics,
+            stages,
+            partition,
+            attrs,
+            client_metrics,
+        )
         with open(tmp, "wb") as fh:
             half = len(data) // 2
             fh.write(data[:half])
@@ -283,28 +316,36 @@ def read_checkpoint(path: str | Path, *, tensors: bool = True) -> Checkpoint:
         # reader never blocks a writer nor fails on file systems without locking.
         with h5py.File(path, "r", locking=False) as f:
             if f.attrs.get("format") != FORMAT:
-                raise CheckpointError(f"{path}: not a fednas-mpi checkpoint (no format attribute "
-                                      f"{FORMAT!r})")
+                raise CheckpointError(
+                    f"{path}: not a fednas-mpi checkpoint (no format attribute {FORMAT!r})"
+                )
             version = int(f.attrs["format_version"])
             if version > FORMAT_VERSION:
-                raise CheckpointError(f"{path}: format version {version} is newer than this "
-                                      f"fednas-mpi reads ({FORMAT_VERSION}); upgrade fednas-mpi")
+                raise CheckpointError(
+                    f"{path}: format version {version} is newer than this "
+                    f"fednas-mpi reads ({FORMAT_VERSION}); upgrade fednas-mpi"
+                )
             ck = Checkpoint(
                 round=int(f.attrs["round"]),
                 config_yaml=str(f.attrs["config"]),
                 spec=json.loads(f.attrs["spec"]),
-                state={}, attrs={k: _plain(v) for k, v in f.attrs.items()}, path=path)
+                state={},
+                attrs={k: _plain(v) for k, v in f.attrs.items()},
+                path=path,
+            )
             ck.metrics = {k: np.asarray(v[()]) for k, v in f["metrics"].items() if k != "stage"}
-            ck.stages = [s.decode() if isinstance(s, bytes) else str(s)
-                         for s in f["metrics/stage"][()]]
+            ck.stages = [
+                s.decode() if isinstance(s, bytes) else str(s) for s in f["metrics/stage"][()]
+            ]
             if "client_metrics" in f:
-                ck.client_metrics = {k: np.asarray(v[()])
-                                     for k, v in f["client_metrics"].items()}
+                ck.client_metrics = {k: np.asarray(v[()]) for k, v in f["client_metrics"].items()}
             if tensors:
                 ck.state = _without(_read_tensors(f["state"]), _LEGACY_STATE)
                 ck.server_state = _read_tensors(f["server_state"])
-                ck.client_states = {int(c): _without(_read_tensors(g), _LEGACY_CLIENT)
-                                    for c, g in f["clients"].items()}
+                ck.client_states = {
+                    int(c): _without(_read_tensors(g), _LEGACY_CLIENT)
+                    for c, g in f["clients"].items()
+                }
                 ck.rng_torch_cpu = torch.from_numpy(np.asarray(f["rng/torch_cpu"][()]))
     except CheckpointError:
         raise
@@ -334,8 +375,9 @@ def _plain(v):
     return v
 
 
-def newest_readable(run_dir: str | Path, load: Callable[[Path], T] = read_checkpoint,
-                    attempts: int = 3) -> tuple[T | None, list[str]]:
+def newest_readable(
+    run_dir: str | Path, load: Callable[[Path], T] = read_checkpoint, attempts: int = 3
+) -> tuple[T | None, list[str]]:
     """The newest checkpoint of ``run_dir`` that reads back whole: ``load(path)`` of it (by
     default the whole Checkpoint) and a note ``"PATH: why"`` for each newer file passed
     over; (None, notes) when none reads (``no_readable_message`` words that).
@@ -398,5 +440,7 @@ def prune_old(run_dir: str | Path, keep: int) -> None:
         try:
             path.unlink(missing_ok=True)
         except OSError as e:
-            print(f"fednas-mpi: warning: store.keep: could not remove {path}: {e.strerror}",
-                  file=sys.stderr)
+            print(
+                f"fednas-mpi: warning: store.keep: could not remove {path}: {e.strerror}",
+                file=sys.stderr,
+            )

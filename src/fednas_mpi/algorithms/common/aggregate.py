@@ -16,8 +16,9 @@ import torch
 from ...flat import Layout, State
 
 
-def accumulate(total: np.ndarray, layout: Layout, state: Mapping[str, torch.Tensor],
-               weight: float) -> None:
+def accumulate(
+    total: np.ndarray, layout: Layout, state: Mapping[str, torch.Tensor], weight: float
+) -> None:
     """total[:layout.size] += weight * flat(state), in float64."""
     if total.dtype != np.float64:
         raise TypeError("accumulate into a float64 buffer")
@@ -31,8 +32,9 @@ def finish(total: np.ndarray, layout: Layout, weight_sum: float) -> State:
     return layout.unpack(total[: layout.size] / weight_sum)
 
 
-def weighted_average(states: Sequence[Mapping[str, torch.Tensor]],
-                     weights: Sequence[float]) -> State:
+def weighted_average(
+    states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
+) -> State:
     """sum_k (n_k / N) * state_k for every named tensor; N = sum_k n_k."""
     if len(states) != len(weights) or not states:
         raise ValueError("need one weight per state and at least one state")
@@ -58,8 +60,7 @@ class ClientSums:
     (``per_client``).
     """
 
-    def __init__(self, layout: Layout, metric_names: Sequence[str],
-                 clients: Sequence[int] = ()):
+    def __init__(self, layout: Layout, metric_names: Sequence[str], clients: Sequence[int] = ()):
         self.layout = layout
         self.metric_names = tuple(metric_names)
         self.clients = tuple(int(c) for c in clients)
@@ -77,19 +78,26 @@ class ClientSums:
         start = self.layout.size + 1 + 3 * len(self.metric_names)
         return start + self.clients.index(client) * (1 + len(self.metric_names))
 
-    def add(self, state: Mapping[str, torch.Tensor], weight: float,
-            metrics: Mapping[str, float], client: int | None = None) -> None:
+    def add(
+        self,
+        state: Mapping[str, torch.Tensor],
+        weight: float,
+        metrics: Mapping[str, float],
+        client: int | None = None,
+    ) -> None:
         s = self.layout.size
         accumulate(self.buffer, self.layout, state, weight)
         self.buffer[s] += weight
         for i, name in enumerate(self.metric_names):
             m = float(metrics[name])
             if np.isfinite(m):
-                self.buffer[s + 1 + 3 * i: s + 4 + 3 * i] += (weight * m, weight * m * m, weight)
+                self.buffer[s + 1 + 3 * i : s + 4 + 3 * i] += (weight * m, weight * m * m, weight)
         if client is not None and self.clients:
             lo = self._slot(client)
-            self.buffer[lo: lo + 1 + len(self.metric_names)] = (
-                weight, *(float(metrics[n]) for n in self.metric_names))
+            self.buffer[lo : lo + 1 + len(self.metric_names)] = (
+                weight,
+                *(float(metrics[n]) for n in self.metric_names),
+            )
         self.buffer[-1] += 1
 
     def per_client(self, total: np.ndarray) -> dict[str, dict[int, float]]:
@@ -116,7 +124,7 @@ class ClientSums:
         averaged = finish(total, self.layout, weight)
         metrics = {"clients": float(total[-1]), "client_weight": weight}
         for i, name in enumerate(self.metric_names):
-            wm, wm2, w = total[s + 1 + 3 * i: s + 4 + 3 * i]
+            wm, wm2, w = total[s + 1 + 3 * i : s + 4 + 3 * i]
             mean = wm / w if w > 0 else float("nan")
             var = max(wm2 / w - mean * mean, 0.0) if w > 0 else float("nan")
             metrics[name], metrics[name + "_std"] = float(mean), float(np.sqrt(var))

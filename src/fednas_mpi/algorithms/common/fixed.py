@@ -43,8 +43,9 @@ def features(body: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
     """The body's outputs in eval mode (BatchNorm running statistics), in batches."""
     body.eval()
     dev = device_of(body)
-    return torch.cat([body(x[i:i + batch_size].to(dev))
-                      for i in range(0, max(len(x), 1), batch_size)])
+    return torch.cat(
+        [body(x[i : i + batch_size].to(dev)) for i in range(0, max(len(x), 1), batch_size)]
+    )
 
 
 class FixedModelMethod(Algorithm):
@@ -54,8 +55,12 @@ class FixedModelMethod(Algorithm):
         # One module per process, reloaded for every client: building it is
         # cheaper to skip than the state copy is to do.
         if not hasattr(self, "_net"):
-            self._net = build_model(self.cfg.model, self.info.input_shape, self.info.num_classes,
-                                    torch_rng(self.cfg.run.seed, SETUP, SERVER, "model.init"))
+            self._net = build_model(
+                self.cfg.model,
+                self.info.input_shape,
+                self.info.num_classes,
+                torch_rng(self.cfg.run.seed, SETUP, SERVER, "model.init"),
+            )
             self._init_state = clone_state(self._net)  # on the CPU, like every state
             self._net.to(self.device)
         return self._net
@@ -80,23 +85,38 @@ class FixedModelMethod(Algorithm):
         net.load_state_dict(state)
         return net
 
-    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[float, float]:
+    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         return evaluate(self.load(model.state), x, y)
 
-    def train_part(self, net: nn.Module, train: list[nn.Parameter], freeze: list[nn.Parameter],
-                   lr: float, epochs: int, data: ClientData, generator: torch.Generator
-                   ) -> float:
+    def train_part(
+        self,
+        net: nn.Module,
+        train: list[nn.Parameter],
+        freeze: list[nn.Parameter],
+        lr: float,
+        epochs: int,
+        data: ClientData,
+        generator: torch.Generator,
+    ) -> float:
         """SGD epochs on the client's train split updating ``train`` with ``freeze`` held
         fixed (the method's momentum and weight decay); the mean training loss."""
         a = self.cfg.algorithm
         with frozen(freeze):
             opt = torch.optim.SGD(train, lr=lr, momentum=a.momentum, weight_decay=a.weight_decay)
-            return sgd_epochs(net, data.train_x, data.train_y, opt, a.batch_size, epochs,
-                              generator, augment=data.augment)
+            return sgd_epochs(
+                net,
+                data.train_x,
+                data.train_y,
+                opt,
+                a.batch_size,
+                epochs,
+                generator,
+                augment=data.augment,
+            )
 
-    def finetune_head(self, state: State, data: ClientData, epochs: int,
-                      lr: float, generator: torch.Generator) -> float:
+    def finetune_head(
+        self, state: State, data: ClientData, epochs: int, lr: float, generator: torch.Generator
+    ) -> float:
         """Train only the head of the model ``state`` (body and head) on the fixed body's
         features of the client's train split; returns its accuracy on the eval split (nan if
         that is empty).
@@ -109,7 +129,8 @@ class FixedModelMethod(Algorithm):
         a = self.cfg.algorithm
         net = self.load(state)
         f_train, f_eval = features(net.body, data.train_x), features(net.body, data.eval_x)
-        opt = torch.optim.SGD(net.head.parameters(), lr=lr, momentum=a.momentum,
-                              weight_decay=a.weight_decay)
+        opt = torch.optim.SGD(
+            net.head.parameters(), lr=lr, momentum=a.momentum, weight_decay=a.weight_decay
+        )
         sgd_epochs(net.head, f_train, data.train_y, opt, a.batch_size, epochs, generator)
         return evaluate(net.head, f_eval, data.eval_y)[1]

@@ -21,8 +21,12 @@ Loss = Callable[[], torch.Tensor]
 class TaskLearner:
     """M inner SGD steps, learning rate per parameter group (eq. 9)."""
 
-    def __init__(self, groups: Sequence[tuple[Sequence[nn.Parameter], float]], steps: int,
-                 grad_clip: float = 0.0):
+    def __init__(
+        self,
+        groups: Sequence[tuple[Sequence[nn.Parameter], float]],
+        steps: int,
+        grad_clip: float = 0.0,
+    ):
         self.groups, self.steps, self.grad_clip = groups, steps, grad_clip
 
     @torch.no_grad()
@@ -50,14 +54,18 @@ class TaskLearner:
 class MetaLearner:
     """Applies the first-order meta gradient to the original parameters (eq. 10)."""
 
-    def __init__(self, params: Sequence[nn.Parameter],
-                 optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
-                 grad_clip: float = 0.0):
+    def __init__(
+        self,
+        params: Sequence[nn.Parameter],
+        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+        grad_clip: float = 0.0,
+    ):
         """``optimizer``: one, or several over disjoint groups (e.g. SGD for the weights,
         Adam for the alphas); parameters no optimiser holds are restored and not stepped."""
         self.params, self.grad_clip = list(params), grad_clip
-        self.optimizers = [optimizer] if isinstance(optimizer, torch.optim.Optimizer) \
-            else list(optimizer)
+        self.optimizers = (
+            [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
+        )
 
     def step(self, task: TaskLearner, support_loss: Loss, query_loss: Loss) -> tuple[float, float]:
         """Adapt on the support task, take the query gradient there, update the originals.

@@ -36,8 +36,14 @@ class MetaSearch:
     def temperature(self, round_: int) -> float:
         """lambda anneals over the search rounds and stays at its end value after them."""
         f = self.conf
-        return temperature_at(round_, self.search_rounds, f.temperature_start,
-                              f.temperature_end, f.temperature_schedule, f.temperature_floor)
+        return temperature_at(
+            round_,
+            self.search_rounds,
+            f.temperature_start,
+            f.temperature_end,
+            f.temperature_schedule,
+            f.temperature_floor,
+        )
 
     def weight_lr_scale(self, round_: int) -> float:
         """Cosine factor of both weight learning rates: 1 in round 1, ``weight_lr_min`` in
@@ -50,8 +56,13 @@ class MetaSearch:
     def pruning(self, combos: bool = True) -> SoftPruning:
         """The section's soft-pruning schedule; ``combos=False``: ops only."""
         f = self.conf
-        return SoftPruning(f.prune_gap, f.combo_prune_gap if combos else 0.0, f.prune_start,
-                           f.prune_every, f.arch_warmup_rounds)
+        return SoftPruning(
+            f.prune_gap,
+            f.combo_prune_gap if combos else 0.0,
+            f.prune_start,
+            f.prune_every,
+            f.arch_warmup_rounds,
+        )
 
     def prune_gaps(self, round_: int) -> tuple[float, float] | None:
         """(op, combination) gaps of the soft pruning after 0-based ``round_``, or None when
@@ -69,8 +80,7 @@ class MetaSearch:
             return f.prune_gap * scale, f.combo_prune_gap * scale
         return self.pruning().gaps_after(done)
 
-    def learners(self, weights: list, arch: list, round_: int
-                 ) -> tuple[TaskLearner, MetaLearner]:
+    def learners(self, weights: list, arch: list, round_: int) -> tuple[TaskLearner, MetaLearner]:
         """The task and meta learners of eq. 9-10 over (weights, architecture parameters),
         with this section's learning rates: the weights' decayed by ``weight_lr_scale``,
         the alphas' frozen during the warm-up and stepped by their own meta optimiser
@@ -78,19 +88,19 @@ class MetaSearch:
         f = self.conf
         warm = self.warming_up(round_)
         scale = self.weight_lr_scale(round_)
-        task = TaskLearner([(weights, f.task_lr_w * scale),
-                            (arch, 0.0 if warm else f.task_lr_alpha)], f.inner_steps,
-                           f.grad_clip)
-        w_group = [{"params": weights, "lr": f.meta_lr_w * scale,
-                    "weight_decay": f.weight_decay}]
+        task = TaskLearner(
+            [(weights, f.task_lr_w * scale), (arch, 0.0 if warm else f.task_lr_alpha)],
+            f.inner_steps,
+            f.grad_clip,
+        )
+        w_group = [{"params": weights, "lr": f.meta_lr_w * scale, "weight_decay": f.weight_decay}]
         if f.meta_optimizer == "adam":
             opts = [torch.optim.Adam(w_group, betas=(f.meta_momentum, 0.999))]
         else:
             opts = [torch.optim.SGD(w_group, momentum=f.meta_momentum)]
         if arch and not warm:
             if f.arch_optimizer == "adam":
-                opts.append(torch.optim.Adam(arch, lr=f.meta_lr_alpha,
-                                             betas=tuple(f.arch_betas)))
+                opts.append(torch.optim.Adam(arch, lr=f.meta_lr_alpha, betas=tuple(f.arch_betas)))
             else:
                 opts.append(torch.optim.SGD(arch, lr=f.meta_lr_alpha, momentum=f.meta_momentum))
         # frozen alphas (warm-up) get no step at all: their gradient is dropped

@@ -22,8 +22,9 @@ def policy_probs(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.softmax(z, dim=-1)
 
 
-def sample_policy(alpha: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
-                  epsilon: float = 0.0) -> list[int]:
+def sample_policy(
+    alpha: torch.Tensor, mask: torch.Tensor, generator: torch.Generator, epsilon: float = 0.0
+) -> list[int]:
     """One op per edge: with probability ``epsilon`` uniform over the kept ops, otherwise
     from softmax(alpha) (as argmax(alpha + Gumbel noise)). Always draws the same amount
     from ``generator``, so later draws do not depend on the outcome."""
@@ -56,13 +57,24 @@ def onehot(shape: torch.Size | tuple[int, ...], choice: Sequence[int]) -> torch.
     return out
 
 
-def choices_of(alpha: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
-               generator: torch.Generator, epsilon: float) -> Choices:
+def choices_of(
+    alpha: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    generator: torch.Generator,
+    epsilon: float,
+) -> Choices:
     return {c: sample_policy(alpha[c], masks[c], generator, epsilon) for c in CELL_TYPES}
 
 
-def adam_ascent(value: torch.Tensor, grad: torch.Tensor, state: State, prefix: str,
-                lr: float, betas: Sequence[float], eps: float = 1e-8) -> torch.Tensor:
+def adam_ascent(
+    value: torch.Tensor,
+    grad: torch.Tensor,
+    state: State,
+    prefix: str,
+    lr: float,
+    betas: Sequence[float],
+    eps: float = 1e-8,
+) -> torch.Tensor:
     """value + Adam step along ``grad`` (gradient ascent); moments live in ``state``
     under ``prefix`` and are updated in place (a new dict entry each)."""
     b1, b2 = float(betas[0]), float(betas[1])
@@ -72,7 +84,7 @@ def adam_ascent(value: torch.Tensor, grad: torch.Tensor, state: State, prefix: s
     g = grad.double()
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * g * g
-    step = lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+    step = lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
     state[f"{prefix}t"] = torch.tensor(t, dtype=torch.float64)
     state[f"{prefix}m"], state[f"{prefix}v"] = m, v
     return (value.double() + step).to(value.dtype)

@@ -20,8 +20,9 @@ def prunes_after(done: int, prune_start: int, prune_every: int, warmup: int) -> 
     return bool(prune_every) and done >= start and (done - start) % prune_every == 0
 
 
-def soft_prune(space: CellSpace, spec: dict, state: State, op_gap: float, combo_gap: float,
-               round_: int) -> tuple[dict, dict[str, float]]:
+def soft_prune(
+    space: CellSpace, spec: dict, state: State, op_gap: float, combo_gap: float, round_: int
+) -> tuple[dict, dict[str, float]]:
     """One soft-pruning step (``nas.prune``) of every cell type on the averaged logits.
 
     Returns the spec (the same object when nothing changed; otherwise with the new masks
@@ -33,21 +34,37 @@ def soft_prune(space: CellSpace, spec: dict, state: State, op_gap: float, combo_
     masks, log = {}, []
     for c in CELL_TYPES:
         m = arch.masks[c]
-        r = prune(space, state[f"alpha_{c}"], state.get(f"beta_{c}"), m.ops, m.combos,
-                  op_gap, combo_gap)
+        r = prune(
+            space, state[f"alpha_{c}"], state.get(f"beta_{c}"), m.ops, m.combos, op_gap, combo_gap
+        )
         masks[c] = CellMasks(r.ops, r.combos)
         for e, k, g in r.removed_ops:
             j, i = space.edge_nodes(e)
-            log.append({"round": round_ + 1, "cell": c, "edge": f"s{i}->s{j + 2}",
-                        "op": space.primitives[k], "gap": round(g, 4)})
+            log.append(
+                {
+                    "round": round_ + 1,
+                    "cell": c,
+                    "edge": f"s{i}->s{j + 2}",
+                    "op": space.primitives[k],
+                    "gap": round(g, 4),
+                }
+            )
         for j, k, g in r.removed_combos:
-            log.append({"round": round_ + 1, "cell": c, "node": f"s{j + 2}",
-                        "inputs": [f"s{i}" for i in space.combos[j][k]],
-                        "gap": round(g, 4)})
+            log.append(
+                {
+                    "round": round_ + 1,
+                    "cell": c,
+                    "node": f"s{j + 2}",
+                    "inputs": [f"s{i}" for i in space.combos[j][k]],
+                    "gap": round(g, 4),
+                }
+            )
     gaps = [x["gap"] for x in log]
-    metrics = {"ops_pruned": float(sum("op" in x for x in log)),
-               "combos_pruned": float(sum("node" in x for x in log)),
-               "pruned_gap_min": min(gaps) if gaps else float("nan")}
+    metrics = {
+        "ops_pruned": float(sum("op" in x for x in log)),
+        "combos_pruned": float(sum("node" in x for x in log)),
+        "pruned_gap_min": min(gaps) if gaps else float("nan"),
+    }
     if masks == arch.masks:
         return spec, metrics
     return replace(arch, masks=masks, prune_log=[*arch.prune_log, *log]).to_dict(), metrics
@@ -70,7 +87,8 @@ class SoftPruning:
             return self.op_gap, self.combo_gap
         return None
 
-    def step(self, space: CellSpace, spec: dict, state: State, gaps: tuple[float, float],
-             round_: int) -> tuple[dict, dict[str, float]]:
+    def step(
+        self, space: CellSpace, spec: dict, state: State, gaps: tuple[float, float], round_: int
+    ) -> tuple[dict, dict[str, float]]:
         """``soft_prune`` with ``gaps`` after 0-based ``round_``."""
         return soft_prune(space, spec, state, *gaps, round_)

@@ -33,25 +33,40 @@ class SubnetSearchConfig:
     (SGD on a cosine over run.rounds), the policy's sampling and its Adam ascent, the
     reward holdout. A method's config adds its own keys."""
 
-    lr: float = option(0.025, "Weights: client SGD learning rate (cosine schedule over "
-                               "run.rounds).", gt=0.0)
+    lr: float = option(
+        0.025, "Weights: client SGD learning rate (cosine schedule over run.rounds).", gt=0.0
+    )
     lr_min: float = option(0.001, "Weights: learning rate in the last round.", ge=0.0)
-    momentum: float = option(0.9, "Weights: SGD momentum (ops off the sampled path are not "
-                                   "touched).", ge=0.0, lt=1.0)
+    momentum: float = option(
+        0.9, "Weights: SGD momentum (ops off the sampled path are not touched).", ge=0.0, lt=1.0
+    )
     weight_decay: float = option(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
     grad_clip: float = option(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
-    epsilon: float = option(0.0, "epsilon-greedy sampling: per edge, with this probability a "
-                                  "uniformly random op instead of a draw from the policy "
-                                  "softmax(alpha).", ge=0.0, le=1.0)
-    val_fraction: float = option(0.2, "Fraction of each client's train split held out to "
-                                       "measure the reward (the subnet's accuracy).", gt=0.0,
-                                  lt=1.0)
-    arch_lr: float = option(0.05, "Policy alpha: Adam learning rate of the REINFORCE ascent.",
-                             gt=0.0)
+    epsilon: float = option(
+        0.0,
+        "epsilon-greedy sampling: per edge, with this probability a "
+        "uniformly random op instead of a draw from the policy "
+        "softmax(alpha).",
+        ge=0.0,
+        le=1.0,
+    )
+    val_fraction: float = option(
+        0.2,
+        "Fraction of each client's train split held out to "
+        "measure the reward (the subnet's accuracy).",
+        gt=0.0,
+        lt=1.0,
+    )
+    arch_lr: float = option(
+        0.05, "Policy alpha: Adam learning rate of the REINFORCE ascent.", gt=0.0
+    )
     arch_betas: list[float] = option([0.5, 0.999], "Policy alpha: Adam betas.", min_len=2)
-    local_eval_every: int = option(1, "Evaluate the clients' trained subnets on their eval "
-                                       "splits every N rounds (and in the last).", ge=1)
-
+    local_eval_every: int = option(
+        1,
+        "Evaluate the clients' trained subnets on their eval "
+        "splits every N rounds (and in the last).",
+        ge=1,
+    )
 
 
 class PathModel(nn.Module):
@@ -91,8 +106,12 @@ class SinglePathMethod(SupernetMethod):
         """The argmax child of the state's alphas with the supernet's weights."""
         net = self.build(spec)
         net.load_state_dict(state, strict=False)
-        child = child_spec(self.space, ArchSpec.of(spec), argmax_choices(net),
-                           {c: state[f"alpha_{c}"] for c in CELL_TYPES})
+        child = child_spec(
+            self.space,
+            ArchSpec.of(spec),
+            argmax_choices(net),
+            {c: state[f"alpha_{c}"] for c in CELL_TYPES},
+        )
         return child.to_dict(), self.restrict(child, state)
 
     def derives_after(self, spec: dict, round_: int) -> bool:
@@ -118,25 +137,44 @@ class SubnetSearch(SinglePathMethod):
         """The op masks on the CPU, where the policies live and are sampled."""
         return {c: getattr(net, f"op_mask_{c}").cpu() for c in CELL_TYPES}
 
-    def local_train(self, net, choices: Choices, data: ClientData, tr: torch.Tensor,
-                    ctx: RoundContext) -> float:
+    def local_train(
+        self, net, choices: Choices, data: ClientData, tr: torch.Tensor, ctx: RoundContext
+    ) -> float:
         """SGD epochs on the path over the train indices ``tr``; the mean loss."""
         f, a = self.conf, self.cfg.algorithm
-        opt = torch.optim.SGD(net.weight_parameters(), lr=self.lr(ctx.round),
-                              momentum=f.momentum, weight_decay=f.weight_decay)
+        opt = torch.optim.SGD(
+            net.weight_parameters(),
+            lr=self.lr(ctx.round),
+            momentum=f.momentum,
+            weight_decay=f.weight_decay,
+        )
         g = torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.purpose}.batches")
-        return train_path(net, choices, data.train_x[tr], data.train_y[tr], opt, a.batch_size,
-                          a.local_epochs, g, f.grad_clip, data.augment)
+        return train_path(
+            net,
+            choices,
+            data.train_x[tr],
+            data.train_y[tr],
+            opt,
+            a.batch_size,
+            a.local_epochs,
+            g,
+            f.grad_clip,
+            data.augment,
+        )
 
-    def train_subnet(self, net, choices: Choices, data: ClientData, ctx: RoundContext
-                     ) -> tuple[torch.Tensor, float, float, float]:
+    def train_subnet(
+        self, net, choices: Choices, data: ClientData, ctx: RoundContext
+    ) -> tuple[torch.Tensor, float, float, float]:
         """The client's part of a round: hold out ``val_fraction`` of its train split,
         train the path on the rest, take the reward R = the trained path's accuracy on
         the held-out part. Returns (train indices, training loss, R, local accuracy on
         the eval split, NaN when not due)."""
         f = self.conf
-        tr, va = holdout(data.num_train, f.val_fraction,
-                         torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.purpose}.val"))
+        tr, va = holdout(
+            data.num_train,
+            f.val_fraction,
+            torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.purpose}.val"),
+        )
         loss = self.local_train(net, choices, data, tr, ctx)
         path = PathModel(net, choices)
         _, reward = evaluate(path, data.train_x[va], data.train_y[va])
@@ -152,8 +190,7 @@ class SubnetSearch(SinglePathMethod):
         share = {c: averaged[f"rl.count_{c}"] for c in CELL_TYPES}
         return fold(model.state, averaged, op_keys(net), share, list(net.state_dict()))
 
-    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[float, float]:
+    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         if any(f"rl.count_{c}" in model.state for c in CELL_TYPES):
             # A raw FedAvg of the clients' subnet states (what the runtime offers as the
             # model "before" an architecture change; it carries the round's aux means) is
@@ -179,9 +216,18 @@ def op_keys(net) -> dict[str, tuple[str, int, int]]:
     return out
 
 
-def train_path(net, choices: Choices, x: torch.Tensor, y: torch.Tensor,
-               optimizer: torch.optim.Optimizer, batch_size: int, epochs: int,
-               generator: torch.Generator, grad_clip: float, augment=None) -> float:
+def train_path(
+    net,
+    choices: Choices,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    epochs: int,
+    generator: torch.Generator,
+    grad_clip: float,
+    augment=None,
+) -> float:
     """Plain SGD epochs on one path; ops off the path keep grad None (untouched by the
     optimiser). Returns the sample-weighted mean training loss."""
     net.train()
@@ -200,9 +246,13 @@ def train_path(net, choices: Choices, x: torch.Tensor, y: torch.Tensor,
     return total / max(count, 1)
 
 
-def fold(old: Mapping[str, torch.Tensor], averaged: Mapping[str, torch.Tensor],
-         keys: Mapping[str, tuple[str, int, int]], share: Mapping[str, torch.Tensor],
-         names: Sequence[str]) -> State:
+def fold(
+    old: Mapping[str, torch.Tensor],
+    averaged: Mapping[str, torch.Tensor],
+    keys: Mapping[str, tuple[str, int, int]],
+    share: Mapping[str, torch.Tensor],
+    names: Sequence[str],
+) -> State:
     """The supernet after a round of subnet training.
 
     ``averaged`` is the sample-weighted FedAvg over all clients of their states (a client
@@ -227,5 +277,3 @@ def fold(old: Mapping[str, torch.Tensor], averaged: Mapping[str, torch.Tensor],
             o = old[name].double()
             out[name] = (o + (averaged[name].double() - o) / s).to(old[name].dtype)
     return out
-
-

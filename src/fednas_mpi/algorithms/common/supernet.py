@@ -44,21 +44,30 @@ class SupernetMethod(Algorithm):
 
     def _model_key(self) -> str:
         d = self.cfg.model.darts
-        return json.dumps({"in": self.info.input_shape, "classes": self.info.num_classes,
-                           "C": d.init_channels, "layers": d.layers, "nodes": d.nodes,
-                           "k": d.input_k, "stem": d.stem_multiplier,
-                           "prims": list(d.primitives), "seed": self.cfg.run.seed})
+        return json.dumps(
+            {
+                "in": self.info.input_shape,
+                "classes": self.info.num_classes,
+                "C": d.init_channels,
+                "layers": d.layers,
+                "nodes": d.nodes,
+                "k": d.input_k,
+                "stem": d.stem_multiplier,
+                "prims": list(d.primitives),
+                "seed": self.cfg.run.seed,
+            }
+        )
 
     def build(self, spec: ArchSpec | dict) -> SearchNetwork:
         """The (cached, reused) network of a spec on this rank's device; its tensors are
         overwritten on load (``load_state_dict`` copies CPU states to the device)."""
-        return _build(ArchSpec.of(spec).to_json(), self._model_key(),
-                      "model.init").to(self.device)
+        return _build(ArchSpec.of(spec).to_json(), self._model_key(), "model.init").to(self.device)
 
     def fresh(self, spec: ArchSpec | dict, purpose: str = "model.init") -> SearchNetwork:
         """A newly initialised network of a spec, from the stream (seed, purpose)."""
-        return _build.__wrapped__(ArchSpec.of(spec).to_json(), self._model_key(),
-                                  purpose).to(self.device)
+        return _build.__wrapped__(ArchSpec.of(spec).to_json(), self._model_key(), purpose).to(
+            self.device
+        )
 
     def restrict(self, spec: ArchSpec | dict, state: State) -> State:
         """The part of ``state`` the network of ``spec`` holds (after a derivation or a
@@ -69,12 +78,15 @@ class SupernetMethod(Algorithm):
         net = self.build(model.spec)
         missing, unexpected = net.load_state_dict(model.state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"global state does not fit the network of its spec: "
-                             f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+            raise ValueError(
+                f"global state does not fit the network of its spec: "
+                f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
         return net
 
-    def arch_metrics(self, spec: ArchSpec | dict, state: State, temperature: float
-                     ) -> dict[str, float]:
+    def arch_metrics(
+        self, spec: ArchSpec | dict, state: State, temperature: float
+    ) -> dict[str, float]:
         """Surviving ops and combinations on live edges, the entropy of the mixing at
         ``temperature``, and what the logits have learned (``nas.logit_signal`` over the
         live edges and nodes, averaged over the cell types): ``alpha_range``, ``alpha_gap``,
@@ -101,21 +113,27 @@ class SupernetMethod(Algorithm):
             for j, combos in enumerate(space.combos):
                 lo = space.combo_offsets[j]
                 seg = slice(lo, lo + len(combos))
-                q = relaxed_weights(state[f"beta_{c}"][seg].double(), temperature, None,
-                                    cm[seg])
+                q = relaxed_weights(state[f"beta_{c}"][seg].double(), temperature, None, cm[seg])
                 ent_inputs.append(entropy(q[None]))
                 if len(combos) > 1:  # a node with one combination has nothing to learn
-                    sig_combos.append(logit_signal(state[f"beta_{c}"][seg][None],
-                                                   cm[seg][None]))
-        out = {"ops_alive": float(ops_alive), "arch_entropy_ops": sum(ent_ops) / len(ent_ops),
-               "alpha_range": _mean(sig_ops, "range"), "alpha_gap": _mean(sig_ops, "gap"),
-               "argmax_agreement": _mean(sig_ops, "agreement")}
+                    sig_combos.append(logit_signal(state[f"beta_{c}"][seg][None], cm[seg][None]))
+        out = {
+            "ops_alive": float(ops_alive),
+            "arch_entropy_ops": sum(ent_ops) / len(ent_ops),
+            "alpha_range": _mean(sig_ops, "range"),
+            "alpha_gap": _mean(sig_ops, "gap"),
+            "argmax_agreement": _mean(sig_ops, "agreement"),
+        }
         if spec.inputs == "combinations":
-            out.update(combos_alive=float(combos_alive),
-                       arch_entropy_inputs=sum(ent_inputs) / len(ent_inputs))
+            out.update(
+                combos_alive=float(combos_alive),
+                arch_entropy_inputs=sum(ent_inputs) / len(ent_inputs),
+            )
             if sig_combos:
-                out.update(beta_gap=_mean(sig_combos, "gap"),
-                           combo_agreement=_mean(sig_combos, "agreement"))
+                out.update(
+                    beta_gap=_mean(sig_combos, "gap"),
+                    combo_agreement=_mean(sig_combos, "agreement"),
+                )
         return out
 
 
@@ -124,8 +142,7 @@ class GumbelSupernetMethod(SupernetMethod):
     and keeps in its server state (``temperature``). Evaluated without noise at that
     temperature: the network the clients train, less the sampling."""
 
-    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[float, float]:
+    def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         net = self._net(model)
         net.set_sampling(float(model.server_state.get("temperature", 1.0)), None)
         return evaluate(net, x, y)
@@ -143,8 +160,16 @@ def _build(spec_json: str, model_key: str, purpose: str) -> SearchNetwork:
     space = CellSpace(key["nodes"], key["k"], tuple(key["prims"]))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(key["seed"], SETUP, SERVER, purpose))
-        net = SearchNetwork(key["in"][0], key["classes"], key["C"], key["layers"], space,
-                            key["stem"], spec.masks, spec.inputs)
+        net = SearchNetwork(
+            key["in"][0],
+            key["classes"],
+            key["C"],
+            key["layers"],
+            space,
+            key["stem"],
+            spec.masks,
+            spec.inputs,
+        )
         with torch.no_grad():
             for p in net.arch_parameters():
                 p.normal_(0.0, 1e-3)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 
 
-def task_pairs(n: int, batch: int, pairs: int, generator: torch.Generator
-               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def task_pairs(
+    n: int, batch: int, pairs: int, generator: torch.Generator
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Disjoint (support, query) index batches from seeded permutations of range(n).
 
     pairs=0: as many disjoint pairs as one permutation holds (at least one; a client
@@ -20,14 +21,15 @@ def task_pairs(n: int, batch: int, pairs: int, generator: torch.Generator
     while len(out) < want:
         perm = torch.randperm(n, generator=generator)
         for p in range(min(per_perm, want - len(out))):
-            s = perm[2 * p * size:(2 * p + 1) * size]
-            q = perm[(2 * p + 1) * size:(2 * p + 2) * size]
+            s = perm[2 * p * size : (2 * p + 1) * size]
+            q = perm[(2 * p + 1) * size : (2 * p + 2) * size]
             out.append((s, q if len(q) else s))
     return out
 
 
-def holdout(n: int, fraction: float, generator: torch.Generator
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def holdout(
+    n: int, fraction: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, validation) index split of range(n); validation at least one sample and,
     with n > 1, never all of them."""
     perm = torch.randperm(n, generator=generator)

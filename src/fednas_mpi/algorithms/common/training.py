@@ -15,10 +15,16 @@ def minibatches(n: int, batch_size: int, generator: torch.Generator):
     return order.split(batch_size)
 
 
-def sgd_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
-               batch_size: int, epochs: int, generator: torch.Generator,
-               augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
-               ) -> float:
+def sgd_epochs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    epochs: int,
+    generator: torch.Generator,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+) -> float:
     """Plain supervised epochs; returns the sample-weighted mean training loss.
 
     ``augment`` (if given) transforms each minibatch, drawing from ``generator``
@@ -41,8 +47,9 @@ def sgd_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: to
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int = 1024) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+) -> tuple[float, float]:
     """(mean cross-entropy, accuracy); (nan, nan) on an empty set."""
     if len(y) == 0:
         return float("nan"), float("nan")
@@ -51,7 +58,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     loss = torch.zeros((), dtype=torch.float64, device=dev)
     correct = torch.zeros((), dtype=torch.int64, device=dev)
     for i in range(0, len(y), batch_size):
-        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+        xb, yb = x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev)
         out = model(xb)
         loss += F.cross_entropy(out, yb, reduction="sum").double()
         correct += (out.argmax(1) == yb).sum()
