@@ -12,7 +12,7 @@ from ..flat import State
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.fixed import FixedModelMethod, clone_state
-from .common.training import evaluate, sgd_epochs
+from .common.training import client_epochs, evaluate
 
 
 class FedAvg(FixedModelMethod):
@@ -28,16 +28,7 @@ class FedAvg(FixedModelMethod):
             net.parameters(), lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay
         )
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "fedavg.batches")
-        train_loss = sgd_epochs(
-            net,
-            data.train_x,
-            data.train_y,
-            opt,
-            a.batch_size,
-            a.local_epochs,
-            g,
-            augment=data.augment,
-        )
+        train_loss = client_epochs(net, data, opt, a.batch_size, a.local_epochs, g)
         _, local_acc = evaluate(net, data.eval_x, data.eval_y)
         return ClientResult(
             clone_state(net),

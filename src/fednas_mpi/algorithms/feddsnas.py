@@ -70,10 +70,6 @@ class FedDSNAS(SinglePathMethod):
     def conf(self):
         return self.cfg.algorithm.feddsnas
 
-    def init_global(self) -> GlobalModel:
-        spec = self.initial_spec()
-        return GlobalModel(spec, state_of(self.fresh(spec)))
-
     # ------------------------------------------------------------ client
     def client_update(
         self, model: GlobalModel, data: ClientData, ctx: RoundContext, client_state: State | None

@@ -212,10 +212,9 @@ class FedMetaNAS(GumbelSupernetMethod):
         return self.meta.warming_up(round_)
 
     def init_global(self) -> GlobalModel:
-        spec = self.initial_spec()
-        net = self.fresh(spec)
-        temp = torch.tensor(self.temperature(0), dtype=torch.float64)
-        return GlobalModel(spec, state_of(net), {"temperature": temp})
+        return super().init_global(
+            {"temperature": torch.tensor(self.temperature(0), dtype=torch.float64)}
+        )
 
     # ------------------------------------------------------------ client
     def learners(self, weights: list, arch: list, round_: int) -> tuple[TaskLearner, MetaLearner]:

@@ -35,7 +35,7 @@ from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.maml import clip_grad_norm
 from .common.schedules import cosine_lr
 from .common.supernet import SupernetMethod, state_of
-from .common.training import evaluate, minibatches, sgd_epochs
+from .common.training import client_epochs, evaluate, minibatches
 
 
 @dataclass(kw_only=True)
@@ -137,10 +137,6 @@ class FedNAS(SupernetMethod):
             return cosine_lr(round_, s, f.lr, f.lr_min)
         return cosine_lr(round_ - s, self.cfg.run.rounds - s, f.lr, f.lr_min)
 
-    def init_global(self) -> GlobalModel:
-        spec = self.initial_spec()
-        return GlobalModel(spec, state_of(self.fresh(spec)))
-
     # ------------------------------------------------------------ client
     def client_update(
         self, model: GlobalModel, data: ClientData, ctx: RoundContext, client_state: State | None
@@ -159,16 +155,7 @@ class FedNAS(SupernetMethod):
                 momentum=f.momentum,
                 weight_decay=f.weight_decay,
             )
-            train_loss = sgd_epochs(
-                net,
-                data.train_x,
-                data.train_y,
-                opt,
-                a.batch_size,
-                a.local_epochs,
-                g,
-                augment=data.augment,
-            )
+            train_loss = client_epochs(net, data, opt, a.batch_size, a.local_epochs, g)
             val_loss = float("nan")
         local_acc = float("nan")
         every = self.cfg.algorithm.fednas.local_eval_every

@@ -143,11 +143,8 @@ class FedPNAS(GumbelSupernetMethod):
         )
 
     def init_global(self) -> GlobalModel:
-        spec = self.initial_spec()
-        return GlobalModel(
-            spec,
-            state_of(self.fresh(spec)),
-            {"temperature": torch.tensor(self.temperature(0), dtype=torch.float64)},
+        return super().init_global(
+            {"temperature": torch.tensor(self.temperature(0), dtype=torch.float64)}
         )
 
     # ------------------------------------------------------------ client

@@ -69,16 +69,8 @@ class FedRLNAS(SubnetSearch):
         return self.cfg.algorithm.fedrlnas
 
     def init_global(self) -> GlobalModel:
-        spec = self.initial_spec()
-        state = state_of(self.fresh(spec))
-        return GlobalModel(
-            spec,
-            state,
-            {
-                "baseline": torch.zeros((), dtype=torch.float64),
-                "baseline_set": torch.zeros((), dtype=torch.float64),
-            },
-        )
+        zero = torch.zeros((), dtype=torch.float64)
+        return super().init_global({"baseline": zero, "baseline_set": zero.clone()})
 
     def aux_shapes(self, model: GlobalModel) -> dict[str, tuple[int, ...]]:
         out: dict[str, tuple[int, ...]] = {k: () for k in RL_KEYS}

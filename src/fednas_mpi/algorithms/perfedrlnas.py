@@ -90,11 +90,6 @@ class PerFedRLNAS(SubnetSearch):
     def conf(self):
         return self.cfg.algorithm.perfedrlnas
 
-    def init_global(self) -> GlobalModel:
-        spec = self.initial_spec()
-        state = state_of(self.fresh(spec))
-        return GlobalModel(spec, state, {})
-
     def aux_shapes(self, model: GlobalModel) -> dict[str, tuple[int, ...]]:
         return {f"rl.count_{c}": tuple(model.state[f"alpha_{c}"].shape) for c in CELL_TYPES}
 

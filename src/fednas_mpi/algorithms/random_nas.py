@@ -27,7 +27,7 @@ from ..seeding import SERVER, SETUP, torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.schedules import cosine_lr
 from .common.supernet import SupernetMethod, state_of
-from .common.training import evaluate, sgd_epochs
+from .common.training import client_epochs, evaluate
 
 
 @dataclass(kw_only=True)
@@ -85,16 +85,7 @@ class RandomNAS(SupernetMethod):
             weight_decay=f.weight_decay,
         )
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "random_nas.batches")
-        train_loss = sgd_epochs(
-            net,
-            data.train_x,
-            data.train_y,
-            opt,
-            a.batch_size,
-            a.local_epochs,
-            g,
-            augment=data.augment,
-        )
+        train_loss = client_epochs(net, data, opt, a.batch_size, a.local_epochs, g)
         local_acc = float("nan")
         if ctx.is_due(f.local_eval_every):
             _, local_acc = evaluate(net, data.eval_x, data.eval_y)

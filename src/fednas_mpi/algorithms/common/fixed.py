@@ -18,7 +18,7 @@ from ...flat import State
 from ...models import build_model, split_state
 from ...seeding import SERVER, SETUP, torch_rng
 from ..base import Algorithm, ClientData, GlobalModel
-from .training import device_of, evaluate, sgd_epochs
+from .training import client_epochs, device_of, evaluate, sgd_epochs
 
 
 def clone_state(net: nn.Module) -> State:
@@ -103,16 +103,7 @@ class FixedModelMethod(Algorithm):
         a = self.cfg.algorithm
         with frozen(freeze):
             opt = torch.optim.SGD(train, lr=lr, momentum=a.momentum, weight_decay=a.weight_decay)
-            return sgd_epochs(
-                net,
-                data.train_x,
-                data.train_y,
-                opt,
-                a.batch_size,
-                epochs,
-                generator,
-                augment=data.augment,
-            )
+            return client_epochs(net, data, opt, a.batch_size, epochs, generator)
 
     def finetune_head(
         self, state: State, data: ClientData, epochs: int, lr: float, generator: torch.Generator

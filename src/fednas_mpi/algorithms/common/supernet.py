@@ -42,6 +42,13 @@ class SupernetMethod(Algorithm):
         ops, combos = self.space.full_masks()
         return ArchSpec({c: CellMasks(ops, combos) for c in CELL_TYPES}, self.inputs).to_dict()
 
+    def init_global(self, server_state: State | None = None) -> GlobalModel:
+        """The supernet of the initial spec with its seeded initial weights; a method
+        that keeps server state (a temperature, a reward baseline) passes its round-0
+        values."""
+        spec = self.initial_spec()
+        return GlobalModel(spec, state_of(self.fresh(spec)), server_state or {})
+
     def _model_key(self) -> str:
         d = self.cfg.model.darts
         return json.dumps(

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from ..base import ClientData
 
 
 def minibatches(n: int, batch_size: int, generator: torch.Generator):
@@ -72,3 +76,24 @@ def device_of(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def client_epochs(
+    model: nn.Module,
+    data: ClientData,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    epochs: int,
+    generator: torch.Generator,
+) -> float:
+    """``sgd_epochs`` over a client's whole train split, with the client's augmentation."""
+    return sgd_epochs(
+        model,
+        data.train_x,
+        data.train_y,
+        optimizer,
+        batch_size,
+        epochs,
+        generator,
+        augment=data.augment,
+    )
