@@ -95,6 +95,24 @@ def test_an_unknown_method_lists_the_registry():
     assert all(repr(n) in line for n in registry.names())
 
 
+def test_meta_fedpnas_reads_only_the_split_of_the_fedpnas_section():
+    # its local search and pruning are FedMetaNAS's: FedPNAS's step sizes would change nothing
+    (line,) = problems(
+        {
+            "algorithm": {"name": "meta_fedpnas", "fedpnas": {"inner_lr_w": 0.1}},
+            "model": {"name": "darts"},
+        }
+    )
+    assert (
+        line.startswith("algorithm.fedpnas.inner_lr_w: unknown key") and "personal_layers" in line
+    )
+    fp = {
+        "algorithm": {"name": "fedpnas", "fedpnas": {"inner_lr_w": 0.1}},
+        "model": {"name": "darts"},
+    }
+    assert from_dict(fp).algorithm.fedpnas.inner_lr_w == 0.1
+
+
 def test_a_section_shared_by_several_methods_names_them_all():
     (line,) = problems(
         {

@@ -46,7 +46,10 @@ from .common.training import evaluate
 
 
 @dataclass(kw_only=True)
-class FedPNASConfig:
+class PersonalSplitConfig:
+    """Where a client's personalised part begins: all meta-FedPNAS reads of ``fedpnas``
+    (its local search and pruning are FedMetaNAS's), so its other keys are an error there."""
+
     personal_layers: int = option(
         1,
         "Last cells that (with the classifier) form each client's "
@@ -54,6 +57,10 @@ class FedPNASConfig:
         "the rest is the shared base (also used by meta_fedpnas).",
         ge=0,
     )
+
+
+@dataclass(kw_only=True)
+class FedPNASConfig(PersonalSplitConfig):
     inner_steps: int = option(1, "SGD steps of the personalised part on each support task.", ge=1)
     inner_lr_w: float = option(
         0.05, "Personalised weights: learning rate of the inner steps.", gt=0.0

@@ -19,7 +19,7 @@ from .fedbabu import FedBABU, FedBABUConfig
 from .feddsnas import FedDSNAS, FedDSNASConfig
 from .fedmetanas import FedMetaNAS, FedMetaNASConfig
 from .fednas import FedNAS, FedNASConfig
-from .fedpnas import FedPNAS, FedPNASConfig, MetaFedPNAS
+from .fedpnas import FedPNAS, FedPNASConfig, MetaFedPNAS, PersonalSplitConfig
 from .fedrep import FedRep, FedRepConfig
 from .fedrlnas import FedRLNAS, FedRLNASConfig
 from .perfedavg import PerFedAvg, PerFedAvgConfig
@@ -97,7 +97,7 @@ METHODS = (
         "meta_fedpnas",
         MetaFedPNAS,
         nas=True,
-        sections={"fedpnas": FedPNASConfig, "fedmetanas": FedMetaNASConfig},
+        sections={"fedpnas": PersonalSplitConfig, "fedmetanas": FedMetaNASConfig},
         personal=True,
     ),
     Method(
