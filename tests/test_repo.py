@@ -71,10 +71,14 @@ def test_install_command_and_ci_pin_the_tested_torch():
         for line in (ROOT / "constraints.txt").read_text().splitlines()
         if line and not line.startswith("#")
     )
-    assert set(pins) == {"torch", "torchvision"}
+    # torch and torchvision: the results; ruff: CI's format check formats as we do
+    assert set(pins) == {"torch", "torchvision", "ruff"}
     install = _bash_blocks((ROOT / "README.md").read_text())[0]
     assert "pip install -c constraints.txt -e '.[mpich,test]'" in install
     ci = (ROOT / ".ci/run").read_text()
     assert "pip install --quiet -c constraints.txt -e '.[mpich,test]'" in ci
     assert "torch==" not in ci  # one place for the pins
     assert torch.__version__.split("+")[0] == pins["torch"], "tests run on another torch"
+    from importlib.metadata import version
+
+    assert version("ruff") == pins["ruff"], "the linters run in another ruff"
