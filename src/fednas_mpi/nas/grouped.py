@@ -158,7 +158,18 @@ def _depthwise(convs: list[nn.Conv2d], take, stride: int) -> torch.Tensor:
         while hi < len(convs) and _dw_geometry(convs[hi]) == geo:
             hi += 1
         (size, dil), group = geo, convs[lo:hi]
-        w = torch.cat([_embed(c.weight, c, size) for c in group])
+        # one embedding per run of equal kernels (not one per op instance)
+        runs: list[list[nn.Conv2d]] = []
+        for c in group:
+            if (
+                runs
+                and runs[-1][0].kernel_size == c.kernel_size
+                and runs[-1][0].dilation == c.dilation
+            ):
+                runs[-1].append(c)
+            else:
+                runs.append([c])
+        w = _cat0([_embed(_cat0([c.weight for c in run]), run[0], size) for run in runs])
         blocks.append(depthwise_conv2d(take(lo, hi), w, stride, dil * (size - 1) // 2, dil))
         lo = hi
     return _cat(blocks)
@@ -222,6 +233,10 @@ def _level_outputs(L: _Level, states: list[torch.Tensor]) -> torch.Tensor | None
 
 def _cat(xs: list[torch.Tensor]) -> torch.Tensor:
     return xs[0] if len(xs) == 1 else torch.cat(xs, 1)
+
+
+def _cat0(xs: list[torch.Tensor]) -> torch.Tensor:
+    return xs[0] if len(xs) == 1 else torch.cat(xs)
 
 
 def grouped_cell_forward(
