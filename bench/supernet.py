@@ -108,18 +108,26 @@ def saved_bytes(net, x, y) -> int:
 
 
 def mix_share(step, path: str) -> float:
+    """Profiler time of the mix (forward and backward) over the step's."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(3):
             step()
-    ev = prof.key_averages()
+    ev = prof.key_averages(group_by_input_shape=True)
     total = sum(e.self_cpu_time_total for e in ev)
     if path == "grouped":
-        names = ("aten::matmul", "MmBackward0", "BmmBackward0", "UnsafeViewBackward0")
+        # the (nodes, outputs) @ (batch, outputs, C*H*W) product: a 2-D first operand (the
+        # pointwise convs' batched products have 3-D weights), and its backward (mm)
+        mix = sum(
+            e.cpu_time_total
+            for e in ev
+            if (e.key == "aten::matmul" and len(e.input_shapes[0]) == 2)
+            or e.key == "MmBackward0"
+        )
     else:
         names = ("fednas::mix", "fednas::mix_backward")
-    mix = sum(e.cpu_time_total for e in ev if any(e.key.endswith(n) for n in names))
+        mix = sum(e.cpu_time_total for e in ev if e.key.endswith(names))
     return mix / total
 
 

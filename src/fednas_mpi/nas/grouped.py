@@ -185,7 +185,7 @@ def _grouped_convs(L: _Level, relu_src: list[torch.Tensor]):
         L.stride,
     )
     pw = torch.cat([c.mod[2].weight for c in convs])
-    y = _bn(F.conv2d(y, pw, None, 1, 0, 1, len(convs)), convs[0].mod[3].eps)
+    y = _bn(_pointwise(y, pw, len(convs)), convs[0].mod[3].eps)
     n, ch = sum(c.sep for c in convs), pw.shape[1]
     if not n:
         return None, y
@@ -193,8 +193,18 @@ def _grouped_convs(L: _Level, relu_src: list[torch.Tensor]):
     x = F.relu(y[:, : n * ch])
     x = _depthwise([c.mod[5] for c in convs[:n]], lambda lo, hi: x[:, lo * ch : hi * ch], 1)
     pw2 = torch.cat([c.mod[6].weight for c in convs[:n]])
-    x = _bn(F.conv2d(x, pw2, None, 1, 0, 1, n), convs[0].mod[7].eps)
+    x = _bn(_pointwise(x, pw2, n), convs[0].mod[7].eps)
     return x, (y[:, n * ch :] if n < len(convs) else None)
+
+
+def _pointwise(x: torch.Tensor, w: torch.Tensor, groups: int) -> torch.Tensor:
+    """``F.conv2d(x, w, groups=groups)`` for 1x1 kernels as one batched matrix product:
+    on one CPU core 6x faster than the grouped conv at 24 groups of 8 channels, 14x14
+    (measured 1.6-2.0 ms against 10.2-10.6 ms, forward and backward)."""
+    b, _, h, wd = x.shape
+    c_out, c_in = w.shape[0] // groups, w.shape[1]
+    y = torch.matmul(w.view(groups, c_out, c_in), x.reshape(b, groups, c_in, h * wd))
+    return y.view(b, groups * c_out, h, wd)
 
 
 def _factorized(frs, relu_src: list[torch.Tensor]) -> torch.Tensor:
