@@ -122,8 +122,7 @@ def mix_share(step, path: str) -> float:
         mix = sum(
             e.cpu_time_total
             for e in ev
-            if (e.key == "aten::matmul" and len(e.input_shapes[0]) == 2)
-            or e.key == "MmBackward0"
+            if (e.key == "aten::matmul" and len(e.input_shapes[0]) == 2) or e.key == "MmBackward0"
         )
     else:
         names = ("fednas::mix", "fednas::mix_backward")
