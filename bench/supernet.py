@@ -17,7 +17,7 @@ backward; grouped = the matmul of eq. 2 and its backward). ``--derived`` adds a 
 derived network (one op per edge, one combination per node: the network after the
 final derivation). ``--client-update`` also times one whole FedMetaNAS
 ``client_update`` (the method's loop) per path. ``--profile`` prints the top ops by
-self CPU time of the grouped step. The fused mixing kernels are used when they load
+self CPU time of both paths' steps (no dead ops). The fused mixing kernels are used when they load
 (``kernels.backend: auto``, the default).
 """
 
@@ -193,11 +193,12 @@ def bench_config(path: str, reps: int, deads: list, profile: bool) -> list[dict]
             flush=True,
         )
         if profile and not dead:
-            print_profile(steps["grouped"])
+            for p in PATHS:
+                print_profile(steps[p], p)
     return rows
 
 
-def print_profile(step, top: int = 15) -> None:
+def print_profile(step, path: str, top: int = 15) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -205,7 +206,7 @@ def print_profile(step, top: int = 15) -> None:
             step()
     ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in ev)
-    print(f"  grouped step, top ops by self CPU time (of {total / 5e3:.1f} ms per step):")
+    print(f"  {path} step, top ops by self CPU time (of {total / 5e3:.1f} ms per step):")
     for e in ev[:top]:
         print(
             f"    {e.self_cpu_time_total / 5e3:7.2f} ms {e.self_cpu_time_total / total:5.1%} "
