@@ -409,7 +409,8 @@ class KernelsConfig:
         "auto",
         "How the DARTS supernet's mixture forward runs. grouped: per cell level, all live "
         "ops of all edges as a few large ops (nas.grouped; the mix a matrix product, so "
-        "kernels.backend does not enter), 3-4x faster on one CPU core; reference: op "
+        "kernels.backend does not enter), on one CPU core 2-2.5x faster per step of "
+        "the full supernet, as fast once one op per edge is left; reference: op "
         "module by op module; auto: grouped on the CPU, reference on GPUs (not yet "
         "measured there). Results agree to float rounding (summation order), not bit for "
         "bit, so a run resumes with the value it started with. The single-path forward "
