@@ -405,6 +405,17 @@ class KernelsConfig:
         "loaded or built), 'reference' plain PyTorch, 'auto' fused when available, "
         "else the reference with one warning. Results agree to float rounding.",
     )
+    supernet: Literal["auto", "grouped", "reference"] = _f(
+        "auto",
+        "How the DARTS supernet's mixture forward runs. grouped: per cell level, all live "
+        "ops of all edges as a few large ops (nas.grouped; the mix a matrix product, so "
+        "kernels.backend does not enter), on one CPU core 2-2.5x faster per step of "
+        "the full supernet, as fast once one op per edge is left; reference: op "
+        "module by op module; auto: grouped on the CPU, reference on GPUs (not yet "
+        "measured there). Results agree to float rounding (summation order), not bit for "
+        "bit, so a run resumes with the value it started with. The single-path forward "
+        "(FedDSNAS, FedRLNAS) always runs op by op.",
+    )
 
 
 @dataclass(kw_only=True)
@@ -581,7 +592,8 @@ def stored(raw: Any) -> Any:
     """A config as a run stored it, without the keys this run does not read.
 
     Runs stored before each method owned its section carry every method's section and
-    every model's keys; those changed nothing and are dropped here. Only for stored
+    every model's keys; those changed nothing and are dropped here; runs stored before
+    ``kernels.supernet`` get the value they ran with (``reference``). Only for stored
     configs (checkpoints, RUN_DIR/config.yaml): a user's file is checked strictly.
     """
     if not isinstance(raw, dict):
@@ -597,6 +609,10 @@ def stored(raw: Any) -> Any:
         variant = {k for keys in MODEL_READS.values() for k in keys}
         keep = MODEL_READS[model.get("name", "cnn")]
         raw["model"] = {k: v for k, v in model.items() if k in keep or k not in variant}
+    if isinstance(raw.get("kernels", {}), dict):
+        # Runs stored before kernels.supernet existed ran the op-by-op forward: they resume
+        # on it (the grouped one agrees only to rounding).
+        raw.setdefault("kernels", {}).setdefault("supernet", "reference")
     return raw
 
 

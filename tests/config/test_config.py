@@ -190,6 +190,7 @@ ALL_KEYS = [
     "runtime.tf32",
     "runtime.transport",
     "kernels.backend",
+    "kernels.supernet",
     "store.keep",
     "store.tensorboard",
 ]

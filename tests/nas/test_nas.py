@@ -481,6 +481,7 @@ def test_pruned_ops_and_dead_edges_have_no_module_and_never_run(monkeypatch):
                 mod.register_forward_hook(lambda m, i, o, tag=f"{edge}/{name}": ran.append(tag))
     net.train()
     net.set_sampling(1.0, torch.Generator().manual_seed(0))
+    net.set_execution("reference")  # op module by op module (test_grouped: the grouped plan)
     out = net(_x())
     assert torch.isfinite(out).all()
     assert calls.get("pool", 0) == 0 and calls.get("dil", 0) == 0

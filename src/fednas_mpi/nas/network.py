@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..kernels import mix
+from .grouped import build_plan, grouped_cell_forward
 from .mixing import gumbel_noise
 from .operations import OPS, FactorizedReduce, ReLUConvBN, batch_norm
 from .space import CellSpace
@@ -31,6 +32,7 @@ from .spec import CELL_TYPES, CellMasks
 
 Mixing = tuple[torch.Tensor, list[torch.Tensor]]  # (op weights (edges, ops), coefs per node)
 MixingHook = Callable[[int, str], Mixing]  # (layer, cell type) -> that cell's mixing
+EXECUTIONS = ("auto", "grouped", "reference")
 CellForward = Callable[[int, "SearchCell", torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -47,7 +49,10 @@ class SearchCell(nn.Module):
         combo_mask: list[bool],
     ):
         super().__init__()
-        self.space, self.reduction = space, reduction
+        self.space, self.reduction, self.channels = space, reduction, c
+        self.execution = "auto"  # see SearchNetwork.set_execution
+        self._plan = None
+        self._index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.pre0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
         self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0)
         live = space.live_edges(combo_mask)
@@ -67,7 +72,32 @@ class SearchCell(nn.Module):
         """The cell type whose logits and masks this cell uses."""
         return "reduce" if self.reduction else "normal"
 
+    def grouped_plan(self, device: torch.device):
+        """The grouped forward's plan (``nas.grouped``) and its mix indices on ``device``,
+        built once: a cell's live ops never change."""
+        if self._plan is None:
+            self._plan = build_plan(self)
+        device = torch.device(device)
+        if device not in self._index:
+            flat = [f for L in self._plan for row in L.index for f in row]
+            nk, zero = len(self.space.primitives), self.space.num_edges * len(self.space.primitives)
+            # (edge, flat (edge, op)) index pairs; the zero slot maps to the appended zeros
+            self._index[device] = (
+                torch.tensor(
+                    [f // nk if f < zero else self.space.num_edges for f in flat], device=device
+                ),
+                torch.tensor(flat, device=device),
+            )
+        return self._plan, self._index[device]
+
+    def uses_grouped(self, x: torch.Tensor) -> bool:
+        """Whether a forward on ``x`` runs grouped: ``grouped``, or ``auto`` on the CPU
+        (where it was measured faster; the GPU keeps the reference until measured there)."""
+        return self.execution == "grouped" or (self.execution == "auto" and x.device.type == "cpu")
+
     def forward(self, s0, s1, op_w: torch.Tensor, coefs: list[torch.Tensor]) -> torch.Tensor:
+        if self.uses_grouped(s1):
+            return grouped_cell_forward(self, s0, s1, op_w, coefs)
         states = [self.pre0(s0), self.pre1(s1)]
         for j in range(self.space.nodes):
             outs, ws = [], []
@@ -98,6 +128,7 @@ class SearchNetwork(nn.Module):
         stem_multiplier: int,
         masks: Mapping[str, CellMasks | Mapping],
         inputs: str = "combinations",
+        execution: str = "auto",
     ):
         super().__init__()
         if inputs not in ("combinations", "sum"):
@@ -147,6 +178,17 @@ class SearchNetwork(nn.Module):
         self.classifier = nn.Linear(c_p, num_classes)
         self.temperature = 1.0
         self.generator: torch.Generator | None = None
+        self.set_execution(execution)
+
+    def set_execution(self, execution: str) -> None:
+        """How the mixture forward computes its cells (``kernels.supernet``): ``grouped``
+        (``nas.grouped``: all live ops of a level as a few large ops), ``reference`` (op
+        module by op module), ``auto`` (grouped on the CPU). Equal to float rounding; the
+        single-path forward always runs op by op."""
+        if execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {EXECUTIONS}, not {execution!r}")
+        for cell in self.cells:
+            cell.execution = execution
 
     def arch_parameters(self) -> list[nn.Parameter]:
         betas = [self.beta_normal, self.beta_reduce] if self.inputs == "combinations" else []

@@ -68,13 +68,15 @@ class SupernetMethod(Algorithm):
     def build(self, spec: ArchSpec | dict) -> SearchNetwork:
         """The (cached, reused) network of a spec on this rank's device; its tensors are
         overwritten on load (``load_state_dict`` copies CPU states to the device)."""
-        return _build(ArchSpec.of(spec).to_json(), self._model_key(), "model.init").to(self.device)
+        net = _build(ArchSpec.of(spec).to_json(), self._model_key(), "model.init")
+        net.set_execution(self.cfg.kernels.supernet)  # the cache is shared by every config
+        return net.to(self.device)
 
     def fresh(self, spec: ArchSpec | dict, purpose: str = "model.init") -> SearchNetwork:
         """A newly initialised network of a spec, from the stream (seed, purpose)."""
-        return _build.__wrapped__(ArchSpec.of(spec).to_json(), self._model_key(), purpose).to(
-            self.device
-        )
+        net = _build.__wrapped__(ArchSpec.of(spec).to_json(), self._model_key(), purpose)
+        net.set_execution(self.cfg.kernels.supernet)
+        return net.to(self.device)
 
     def restrict(self, spec: ArchSpec | dict, state: State) -> State:
         """The part of ``state`` the network of ``spec`` holds (after a derivation or a

@@ -1,0 +1,272 @@
+"""The supernet's client step on the grouped forward against the op-by-op reference, in one
+process, one thread (issue 17).
+
+    python bench/supernet.py [--reps 15] [--configs CFG ...] [--dead 0 0.5 0.9]
+                             [--client-update] [--profile] [--json OUT]
+
+For each config (default: the CPU FedMetaNAS and FedNAS configs of digits and
+Fashion-MNIST) and each fraction of dead ops (random op masks, seeded, at least one real
+op per edge), it times one client step - forward, backward and optimiser step of the
+supernet at the config's batch size with the method's relaxation: FedMetaNAS
+Gumbel-softmax at temperature 1 (the CPU configs' start), FedNAS plain softmax - on
+``kernels.supernet`` reference and grouped, alternating the two, and prints the median
+and min time, images/s, the speedup, the memory saved for backward by one forward (the
+step's activation peak: tensors autograd keeps, counted with saved-tensor hooks), and
+the share of the step the mix takes (profiler: reference = fednas::mix and its
+backward; grouped = the matmul of eq. 2 and its backward). ``--derived`` adds a random
+derived network (one op per edge, one combination per node: the network after the
+final derivation). ``--client-update`` also times one whole FedMetaNAS
+``client_update`` (the method's loop) per path. ``--profile`` prints the top ops by
+self CPU time of both paths' steps (no dead ops). The fused mixing kernels are used when they load
+(``kernels.backend: auto``, the default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from fednas_mpi import kernels  # noqa: E402
+from fednas_mpi.algorithms import ClientData, DataInfo, RoundContext, get_algorithm  # noqa: E402
+from fednas_mpi.config import load_run  # noqa: E402
+from fednas_mpi.data.datasets import load_dataset  # noqa: E402
+from fednas_mpi.nas import ArchSpec, CellMasks, sampled_spec  # noqa: E402
+
+CONFIGS = [
+    "configs/cpu/fashion_mnist/fedmetanas.yaml",
+    "configs/cpu/fashion_mnist/fednas.yaml",
+    "configs/cpu/digits/fedmetanas.yaml",
+    "configs/cpu/digits/fednas.yaml",
+]
+PATHS = ("reference", "grouped")
+
+
+def dead_masks(algo, dead: float, seed: int = 0) -> tuple[dict, float]:
+    """The initial spec with ``dead`` of the real ops of every cell type pruned at random
+    (at least one per edge kept); returns (spec, the fraction actually dead)."""
+    spec = ArchSpec.of(algo.initial_spec())
+    space, g = algo.space, torch.Generator().manual_seed(seed)
+    real = [k for k, n in enumerate(space.primitives) if n != "none"]
+    masks, frac = {}, 0.0
+    for cell, m in spec.masks.items():
+        keep_total = max(space.num_edges, round(space.num_edges * len(real) * (1 - dead)))
+        keep = {
+            (e, real[int(torch.randint(len(real), (1,), generator=g))])
+            for e in range(space.num_edges)
+        }
+        rest = [(e, k) for e in range(space.num_edges) for k in real if (e, k) not in keep]
+        for i in torch.randperm(len(rest), generator=g)[: keep_total - len(keep)].tolist():
+            keep.add(rest[i])
+        ops = [
+            [n == "none" or (e, k) in keep for k, n in enumerate(space.primitives)]
+            for e in range(space.num_edges)
+        ]
+        masks[cell] = CellMasks(ops, list(m.combos))
+        frac = 1 - len(keep) / (space.num_edges * len(real))
+    return ArchSpec(masks, spec.inputs).to_dict(), frac
+
+
+def client_step(algo, net, x, y, gumbel: bool):
+    weights = torch.optim.SGD(net.weight_parameters(), lr=0.01, momentum=0.9)
+    arch = torch.optim.Adam(net.arch_parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+
+    def step():
+        net.set_sampling(1.0, g if gumbel else None)
+        weights.zero_grad()
+        arch.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        weights.step()
+        arch.step()
+
+    return step
+
+
+def saved_bytes(net, x, y) -> int:
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    net.zero_grad()
+    return total
+
+
+def mix_share(step, path: str) -> float:
+    """Profiler time of the mix (forward and backward) over the step's."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(3):
+            step()
+    ev = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in ev)
+    if path == "grouped":
+        # the (nodes, outputs) @ (batch, outputs, C*H*W) product: a 2-D first operand (the
+        # pointwise convs' batched products have 3-D weights), and its backward (mm)
+        mix = sum(
+            e.cpu_time_total
+            for e in ev
+            if (e.key == "aten::matmul" and len(e.input_shapes[0]) == 2) or e.key == "MmBackward0"
+        )
+    else:
+        names = ("fednas::mix", "fednas::mix_backward")
+        mix = sum(e.cpu_time_total for e in ev if e.key.endswith(names))
+    return mix / total
+
+
+def time_steps(steps: dict, reps: int) -> dict[str, list[float]]:
+    times = {p: [] for p in steps}
+    for p in steps:  # warm-up (plans, allocator)
+        for _ in range(3):
+            steps[p]()
+    for _ in range(reps):
+        for p, step in steps.items():  # alternate, so drifting load hits both
+            t = time.perf_counter()
+            step()
+            times[p].append(time.perf_counter() - t)
+    return times
+
+
+def bench_config(path: str, reps: int, deads: list, profile: bool) -> list[dict]:
+    cfg = load_run(ROOT / path)
+    ds = load_dataset(cfg.data, cfg.run.seed)
+    algo = get_algorithm(cfg.algorithm.name)(cfg, DataInfo(ds.input_shape, ds.num_classes))
+    b = cfg.algorithm.batch_size
+    x, y = ds.train_x[:b].contiguous(), ds.train_y[:b]
+    gumbel = cfg.algorithm.name != "fednas"
+    rows = []
+    for dead in deads:
+        if dead == "derived":  # a random genotype: one op per edge, one combination per node
+            derived = sampled_spec(algo.space, torch.Generator().manual_seed(0))
+            spec, frac = ArchSpec(derived.masks, algo.inputs).to_dict(), "derived"
+        else:
+            spec, frac = dead_masks(algo, dead) if dead else (algo.initial_spec(), 0.0)
+        nets = {p: algo.fresh(spec) for p in PATHS}
+        for p, net in nets.items():
+            net.set_execution(p)
+            net.train()
+        steps = {p: client_step(algo, nets[p], x, y, gumbel) for p in PATHS}
+        times = time_steps(steps, reps)
+        row = {
+            "config": path,
+            "dead": frac if isinstance(frac, str) else round(frac, 3),
+            "weights": sum(p.numel() for p in nets["reference"].weight_parameters()),
+            "batch": b,
+            "input": list(ds.input_shape),
+        }
+        for p in PATHS:
+            med = statistics.median(times[p])
+            row[p] = {
+                "median_ms": 1e3 * med,
+                "min_ms": 1e3 * min(times[p]),
+                "images_per_s": b / med,
+                "saved_MB": saved_bytes(nets[p], x, y) / 2**20,
+                "mix_share": mix_share(steps[p], p),
+            }
+        row["speedup"] = row["reference"]["median_ms"] / row["grouped"]["median_ms"]
+        rows.append(row)
+        label = frac if isinstance(frac, str) else f"{frac:.0%}"
+        print(
+            f"{path} dead {label}: reference {row['reference']['median_ms']:.1f} ms "
+            f"(min {row['reference']['min_ms']:.1f}), grouped {row['grouped']['median_ms']:.1f}"
+            f" ms (min {row['grouped']['min_ms']:.1f}), x{row['speedup']:.2f}; images/s "
+            f"{row['reference']['images_per_s']:.0f} -> {row['grouped']['images_per_s']:.0f};"
+            f" saved for backward {row['reference']['saved_MB']:.1f} -> "
+            f"{row['grouped']['saved_MB']:.1f} MB; mix share "
+            f"{row['reference']['mix_share']:.0%} -> {row['grouped']['mix_share']:.0%}",
+            flush=True,
+        )
+        if profile and not dead:
+            for p in PATHS:
+                print_profile(steps[p], p)
+    return rows
+
+
+def print_profile(step, path: str, top: int = 15) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(5):
+            step()
+    ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ev)
+    print(f"  {path} step, top ops by self CPU time (of {total / 5e3:.1f} ms per step):")
+    for e in ev[:top]:
+        print(
+            f"    {e.self_cpu_time_total / 5e3:7.2f} ms {e.self_cpu_time_total / total:5.1%} "
+            f"{e.count // 5:4d} calls  {e.key}"
+        )
+
+
+def bench_client_update(path: str) -> dict:
+    """One whole FedMetaNAS client update (the method's own loop) per path."""
+    out = {}
+    for p in PATHS:
+        cfg = load_run(ROOT / path, [f"kernels.supernet={p}"])
+        ds = load_dataset(cfg.data, cfg.run.seed)
+        algo = get_algorithm(cfg.algorithm.name)(cfg, DataInfo(ds.input_shape, ds.num_classes))
+        n = cfg.partition.train_size or len(ds.train_y) // cfg.partition.num_clients
+        data = ClientData(
+            0, ds.train_x[:n], ds.train_y[:n], ds.train_x[n : 2 * n], ds.train_y[n : 2 * n]
+        )
+        gm = algo.init_global()
+        r = cfg.algorithm.fedmetanas.arch_warmup_rounds  # the first search round
+        ctx = RoundContext(r, cfg.run.rounds, cfg.run.seed, algo.stage(r))
+        algo.client_update(gm, data, ctx, None)  # warm-up
+        ts = []
+        for _ in range(3):
+            t = time.perf_counter()
+            algo.client_update(gm, data, ctx, None)
+            ts.append(time.perf_counter() - t)
+        out[p] = statistics.median(ts)
+    print(
+        f"{path} client_update (round {r + 1}, {n} images): reference {out['reference']:.2f} s, "
+        f"grouped {out['grouped']:.2f} s, x{out['reference'] / out['grouped']:.2f}",
+        flush=True,
+    )
+    return {"config": path, **out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--configs", nargs="*", default=CONFIGS)
+    ap.add_argument("--dead", type=float, nargs="*", default=[0.0, 0.5, 0.9])
+    ap.add_argument("--derived", action="store_true", help="also a random derived network")
+    ap.add_argument("--client-update", action="store_true")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(
+        f"torch {torch.__version__}, 1 thread, mixing kernels: {kernels.configure('auto').backend}"
+    )
+    deads = [*args.dead, *(["derived"] if args.derived else [])]
+    rows = [r for c in args.configs for r in bench_config(c, args.reps, deads, args.profile)]
+    updates = []
+    if args.client_update:
+        updates = [bench_client_update(c) for c in args.configs if "fedmetanas" in c]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"process peak RSS {peak:.0f} MB")
+    if args.json:
+        args.json.write_text(json.dumps({"steps": rows, "client_update": updates}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
