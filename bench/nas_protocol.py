@@ -123,6 +123,8 @@ def run_one(cfg: str, overrides: dict, ranks: int, out: Path, target: float) -> 
         "stopped_early": ck.attrs.get("stopped_early"),
         "test_acc": _last(acc),
         "val_acc": _last(m.get("val_acc", [np.nan])),
+        "personal_acc": _last(m.get("personal_acc", [np.nan])),
+        "personal_acc_std": _last(m.get("personal_acc_std", [np.nan])),
         "method_time": float(method_t.sum()),
         "method_time_per_stage": stages,
         "eval_time": float(np.sum(m["eval_time"])),

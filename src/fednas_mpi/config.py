@@ -70,6 +70,15 @@ class RunConfig:
         "round an architecture is derived always use the whole test set. 0 = all.",
         ge=0,
     )
+    test_subset: int = _f(
+        0,
+        "The server test set itself, for every evaluation (the last round and a "
+        "derivation included): a fixed subset of this many images, the same in every run "
+        "whatever run.seed - a budget for CPU-scale comparisons, where evaluating a supernet "
+        "on the whole set costs more than its round. run.eval_subset is then drawn from "
+        "this subset. 0 = the whole test set.",
+        ge=0,
+    )
     val_every: int = _f(
         0,
         "Every N rounds (and in the last) evaluate the global model on the union of all "

@@ -25,6 +25,7 @@ ALL_KEYS = [
     "run.rounds",
     "run.eval_every",
     "run.eval_subset",
+    "run.test_subset",
     "run.val_every",
     "run.patience",
     "run.personal_eval_every",

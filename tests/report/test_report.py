@@ -263,6 +263,44 @@ def test_plot_of_one_run_defaults_to_its_plots_directory(runs, tmp_path, capsys)
     assert "architecture.png not written" in text and not (run / "plots/architecture.png").exists()
 
 
+def test_plot_metric_and_method_time_axis(runs, tmp_path, capsys):
+    """--metric picks the accuracy drawn (personal_acc: Table 5); the time axis is the
+    cumulative method time (evaluation apart), read from the checkpoints; a metric no run
+    recorded is one clear error."""
+    import matplotlib.image as mpimg
+
+    from fednas_mpi.report.plots import _elapsed
+
+    pair = [load_run(runs["avg7"]), load_run(runs["avg8"])]
+    elapsed, label = _elapsed(pair)
+    by_hand = np.mean(
+        [np.cumsum(h5(runs[n])["metrics"]["method_time"]) for n in ("avg7", "avg8")], 0
+    )
+    np.testing.assert_allclose(elapsed, by_hand)
+    assert label.startswith("method time")
+    assert not np.allclose(elapsed, np.mean([np.cumsum(r.metric("round_time")) for r in pair], 0))
+    outs = {}
+    for metric in ("global_acc", "personal_acc"):
+        out = tmp_path / metric
+        code, _, _ = run_cli(
+            capsys,
+            "plot",
+            str(runs["avg7"]),
+            str(runs["avg8"]),
+            "--metric",
+            metric,
+            "--out",
+            str(out),
+        )
+        assert code == 0
+        outs[metric] = mpimg.imread(out / "accuracy.png")
+    assert not np.array_equal(outs["global_acc"], outs["personal_acc"])
+    code, _, err = run_cli(
+        capsys, "plot", str(runs["avg7"]), "--metric", "nope", "--out", str(tmp_path / "x")
+    )
+    assert code == 2 and "no run recorded the metric 'nope'" in err
+
+
 # ------------------------------------------------------------------ live, interrupted, broken
 
 

@@ -200,3 +200,70 @@ def test_eval_subset_is_fixed_sorted_and_whole_when_off():
     assert a is not None and len(a) == 100 == len(set(a.tolist()))
     assert (a == b).all() and (np.diff(a) > 0).all() and a.max() < 1000
     assert eval_subset(1000, 0) is None and eval_subset(50, 100) is None
+
+
+def test_test_subset_is_the_test_set_of_every_evaluation(tmp_path):
+    """run.test_subset fixes the server test set for every evaluation, the last round and
+    the eval_subset rounds included (eval_subset drawn from it); 0 keeps the whole set."""
+    import torch
+    from mpi4py import MPI
+
+    from fednas_mpi.algorithms import Algorithm, ClientResult, DataInfo, GlobalModel
+    from fednas_mpi.config import from_dict
+    from fednas_mpi.data import Dataset, make_partition
+    from fednas_mpi.runtime.schedule import eval_subset
+    from fednas_mpi.runtime.simulation import Simulation
+
+    seen: list[list[int]] = []
+
+    class Probe(Algorithm):
+        name = "probe"
+        client_metrics = ()
+
+        def init_global(self):
+            return GlobalModel({}, {"w": torch.zeros(1, dtype=torch.float64)})
+
+        def client_update(self, model, data, ctx, client_state):
+            return ClientResult({"w": model.state["w"]}, float(data.num_train), {})
+
+        def server_step(self, model, averaged, metrics, ctx):
+            return GlobalModel(model.spec, averaged)
+
+        def evaluate(self, model, x, y):
+            if len(y) and bool((x == 1).all()):  # the server test set (clients: zeros)
+                seen.append(y.tolist())
+            return 0.0, 0.5
+
+    def run(test_subset, eval_subset_size, out):
+        seen.clear()
+        cfg = from_dict(
+            {
+                "run": {
+                    "seed": 1,
+                    "rounds": 2,
+                    "test_subset": test_subset,
+                    "eval_subset": eval_subset_size,
+                },
+                "partition": {"num_clients": 4, "min_train": 4},
+                "federation": {"clients_per_round": 2},
+            }
+        )
+        x = torch.zeros(120, 1, 4, 4)
+        y = torch.arange(120) % 3
+        test_y = torch.arange(50)  # labels = indices: what was evaluated is readable
+        dataset = Dataset("synthetic", x, y, torch.ones(50, 1, 4, 4), test_y, num_classes=50)
+        partition = make_partition(y.numpy(), cfg.partition, cfg.run.seed)
+        sim = Simulation(
+            cfg, MPI.COMM_SELF, dataset, partition, Probe(cfg, DataInfo((1, 4, 4), 50))
+        )
+        sim.serve(out)
+        return [list(s) for s in seen]
+
+    whole = run(0, 0, tmp_path / "a")
+    assert whole == [list(range(50))] * 2
+    fixed = run(20, 0, tmp_path / "b")
+    keep = eval_subset(50, 20, "test_subset").tolist()
+    assert fixed == [keep] * 2 and len(keep) == 20 and keep != list(range(20))
+    both = run(20, 8, tmp_path / "c")
+    sub = [keep[i] for i in eval_subset(20, 8)]
+    assert both == [sub, keep]  # round 1 on the eval subset of the fixed set, the last on it

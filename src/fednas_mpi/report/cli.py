@@ -2,7 +2,7 @@
 
 fednas-mpi inspect RUN_DIR [--rounds] [--clients] [--json | --csv]
 fednas-mpi compare RUN_DIR... [--csv] [--target ACC]
-fednas-mpi plot RUN_DIR... [--out DIR]
+fednas-mpi plot RUN_DIR... [--out DIR] [--metric NAME]
 """
 
 from __future__ import annotations
@@ -77,6 +77,13 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         metavar="DIR",
         help="directory for the PNGs (default RUN_DIR/plots for one run, ./plots for several)",
     )
+    p.add_argument(
+        "--metric",
+        default="global_acc",
+        help="the accuracy of accuracy.png: global_acc (server test set, default), val_acc "
+        "(the clients' eval splits) or personal_acc (mean local accuracy of the "
+        "personalised models, Table 5; recorded on run.personal_eval_every rounds)",
+    )
     return p
 
 
@@ -130,7 +137,7 @@ def plot(args: argparse.Namespace) -> int:
         else (runs[0].directory / "plots" if len(runs) == 1 else Path("plots"))
     )
     try:
-        written, notes = plot_all(runs, out)
+        written, notes = plot_all(runs, out, args.metric)
     except OSError as e:
         raise ReportError(
             f"{out}: cannot write the figures ({e.strerror}); choose a writable --out"

@@ -3,7 +3,8 @@
 Runs of one setting (configs equal but for the seed) are drawn as their mean with a
 ± std band. Figures have fixed sizes (``SIZES``, pixels), so they line up in reports:
 
-- ``accuracy.png``: global test accuracy vs round and vs time (cumulative round time)
+- ``accuracy.png``: an accuracy (``--metric``: global test accuracy by default) vs round
+  and vs method time (cumulative; evaluation apart)
 - ``architecture.png``: temperature, architecture entropy and surviving ops per round
   (NAS methods)
 - ``time.png``: per setting, each round's time split into compute (slowest worker),
@@ -23,7 +24,7 @@ import numpy as np
 from ..data.stats import describe, heatmap
 from ..nas.spec import genotype_of
 from .dag import draw_cell
-from .runs import Run, Setting, group_settings
+from .runs import ReportError, Run, Setting, group_settings
 
 DPI = 100
 SIZES = {
@@ -105,19 +106,38 @@ def _colours(n: int) -> list:
     return [cmap(i % 10) for i in range(n)]
 
 
-def accuracy(settings: list[Setting], path: Path) -> Path:
+METRIC_LABELS = {
+    "global_acc": "global test accuracy, %",
+    "val_acc": "validation accuracy (clients' eval splits), %",
+    "personal_acc": "mean local accuracy of the personalised models, %",
+}
+
+
+def _elapsed(runs: list[Run]) -> tuple[np.ndarray, str]:
+    """Cumulative time per round (mean over runs) and its axis label: the method time
+    (client compute + communication + aggregation, evaluation apart) where every run
+    recorded it, the whole round time otherwise (runs from before method_time existed)."""
+    if all(np.isfinite(r.metric("method_time")).all() for r in runs):
+        name, label = "method_time", "method time, s (evaluation apart; mean over seeds)"
+    else:
+        name, label = "round_time", "time in rounds, s (mean over seeds)"
+    return np.cumsum(np.nan_to_num(_stack(runs, name)), axis=1).mean(axis=0), label
+
+
+def accuracy(settings: list[Setting], path: Path, metric: str = "global_acc") -> Path:
     fig, axes = _figure("accuracy", 1, 2)
     by_round, by_time = axes[0]
+    xlabel = ""
     for s, colour in zip(settings, _colours(len(settings))):
-        acc = _stack(s.runs, "global_acc") * 100
+        acc = _stack(s.runs, metric) * 100
         rounds, mean, std = _mean_band(acc)
         _line(by_round, rounds, mean, std, _label(s), colour)
-        elapsed = np.cumsum(np.nan_to_num(_stack(s.runs, "round_time")), axis=1).mean(axis=0)
+        elapsed, xlabel = _elapsed(s.runs)
         _line(by_time, elapsed[rounds - 1], mean, std, _label(s), colour)
     _round_axis(by_round)
-    by_time.set_xlabel("time in rounds, s (mean over seeds)")
+    by_time.set_xlabel(xlabel)
     for ax in (by_round, by_time):
-        ax.set_ylabel("global test accuracy, %")
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.grid(alpha=0.3)
     by_round.legend(fontsize=8, loc="lower right")
     by_round.set_title("accuracy vs round")
@@ -219,11 +239,16 @@ def _unique_names(runs: list[Run]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}_{i + 1}" for i, n in enumerate(names)]
 
 
-def plot_all(runs: list[Run], out: Path) -> tuple[list[Path], list[str]]:
-    """Write every figure the runs have data for; (files written, notes on what was not)."""
+def plot_all(
+    runs: list[Run], out: Path, metric: str = "global_acc"
+) -> tuple[list[Path], list[str]]:
+    """Write every figure the runs have data for; (files written, notes on what was not).
+    ``metric``: the accuracy ``accuracy.png`` shows (a per-round metric name)."""
     settings, legend = group_settings(runs)
     notes = list(legend)
-    written = [accuracy(settings, out / "accuracy.png")]
+    if not any(np.isfinite(r.metric(metric)).any() for r in runs):
+        raise ReportError(f"no run recorded the metric {metric!r}: nothing to plot")
+    written = [accuracy(settings, out / "accuracy.png", metric)]
     if any("temperature" in r.metrics or "arch_entropy_ops" in r.metrics for r in runs):
         written.append(architecture(settings, out / "architecture.png"))
     else:

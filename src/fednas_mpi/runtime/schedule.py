@@ -56,10 +56,11 @@ def patience_exhausted(val_acc: Sequence[float], stoppable: Sequence[bool], pati
     return len(vals) - 1 - best >= patience
 
 
-def eval_subset(num_test: int, size: int) -> np.ndarray | None:
-    """Indices (sorted) of the fixed server-test subset of ``run.eval_subset``, the same
-    for every run whatever its seed; None = the whole test set."""
+def eval_subset(num_test: int, size: int, purpose: str = "eval_subset") -> np.ndarray | None:
+    """Indices (sorted) of a fixed server-test subset of ``size`` images - ``run.eval_subset``
+    or, with ``purpose="test_subset"``, ``run.test_subset`` - the same for every run whatever
+    its seed; None = the whole test set."""
     if size <= 0 or size >= num_test:
         return None
-    rng = numpy_rng(0, -1, SERVER, "eval_subset")
+    rng = numpy_rng(0, -1, SERVER, purpose)
     return np.sort(rng.choice(num_test, size=size, replace=False))

@@ -554,11 +554,16 @@ class Simulation:
         self._close_transport()
 
     def _test_set(self, whole: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """The server test set on the server's device (moved there once); ``whole=False``:
-        its fixed ``run.eval_subset`` (the whole set when that is 0)."""
+        """The server test set (its fixed ``run.test_subset``, the whole set when that is 0)
+        on the server's device (moved there once); ``whole=False``: its fixed
+        ``run.eval_subset`` (all of it when that is 0)."""
         dev = self.algorithm.device
         if self._test is None or self._test[0].device != dev:
-            self._test = (self.dataset.test_x.to(dev), self.dataset.test_y.to(dev))
+            x, y = self.dataset.test_x, self.dataset.test_y
+            keep = eval_subset(len(y), self.cfg.run.test_subset, "test_subset")
+            if keep is not None:
+                x, y = x[torch.from_numpy(keep)], y[torch.from_numpy(keep)]
+            self._test = (x.to(dev), y.to(dev))
             idx = eval_subset(len(self._test[1]), self.cfg.run.eval_subset)
             self._test_sub = (
                 self._test
