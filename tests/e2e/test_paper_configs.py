@@ -89,6 +89,17 @@ def test_the_glob_finds_every_paper_config():
     assert listed == {p.relative_to(CONFIGS_DIR).as_posix() for p in PAPER_CONFIGS}
 
 
+def test_a_run_that_fails_is_reported_as_failed(cli, tmp_path):
+    """The runner passes a failing run's status on: no dataset under data.root."""
+    config = CONFIGS_DIR / "paper" / "mnist" / "fedavg-cnn-tau4.yaml"
+    args = [config, "--out", tmp_path / "run", "--set", f"data.root={tmp_path / 'none'}"]
+    res = cli.run(args, cwd=tmp_path)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.count("fednas-mpi: error") == 1, res.stderr
+    assert "train-images-idx3-ubyte" in res.stderr
+    assert not list_checkpoints(tmp_path / "run")
+
+
 @pytest.mark.parametrize(
     "config", PAPER_CONFIGS, ids=[f"{p.parent.name}/{p.stem}" for p in PAPER_CONFIGS]
 )
