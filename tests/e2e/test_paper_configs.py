@@ -68,7 +68,7 @@ def rounds_and_schedule(method: str) -> tuple[int, list[str]]:
 def data_root(tmp_path_factory) -> Path:
     """All four datasets, in the layout the loaders read under data.root."""
     root = tmp_path_factory.mktemp("paper-data")
-    write_cifar10(root, per_batch=8, n_test=4)  # 40 train images, 4 of each class
+    write_cifar10(root, per_batch=8, n_test=4)  # 40 train images over the 10 classes
     write_cifar100(root, n_train=200, n_test=4)  # every fine label twice
     write_mnist(root / "MNIST" / "raw", mnist_arrays(n_train=40, n_test=4, seed=1))
     write_mnist(root / "FashionMNIST" / "raw", mnist_arrays(n_train=40, n_test=4, seed=2))
