@@ -277,6 +277,15 @@ def main(argv=None) -> None:
         result["n_k"] = nk
         path = out if rank == 0 else out.with_name(f"{out.stem}.rank{rank}{out.suffix}")
         path.write_text(json.dumps(result, indent=1))
+        for i, r in enumerate(rounds):
+            print(f"fedml server: round {i}: {r['round_s']:.2f} s", flush=True)
+        for r in searches:
+            steps = max(1, r["weight_steps"])
+            print(
+                f"fedml client rank {rank}: round {r['round']} epoch: {r['search_s']:.2f} s, "
+                f"{r['weight_steps']} steps, {r['search_s'] / steps:.3f} s/step",
+                flush=True,
+            )
 
     # FedML's finish() calls MPI.Finalize(); write the results however the run ends.
     atexit.register(write)
