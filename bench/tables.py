@@ -181,10 +181,21 @@ def summarise(doc: dict) -> dict:
                 "eval_time": stats(r["eval_time"] for r in runs),
                 "rounds": stats(r["rounds"] for r in runs),
                 "stopped_early": sum(bool(r.get("stopped_early")) for r in runs),
+                "drop_pt": stats(
+                    (r["acc_before"] - r["acc_after"]) * 100
+                    for r in runs
+                    if r.get("acc_before") is not None and r.get("acc_after") is not None
+                ),
                 "seeds": [r["seed"] for r in runs],
             }
     if doc["random"]:
         runs = doc["random"]["runs"]
+        mean = float(np.mean([r.get(report) for r in runs]))
+        for name in doc["methods"]:
+            for sname, x in out[name].items():
+                x["beats_random"] = sum(
+                    r.get(report) > mean for r in doc["methods"][name]["settings"][sname]
+                )
         out["random"] = {
             "acc": stats(r.get(report) for r in runs),
             "method_time": stats(r["method_time"] for r in runs),
@@ -214,8 +225,9 @@ def markdown(doc: dict, proto: dict, args) -> str:
         lines += [
             f"| method | chosen configuration | {what}: mean ± std [min, max] | rounds run "
             f"(stopped early) | method time s | x {doc['time_base']} | eval time s "
+            "| drop at the last architecture change pt | seeds above the random mean "
             f"| paper: {paper.get('header', '-')} |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         sname = settings[0]
         base = s.get(doc["time_base"], {}).get(sname, {}).get("method_time", {}).get("mean")
@@ -226,7 +238,8 @@ def markdown(doc: dict, proto: dict, args) -> str:
                 f"| {name} | `{res['grid'][res['chosen']]}` | {_pct(x['acc'])} "
                 f"| {fmt(x['rounds'], 1, 1, False)} ({x['stopped_early']}) "
                 f"| {fmt(x['method_time'], 1, 1, False)} | {ratio} "
-                f"| {fmt(x['eval_time'], 1, 1, False)} | {paper.get(name, '-')} |"
+                f"| {fmt(x['eval_time'], 1, 1, False)} | {fmt(x['drop_pt'], 1, 1, False)} "
+                f"| {x.get('beats_random', '-')} of {x['acc']['n']} | {paper.get(name, '-')} |"
             )
         if "random" in s:
             x, rnd = s["random"], doc["random"]
@@ -234,7 +247,7 @@ def markdown(doc: dict, proto: dict, args) -> str:
                 f"| random genotypes ({x['acc']['n']} samples, whole round cap) "
                 f"| `{rnd['grid'][rnd['chosen']]}` | {_pct(x['acc'])} "
                 f"| {fmt(x['rounds'], 1, 1, False)} | {fmt(x['method_time'], 1, 1, False)} "
-                f"| | | - |"
+                f"| | | | | - |"
             )
     else:
         head = " | ".join(f"{n}: {what}" for n in settings)
@@ -301,6 +314,11 @@ def plot(doc: dict, proto: dict, out: Path) -> list[str]:
         if res.returncode != 0:
             print(f"plot failed: {' '.join(cmd)}\n{res.stderr[-2000:]}", file=sys.stderr)
             continue
+        # keep the figures of the comparison; the per-run genotype cells and partition
+        # heatmaps (a few MB per table) stay in the run directories' own `fednas-mpi plot`
+        for png in dest.glob("*.png"):
+            if png.name not in ("accuracy.png", "architecture.png", "time.png"):
+                png.unlink()
         made.append(str(dest / "accuracy.png"))
     return made
 

@@ -134,14 +134,18 @@ def test_the_table_protocols_load_and_share_table2s_runs():
         p.stem: yaml.safe_load(p.read_text())
         for p in (ROOT / "bench/protocols/tables").glob("*.yaml")
     }
-    assert sorted(protos) == ["table1", "table2", "table4", "table5"]
+    assert sorted(protos) == ["table1", "table2", "table2_long", "table4", "table5"]
     t2 = protos["table2"]
-    for name, proto in protos.items():
+    for name in ("table1", "table4", "table5"):
+        proto = protos[name]
         assert proto["common"] == t2["common"], name
         budgets = {len(m["grid"]) for m in proto["methods"].values()}
         assert budgets == {2}, name
         for method in set(proto["methods"]) & set(t2["methods"]):
             assert proto["methods"][method] == t2["methods"][method], (name, method)
+    long = protos["table2_long"]
+    assert long["common"]["run.rounds"] == 2 * t2["common"]["run.rounds"]
+    assert list(long["methods"]) == list(t2["methods"]) and long["random"] == t2["random"]
     assert list(protos["table4"]["settings"])[0] == "dir0.1"
     assert protos["table4"]["settings"]["dir0.1"] == {}
     assert protos["table5"]["metric"] == "personal"
