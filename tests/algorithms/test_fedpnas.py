@@ -98,3 +98,37 @@ def test_meta_fedpnas_shares_fedmetanas_and_prunes():
     assert set(r2.state) == set(new.state)
     x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
     assert 0.0 <= algo.evaluate(GlobalModel(new.spec, r2.state, new.server_state), x, y)[1] <= 1
+
+
+def _accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).double().mean())
+
+
+def test_personal_accuracy_is_the_clients_own_part_on_the_global_base():
+    """Table 5: a sampled client is scored with its kept personalised part (cells,
+    classifier, logits) on the current global base, without noise at the server's
+    temperature; a client never sampled with the global model."""
+    algo = FedPNAS(_cfg(), INFO)
+    model = algo.init_global()
+    data = client_data(1, n=32, n_eval=200)
+    ctx = RoundContext(0, 3, 5, "search")
+    kept = algo.client_update(model, data, ctx, None).client_state
+    # by hand: the global network, the kept part loaded over it, the kept logits
+    net = algo._net(model)
+    net.load_state_dict({k: v for k, v in kept.items() if not k.startswith("p")}, strict=False)
+    net.set_sampling(float(model.server_state["temperature"]), None)
+    net.eval()
+    logits = {k: v for k, v in kept.items() if k.startswith(("palpha_", "pbeta_"))}
+    with torch.no_grad():
+        by_hand = float(
+            (split_forward(net, data.eval_x, logits, 2).argmax(1) == data.eval_y).double().mean()
+        )
+    mine = algo.personal_accuracy(model, data, kept, ctx)
+    assert mine == by_hand
+    glob = algo.personal_accuracy(model, data, None, ctx)
+    assert glob == algo.evaluate(model, data.eval_x, data.eval_y)[1]
+    assert mine != glob
+    # scoring changes neither the global model nor the client state
+    assert algo.personal_accuracy(model, data, kept, ctx) == mine
+    assert algo.evaluate(model, data.eval_x, data.eval_y)[1] == glob

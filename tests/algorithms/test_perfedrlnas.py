@@ -178,3 +178,27 @@ def test_meta_variant_trains_the_path_by_maml_and_prunes_the_mean_policy():
         mask = torch.tensor(new.spec["masks"][c]["ops"])
         picked = r2.client_state[f"subnet_{c}"].long()
         assert mask[torch.arange(len(picked)), picked].all()
+
+
+def test_personal_accuracy_is_the_clients_own_subnet():
+    """Table 5: the argmax of the client's own policy over the live ops, with the shared
+    supernet's weights; a client never sampled: the global model (mean policy's child)."""
+    from fednas_mpi.algorithms.common.subnet import PathModel
+
+    algo = _algo()
+    model = algo.init_global()
+    data = client_data(2, n=32, n_eval=200)
+    ctx = RoundContext(2, 3, 5, "search")
+    st = algo.initial_client_state(model)
+    st["alpha_normal"][:, 6] = 3.0  # dil_conv_3x3 everywhere
+    st["alpha_reduce"][:, 2] = 3.0  # avg_pool_3x3 everywhere
+    net = algo.net_of(model.spec, model.state)
+    path = PathModel(net, {"normal": [6] * 5, "reduce": [2] * 5})
+    path.eval()
+    with torch.no_grad():
+        by_hand = float((path(data.eval_x).argmax(1) == data.eval_y).double().mean())
+    mine = algo.personal_accuracy(model, data, st, ctx)
+    assert mine == by_hand
+    glob = algo.personal_accuracy(model, data, None, ctx)
+    assert glob == algo.evaluate(model, data.eval_x, data.eval_y)[1]
+    assert mine != glob

@@ -22,7 +22,9 @@ stem, the other cells and the global alphas/betas the base.
   included).
 - Server: FedAvg of the whole state; the averaged personalised part is what new clients
   start from and what the global accuracy uses (base + averaged personalised part,
-  global logits). ``local_acc`` is each client's personalised model on its eval split.
+  global logits). ``local_acc`` is each client's personalised model on its eval split
+  after its local step; ``personal_acc`` (Table 5, every client on the server) is the
+  same model - the current global base with the client's kept personalised part.
 """
 
 from __future__ import annotations
@@ -221,6 +223,27 @@ class FedPNAS(GumbelSupernetMethod):
             {"train_loss": q_sum / steps, "support_loss": s_sum / steps, "local_acc": local_acc},
             client_state=kept,
         )
+
+    def personal_model(self, model: GlobalModel, client_state: State | None) -> SplitModel:
+        """The client's personalised model: the current global base with its own
+        personalised part (cells and classifier weights, their logits); for a client never
+        sampled, the global model's own personalised part - the global model."""
+        net = self._net(model)
+        mine = self.personal_state(model, client_state)
+        logits = ("palpha_", "pbeta_")
+        net.load_state_dict(
+            {k: v for k, v in mine.items() if not k.startswith(logits)}, strict=False
+        )
+        # evaluated like the global model: no Gumbel noise, at the server's temperature
+        net.set_sampling(float(model.server_state.get("temperature", 1.0)), None)
+        personal = {k: v.to(self.device) for k, v in mine.items() if k.startswith(logits)}
+        return SplitModel(net, personal, self.first_personal)
+
+    def personal_accuracy(
+        self, model: GlobalModel, data: ClientData, client_state: State | None, ctx: RoundContext
+    ) -> float:
+        """Table 5: the client's personalised model (``personal_model``) on its eval split."""
+        return evaluate(self.personal_model(model, client_state), data.eval_x, data.eval_y)[1]
 
     @property
     def tasks_per_epoch(self) -> int:

@@ -9,7 +9,8 @@
   (epsilon-greedy; in the last round its argmax subnet, so every client ends with its
   own subnet), trains only that path of the shared supernet and takes the reward
   accuracy on a held-out part of its train split (``SubnetSearch.train_subnet``), and
-  reports its personalised subnet's accuracy on its eval split (``local_acc``).
+  reports its personalised subnet's accuracy on its eval split (``local_acc``); the
+  server's ``personal_acc`` (Table 5) scores every client's argmax subnet the same way.
 - Server, once the round is complete (``server_client_step``): for each of the round's
   clients, reward R_i = acc_i - mean over clients of their best accuracies
   - lambda_time * (time_i - fastest time of the round); the client's policy moves by
@@ -39,9 +40,10 @@ from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.meta import MetaSearch
 from .common.policy import adam_ascent, choices_of, onehot, score
-from .common.subnet import SubnetSearch, SubnetSearchConfig, op_keys
+from .common.subnet import PathModel, SubnetSearch, SubnetSearchConfig, op_keys
 from .common.supernet import state_of
 from .common.tasks import task_pairs
+from .common.training import evaluate
 
 
 @dataclass(kw_only=True)
@@ -207,6 +209,26 @@ class PerFedRLNAS(SubnetSearch):
     def client_subnet(self, client_state: State) -> dict[str, list[int]]:
         """A client's own subnet: the argmax of its policy."""
         return {c: client_state[f"alpha_{c}"].argmax(1).tolist() for c in CELL_TYPES}
+
+    def personal_accuracy(
+        self, model: GlobalModel, data: ClientData, client_state: State | None, ctx: RoundContext
+    ) -> float:
+        """Table 5: the client's own subnet - the argmax of its policy over the ops still in
+        the supernet - with the shared supernet's current weights, on its eval split. A
+        client never sampled has no policy of its own: the global model (the argmax child
+        of the mean policy)."""
+        if client_state is None:
+            return self.evaluate(model, data.eval_x, data.eval_y)[1]
+        net = self.net_of(model.spec, model.state)
+        masks = self.masks_of(net)
+        choices = {
+            c: client_state[f"alpha_{c}"]
+            .masked_fill(~masks[c].bool(), float("-inf"))
+            .argmax(1)
+            .tolist()
+            for c in CELL_TYPES
+        }
+        return evaluate(PathModel(net, choices), data.eval_x, data.eval_y)[1]
 
 
 class MetaPerFedRLNAS(PerFedRLNAS):
