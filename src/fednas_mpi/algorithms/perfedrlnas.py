@@ -105,15 +105,17 @@ class PerFedRLNAS(SubnetSearch):
         return st
 
     # ------------------------------------------------------------ client
+    @staticmethod
+    def own_subnet(policy: State, masks) -> dict[str, list[int]]:
+        """A client's own subnet: the argmax of its policy over the ops still alive."""
+        return {
+            c: policy[f"alpha_{c}"].masked_fill(~masks[c].bool(), float("-inf")).argmax(1).tolist()
+            for c in CELL_TYPES
+        }
+
     def sample(self, policy: State, masks, ctx: RoundContext, cid: int):
         if ctx.round + 1 == ctx.rounds:  # the client's own subnet: its policy's argmax
-            return {
-                c: policy[f"alpha_{c}"]
-                .masked_fill(~masks[c].bool(), float("-inf"))
-                .argmax(1)
-                .tolist()
-                for c in CELL_TYPES
-            }
+            return self.own_subnet(policy, masks)
         g = torch_rng(ctx.seed, ctx.round, cid, f"{self.purpose}.arch")
         return choices_of(
             {c: policy[f"alpha_{c}"] for c in CELL_TYPES}, masks, g, self.conf.epsilon
@@ -220,14 +222,7 @@ class PerFedRLNAS(SubnetSearch):
         if client_state is None:
             return self.evaluate(model, data.eval_x, data.eval_y)[1]
         net = self.net_of(model.spec, model.state)
-        masks = self.masks_of(net)
-        choices = {
-            c: client_state[f"alpha_{c}"]
-            .masked_fill(~masks[c].bool(), float("-inf"))
-            .argmax(1)
-            .tolist()
-            for c in CELL_TYPES
-        }
+        choices = self.own_subnet(client_state, self.masks_of(net))
         return evaluate(PathModel(net, choices), data.eval_x, data.eval_y)[1]
 
 
