@@ -4,7 +4,7 @@
 # the kernel benchmark and the round-time benchmark on the GPU. Each step has its own time
 # limit so a slow or failing one leaves time for the rest; logs go to $OUT (or ./gpu_out).
 #
-#   bash bench/gpu_check.sh [STEP ...]   steps: build kernels kerrors methods kbench rbench
+#   bash bench/gpu_check.sh [STEP ...]   steps: build kernels grouped kerrors methods kbench rbench
 #   (METHODS_K=EXPR selects tests/gpu/test_gpu.py tests with pytest -k)
 #
 # Python packages the GPU image lacks (mpich, mpi4py built for it, pytest-mpi) are taken from
@@ -13,7 +13,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
-STEPS=${*:-build kernels kerrors methods kbench rbench}
+STEPS=${*:-build kernels grouped kerrors methods kbench rbench}
 PY=${PYTHON:-python3}
 if ls .whl/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --ignore-installed \
@@ -46,6 +46,11 @@ r = kernels.load(); print(r); print("cuda kernels:", loader.has_cuda_kernels(), 
         step "kernels: tests on the GPU"
         timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/kernels/test_kernels.py --timeout 200 \
             -k "not bad_arguments"
+        ;;
+    grouped)
+        step "the grouped supernet forward against the reference on the GPU (issue 17)"
+        timeout 180 "$PY" -m pytest -q -p no:cacheprovider tests/nas/test_grouped.py --timeout 150 \
+            -k "gpu"
         ;;
     kerrors)
         # alone: a C++ exception from the op once crashed the process under torch 2.11

@@ -76,6 +76,37 @@ def test_grouped_forward_and_every_gradient_equal_the_reference(inputs, pruned, 
         assert float(ref_grads["beta_reduce"].abs().sum()) > 0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("pruned", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_grouped_equals_the_reference_on_the_gpu(pruned, training):
+    """The same equality on a CUDA device (float64; BatchNorm in training mode, no Gumbel
+    noise, so no generator crosses devices), and the GPU result equals the CPU's."""
+    net = _net("combinations", pruned)
+    x = torch.randn(3, 2, 9, 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    net.set_sampling(0.6, None)
+    cpu_out, _ = _step_noiseless(net, "reference", x, training)
+    net = net.cuda()
+    ref_out, ref_grads = _step_noiseless(net, "reference", x.cuda(), training)
+    out, grads = _step_noiseless(net, "grouped", x.cuda(), training)
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ref_out.cpu(), cpu_out, rtol=1e-9, atol=1e-11)
+    assert grads.keys() == ref_grads.keys() == {n for n, _ in net.named_parameters()}
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-9, atol=1e-11, msg=name)
+
+
+def _step_noiseless(net: SearchNetwork, execution: str, x: torch.Tensor, training: bool):
+    net.set_execution(execution)
+    net.zero_grad(set_to_none=True)
+    net.train(training)
+    net.set_sampling(0.6, None)
+    out = net(x)
+    (out * torch.linspace(-1, 1, out.shape[1], dtype=out.dtype, device=out.device)).sum().backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    return out.detach(), grads
+
+
 def test_float32_grouped_forward_agrees_to_rounding():
     net = _net("combinations", False, dtype=torch.float32)
     x = torch.randn(4, 2, 14, 14, generator=torch.Generator().manual_seed(2))
