@@ -17,7 +17,8 @@ A table protocol (``bench/protocols/tables/*.yaml``) names:
 - ``methods``: per method its config and tuning grid - the same number of configurations
   for every method of the table;
 - optionally ``random``: the random-architecture baseline of bench/nas_protocol.py (genotypes
-  drawn from the same DARTS space, trained from scratch with a method's whole round cap);
+  drawn from the same DARTS space, trained from scratch with a method's whole round cap;
+  its learning rate tuned like a method's, then ``samples`` genotypes on every setting);
 - ``paper``: the paper's numbers for the same cells, printed beside ours.
 
 Procedure, per method: every configuration of its grid runs on the first setting with the
@@ -156,16 +157,23 @@ def run_table(proto: dict, seeds: list[int], go: Runner) -> dict:
             for i, g in enumerate(rnd["grid"])
         ]
         best = best_of(tried, select)
-        runs = [tried[best]]
-        for i in range(1, int(rnd["samples"])):
-            over = {
-                **base,
-                **rnd["grid"][best],
-                "run.seed": seeds[i % len(seeds)],
-                "algorithm.random_nas.genotype_seed": i,
-            }
-            runs.append(go(f"random-g{i}", rnd["config"], over))
-        random = {"grid": rnd["grid"], "chosen": best, "tuning": tried, "runs": runs}
+        per_setting = {}
+        for sname, sover in settings.items():
+            runs = []
+            for i in range(int(rnd["samples"])):
+                if sname == first_setting and i == 0:
+                    runs.append(tried[best])
+                    continue
+                over = {
+                    **common,
+                    **sover,
+                    **rnd["grid"][best],
+                    "run.seed": seeds[i % len(seeds)],
+                    "algorithm.random_nas.genotype_seed": i,
+                }
+                runs.append(go(f"random-{sname}-g{i}", rnd["config"], over))
+            per_setting[sname] = runs
+        random = {"grid": rnd["grid"], "chosen": best, "tuning": tried, "settings": per_setting}
     return {"methods": methods, "random": random, "report": report, "select": select}
 
 
@@ -189,18 +197,20 @@ def summarise(doc: dict) -> dict:
                 "seeds": [r["seed"] for r in runs],
             }
     if doc["random"]:
-        runs = doc["random"]["runs"]
-        mean = float(np.mean([r.get(report) for r in runs]))
-        for name in doc["methods"]:
-            for sname, x in out[name].items():
+        out["random"] = {}
+        for sname, runs in doc["random"]["settings"].items():
+            mean = float(np.mean([r.get(report) for r in runs]))
+            for name in doc["methods"]:
+                x = out[name][sname]
                 x["beats_random"] = sum(
                     r.get(report) > mean for r in doc["methods"][name]["settings"][sname]
                 )
-        out["random"] = {
-            "acc": stats(r.get(report) for r in runs),
-            "method_time": stats(r["method_time"] for r in runs),
-            "rounds": stats(r["rounds"] for r in runs),
-        }
+            out["random"][sname] = {
+                "acc": stats(r.get(report) for r in runs),
+                "method_time": stats(r["method_time"] for r in runs),
+                "eval_time": stats(r["eval_time"] for r in runs),
+                "rounds": stats(r["rounds"] for r in runs),
+            }
     return out
 
 
@@ -242,7 +252,7 @@ def markdown(doc: dict, proto: dict, args) -> str:
                 f"| {x.get('beats_random', '-')} of {x['acc']['n']} | {paper.get(name, '-')} |"
             )
         if "random" in s:
-            x, rnd = s["random"], doc["random"]
+            x, rnd = s["random"][sname], doc["random"]
             lines.append(
                 f"| random genotypes ({x['acc']['n']} samples, whole round cap) "
                 f"| `{rnd['grid'][rnd['chosen']]}` | {_pct(x['acc'])} "
@@ -257,11 +267,30 @@ def markdown(doc: dict, proto: dict, args) -> str:
             "|---|---|" + "---|" * len(settings) + "---|---|",
         ]
         for name, res in doc["methods"].items():
-            cells = " | ".join(_pct(s[name][n]["acc"]) for n in settings)
+            cells = " | ".join(
+                _pct(s[name][n]["acc"])
+                + (
+                    f" ({s[name][n]['beats_random']} of {s[name][n]['acc']['n']} > random)"
+                    if "random" in s
+                    else ""
+                )
+                for n in settings
+            )
             times = ", ".join(f"{fmt(s[name][n]['method_time'], 1, 0, False)}" for n in settings)
             lines.append(
                 f"| {name} | `{res['grid'][res['chosen']]}` | {cells} | {times} "
                 f"| {paper.get(name, '-')} |"
+            )
+        if "random" in s:
+            rnd = doc["random"]
+            cells = " | ".join(_pct(s["random"][n]["acc"]) for n in settings)
+            times = ", ".join(
+                f"{fmt(s['random'][n]['method_time'], 1, 0, False)}" for n in settings
+            )
+            lines.append(
+                f"| random genotypes ({s['random'][settings[0]]['acc']['n']} samples, whole "
+                f"round cap) | `{rnd['grid'][rnd['chosen']]}` | {cells} "
+                f"| {times} | - |"
             )
     lines += [
         "",
@@ -296,8 +325,8 @@ def plot(doc: dict, proto: dict, out: Path) -> list[str]:
     made = []
     for sname in proto.get("settings") or {"default": {}}:
         dirs = [r["run_dir"] for res in doc["methods"].values() for r in res["settings"][sname]]
-        if doc["random"] and sname == next(iter(proto.get("settings") or {"default": {}})):
-            dirs += [r["run_dir"] for r in doc["random"]["runs"]]
+        if doc["random"]:
+            dirs += [r["run_dir"] for r in doc["random"]["settings"][sname]]
         dest = out if len(proto.get("settings") or {}) <= 1 else out / sname
         cmd = [
             sys.executable,

@@ -119,6 +119,40 @@ def test_the_run_cache_reuses_identical_runs_across_tables(tables, tmp_path, mon
     assert json.loads((key_dir / "result.json").read_text())["seed"] == 0
 
 
+def test_the_random_baseline_is_tuned_once_and_sampled_on_every_setting(
+    tables, tmp_path, monkeypatch
+):
+    calls = []
+    monkeypatch.setattr(tables, "run_one", fake_run_one(calls))
+    rnd = {
+        "config": "rnd.yaml",
+        "samples": 3,
+        "grid": [{"algorithm.lr": 0.4}, {"algorithm.lr": 0.1}],
+    }
+    go = tables.Runner(tmp_path, 3, 1.0)
+    doc = tables.run_table({**PROTO, "random": rnd}, [0, 1], go)
+    ran = [o for c, o in calls if c == "rnd.yaml"]
+    # 2 tuning runs (genotype 0, seed 0, first setting), then genotypes 1, 2 there and
+    # 0, 1, 2 on the second setting, all with the chosen step; seeds taken in turn
+    assert len(ran) == 2 + 2 + 3
+    assert doc["random"]["chosen"] == 0
+    assert all(o["algorithm.lr"] == 0.4 for o in ran[2:])
+    b = doc["random"]["settings"]["b"]
+    assert [r["seed"] for r in b] == [0, 1, 0]
+    assert [o["algorithm.random_nas.genotype_seed"] for o in ran[4:]] == [0, 1, 2]
+    assert all("partition.alpha" in o for o in ran[4:])
+    doc.update(seeds=[0, 1], ranks=3, runs=go.log, protocol=PROTO, time_base="m1")
+    s = tables.summarise(doc)
+    # random test_acc = 0.2 + small offsets; m1's (0.15 + ...) is below it, on both settings
+    assert s["m1"]["a"]["beats_random"] == 0 and s["m1"]["b"]["beats_random"] == 0
+    assert s["random"]["b"]["acc"]["n"] == 3
+    doc["summary"], doc["select"] = s, "val_acc"
+    args = type("Args", (), {"protocol": "p.yaml", "ranks": 3})()
+    text = tables.markdown(doc, {**PROTO, "random": rnd}, args)
+    assert "| random genotypes (3 samples, whole round cap)" in text
+    assert "(0 of 2 > random)" in text and text.count("fednas-mpi rnd.yaml") == 7
+
+
 def test_unequal_tuning_budgets_are_refused(tables, tmp_path):
     proto = {**PROTO, "methods": {**PROTO["methods"], "m3": {"config": "c3", "grid": [{}]}}}
     with pytest.raises(SystemExit, match="same tuning budget"):
@@ -143,6 +177,8 @@ def test_the_table_protocols_load_and_share_table2s_runs():
         assert budgets == {2}, name
         for method in set(proto["methods"]) & set(t2["methods"]):
             assert proto["methods"][method] == t2["methods"][method], (name, method)
+    for name in ("table1", "table4", "table5"):
+        assert protos[name]["random"] == t2["random"], name
     long = protos["table2_long"]
     assert long["common"]["run.rounds"] == 2 * t2["common"]["run.rounds"]
     assert list(long["methods"]) == list(t2["methods"]) and long["random"] == t2["random"]
