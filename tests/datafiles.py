@@ -136,14 +136,17 @@ def cifar_images(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
 
 
-def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 6) -> dict[str, tuple]:
-    """ROOT/cifar-10-batches-py/ with five training batches and the test batch."""
+def write_cifar10(root: Path, per_batch: int | list[int] = 4, n_test: int = 6) -> dict[str, tuple]:
+    """ROOT/cifar-10-batches-py/ with five training batches and the test batch;
+    ``per_batch``: images per training batch, one count or five."""
     d = root / "cifar-10-batches-py"
     d.mkdir(parents=True, exist_ok=True)
+    sizes = [per_batch] * 5 if isinstance(per_batch, int) else list(per_batch)
+    assert len(sizes) == 5, "CIFAR-10 has five training batches"
     written = {}
     for i in range(1, 7):
         name = f"data_batch_{i}" if i <= 5 else "test_batch"
-        n = per_batch if i <= 5 else n_test
+        n = sizes[i - 1] if i <= 5 else n_test
         x = cifar_images(n, i)
         y = [(i + k) % 10 for k in range(n)]
         (d / name).write_bytes(
@@ -172,7 +175,7 @@ def write_cifar10(root: Path, per_batch: int = 4, n_test: int = 6) -> dict[str, 
                     "ship",
                     "truck",
                 ],
-                "num_cases_per_batch": per_batch,
+                "num_cases_per_batch": sizes[0],
                 "num_vis": 3072,
             }
         )

@@ -44,7 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from datafiles import cifar_images, py2_pickle  # noqa: E402  (the tests' CIFAR writer)
+from datafiles import write_cifar10  # noqa: E402  (the tests' CIFAR writer)
 
 HERE = Path(__file__).resolve().parent
 BASE_CONFIG = "configs/cpu/fashion_mnist/fednas.yaml"
@@ -87,33 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def write_data(root: Path, n_train: int, n_test: int) -> None:
-    """cifar-10-batches-py/ with n_train images over the five training batches."""
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True, exist_ok=True)
-    sizes = [len(s) for s in np.array_split(np.arange(n_train), 5)] + [n_test]
-    for i, n in enumerate(sizes, start=1):
-        name = f"data_batch_{i}" if i <= 5 else "test_batch"
-        rec = {
-            "batch_label": f"synthetic batch {i}",
-            "labels": [(7 * k + i) % 10 for k in range(n)],
-            "data": cifar_images(n, 100 + i),
-            "filenames": [f"synthetic_{i}_{k}.png" for k in range(n)],
-        }
-        (d / name).write_bytes(py2_pickle(rec))
-    names = [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ]
-    meta = {"label_names": names, "num_cases_per_batch": sizes[0], "num_vis": 3072}
-    (d / "batches.meta").write_bytes(py2_pickle(meta))
+    """cifar-10-batches-py/ with n_train images over the five training batches (the
+    tests' writer, in the real pickle format)."""
+    sizes = [len(s) for s in np.array_split(np.arange(n_train), 5)]
+    write_cifar10(root, sizes, n_test)
 
 
 def run(cmd: list[str], log: Path, env: dict, timeout: float) -> float:
