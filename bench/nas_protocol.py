@@ -74,25 +74,23 @@ def _last(values) -> float:
     return float(v[-1]) if v.size else float("nan")
 
 
-def run_one(cfg: str, overrides: dict, ranks: int, out: Path, target: float) -> dict:
-    """One run under mpirun; its numbers read back from the newest checkpoint."""
-    cmd = [
-        mpirun(),
-        "-n",
-        str(ranks),
-        sys.executable,
-        "-m",
-        "fednas_mpi",
-        str(ROOT / cfg),
-        "--out",
-        str(out),
-        *_sets(overrides),
-    ]
+def run_one(
+    cfg: str, overrides: dict, ranks: int, out: Path, target: float, launch=None
+) -> dict:
+    """One run under mpirun (or ``launch(argv)`` -> (exit status, stderr), which runs
+    ``fednas-mpi *argv`` in one process: a fork of a process that imported torch once);
+    its numbers read back from the newest checkpoint."""
+    argv = [str(ROOT / cfg), "--out", str(out), *_sets(overrides)]
+    cmd = [mpirun(), "-n", str(ranks), sys.executable, "-m", "fednas_mpi", *argv]
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if launch is None:
+        res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        rc, err = res.returncode, res.stderr
+    else:
+        rc, err = launch(argv)
     wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"run failed: {' '.join(cmd)}\n{res.stderr[-3000:]}")
+    if rc != 0:
+        raise SystemExit(f"run failed: {' '.join(cmd)}\n{err[-3000:]}")
     ck = read_checkpoint(list_checkpoints(out)[-1][1], tensors=False)
     m = ck.metrics
     method_t, acc = np.asarray(m["method_time"]), np.asarray(m["global_acc"])

@@ -67,8 +67,9 @@ def run_key(cfg: str, overrides: dict) -> str:
 class Runner:
     """Runs (or reads back) one configuration; every result keeps its run directory."""
 
-    def __init__(self, root: Path, ranks: int, target: float):
+    def __init__(self, root: Path, ranks: int, target: float, launch=None):
         self.root, self.ranks, self.target = root, ranks, target
+        self.launch = launch  # run_one's launcher (None: mpirun)
         self.log: list[dict] = []
 
     def __call__(self, tag: str, cfg: str, overrides: dict) -> dict:
@@ -80,7 +81,8 @@ class Runner:
         else:
             if out.exists():  # an interrupted run: start it again
                 shutil.rmtree(out)
-            r = run_one(cfg, overrides, self.ranks, out, self.target)
+            extra = {"launch": self.launch} if self.launch else {}
+            r = run_one(cfg, overrides, self.ranks, out, self.target, **extra)
             r["run_dir"] = str(out)
             done.write_text(json.dumps(r, indent=1, default=float))
             r["reused"] = False

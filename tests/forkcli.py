@@ -88,9 +88,12 @@ class ForkCLI:
             raise AssertionError(f"the fork helper died (status {self._proc.wait()})")
         return json.loads(line)
 
-    def run(self, argv: list[str], cwd: Path, timeout: float = 300) -> Result:
-        """``python -m fednas_mpi *argv`` in ``cwd``; its output lands in cwd/cli.{out,err}."""
-        out, err = cwd / "cli.out", cwd / "cli.err"
+    def run(
+        self, argv: list[str], cwd: Path, timeout: float = 300, logs: Path | None = None
+    ) -> Result:
+        """``python -m fednas_mpi *argv`` in ``cwd``; its output lands in
+        (``logs`` or cwd)/cli.{out,err}."""
+        out, err = (logs or cwd) / "cli.out", (logs or cwd) / "cli.err"
         req = {"argv": [str(a) for a in argv], "cwd": str(cwd)}
         req.update(stdout=str(out), stderr=str(err))
         self._proc.stdin.write(json.dumps(req) + "\n")

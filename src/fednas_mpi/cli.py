@@ -145,6 +145,7 @@ def decide(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
         raise UsageError("missing config file: fednas-mpi CFG.yaml (or --resume RUN_DIR)")
     cfg = config_mod.load_run(args.config, args.overrides)
     _check_extras(cfg)
+    _check_genotype(cfg)
     run_dir = (
         Path(args.out)
         if args.out
@@ -188,6 +189,21 @@ def _check_extras(cfg: Config) -> None:
             check_available()
         except TensorBoardUnavailable as e:
             raise UsageError(str(e)) from None
+
+
+def _check_genotype(cfg: Config) -> None:
+    """A genotype the config names reads and fits its network (a run that starts; a
+    resumed one has the spec in its checkpoint and never reads the source again)."""
+    if cfg.algorithm.name == "random_nas" and cfg.algorithm.random_nas.genotype:
+        from .nas import CellSpace
+        from .nas.published import GenotypeError, genotype_spec, load_genotype
+
+        d = cfg.model.darts
+        try:
+            genotype, where = load_genotype(cfg.algorithm.random_nas.genotype)
+            genotype_spec(CellSpace(d.nodes, d.input_k, tuple(d.primitives)), genotype, where)
+        except GenotypeError as e:
+            raise UsageError(f"algorithm.random_nas.genotype: {e}") from None
 
 
 def _decide_resume(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
@@ -267,6 +283,7 @@ def _start_in(run_dir: Path, args: argparse.Namespace, skipped: list[str]) -> Co
             f"CFG.yaml --out {run_dir} --resume"
         )
     _check_extras(cfg)
+    _check_genotype(cfg)
     foreign = sorted(
         n for n in (os.listdir(run_dir) if run_dir.is_dir() else []) if not n.startswith(_RUN_FILES)
     )

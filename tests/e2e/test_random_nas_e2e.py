@@ -75,3 +75,84 @@ def test_another_genotype_seed_gives_another_network(tmp_path):
     other = read_checkpoint(list_checkpoints(tmp_path / "g1")[-1][1], tensors=False)
     base = get_algorithm("random_nas")(from_dict(RANDOM), DataInfo((1, 8, 8), 10))
     assert other.spec["genotype"] != base.init_global().spec["genotype"]
+
+
+# ------------------------------------------------------------- genotype training (issue 25)
+
+FOUR_NODES = {"init_channels": 4, "layers": 3, "nodes": 4, "input_k": 2}
+
+
+def _no_probs(genotype: dict) -> dict:
+    """A genotype's cells without the probabilities a derivation reports."""
+    return {
+        c: [[(x["op"], x["input"]) for x in n["inputs"]] for n in genotype[c]["nodes"]]
+        for c in ("normal", "reduce")
+    }
+
+
+def test_a_searched_cell_retrains_from_its_run_directory_through_the_cli(tmp_path):
+    search = {
+        **RANDOM,
+        "run": {**RANDOM["run"], "rounds": 2},
+        "model": {"name": "darts", "darts": FOUR_NODES},
+        "algorithm": {
+            "name": "fednas",
+            "local_epochs": 1,
+            "batch_size": 16,
+            "fednas": {"search_rounds": 1},
+        },
+    }
+    res = launch(
+        2, [str(write_config(tmp_path / "s.yaml", base=search)), "--out", str(tmp_path / "s")]
+    )
+    assert res.returncode == 0, res.stderr
+    searched = json.loads((tmp_path / "s" / "genotype.json").read_text())
+    train = {**RANDOM, "model": {"name": "darts", "darts": FOUR_NODES}}
+    train["algorithm"] = {**RANDOM["algorithm"], "random_nas": {"genotype": str(tmp_path / "s")}}
+    res = launch(
+        2, [str(write_config(tmp_path / "t.yaml", base=train)), "--out", str(tmp_path / "t")]
+    )
+    assert res.returncode == 0, res.stderr
+    ck = read_checkpoint(list_checkpoints(tmp_path / "t")[-1][1])
+    assert _no_probs(ck.spec["genotype"]) == _no_probs(searched)
+    assert np.isfinite(ck.metrics["global_acc"]).all() and ck.round == 3
+    # and a published cell by name, with another seed: trains the cell the paper lists
+    res = launch(
+        1,
+        [
+            str(tmp_path / "t.yaml"),
+            "--out",
+            str(tmp_path / "p"),
+            "--set",
+            "algorithm.random_nas.genotype=pc_darts",
+            "--set",
+            "run.rounds=1",
+        ],
+    )
+    assert res.returncode == 0, res.stderr
+    from fednas_mpi.nas.published import published_genotype
+
+    got = read_checkpoint(list_checkpoints(tmp_path / "p")[-1][1], tensors=False)
+    assert _no_probs(got.spec["genotype"]) == _no_probs(published_genotype("pc_darts"))
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (
+            ["algorithm.random_nas.genotype=darts_v2"],
+            "the normal cell has 4 intermediate nodes; the network has 2",
+        ),
+        (["algorithm.random_nas.genotype=nasnet"], "'nasnet' is neither a published cell"),
+    ],
+)
+def test_a_genotype_that_does_not_fit_stops_every_rank_with_one_message(tmp_path, sets, message):
+    cfg = write_config(tmp_path / "cfg.yaml", base=RANDOM)
+    args = [str(cfg), "--out", str(tmp_path / "r")]
+    for s in sets:
+        args += ["--set", s]
+    res = launch(3, args, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("fednas-mpi: error: algorithm.random_nas.genotype:") == 1
+    assert message in res.stderr
+    assert not (tmp_path / "r").exists()  # refused before anything was written

@@ -1,5 +1,8 @@
-"""Random-architecture baseline: a genotype drawn uniformly from the search space,
-trained federatedly from scratch.
+"""Genotype training: one cell trained federatedly from scratch with a fixed recipe - a
+genotype drawn uniformly from the search space (the random-architecture baseline), or the
+one ``algorithm.random_nas.genotype`` names (a published cell, a run's searched cell, a
+JSON file): the evaluation phase of NAS, in which every cell compared is retrained the
+same way (``bench/search_quality.py``).
 
 This is how NAS research shows that a search learned anything (Li and Talwalkar 2019,
 "Random search and reproducibility for NAS"; Yu et al. 2020, "Evaluating the search
@@ -23,6 +26,7 @@ import torch
 from ..config import option
 from ..flat import State
 from ..nas import sampled_spec
+from ..nas.published import genotype_spec, load_genotype
 from ..seeding import SERVER, SETUP, torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.schedules import cosine_lr
@@ -32,6 +36,14 @@ from .common.training import client_epochs, evaluate
 
 @dataclass(kw_only=True)
 class RandomNASConfig:
+    genotype: str = option(
+        "",
+        "The cell to train: empty for a uniform draw from the search space "
+        "(genotype_seed picks it); or a published cell by name (darts_v1, "
+        "darts_v2, pc_darts, p_darts), a run directory (its genotype.json) or a "
+        "JSON file holding a genotype. It must fit the network: model.darts.nodes "
+        "nodes of input_k distinct inputs, ops among its primitives.",
+    )
     genotype_seed: int = option(
         0,
         "Which random genotype: drawn uniformly from the search space "
@@ -58,8 +70,14 @@ class RandomNAS(SupernetMethod):
     client_metrics = ("train_loss", "local_acc")
 
     def genotype_spec(self) -> dict:
-        """The spec of the sampled genotype (the same for every run seed)."""
-        seed = self.cfg.algorithm.random_nas.genotype_seed
+        """The spec of the genotype to train (the same for every run seed): the named one,
+        or the one drawn from ``genotype_seed``. Read once, at the start of a run: the
+        checkpoints keep the spec, so a resumed run never reads the source again."""
+        f = self.cfg.algorithm.random_nas
+        if f.genotype:
+            genotype, where = load_genotype(f.genotype)
+            return genotype_spec(self.space, genotype, where).to_dict()
+        seed = f.genotype_seed
         return sampled_spec(
             self.space, torch_rng(seed, SETUP, SERVER, "random_nas.genotype")
         ).to_dict()
