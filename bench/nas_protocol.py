@@ -74,9 +74,7 @@ def _last(values) -> float:
     return float(v[-1]) if v.size else float("nan")
 
 
-def run_one(
-    cfg: str, overrides: dict, ranks: int, out: Path, target: float, launch=None
-) -> dict:
+def run_one(cfg: str, overrides: dict, ranks: int, out: Path, target: float, launch=None) -> dict:
     """One run under mpirun (or ``launch(argv)`` -> (exit status, stderr), which runs
     ``fednas-mpi *argv`` in one process: a fork of a process that imported torch once);
     its numbers read back from the newest checkpoint."""

@@ -317,7 +317,7 @@ def summarise(proto: dict, raw: dict, seeds: list[int]) -> dict:
         sdoc: dict = {"lr": r["lr"], "lr_score": r["lr_score"], "budgets": {}}
         for b in r["budgets"]:
 
-            def acc(kind, name, metric, b=b):
+            def acc(kind, name, metric, b=b, r=r):
                 return np.array([r["cells"][(kind, name, b, s)][metric] for s in seeds], float)
 
             rand = {
@@ -481,7 +481,7 @@ def plot(proto: dict, doc: dict, out: Path) -> list[str]:
             q = bdoc["random"]["test_acc"]
             ax.axvspan(100 * q["q1"], 100 * q["q3"], color="0.9", zorder=0, label="random IQR")
             ax.axvline(100 * q["median"], color="0.4", lw=1)
-            for i, (name, p) in enumerate(bdoc["published"].items()):
+            for name, p in bdoc["published"].items():
                 ax.scatter(
                     100 * p["test_acc"]["mean"], 0.45, marker="*", s=120, label=name, zorder=3
                 )

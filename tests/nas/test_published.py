@@ -209,7 +209,8 @@ def test_a_genotype_outside_restricted_primitives_is_refused():
             "normal cell: expected an object with a 'nodes' list",
         ),
         (
-            '{"normal": {"nodes": [{"inputs": [{"op": "skip_connect"}]}]}, "reduce": {"nodes": []}}',
+            '{"normal": {"nodes": [{"inputs": [{"op": "skip_connect"}]}]}, '
+            '"reduce": {"nodes": []}}',
             r"normal cell, node s2: expected",
         ),
         (
