@@ -89,6 +89,24 @@ def run_one(cfg: str, overrides: dict, ranks: int, out: Path, target: float, lau
     wall = time.perf_counter() - t0
     if rc != 0:
         raise SystemExit(f"run failed: {' '.join(cmd)}\n{err[-3000:]}")
+    return read_run(cfg, overrides, ranks, out, target, wall)
+
+
+def finished(out: Path) -> bool:
+    """Whether ``out`` holds a run that has ended: its newest checkpoint is its last round,
+    or the run stopped early (a run another launcher made, e.g. a SLURM array task)."""
+    files = list_checkpoints(out) if out.is_dir() else []
+    if not files:
+        return False
+    ck = read_checkpoint(files[-1][1], tensors=False)
+    rounds = int((yaml.safe_load(ck.config_yaml).get("run") or {}).get("rounds", 0))
+    return bool(ck.attrs.get("stopped_early")) or ck.round >= rounds
+
+
+def read_run(
+    cfg: str, overrides: dict, ranks: int, out: Path, target: float, wall: float = float("nan")
+) -> dict:
+    """The numbers of the run in ``out``, read back from its newest checkpoint."""
     ck = read_checkpoint(list_checkpoints(out)[-1][1], tensors=False)
     m = ck.metrics
     method_t, acc = np.asarray(m["method_time"]), np.asarray(m["global_acc"])

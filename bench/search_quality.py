@@ -62,8 +62,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from nas_protocol import ROOT  # noqa: E402
-from tables import Runner  # noqa: E402
+from nas_protocol import ROOT, _sets, finished, read_run  # noqa: E402
+from tables import Runner, run_key  # noqa: E402
 
 PATH_METHODS = ("feddsnas", "fedrlnas")  # single-path searches: DARTS rule on their logits
 
@@ -90,6 +90,38 @@ class ForkLauncher:
     def close(self) -> None:
         for cli in self.all:
             cli.close()
+
+
+class Pending(Exception):
+    """A run the plan leaves to another launcher (``--commands``)."""
+
+
+class PlanRunner(Runner):
+    """``--commands``: runs nothing; reads back every run that has finished in the cache
+    (made by a SLURM array task, say) and records the others as lines
+    ``RUN_DIR<TAB>CONFIG<TAB>--set ...`` for jobs/search_quality_array.sbatch."""
+
+    def __init__(self, root: Path, ranks: int):
+        super().__init__(root, ranks, 1.0)
+        self.plan: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, tag: str, cfg: str, overrides: dict) -> dict:
+        out = self.root / f"{Path(cfg).stem}-{run_key(cfg, overrides)}"
+        done = out / "result.json"
+        if done.exists():
+            r = json.loads(done.read_text())
+        elif finished(out):
+            r = read_run(cfg, overrides, self.ranks, out, 1.0)
+            r["run_dir"] = str(out)
+            done.write_text(json.dumps(r, indent=1, default=float))
+        else:
+            with self.lock:
+                self.plan.append(f"{out}\t{ROOT / cfg}\t{' '.join(_sets(overrides))}")
+            raise Pending(tag)
+        r["tag"], r["reused"] = tag, True
+        self.log.append(r)
+        return r
 
 
 # ---------------------------------------------------------------- pure statistics
@@ -196,16 +228,25 @@ def searched_genotype(method: str, run: dict, dest: Path, nodes: int, k: int) ->
 # ---------------------------------------------------------------- the procedure
 
 
-def cfg_of(dataset: str, method: str) -> str:
-    return f"configs/cpu/{dataset}/{method}.yaml"
+def cfg_of(proto: dict, dataset: str, method: str) -> str:
+    """The run config of a method on a dataset: ``CONFIGS/DATASET/METHOD.yaml`` with the
+    protocol's ``configs`` folder (configs/cpu by default)."""
+    return f"{proto.get('configs', 'configs/cpu')}/{dataset}/{method}.yaml"
 
 
 def run_setting_phases(proto: dict, settings: list[str], seeds: list[int], go, jobs: int):
     """Runs everything (phase 1: recipe tuning and searches; phase 2: retrains) and returns
     the raw results per setting."""
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        return _phases(proto, settings, seeds, go, pool)
+    finally:
+        pool.shutdown(wait=True)  # a plan records every run of the phase it stopped in
+
+
+def _phases(proto, settings, seeds, go, pool) -> dict:
     space, recipe = proto["space"], proto["recipe"]
     first = seeds[0]
-    pool = ThreadPoolExecutor(max_workers=jobs)
 
     def submit(tag, cfg, over):
         return pool.submit(go, tag, cfg, over)
@@ -215,7 +256,7 @@ def run_setting_phases(proto: dict, settings: list[str], seeds: list[int], go, j
     for sname in settings:
         st = proto["settings"][sname]
         base = {**proto.get("common", {}), **space, **st.get("overrides", {})}
-        rcfg = cfg_of(st["dataset"], "random_nas")
+        rcfg = cfg_of(proto, st["dataset"], "random_nas")
         tune = {}
         for lr in recipe["lr_grid"]:
             for g in recipe["tune_genotypes"]:
@@ -237,12 +278,12 @@ def run_setting_phases(proto: dict, settings: list[str], seeds: list[int], go, j
                         **base,
                         **proto["search"],
                         **spec.get("overrides", {}),
-                        **scaled(spec.get("scale", {}), rounds),
+                        **scaled(spec.get("scale", {}), rounds, proto.get("ladder_base", 12)),
                         "run.rounds": rounds,
                         "run.seed": s,
                     }
                     searches[(m, rounds, s)] = submit(
-                        f"{sname}-{m}-R{rounds}-s{s}", cfg_of(st["dataset"], m), over
+                        f"{sname}-{m}-R{rounds}-s{s}", cfg_of(proto, st["dataset"], m), over
                     )
         pending[sname] = {"tune": tune, "searches": searches, "base": base, "rcfg": rcfg}
     # phase 2
@@ -303,7 +344,6 @@ def run_setting_phases(proto: dict, settings: list[str], seeds: list[int], go, j
         }
     for sname in settings:
         out[sname]["cells"] = {k: f.result() for k, f in out[sname]["cells"].items()}
-    pool.shutdown()
     return out
 
 
@@ -517,6 +557,20 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one process each)")
     p.add_argument(
+        "--ranks",
+        type=int,
+        default=1,
+        help="MPI ranks per run (1: each run one process forked from a warm helper; more: "
+        "mpirun -n RANKS)",
+    )
+    p.add_argument(
+        "--commands",
+        type=Path,
+        help="run nothing: write the runs still to do (this phase: recipe tuning and "
+        "searches, then retrains) to this file for jobs/search_quality_array.sbatch; with "
+        "every run finished, report",
+    )
+    p.add_argument(
         "--max-rounds",
         type=int,
         help="leave out search-ladder rungs and evaluation budgets above this many rounds "
@@ -540,12 +594,27 @@ def main() -> None:
             st["eval_budgets"] = [r for r in st.get("eval_budgets", []) if r <= a.max_rounds]
     a.runs = a.runs.resolve()
     a.runs.mkdir(parents=True, exist_ok=True)
-    launch = ForkLauncher(a.runs / ".fork")
-    go = Runner(a.runs, 1, 1.0, launch)
-    try:
-        raw = run_setting_phases(proto, settings, a.seeds, go, a.jobs)
-    finally:
-        launch.close()
+    if a.commands:
+        go = PlanRunner(a.runs, a.ranks)
+        try:
+            raw = run_setting_phases(proto, settings, a.seeds, go, 1)
+        except Pending:
+            a.commands.write_text("\n".join(go.plan) + "\n")
+            print(
+                f"{len(go.plan)} runs to do, one per line of {a.commands}: "
+                f"sbatch --array=0-{len(go.plan) - 1} --export=ALL,COMMANDS={a.commands.resolve()} "
+                "jobs/search_quality_array.sbatch; then run this command again (the next "
+                "phase's runs, or the report once every run has finished)"
+            )
+            return
+    else:
+        launch = ForkLauncher(a.runs / ".fork") if a.ranks == 1 else None
+        go = Runner(a.runs, a.ranks, 1.0, launch)
+        try:
+            raw = run_setting_phases(proto, settings, a.seeds, go, a.jobs)
+        finally:
+            if launch:
+                launch.close()
     doc = summarise(proto, raw, a.seeds)
     text = markdown(proto, doc, raw, a.seeds, a)
     plots = plot(proto, doc, a.plots) if a.plots else []

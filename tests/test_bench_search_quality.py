@@ -220,3 +220,51 @@ def test_single_path_searches_are_placed_by_darts_rule_on_their_final_logits(
     genotype_spec(space, g)  # fits the protocol's space
     # fednas and fedmetanas: the run directory itself (its genotype.json)
     assert sq.searched_genotype("fednas", {"run_dir": "/r"}, tmp_path / "x.json", 4, 2) == "/r"
+
+
+def test_commands_mode_plans_each_phase_then_reports_from_finished_runs(sq, tmp_path, monkeypatch):
+    """--commands: phase 1 (recipe tuning, searches), then phase 2 (retrains) come out as
+    lines for the SLURM array; runs another launcher finished are read back, not planned."""
+    fake = FakeGo(tmp_path / "fake")
+    done: dict[str, dict] = {}  # run directory -> what the "array task" produced
+
+    def finish(lines):
+        for line in lines:
+            out, cfg, sets = line.split("\t")
+            over = {}
+            parts = sets.split()
+            for flag, kv in zip(parts[::2], parts[1::2]):
+                assert flag == "--set"
+                k, v = kv.split("=", 1)
+                over[k] = sq.yaml.safe_load(v)
+            Path(out).mkdir(parents=True)
+            r = fake(Path(out).name, cfg, over)
+            r.update(run_dir=out, method_time=1.0, method_time_per_stage={"search": 1.0})
+            done[out] = r
+
+    monkeypatch.setattr(sq, "finished", lambda out: str(out) in done)
+    monkeypatch.setattr(sq, "read_run", lambda cfg, over, ranks, out, target: dict(done[str(out)]))
+    proto = {
+        **PROTO,
+        "settings": {"a": {**PROTO["settings"]["a"], "ladder": [12], "eval_budgets": []}},
+    }
+    seeds = [0, 1]
+    plans = []
+    for _ in range(2):
+        go = sq.PlanRunner(tmp_path / "runs", 9)
+        (tmp_path / "runs").mkdir(exist_ok=True)
+        with pytest.raises(sq.Pending):
+            sq.run_setting_phases(proto, ["a"], seeds, go, 1)
+        plans.append(sorted(go.plan))
+        finish(go.plan)
+    # phase 1: 3 lrs x 2 tuning genotypes + 2 methods x 2 seeds; phase 2: (4 random + 1
+    # published + 4 searched) cells x 2 seeds, less random cells 0 and 1 on seed 0 at the
+    # chosen rate: those are tuning runs, already done
+    assert [len(p) for p in plans] == [6 + 4, 9 * 2 - 2]
+    assert all(str(ROOT / "configs/cpu/digits/") in line.split("\t")[1] for line in plans[0])
+    assert all("random_nas.yaml" in line.split("\t")[1] for line in plans[1])
+    assert any("--set algorithm.random_nas.genotype=darts_v2" in line for line in plans[1])
+    go = sq.PlanRunner(tmp_path / "runs", 9)
+    raw = sq.run_setting_phases(proto, ["a"], seeds, go, 1)  # everything has finished
+    assert not go.plan and raw["a"]["lr"] == 0.05
+    assert sq.summarise(proto, raw, seeds)["a"]["budgets"]["12"]["random"]["val_acc"]["n"] == 4

@@ -180,7 +180,15 @@ ALL_KEYS = [
     ),
     *(
         f"algorithm.random_nas.{k}"
-        for k in ("genotype_seed", "lr", "lr_min", "momentum", "weight_decay", "local_eval_every")
+        for k in (
+            "genotype",
+            "genotype_seed",
+            "lr",
+            "lr_min",
+            "momentum",
+            "weight_decay",
+            "local_eval_every",
+        )
     ),
     "federation.clients_per_round",
     "runtime.threads_per_rank",

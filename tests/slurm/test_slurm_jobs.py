@@ -185,6 +185,30 @@ def test_job_scripts_run_scaled_down(slurm, tmp_path):
     )
 
 
+def test_search_quality_array_runs_one_line_of_the_plan_per_task(slurm, tmp_path):
+    """jobs/search_quality_array.sbatch: task i runs line i of the file that
+    bench/search_quality.py --commands writes (RUN_DIR, CONFIG, --set overrides)."""
+    cfg = write_config(tmp_path / "tiny.yaml", run={"name": "tiny", "seed": 7, "rounds": 3})
+    plan = tmp_path / "plan.txt"
+    plan.write_text(
+        f"{tmp_path / 'a'}\t{cfg}\t--set run.seed=8 --set run.rounds=2\n"
+        f"{tmp_path / 'b'}\t{cfg}\t--set algorithm.lr=0.1\n"
+    )
+    logs = [tmp_path / "sq-0.log", tmp_path / "sq-1.log"]
+    jid = _submit(
+        "search_quality_array.sbatch",
+        tmp_path / "sq-%a.log",
+        _env(COMMANDS=str(plan)),
+        "--array=0-1",
+    )
+    (info,) = _wait([jid], logs)
+    assert info["JobState"] == "COMPLETED", _log(logs)
+    a = read_checkpoint(list_checkpoints(tmp_path / "a")[-1][1], tensors=False)
+    b = read_checkpoint(list_checkpoints(tmp_path / "b")[-1][1], tensors=False)
+    assert (a.round, a.attrs["seed"]) == (2, 8) and (b.round, b.attrs["seed"]) == (3, 7)
+    assert "lr: 0.1" in b.config_yaml
+
+
 def test_signal_stops_the_round_requeues_and_resumes_to_the_same_state(slurm, tmp_path):
     """SIGUSR1 to a running job's batch script (what --signal=B:USR1@T sends before the time
     limit): rank 0 finishes the round, the job requeues itself, the requeued job resumes from
