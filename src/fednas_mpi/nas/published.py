@@ -178,11 +178,12 @@ def published_genotype(name: str) -> dict:
 
 
 def load_genotype(source: str) -> tuple[dict, str]:
-    """(genotype in ``Genotype.to_dict`` form, where it came from) for ``source``: the name
+    """(genotype in ``Genotype.to_dict`` form, where it came from: the name or the file) for
+    ``source``: the name
     of a published cell, a run directory (its ``genotype.json``) or a JSON file holding a
     genotype, or a spec whose ``genotype`` is one. Raises ``GenotypeError``."""
     if source in PUBLISHED:
-        return published_genotype(source), f"{source} ({PUBLISHED[source].source})"
+        return published_genotype(source), source
     path = Path(source)
     if path.is_dir():
         path = path / "genotype.json"
