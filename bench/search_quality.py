@@ -511,7 +511,8 @@ def plot(proto: dict, doc: dict, out: Path) -> list[str]:
 
     out.mkdir(parents=True, exist_ok=True)
     made = []
-    markers = {"fednas": "o", "fedmetanas": "D", "feddsnas": "s", "fedrlnas": "^"}
+    colours = {"fednas": "C0", "fedmetanas": "C3", "feddsnas": "C2", "fedrlnas": "C1"}
+    rungs = ["o", "s", "D", "^"]  # marker per search budget, in ascending order
     for sname, sdoc in doc.items():
         for b, bdoc in sdoc["budgets"].items():
             fig, ax = plt.subplots(figsize=(8, 3.6))
@@ -521,18 +522,26 @@ def plot(proto: dict, doc: dict, out: Path) -> list[str]:
             q = bdoc["random"]["test_acc"]
             ax.axvspan(100 * q["q1"], 100 * q["q3"], color="0.9", zorder=0, label="random IQR")
             ax.axvline(100 * q["median"], color="0.4", lw=1)
-            for name, p in bdoc["published"].items():
+            for i, (name, p) in enumerate(bdoc["published"].items()):
                 ax.scatter(
-                    100 * p["test_acc"]["mean"], 0.45, marker="*", s=120, label=name, zorder=3
+                    100 * p["test_acc"]["mean"],
+                    0.45,
+                    marker="*",
+                    s=120,
+                    color=f"C{4 + i}",
+                    label=name,
+                    zorder=3,
                 )
+            budgets = sorted({e["rounds"] for e in bdoc["searched"].values()})
             seen = set()
             for e in bdoc["searched"].values():
-                y = -0.45 - 0.12 * (e["rounds"] // 12 - 1)
+                k = budgets.index(e["rounds"])
                 lab = f"{e['method']} R{e['rounds']}"
                 ax.scatter(
                     100 * e["test_acc"]["mean"],
-                    y,
-                    marker=markers.get(e["method"], "x"),
+                    -0.45 - 0.12 * k,
+                    marker=rungs[k % len(rungs)],
+                    color=colours.get(e["method"], "k"),
                     s=40,
                     label=None if lab in seen else lab,
                     zorder=3,
