@@ -228,6 +228,21 @@ def searched_genotype(method: str, run: dict, dest: Path, nodes: int, k: int) ->
 # ---------------------------------------------------------------- the procedure
 
 
+def eval_budgets(recipe: dict, setting: dict) -> dict[str, dict]:
+    """The evaluation budgets of a setting, by name, with the overrides each adds to the
+    recipe: the recipe's own first (``E12`` for 12 rounds), then the setting's
+    ``eval_budgets``: a round count R (``ER``), or ``{NAME: overrides}`` (a deeper
+    evaluation network, say ``{model.darts.layers: 6}``)."""
+    main = int(recipe["overrides"]["run.rounds"])
+    out = {f"E{main}": {"run.rounds": main}}
+    for b in setting.get("eval_budgets", []):
+        if isinstance(b, dict):
+            out.update({str(k): dict(v) for k, v in b.items()})
+        else:
+            out.setdefault(f"E{int(b)}", {"run.rounds": int(b)})
+    return out
+
+
 def cfg_of(proto: dict, dataset: str, method: str) -> str:
     """The run config of a method on a dataset: ``CONFIGS/DATASET/METHOD.yaml`` with the
     protocol's ``configs`` folder (configs/cpu by default)."""
@@ -297,31 +312,26 @@ def _phases(proto, settings, seeds, go, pool) -> dict:
         }
         lr = max(recipe["lr_grid"], key=lambda v: (lr_score[v], -recipe["lr_grid"].index(v)))
         searches = {key: f.result() for key, f in p["searches"].items()}
-        main_budget = int(recipe["overrides"]["run.rounds"])
-        budgets = [main_budget] + [
-            int(b) for b in st.get("eval_budgets", []) if int(b) != main_budget
-        ]
+        budgets = eval_budgets(recipe, st)
+        if proto.get("only_budgets"):  # --budgets: the recipe's own and the ones named
+            first = next(iter(budgets))
+            budgets = {k: v for k, v in budgets.items() if k == first or k in proto["only_budgets"]}
         cells: dict[tuple, object] = {}  # (kind, name, budget, seed) -> future
-        for b in budgets:
-            common = {
-                **p["base"],
-                **recipe["overrides"],
-                "run.rounds": b,
-                "algorithm.random_nas.lr": lr,
-            }
+        for b, b_over in budgets.items():
+            common = {**p["base"], **recipe["overrides"], **b_over, "algorithm.random_nas.lr": lr}
             for s in seeds:
                 for g in range(int(st["random_cells"])):
                     over = {**common, "algorithm.random_nas.genotype_seed": g, "run.seed": s}
                     cells[("random", g, b, s)] = submit(
-                        f"{sname}-random-g{g}-E{b}-s{s}", p["rcfg"], over
+                        f"{sname}-random-g{g}-{b}-s{s}", p["rcfg"], over
                     )
                 for name in proto.get("published", []):
                     over = {**common, "algorithm.random_nas.genotype": name, "run.seed": s}
                     cells[("published", name, b, s)] = submit(
-                        f"{sname}-{name}-E{b}-s{s}", p["rcfg"], over
+                        f"{sname}-{name}-{b}-s{s}", p["rcfg"], over
                     )
-                if b != budgets[0]:
-                    continue
+                if b != next(iter(budgets)):
+                    continue  # searched cells: the recipe's own budget
                 for (m, rounds, ss), r in searches.items():
                     src = searched_genotype(
                         m,
@@ -332,7 +342,7 @@ def _phases(proto, settings, seeds, go, pool) -> dict:
                     )
                     over = {**common, "algorithm.random_nas.genotype": src, "run.seed": s}
                     cells[("searched", (m, rounds, ss), b, s)] = submit(
-                        f"{sname}-{m}-R{rounds}-s{ss}-retrain-E{b}-s{s}", p["rcfg"], over
+                        f"{sname}-{m}-R{rounds}-s{ss}-retrain-{b}-s{s}", p["rcfg"], over
                     )
         out[sname] = {
             "lr": lr,
@@ -340,7 +350,7 @@ def _phases(proto, settings, seeds, go, pool) -> dict:
             "tune": tune,
             "searches": searches,
             "cells": cells,
-            "budgets": budgets,
+            "budgets": list(budgets),
         }
     for sname in settings:
         out[sname]["cells"] = {k: f.result() for k, f in out[sname]["cells"].items()}
@@ -409,7 +419,7 @@ def summarise(proto: dict, raw: dict, seeds: list[int]) -> dict:
                         "percentile": percentile(a.mean(), rmean[m]),
                     }
                 bdoc["searched"][f"{m_name}-R{rounds}-s{ss}"] = entry
-            sdoc["budgets"][str(b)] = bdoc
+            sdoc["budgets"][b] = bdoc
         doc[sname] = sdoc
     return doc
 
@@ -454,7 +464,7 @@ def markdown(proto: dict, doc: dict, raw: dict, seeds: list[int], args) -> str:
             + ", ".join(f"{k}: {100 * v:.2f} %" for k, v in sdoc["lr_score"].items())
             + ").",
             "",
-            "| evaluation budget (rounds) | random cells | val %: median [IQR] | test %: median "
+            "| evaluation budget | random cells | val %: median [IQR] | test %: median "
             "[IQR] | Kendall tau between seeds (val / test) | "
             + " | ".join(f"{p} test % (pct)" for p in proto.get("published", []))
             + " |",
@@ -548,11 +558,11 @@ def plot(proto: dict, doc: dict, out: Path) -> list[str]:
                 )
                 seen.add(lab)
             ax.set_yticks([])
-            ax.set_xlabel(f"seed-mean server test accuracy % (recipe: {b} rounds)")
+            ax.set_xlabel(f"seed-mean server test accuracy % (evaluation budget {b})")
             ax.set_title(f"{sname}: searched and published cells among random cells")
             ax.legend(fontsize=6, ncol=3, loc="upper left", bbox_to_anchor=(0, -0.25))
             fig.tight_layout()
-            path = out / f"{sname}-E{b}.png"
+            path = out / f"{sname}-{b}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)
             made.append(str(path))
@@ -580,6 +590,12 @@ def main() -> None:
         "every run finished, report",
     )
     p.add_argument(
+        "--budgets",
+        nargs="+",
+        help="run only these extra evaluation budgets (by name: E24, L6, ...) beside the "
+        "recipe's own (default: all of a setting's)",
+    )
+    p.add_argument(
         "--max-rounds",
         type=int,
         help="leave out search-ladder rungs and evaluation budgets above this many rounds "
@@ -600,7 +616,16 @@ def main() -> None:
     if a.max_rounds:
         for st in proto["settings"].values():
             st["ladder"] = [r for r in st.get("ladder", [12]) if r <= a.max_rounds]
-            st["eval_budgets"] = [r for r in st.get("eval_budgets", []) if r <= a.max_rounds]
+            st["eval_budgets"] = [
+                b
+                for b in st.get("eval_budgets", [])
+                if isinstance(b, dict)
+                and all(int(o.get("run.rounds", 0)) <= a.max_rounds for o in b.values())
+                or not isinstance(b, dict)
+                and b <= a.max_rounds
+            ]
+    if a.budgets:
+        proto["only_budgets"] = list(a.budgets)
     a.runs = a.runs.resolve()
     a.runs.mkdir(parents=True, exist_ok=True)
     if a.commands:

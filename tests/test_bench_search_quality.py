@@ -117,7 +117,7 @@ PROTO = {
             "overrides": {"partition.alpha": 0.1},
             "random_cells": 4,
             "ladder": [12, 24],
-            "eval_budgets": [24],
+            "eval_budgets": [24, {"L6": {"model.darts.layers": 6}}],
         }
     },
 }
@@ -165,7 +165,7 @@ def test_the_procedure_tunes_once_pairs_seeds_and_places_every_cell(sq, tmp_path
     assert not any("retrain-E24" in t for t in calls)  # searched cells: the recipe's budget
 
     doc = sq.summarise(PROTO, raw, seeds)["a"]
-    b12 = doc["budgets"]["12"]
+    b12 = doc["budgets"]["E12"]
     # random cells' seed means: 0.5 + 0.01 g + 0.001 (seed mean 1) -> 0.501, .511, .521, .531
     np.testing.assert_allclose(b12["random"]["val_acc"]["per_cell"], [0.501, 0.511, 0.521, 0.531])
     assert b12["random"]["val_acc"]["kendall_tau"] == 1.0  # same order on every seed
@@ -176,7 +176,10 @@ def test_the_procedure_tunes_once_pairs_seeds_and_places_every_cell(sq, tmp_path
     assert b12["searched"]["fedmetanas-R12-s1"]["val_acc"]["percentile"] == 0.0
     rows = sq.method_rows(b12)
     assert rows[("fednas", 24)]["pct_val"] == 25.0 and rows[("fednas", 24)]["n"] == 3
-    assert set(doc["budgets"]) == {"12", "24"} and not doc["budgets"]["24"]["searched"]
+    assert list(doc["budgets"]) == ["E12", "E24", "L6"] and not doc["budgets"]["E24"]["searched"]
+    for s in seeds:  # a named budget: the recipe with its overrides
+        o = calls[f"a-darts_v2-L6-s{s}"][1]
+        assert (o["model.darts.layers"], o["run.rounds"]) == (6, 12)
 
 
 def test_single_path_searches_are_placed_by_darts_rule_on_their_final_logits(
@@ -267,4 +270,4 @@ def test_commands_mode_plans_each_phase_then_reports_from_finished_runs(sq, tmp_
     go = sq.PlanRunner(tmp_path / "runs", 9)
     raw = sq.run_setting_phases(proto, ["a"], seeds, go, 1)  # everything has finished
     assert not go.plan and raw["a"]["lr"] == 0.05
-    assert sq.summarise(proto, raw, seeds)["a"]["budgets"]["12"]["random"]["val_acc"]["n"] == 4
+    assert sq.summarise(proto, raw, seeds)["a"]["budgets"]["E12"]["random"]["val_acc"]["n"] == 4
