@@ -486,7 +486,7 @@ def markdown(proto: dict, doc: dict, raw: dict, seeds: list[int], args) -> str:
         rows = method_rows(sdoc["budgets"][b0])
         lines += [
             "",
-            f"Searched cells retrained with the recipe ({b0} rounds), per method and search "
+            f"Searched cells retrained with the recipe (budget {b0}), per method and search "
             "budget (mean over the search seeds):",
             "",
             "| method | search rounds | cells | percentile val / test (per cell, test) "
