@@ -14,6 +14,7 @@ from fednas_mpi.algorithms.common.server_opt import (
     server_moments,
     server_update,
 )
+from fednas_mpi.config import ConfigError, from_dict
 
 B1, B2, LR, TAU = 0.9, 0.99, 0.1, 1e-3
 
@@ -185,3 +186,33 @@ def test_masked_logits_never_move():
 def test_a_server_state_without_moments_is_a_clear_error():
     with pytest.raises(ValueError, match="holds no moments"):
         _opt().step(_global(0.0), _global(0.1), {"temperature": torch.tensor(1.0)})
+
+
+# ---------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("method", ["fedmetanas", "fednas", "feddsnas"])
+def test_each_wired_method_owns_the_keys_and_checks_the_betas(method):
+    raw = {"model": {"name": "darts"}, "algorithm": {"name": method}}
+    cfg = from_dict(raw, [f"algorithm.{method}.arch_update=server"])
+    section = getattr(cfg.algorithm, method)
+    assert section.arch_update == "server" and section.server_arch_optimizer == "adam"
+    assert from_dict(raw).algorithm.__dict__[method].arch_update == "client"
+    with pytest.raises(ConfigError) as e:
+        from_dict(raw, [f"algorithm.{method}.server_arch_betas=[0.9, 1.0]"])
+    assert e.value.problems == [
+        f"algorithm.{method}.server_arch_betas = [0.9, 1.0]: expected two numbers in [0, 1)"
+    ]
+    with pytest.raises(ConfigError, match="expected one of 'adam', 'yogi'"):
+        from_dict(raw, [f"algorithm.{method}.server_arch_optimizer=sgd"])
+
+
+@pytest.mark.parametrize("method", ["meta_fedpnas", "meta_perfedrlnas"])
+def test_the_meta_variants_do_not_read_arch_update(method):
+    # they compose FedMetaNAS's local search but not its server optimiser: the key is an
+    # error there, not a silent no-op
+    raw = {"model": {"name": "darts"}, "algorithm": {"name": method}}
+    with pytest.raises(ConfigError) as e:
+        from_dict(raw, ["algorithm.fedmetanas.arch_update=server"])
+    (line,) = e.value.problems
+    assert line.startswith("algorithm.fedmetanas.arch_update: unknown key")

@@ -15,6 +15,12 @@ gradient, all clients return the same (unchanged) value for it and its average i
 that value - averaging never mixes a pruned entry with a live one, and pruning
 never removes an op some clients still use. Pruned ops' weights leave the state,
 so pruned ops are neither computed nor communicated.
+
+``arch_update: server`` (``common.server_opt``; Reddi et al. 2021): the meta step on
+alphas and betas is plain SGD at ``client_arch_lr`` instead of a per-client Adam, and in
+every search round after the warm-up the server steps the logits by FedAdam/FedYogi on
+the averaged change, with moments kept in the server state; pruning and the derivation
+read the stepped logits, and pruned entries stay where they are.
 """
 
 from __future__ import annotations
@@ -33,13 +39,17 @@ from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.maml import MetaLearner, TaskLearner
 from .common.meta import MetaSearch
 from .common.pruning import prunes_after, soft_prune
+from .common.server_opt import ServerArchConfig, ServerArchOptimizer
 from .common.supernet import GumbelSupernetMethod, state_of
 from .common.tasks import task_pairs
 from .common.training import evaluate
 
 
 @dataclass(kw_only=True)
-class FedMetaNASConfig:
+class MetaSearchConfig:
+    """The local search, its schedules and pruning (``common.meta.MetaSearch``): all that
+    the meta variants (meta_fedpnas, meta_perfedrlnas) read of ``algorithm.fedmetanas``."""
+
     inner_steps: int = option(2, "M: task-learner steps on the support task (eq. 6/9).", ge=1)
     tasks_per_epoch: int = option(
         0,
@@ -82,7 +92,8 @@ class FedMetaNASConfig:
         "Meta optimiser of alphas and betas (eq. 7/10). adam (betas arch_betas) moves "
         "each logit by about meta_lr_alpha per meta step whatever the scale of its "
         "gradient, which at CPU scale is 1e-3..1e-2: plain SGD needs a step size "
-        "tuned to that scale; sgd uses meta_momentum.",
+        "tuned to that scale; sgd uses meta_momentum. Unread with arch_update: server "
+        "(plain SGD at client_arch_lr).",
     )
     meta_lr_alpha: float = option(
         0.03,
@@ -174,6 +185,15 @@ class FedMetaNASConfig:
         return []
 
 
+@dataclass(kw_only=True)
+class FedMetaNASConfig(MetaSearchConfig, ServerArchConfig):
+    """FedMetaNAS: the local search and where its logits are optimised (``arch_update``;
+    not wired into the meta variants, which read ``MetaSearchConfig`` alone)."""
+
+    def cross_checks(self, cfg) -> list[str]:
+        return super().cross_checks(cfg) + self.server_arch_problems("algorithm.fedmetanas")
+
+
 class FedMetaNAS(GumbelSupernetMethod):
     """Single stage: ``arch_warmup_rounds`` of deterministic warm-up (weights only), the
     search with soft pruning up to ``final_round``, the final derivation, then the same
@@ -186,6 +206,7 @@ class FedMetaNAS(GumbelSupernetMethod):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         self.meta = MetaSearch(cfg)
+        self.arch_opt = ServerArchOptimizer(cfg.algorithm.fedmetanas)
 
     @property
     def search_rounds(self) -> int:
@@ -212,9 +233,11 @@ class FedMetaNAS(GumbelSupernetMethod):
         return self.meta.warming_up(round_)
 
     def init_global(self) -> GlobalModel:
-        return super().init_global(
+        model = super().init_global(
             {"temperature": torch.tensor(self.temperature(0), dtype=torch.float64)}
         )
+        model.server_state.update(self.arch_opt.init_state(model.state))
+        return model
 
     # ------------------------------------------------------------ client
     def learners(self, weights: list, arch: list, round_: int) -> tuple[TaskLearner, MetaLearner]:
@@ -268,6 +291,18 @@ class FedMetaNAS(GumbelSupernetMethod):
         done = ctx.round + 1
         lam = self.temperature(ctx.round)
         spec, arch = model.spec, ArchSpec.of(model.spec)
+        server = {"temperature": torch.tensor(lam, dtype=torch.float64)}
+        if self.arch_opt.on:
+            # FedAdam/FedYogi on the averaged change of the logits while they are searched
+            # (not in the warm-up, where they are frozen, nor after the derivation); pruning
+            # and the derivation then read the stepped logits.
+            server.update(self.arch_opt.carried(model.server_state))
+            if arch.genotype is None and not self.warming_up(ctx.round):
+                averaged, moments, moved = self.arch_opt.step(
+                    model.state, averaged, model.server_state, self.live_logits(spec)
+                )
+                server.update(moments)
+                metrics.update(moved)
         if arch.genotype is None:
             if done >= self.search_rounds:
                 spec = final_spec(self.space, arch, averaged).to_dict()
@@ -282,7 +317,7 @@ class FedMetaNAS(GumbelSupernetMethod):
             weight_lr=f.meta_lr_w * self.weight_lr_scale(ctx.round),
             **self.arch_metrics(spec, state, lam),
         )
-        return GlobalModel(spec, state, {"temperature": torch.tensor(lam, dtype=torch.float64)})
+        return GlobalModel(spec, state, server)
 
 
 def _loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
