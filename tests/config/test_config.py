@@ -97,6 +97,8 @@ ALL_KEYS = [
             "settle_rounds",
             "final_round",
             "local_eval_every",
+            "prune_rule",
+            "prune_z",
         )
     ),
     *(

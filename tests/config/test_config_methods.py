@@ -265,7 +265,8 @@ def test_report_reads_an_old_style_stored_config_like_a_new_one():
     new = config_mod.flatten(to_dict(from_stored(old)))
     # keys added after the fixture was written read as their defaults, which keep the
     # old behaviour (run.test_subset 0: the whole test set; arch_update client: the
-    # clients' own optimiser of the logits, the server_arch keys unread)
+    # clients' own optimiser of the logits, the server_arch keys unread; prune_rule gap:
+    # the fixed logit gap, prune_z unread)
     added = {
         "run.test_subset": 0,
         "algorithm.fedmetanas.arch_update": "client",
@@ -274,6 +275,8 @@ def test_report_reads_an_old_style_stored_config_like_a_new_one():
         "algorithm.fedmetanas.server_arch_lr": 0.1,
         "algorithm.fedmetanas.server_arch_betas": [0.9, 0.99],
         "algorithm.fedmetanas.server_arch_tau": 1e-3,
+        "algorithm.fedmetanas.prune_rule": "gap",
+        "algorithm.fedmetanas.prune_z": 2.0,
     }
     assert {k: v for k, v in new.items() if k not in added} == config_mod.flatten(old)
     assert {k: new[k] for k in added} == added

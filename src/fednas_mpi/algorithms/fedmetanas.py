@@ -21,6 +21,15 @@ alphas and betas is plain SGD at ``client_arch_lr`` instead of a per-client Adam
 every search round after the warm-up the server steps the logits by FedAdam/FedYogi on
 the averaged change, with moments kept in the server state; pruning and the derivation
 read the stepped logits, and pruned entries stay where they are.
+
+``prune_rule: z`` (issue 26, "decisions outside the noise"; ``common.dispersion``,
+``nas.margins``): while the search goes on every client also sends its logits and their
+products on the auxiliary channel, so the server knows the round's weighted covariance of
+the clients' logits; an op or combination is pruned only when its gap to the best live
+entry exceeds ``prune_z`` standard errors at two consecutive checks (the first strikes in
+the server state: ``prune.struck.*``), and the derivation flags the choices it made inside
+the noise. The gap is read on the logits pruning reads (stepped by the server under
+``arch_update: server``), the noise is that of the clients' own logits of the round.
 """
 
 from __future__ import annotations
@@ -33,12 +42,20 @@ from torch.nn import functional as F
 
 from ..config import option
 from ..flat import State
-from ..nas import ArchSpec, final_spec
+from ..nas import ArchSpec, Genotype, final_spec
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
+from .common import dispersion
 from .common.maml import MetaLearner, TaskLearner
 from .common.meta import MetaSearch
-from .common.pruning import prunes_after, soft_prune
+from .common.pruning import (
+    PruneRuleConfig,
+    carried_strikes,
+    noise_prune,
+    prunes_after,
+    soft_prune,
+    strike_state,
+)
 from .common.server_opt import ServerArchConfig, ServerArchOptimizer
 from .common.supernet import GumbelSupernetMethod, state_of
 from .common.tasks import task_pairs
@@ -186,9 +203,10 @@ class MetaSearchConfig:
 
 
 @dataclass(kw_only=True)
-class FedMetaNASConfig(MetaSearchConfig, ServerArchConfig):
-    """FedMetaNAS: the local search and where its logits are optimised (``arch_update``;
-    not wired into the meta variants, which read ``MetaSearchConfig`` alone)."""
+class FedMetaNASConfig(PruneRuleConfig, MetaSearchConfig, ServerArchConfig):
+    """FedMetaNAS: the local search, where its logits are optimised (``arch_update``) and
+    how pruning decides (``prune_rule``); the last two not wired into the meta variants,
+    which read ``MetaSearchConfig`` alone."""
 
     def cross_checks(self, cfg) -> list[str]:
         return super().cross_checks(cfg) + self.server_arch_problems("algorithm.fedmetanas")
@@ -207,6 +225,7 @@ class FedMetaNAS(GumbelSupernetMethod):
         super().__init__(cfg, info)
         self.meta = MetaSearch(cfg)
         self.arch_opt = ServerArchOptimizer(cfg.algorithm.fedmetanas)
+        self.z_rule = cfg.algorithm.fedmetanas.prune_rule == "z"
 
     @property
     def search_rounds(self) -> int:
@@ -237,7 +256,17 @@ class FedMetaNAS(GumbelSupernetMethod):
             {"temperature": torch.tensor(self.temperature(0), dtype=torch.float64)}
         )
         model.server_state.update(self.arch_opt.init_state(model.state))
+        if self.z_rule:
+            model.server_state.update(strike_state(model.spec))
         return model
+
+    def measures_noise(self, spec: dict) -> bool:
+        """Whether the round's clients report their logits' moments (``prune_rule: z``,
+        while the search goes on)."""
+        return self.z_rule and ArchSpec.of(spec).genotype is None
+
+    def aux_shapes(self, model: GlobalModel) -> dict[str, tuple[int, ...]]:
+        return dispersion.aux_shapes(model.state) if self.measures_noise(model.spec) else {}
 
     # ------------------------------------------------------------ client
     def learners(self, weights: list, arch: list, round_: int) -> tuple[TaskLearner, MetaLearner]:
@@ -277,10 +306,12 @@ class FedMetaNAS(GumbelSupernetMethod):
         local_acc = float("nan")
         if ctx.is_due(f.local_eval_every):
             _, local_acc = evaluate(net, data.eval_x, data.eval_y)
+        state, weight = state_of(net), float(data.num_train)
         return ClientResult(
-            state_of(net),
-            float(data.num_train),
+            state,
+            weight,
             {"train_loss": q_sum / steps, "support_loss": s_sum / steps, "local_acc": local_acc},
+            aux=dispersion.client_aux(state, weight) if self.measures_noise(model.spec) else {},
         )
 
     # ------------------------------------------------------------ server
@@ -292,6 +323,11 @@ class FedMetaNAS(GumbelSupernetMethod):
         lam = self.temperature(ctx.round)
         spec, arch = model.spec, ArchSpec.of(model.spec)
         server = {"temperature": torch.tensor(lam, dtype=torch.float64)}
+        noise = None
+        if self.measures_noise(spec):
+            averaged, aux = dispersion.split(averaged)
+            noise = dispersion.dispersion(aux, metrics["client_weight"])
+            metrics["n_eff"] = noise["normal"].n_eff
         if self.arch_opt.on:
             # FedAdam/FedYogi on the averaged change of the logits while they are searched
             # (not in the warm-up, where they are frozen, nor after the derivation); pruning
@@ -303,12 +339,25 @@ class FedMetaNAS(GumbelSupernetMethod):
                 )
                 server.update(moments)
                 metrics.update(moved)
+        if self.z_rule:
+            server.update(carried_strikes(model.server_state))
         if arch.genotype is None:
             if done >= self.search_rounds:
-                spec = final_spec(self.space, arch, averaged).to_dict()
+                spec = final_spec(self.space, arch, averaged, noise, f.prune_z).to_dict()
+                if noise is not None:
+                    metrics.update(_undecided(ArchSpec.of(spec).genotype))
             elif (gaps := self.prune_gaps(ctx.round)) is not None:
-                spec, pruned = soft_prune(self.space, spec, averaged, *gaps, ctx.round)
-                metrics.update(pruned, prune_gap=gaps[0])
+                if noise is not None:
+                    # the z rule reads only the schedule: z never shrinks in the settle
+                    # window (a shrinking z would cut inside the noise again)
+                    spec, struck, pruned = noise_prune(
+                        self.space, spec, averaged, noise, server, f.prune_z, ctx.round
+                    )
+                    server.update(struck)
+                    metrics.update(pruned, prune_z=f.prune_z)
+                else:
+                    spec, pruned = soft_prune(self.space, spec, averaged, *gaps, ctx.round)
+                    metrics.update(pruned, prune_gap=gaps[0])
         state = averaged
         if spec is not model.spec:
             state = self.restrict(spec, averaged)
@@ -318,6 +367,16 @@ class FedMetaNAS(GumbelSupernetMethod):
             **self.arch_metrics(spec, state, lam),
         )
         return GlobalModel(spec, state, server)
+
+
+def _undecided(genotype: Genotype) -> dict[str, float]:
+    """How many of the derivation's choices lie inside the noise: edges' ops, nodes'
+    input combinations."""
+    nodes = [n for cell in genotype.cells.values() for n in cell.nodes]
+    return {
+        "undecided_ops": float(sum(bool(x.undecided) for n in nodes for x in n.inputs)),
+        "undecided_nodes": float(sum(bool(n.undecided) for n in nodes)),
+    }
 
 
 def _loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):

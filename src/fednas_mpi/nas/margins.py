@@ -94,8 +94,10 @@ def outside(gap: torch.Tensor, se: torch.Tensor, z: float) -> torch.Tensor:
 
 
 def z_of(gap: float, se: float) -> float | None:
-    """gap / se for logs and genotype.json: None where it is not a finite number (no
-    dispersion, or none measurable)."""
+    """gap / se for logs and genotype.json: 0 for an exact tie, None where the ratio is
+    not a finite number (a gap where the clients agree exactly, or nothing measurable)."""
+    if gap == 0:
+        return 0.0
     if se > 0 and math.isfinite(se) and math.isfinite(gap):
         return gap / se
     return None
