@@ -93,6 +93,17 @@ def test_nothing_inside_the_noise_goes_even_after_a_strike():
     assert wild.pruned.ops == _all(True) and not any(map(any, wild.op_struck))
 
 
+def test_logits_no_client_moved_decide_nothing():
+    # every client sent the same logits (se = 0): the gaps are the initialisation's
+    r = _check(_alpha(ROW), _noise(torch.zeros(5, 8)), _all(True))
+    assert r.pruned.ops == _all(True) and not any(map(any, r.op_struck))
+    genotype, _, _ = finalize(
+        SPACE, _alpha(ROW), torch.zeros(4), *SPACE.full_masks(), _noise(torch.zeros(5, 8))
+    )
+    assert genotype["nodes"][0]["inputs"][0]["margin_z"] is None
+    assert genotype["nodes"][0]["inputs"][0]["undecided"] is True
+
+
 def test_outside_the_noise_goes_only_at_the_second_consecutive_check():
     alpha = _alpha(ROW)
     quiet, loud = _noise(torch.full((5, 8), 0.02)), _noise(torch.full((5, 8), 50.0))

@@ -22,10 +22,17 @@ entry gains the others lose (negative covariance); treating the entries as indep
 
 Caveats, said once. The standard error is the one of this round's mean over its sampled
 clients (they all start from the same global logits, so it is the spread of their local
-moves), not the noise accumulated by the logits over the rounds before; a non-IID client
-population's genuine disagreement counts as noise, which is the point. With
+moves), not the noise accumulated by the logits over the rounds before (under
+independent rounds that grows like sqrt(rounds), so over a long search the rule is less
+strict than its z says); a non-IID client population's genuine disagreement counts as
+noise, which is the point. Where a server optimiser steps the logits (``arch_update:
+server``) the gap is read on the stepped logits, which move by about the server's
+learning rate per round whatever the clients' scale, while se stays in the clients' units
+(their SGD steps): the ratio then mixes two scales and z is no calibrated count of
+standard errors. With
 n_eff <= 1 (one client, or all weight on one) nothing is measurable: se = inf and no gap
-lies outside the noise.
+lies outside the noise; neither does one whose clients all sent the same logits (se = 0:
+nobody moved them).
 """
 
 from __future__ import annotations
@@ -88,14 +95,17 @@ def row_gaps(
 
 
 def outside(gap: torch.Tensor, se: torch.Tensor, z: float) -> torch.Tensor:
-    """Whether each gap exceeds ``z`` standard errors (a zero gap never does; an
-    infinite se, nothing measurable, never lets one)."""
-    return (gap > z * se) & (gap > 0)
+    """Whether each gap exceeds ``z`` standard errors. Nothing measurable decides
+    nothing: neither an infinite se (n_eff <= 1) nor a zero one - every client sent
+    the same value, which happens only where no client moved the logits (frozen, or a
+    cell type the network does not use), so the gap is the initialisation's, not
+    evidence."""
+    return (gap > z * se) & (se > 0)
 
 
 def z_of(gap: float, se: float) -> float | None:
     """gap / se for logs and genotype.json: 0 for an exact tie, None where the ratio is
-    not a finite number (a gap where the clients agree exactly, or nothing measurable)."""
+    not a finite number (nothing measurable: se 0 or infinite)."""
     if gap == 0:
         return 0.0
     if se > 0 and math.isfinite(se) and math.isfinite(gap):
