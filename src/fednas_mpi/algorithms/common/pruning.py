@@ -109,7 +109,8 @@ class PruneRuleConfig:
         "are then unread, checks run on their schedule (prune_start, prune_every, every "
         "round of the settle window) with z never shrinking, and the final derivation "
         "reports each choice's margin in standard errors and flags those within prune_z "
-        "as undecided (genotype.json, inspect).",
+        "as undecided (genotype.json, inspect). With arch_update: server the gap is in the "
+        "server's step units and se in the clients': z is then not calibrated.",
     )
     prune_z: float = option(
         2.0,
