@@ -83,6 +83,17 @@ class SupernetMethod(Algorithm):
         pruning step removed ops)."""
         return restrict_state(state, self.build(spec))
 
+    @staticmethod
+    def live_logits(spec: ArchSpec | dict) -> dict[str, torch.Tensor]:
+        """Boolean masks of the logits a spec keeps, by state name: ``alpha_*`` its ops,
+        ``beta_*`` its input combinations (pruned entries are False)."""
+        masks = ArchSpec.of(spec).masks
+        out = {}
+        for c in CELL_TYPES:
+            out[f"alpha_{c}"] = torch.tensor(masks[c].ops, dtype=torch.bool)
+            out[f"beta_{c}"] = torch.tensor(masks[c].combos, dtype=torch.bool)
+        return out
+
     def _net(self, model: GlobalModel) -> SearchNetwork:
         net = self.build(model.spec)
         missing, unexpected = net.load_state_dict(model.state, strict=False)
