@@ -590,6 +590,12 @@ def main() -> None:
         "every run finished, report",
     )
     p.add_argument(
+        "--ladder",
+        type=int,
+        nargs="+",
+        help="run only these search-ladder rungs (round counts) of every setting's ladder",
+    )
+    p.add_argument(
         "--budgets",
         nargs="+",
         help="run only these extra evaluation budgets (by name: E24, L6, ...) beside the "
@@ -626,6 +632,9 @@ def main() -> None:
             ]
     if a.budgets:
         proto["only_budgets"] = list(a.budgets)
+    if a.ladder:
+        for st in proto["settings"].values():
+            st["ladder"] = [r for r in st.get("ladder", [12]) if r in a.ladder]
     a.runs = a.runs.resolve()
     a.runs.mkdir(parents=True, exist_ok=True)
     if a.commands:
