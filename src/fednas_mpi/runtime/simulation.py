@@ -354,11 +354,9 @@ class Simulation:
             t_agg = time.perf_counter()
             averaged, metrics = self._aggregate(ctx, run, clients, reports)
             old_spec = run.model.spec
-            # the averaged model as the old spec holds it, without the method's aux means
-            old_state = {k: averaged[k] for k in run.model.state}
             self._server_step(ctx, run, averaged, metrics)
             _method_times(metrics, reports.times, time.perf_counter() - t_agg)
-            early = self._evaluate(ctx, run, old_spec, old_state, metrics)
+            early = self._evaluate(ctx, run, old_spec, averaged, metrics)
             metrics["round_time"] = time.perf_counter() - t_round
             self._record(run_dir, ctx, run, metrics, fixed, early)
             if on_round is not None:

@@ -20,6 +20,7 @@ from ...nas.mixing import relaxed_weights
 from ...nas.space import entropy
 from ...seeding import SERVER, SETUP, derive_seed
 from ..base import Algorithm, GlobalModel
+from .dispersion import PREFIX as NOISE_PREFIX
 from .training import evaluate
 
 
@@ -96,7 +97,10 @@ class SupernetMethod(Algorithm):
 
     def _net(self, model: GlobalModel) -> SearchNetwork:
         net = self.build(model.spec)
-        missing, unexpected = net.load_state_dict(model.state, strict=False)
+        # The runtime's model "before" an architecture change is the raw average, which
+        # also carries the round's dispersion sums (``prune_rule: z``): not weights.
+        state = {k: v for k, v in model.state.items() if not k.startswith(NOISE_PREFIX)}
+        missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(
                 f"global state does not fit the network of its spec: "
