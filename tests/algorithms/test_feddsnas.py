@@ -177,3 +177,38 @@ def test_last_round_keeps_the_argmax_child_with_its_weights():
     net = algo._net(GlobalModel(model.spec, state))
     assert argmax_choices(net)["normal"][0] == 0
     assert PathModel(net, argmax_choices(net))(x).shape == (8, 10)
+
+
+def test_server_mode_clients_take_sgd_steps_and_the_server_keeps_the_moments():
+    from fednas_mpi.algorithms.common.training import minibatches
+    from fednas_mpi.seeding import torch_rng
+
+    algo = _algo(arch_update="server", client_arch_lr=0.3, arch_weight_decay=0.01)
+    f = algo.conf
+    model = algo.init_global()
+    assert float(model.server_state["arch_opt.t"]) == 0.0
+    data, ctx = client_data(), RoundContext(0, 3, 5, "search")
+    res = algo.client_update(model, data, ctx, None)
+    # the client's loop by hand with plain SGD (and its L2 term) on the alphas
+    net = algo._net(model)
+    net.train()
+    w_opt = torch.optim.SGD(
+        net.weight_parameters(), lr=algo.lr(0), momentum=f.momentum, weight_decay=f.weight_decay
+    )
+    a_opt = torch.optim.SGD(net.arch_parameters(), lr=0.3, weight_decay=0.01)
+    g = torch_rng(5, 0, data.client_id, "feddsnas.batches")
+    g_noise = torch_rng(5, 0, data.client_id, "feddsnas.gumbel")
+    for idx in minibatches(data.num_train, algo.cfg.algorithm.batch_size, g):
+        dsnas_step(net, data.train_x[idx], data.train_y[idx], w_opt, a_opt, g_noise, f.grad_clip)
+    for k, v in net.state_dict().items():
+        if k in res.state:
+            torch.testing.assert_close(res.state[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    # the server: round 1 of bias-corrected Adam, lr * delta / (|delta| + tau)
+    new = algo.server_step(model, res.state, {}, ctx)
+    for k in ("alpha_normal", "alpha_reduce"):
+        d = res.state[k].double() - model.state[k].double()
+        want = model.state[k].double() + f.server_arch_lr * d / (d.abs() + f.server_arch_tau)
+        torch.testing.assert_close(new.state[k].double(), want, rtol=1e-6, atol=1e-6)
+    assert new.state["stem.0.weight"] is res.state["stem.0.weight"]
+    assert float(new.server_state["arch_opt.t"]) == 1.0
+    assert set(new.server_state) == set(model.server_state)

@@ -339,10 +339,17 @@ def _clip(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
     return [g * scale for g in grads] if max_norm > 0 and scale < 1.0 else list(grads)
 
 
-def _reference_search(algo: FedNAS, gm: GlobalModel, data: ClientData, ctx: RoundContext):
+def _reference_search(
+    algo: FedNAS,
+    gm: GlobalModel,
+    data: ClientData,
+    ctx: RoundContext,
+    arch_sgd_lr: float | None = None,
+):
     """One client's MiLeNAS search written out: train/val halves of the client's own train
     split, SGD with momentum and weight decay on clipped weight gradients, Adam with L2
-    weight decay on grad L_val + lambda * grad L_train for the alphas."""
+    weight decay on grad L_val + lambda * grad L_train for the alphas (``arch_sgd_lr``:
+    plain SGD of that step size with the same L2 term instead)."""
     cfg = algo.cfg
     f, d, b = cfg.algorithm.fednas, cfg.model.darts, cfg.algorithm.batch_size
     space = CellSpace(d.nodes, d.input_k, tuple(d.primitives))
@@ -385,6 +392,9 @@ def _reference_search(algo: FedNAS, gm: GlobalModel, data: ClientData, ctx: Roun
                     gv = torch.zeros_like(p) if ga_v[k] is None else ga_v[k]
                     gt = torch.zeros_like(p) if ga_t[k] is None else ga_t[k]
                     gr = gv + f.milenas_lambda * gt + f.arch_weight_decay * p
+                    if arch_sgd_lr is not None:
+                        p -= arch_sgd_lr * gr
+                        continue
                     m[k] = b1 * m[k] + (1 - b1) * gr
                     v[k] = b2 * v[k] + (1 - b2) * gr * gr
                     m_hat, v_hat = m[k] / (1 - b1**t), v[k] / (1 - b2**t)
@@ -419,6 +429,70 @@ def test_search_client_update_matches_a_written_out_milenas_reference():
         torch.testing.assert_close(res.state[k], v, rtol=1e-4, atol=1e-5, msg=k)
     assert res.metrics["train_loss"] == pytest.approx(t_mean, rel=1e-5)
     assert res.metrics["val_loss"] == pytest.approx(v_mean, rel=1e-5)
+
+
+def test_server_mode_search_takes_plain_sgd_steps_on_the_alphas():
+    algo = _algo(
+        _cfg(arch_update="server", client_arch_lr=0.4, grad_clip=0.5, arch_weight_decay=0.002)
+    )
+    gm = algo.init_global()
+    assert sorted(gm.server_state) == sorted(
+        ["arch_opt.t"] + [f"arch_opt.{mv}.{k}" for k in ARCH for mv in ("m", "v")]
+    )
+    data, ctx = client_data(n=14), _ctx(algo, 1)
+    res = algo.client_update(gm, data, ctx, None)
+    ref, _, _ = _reference_search(algo, gm, data, ctx, arch_sgd_lr=0.4)
+    for k, v in ref.items():
+        torch.testing.assert_close(res.state[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    adam, _, _ = _reference_search(algo, gm, data, ctx)
+    for k in ARCH:
+        assert not torch.allclose(res.state[k], adam[k], rtol=0, atol=1e-4), k
+
+
+def test_server_mode_server_step_moves_the_alphas_and_derives_from_the_moved_ones():
+    algo = _algo(_cfg(arch_update="server", server_arch_optimizer="yogi", server_arch_lr=0.5))
+    f = algo.cfg.algorithm.fednas
+    gm = algo.init_global()
+    averaged = _hand_alphas(algo, gm)
+    metrics: dict[str, float] = {}
+    mid = algo.server_step(gm, averaged, metrics, _ctx(algo, 0))
+    assert mid.spec == gm.spec and float(mid.server_state["arch_opt.t"]) == 1.0
+    for k in mid.state:
+        if k not in ARCH:
+            assert mid.state[k] is averaged[k], k
+    for k in ARCH:  # round 1, bias-corrected: lr * delta / (|delta| + tau)
+        d = averaged[k].double() - gm.state[k].double()
+        want = gm.state[k].double() + f.server_arch_lr * d / (d.abs() + f.server_arch_tau)
+        torch.testing.assert_close(mid.state[k].double(), want, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(mid.server_state[f"arch_opt.v.{k}"], 0.01 * d * d)
+    assert metrics["server_arch_step"] > 0
+    # the last search round: the genotype is derived from the server-stepped alphas
+    again = {k: v.clone() for k, v in mid.state.items()}
+    again["alpha_normal"] = again["alpha_normal"] - 2.0 * (
+        mid.state["alpha_normal"] - gm.state["alpha_normal"]
+    )
+    new = algo.server_step(mid, again, {}, _ctx(algo, 1))
+    assert float(new.server_state["arch_opt.t"]) == 2.0
+    m, v = mid.server_state, new.server_state
+    d2 = again["alpha_normal"].double() - mid.state["alpha_normal"].double()
+    b1, b2 = f.server_arch_betas
+    m2 = b1 * m["arch_opt.m.alpha_normal"] + (1 - b1) * d2
+    v1 = m["arch_opt.v.alpha_normal"]
+    v2 = v1 - (1 - b2) * d2 * d2 * torch.sign(v1 - d2 * d2)  # Yogi
+    torch.testing.assert_close(v["arch_opt.m.alpha_normal"], m2)
+    torch.testing.assert_close(v["arch_opt.v.alpha_normal"], v2)
+    stepped = mid.state["alpha_normal"].double() + f.server_arch_lr * (m2 / (1 - b1**2)) / (
+        (v2 / (1 - b2**2)).sqrt() + f.server_arch_tau
+    )
+    genotype, _, _ = derive_darts(algo.space, stepped.float(), gm.spec["masks"]["normal"]["ops"])
+    assert new.spec["genotype"]["normal"] == genotype
+    from_averaged, _, _ = derive_darts(
+        algo.space, again["alpha_normal"], gm.spec["masks"]["normal"]["ops"]
+    )
+    assert from_averaged != genotype
+    # retraining keeps the moments (fixed keys) and steps nothing
+    kept = algo.server_step(new, new.state, {}, _ctx(algo, 2))
+    assert kept.state is new.state and kept.server_state is new.server_state
 
 
 def test_search_is_deterministic_softmax_and_never_reads_the_eval_split():

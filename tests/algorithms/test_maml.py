@@ -20,6 +20,7 @@ from fednas_mpi.nas import PRIMITIVES, CellSpace, SearchNetwork
 from fednas_mpi.seeding import torch_rng
 
 CELLS = ("normal", "reduce")
+ARCH = ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
 
 
 # ---------------------------------------------------------------- scalar model by hand
@@ -302,11 +303,19 @@ def _clip_(grads, max_norm):
     return grads
 
 
-def _reference_client(cfg, model: GlobalModel, data: ClientData, ctx: RoundContext, lam: float):
+def _reference_client(
+    cfg,
+    model: GlobalModel,
+    data: ClientData,
+    ctx: RoundContext,
+    lam: float,
+    arch_sgd_lr: float | None = None,
+):
     """Algorithm 1 lines 11-18 with plain loops: SGD inner steps; for the meta step
     hand-written SGD momentum with weight decay on the weights (learning rates scaled by
-    the cosine of the round) and hand-written Adam on the alphas and betas; during the
-    warm-up no Gumbel noise and no architecture step."""
+    the cosine of the round) and hand-written Adam on the alphas and betas (``arch_sgd_lr``:
+    a plain SGD step of that size instead); during the warm-up no Gumbel noise and no
+    architecture step."""
     f, d = cfg.algorithm.fedmetanas, cfg.model.darts
     space = CellSpace(d.nodes, d.input_k, tuple(d.primitives))
     net = SearchNetwork(
@@ -358,6 +367,9 @@ def _reference_client(cfg, model: GlobalModel, data: ClientData, ctx: RoundConte
                     if i >= len(weights):  # Adam on alphas and betas
                         if warm:
                             continue
+                        if arch_sgd_lr is not None:
+                            t -= arch_sgd_lr * gr
+                            continue
                         a = i - len(weights)
                         adam_m[a] = b1 * adam_m[a] + (1 - b1) * gr
                         adam_v[a] = b2 * adam_v[a] + (1 - b2) * gr * gr
@@ -395,6 +407,76 @@ def test_client_update_matches_a_plain_reference_and_leaves_the_global_model_alo
         torch.testing.assert_close(res.state[k], v, rtol=1e-4, atol=1e-5, msg=k)
     assert res.metrics["support_loss"] == pytest.approx(s_mean, rel=1e-4)
     assert res.metrics["train_loss"] == pytest.approx(q_mean, rel=1e-4)
+
+
+def test_server_mode_client_update_takes_plain_sgd_meta_steps_on_the_logits():
+    cfg = _cfg(arch_update="server", client_arch_lr=0.7, meta_momentum=0.9, grad_clip=0.5)
+    algo = FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
+    gm = algo.init_global()
+    # the server's moments are in the round-0 server state, one pair per logit
+    assert sorted(gm.server_state) == sorted(
+        ["temperature", "arch_opt.t"] + [f"arch_opt.{mv}.{k}" for k in ARCH for mv in ("m", "v")]
+    )
+    data, ctx = client_data(), _ctx(cfg, 0)
+    res = algo.client_update(gm, data, ctx, None)
+    ref_state, _, _ = _reference_client(cfg, gm, data, ctx, 1.0, arch_sgd_lr=0.7)
+    for k, v in ref_state.items():
+        torch.testing.assert_close(res.state[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    # (the weights' optimiser is the same as in client mode); the logits took no Adam steps
+    default = FedMetaNAS(_cfg(meta_momentum=0.9, grad_clip=0.5), DataInfo((1, 8, 8), 10))
+    adam = default.client_update(default.init_global(), data, ctx, None)
+    for k in ARCH:
+        assert not torch.allclose(res.state[k], adam.state[k], rtol=0, atol=1e-4), k
+
+
+def test_server_mode_server_step_applies_persistent_moments():
+    cfg = _cfg(rounds=4, arch_update="server", server_arch_lr=0.2, arch_warmup_rounds=1)
+    f = cfg.algorithm.fedmetanas
+    b1, b2 = f.server_arch_betas
+    algo = FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
+    gm = algo.init_global()
+    # warm-up round: logits frozen, no server step (the step count stays 0)
+    warm = algo.client_update(gm, client_data(), _ctx(cfg, 0), None)
+    m0: dict[str, float] = {}
+    after_warm = algo.server_step(gm, warm.state, m0, _ctx(cfg, 0))
+    assert "server_arch_step" not in m0
+    assert float(after_warm.server_state["arch_opt.t"]) == 0.0
+    assert all(torch.equal(after_warm.state[k], gm.state[k]) for k in ARCH)
+    # two search rounds on hand-made averages: delta = +d on every logit, then -d / 2
+    model, d = after_warm, 0.01
+    for r, scale in ((1, 1.0), (2, -0.5)):
+        averaged = {k: v.clone() for k, v in model.state.items()}
+        for k in ARCH:
+            averaged[k] = averaged[k] + scale * d
+        metrics: dict[str, float] = {}
+        new = algo.server_step(model, averaged, metrics, _ctx(cfg, r))
+        t = r  # server steps taken
+        assert float(new.server_state["arch_opt.t"]) == t
+        # the weights are the average; the logits the global ones plus the server step
+        for k in new.state:
+            if k not in ARCH:
+                assert torch.equal(new.state[k], averaged[k]), k
+        if r == 1:
+            m, v = (1 - b1) * d, (1 - b2) * d * d
+            step = f.server_arch_lr * d / (d + f.server_arch_tau)  # bias-corrected round 1
+        else:
+            m, v = b1 * m + (1 - b1) * -d / 2, b2 * v + (1 - b2) * d * d / 4
+            step = (
+                f.server_arch_lr
+                * (m / (1 - b1**2))
+                / (math.sqrt(v / (1 - b2**2)) + f.server_arch_tau)
+            )
+        for k in ARCH:
+            moved = new.state[k].double() - model.state[k].double()
+            torch.testing.assert_close(moved, torch.full_like(moved, step), rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(
+                new.server_state[f"arch_opt.m.{k}"], torch.full_like(moved, m), rtol=1e-5, atol=0
+            )
+        assert metrics["server_arch_step"] == pytest.approx(abs(step), rel=1e-4)
+        assert set(new.server_state) == set(gm.server_state)
+        model = new
+    # round 2 moved the logits forward although its delta was negative: momentum
+    assert step > 0
 
 
 def test_temperature_annealing_and_architecture_warmup(monkeypatch):

@@ -66,6 +66,12 @@ ALL_KEYS = [
     *(
         f"algorithm.fedmetanas.{k}"
         for k in (
+            "arch_update",
+            "client_arch_lr",
+            "server_arch_optimizer",
+            "server_arch_lr",
+            "server_arch_betas",
+            "server_arch_tau",
             "inner_steps",
             "tasks_per_epoch",
             "task_lr_w",
@@ -91,11 +97,19 @@ ALL_KEYS = [
             "settle_rounds",
             "final_round",
             "local_eval_every",
+            "prune_rule",
+            "prune_z",
         )
     ),
     *(
         f"algorithm.fednas.{k}"
         for k in (
+            "arch_update",
+            "client_arch_lr",
+            "server_arch_optimizer",
+            "server_arch_lr",
+            "server_arch_betas",
+            "server_arch_tau",
             "search_rounds",
             "lr",
             "lr_min",
@@ -117,6 +131,12 @@ ALL_KEYS = [
     *(
         f"algorithm.feddsnas.{k}"
         for k in (
+            "arch_update",
+            "client_arch_lr",
+            "server_arch_optimizer",
+            "server_arch_lr",
+            "server_arch_betas",
+            "server_arch_tau",
             "lr",
             "lr_min",
             "momentum",

@@ -6,7 +6,9 @@ passes through ``kernels.gumbel_mix(hard=True)``, the DSNAS estimator: the forwa
 is exactly o_s and the edge's logits get (dL/dZ_s) * (onehot(s) - softmax(alpha)) with
 dL/dZ_s = <dL/do_s, o_s>. Weights: SGD with momentum and weight decay; ops not sampled
 in a step have ``grad is None`` (set to None before every step) and torch's SGD skips
-them, so neither momentum nor weight decay moves them. Alphas: Adam.
+them, so neither momentum nor weight decay moves them. Alphas: Adam, or with
+``arch_update: server`` plain SGD on the clients and FedAdam/FedYogi on the averaged
+change on the server (``common.server_opt``).
 
 Server: FedAvg of weights and alphas (the runtime). After the last round the argmax
 child (per edge the strongest op the mask keeps, ``none`` included: such an edge is
@@ -23,19 +25,22 @@ from torch.nn import functional as F
 
 from ..config import option
 from ..flat import State
-from ..nas import CELL_TYPES
+from ..nas import CELL_TYPES, ArchSpec
 from ..nas.mixing import gumbel_noise
 from ..nas.single_path import path_forward, sample_choices
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.maml import clip_present
+from .common.server_opt import ServerArchConfig, ServerArchOptimizer
 from .common.subnet import SinglePathMethod
 from .common.supernet import state_of
 from .common.training import evaluate, minibatches
 
 
 @dataclass(kw_only=True)
-class FedDSNASConfig:
+class FedDSNASConfig(ServerArchConfig):
+    """FedDSNAS's keys, and where its alphas are optimised (``arch_update``)."""
+
     lr: float = option(
         0.025, "Weights: SGD learning rate (cosine schedule over run.rounds).", gt=0.0
     )
@@ -50,10 +55,19 @@ class FedDSNASConfig:
     weight_decay: float = option(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
     grad_clip: float = option(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
     arch_lr: float = option(
-        1e-3, "Alphas: Adam learning rate of the DSNAS estimator's gradient.", gt=0.0
+        1e-3,
+        "Alphas: Adam learning rate of the DSNAS estimator's gradient (arch_update: client).",
+        gt=0.0,
     )
-    arch_betas: list[float] = option([0.5, 0.999], "Alphas: Adam betas.", min_len=2)
-    arch_weight_decay: float = option(1e-3, "Alphas: Adam weight decay.", ge=0.0)
+    arch_betas: list[float] = option(
+        [0.5, 0.999], "Alphas: Adam betas (arch_update: client).", min_len=2
+    )
+    arch_weight_decay: float = option(
+        1e-3,
+        "Alphas: L2 weight decay of the clients' optimiser (Adam, or with arch_update: "
+        "server plain SGD).",
+        ge=0.0,
+    )
     local_eval_every: int = option(
         1,
         "Evaluate the sampled clients' argmax children on their "
@@ -61,10 +75,22 @@ class FedDSNASConfig:
         ge=1,
     )
 
+    def cross_checks(self, cfg) -> list[str]:
+        return self.server_arch_problems("algorithm.feddsnas")
+
 
 class FedDSNAS(SinglePathMethod):
     name = "feddsnas"
     client_metrics = ("train_loss", "local_acc")
+
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        self.arch_opt = ServerArchOptimizer(cfg.algorithm.feddsnas)
+
+    def init_global(self) -> GlobalModel:
+        model = super().init_global()
+        model.server_state.update(self.arch_opt.init_state(model.state))
+        return model
 
     @property
     def conf(self):
@@ -81,9 +107,12 @@ class FedDSNAS(SinglePathMethod):
         w_opt = torch.optim.SGD(
             weights, lr=self.lr(ctx.round), momentum=f.momentum, weight_decay=f.weight_decay
         )
-        a_opt = torch.optim.Adam(
-            arch, lr=f.arch_lr, betas=tuple(f.arch_betas), weight_decay=f.arch_weight_decay
-        )
+        if self.arch_opt.on:  # the server keeps the moments (common.server_opt)
+            a_opt = torch.optim.SGD(arch, lr=f.client_arch_lr, weight_decay=f.arch_weight_decay)
+        else:
+            a_opt = torch.optim.Adam(
+                arch, lr=f.arch_lr, betas=tuple(f.arch_betas), weight_decay=f.arch_weight_decay
+            )
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "feddsnas.batches")
         g_noise = torch_rng(ctx.seed, ctx.round, data.client_id, "feddsnas.gumbel")
         total, count = 0.0, 0
@@ -107,11 +136,17 @@ class FedDSNAS(SinglePathMethod):
     def server_step(
         self, model: GlobalModel, averaged: State, metrics: dict[str, float], ctx: RoundContext
     ) -> GlobalModel:
-        spec, state = model.spec, averaged
+        spec, state, server = model.spec, averaged, model.server_state
+        if self.arch_opt.on and ArchSpec.of(spec).genotype is None:
+            # FedAdam/FedYogi on the averaged change of the alphas; the argmax child is
+            # derived from the stepped ones
+            state, moments, moved = self.arch_opt.step(model.state, averaged, server)
+            server = {**server, **moments}
+            metrics.update(moved)
         if self.derives_after(spec, ctx.round):
-            spec, state = self.derive_child(spec, averaged)
+            spec, state = self.derive_child(spec, state)
         metrics.update(lr=self.lr(ctx.round), **self.arch_metrics(spec, state, 1.0))
-        return GlobalModel(spec, state, model.server_state)
+        return GlobalModel(spec, state, server)
 
     def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         return evaluate(self.argmax_model(self._net(model)), x, y)

@@ -15,6 +15,21 @@ gradient, all clients return the same (unchanged) value for it and its average i
 that value - averaging never mixes a pruned entry with a live one, and pruning
 never removes an op some clients still use. Pruned ops' weights leave the state,
 so pruned ops are neither computed nor communicated.
+
+``arch_update: server`` (``common.server_opt``; Reddi et al. 2021): the meta step on
+alphas and betas is plain SGD at ``client_arch_lr`` instead of a per-client Adam, and in
+every search round after the warm-up the server steps the logits by FedAdam/FedYogi on
+the averaged change, with moments kept in the server state; pruning and the derivation
+read the stepped logits, and pruned entries stay where they are.
+
+``prune_rule: z`` (issue 26, "decisions outside the noise"; ``common.dispersion``,
+``nas.margins``): while the search goes on every client also sends its logits and their
+products on the auxiliary channel, so the server knows the round's weighted covariance of
+the clients' logits; an op or combination is pruned only when its gap to the best live
+entry exceeds ``prune_z`` standard errors at two consecutive checks (the first strikes in
+the server state: ``prune.struck.*``), and the derivation flags the choices it made inside
+the noise. The gap is read on the logits pruning reads (stepped by the server under
+``arch_update: server``), the noise is that of the clients' own logits of the round.
 """
 
 from __future__ import annotations
@@ -27,19 +42,31 @@ from torch.nn import functional as F
 
 from ..config import option
 from ..flat import State
-from ..nas import ArchSpec, final_spec
+from ..nas import ArchSpec, Genotype, final_spec
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
+from .common import dispersion
 from .common.maml import MetaLearner, TaskLearner
 from .common.meta import MetaSearch
-from .common.pruning import prunes_after, soft_prune
+from .common.pruning import (
+    PruneRuleConfig,
+    carried_strikes,
+    noise_prune,
+    prunes_after,
+    soft_prune,
+    strike_state,
+)
+from .common.server_opt import ServerArchConfig, ServerArchOptimizer
 from .common.supernet import GumbelSupernetMethod, state_of
 from .common.tasks import task_pairs
 from .common.training import evaluate
 
 
 @dataclass(kw_only=True)
-class FedMetaNASConfig:
+class MetaSearchConfig:
+    """The local search, its schedules and pruning (``common.meta.MetaSearch``): all that
+    the meta variants (meta_fedpnas, meta_perfedrlnas) read of ``algorithm.fedmetanas``."""
+
     inner_steps: int = option(2, "M: task-learner steps on the support task (eq. 6/9).", ge=1)
     tasks_per_epoch: int = option(
         0,
@@ -82,7 +109,8 @@ class FedMetaNASConfig:
         "Meta optimiser of alphas and betas (eq. 7/10). adam (betas arch_betas) moves "
         "each logit by about meta_lr_alpha per meta step whatever the scale of its "
         "gradient, which at CPU scale is 1e-3..1e-2: plain SGD needs a step size "
-        "tuned to that scale; sgd uses meta_momentum.",
+        "tuned to that scale; sgd uses meta_momentum. Unread with arch_update: server "
+        "(plain SGD at client_arch_lr).",
     )
     meta_lr_alpha: float = option(
         0.03,
@@ -174,6 +202,16 @@ class FedMetaNASConfig:
         return []
 
 
+@dataclass(kw_only=True)
+class FedMetaNASConfig(PruneRuleConfig, MetaSearchConfig, ServerArchConfig):
+    """FedMetaNAS: the local search, where its logits are optimised (``arch_update``) and
+    how pruning decides (``prune_rule``); the last two not wired into the meta variants,
+    which read ``MetaSearchConfig`` alone."""
+
+    def cross_checks(self, cfg) -> list[str]:
+        return super().cross_checks(cfg) + self.server_arch_problems("algorithm.fedmetanas")
+
+
 class FedMetaNAS(GumbelSupernetMethod):
     """Single stage: ``arch_warmup_rounds`` of deterministic warm-up (weights only), the
     search with soft pruning up to ``final_round``, the final derivation, then the same
@@ -186,6 +224,8 @@ class FedMetaNAS(GumbelSupernetMethod):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         self.meta = MetaSearch(cfg)
+        self.arch_opt = ServerArchOptimizer(cfg.algorithm.fedmetanas)
+        self.z_rule = cfg.algorithm.fedmetanas.prune_rule == "z"
 
     @property
     def search_rounds(self) -> int:
@@ -212,9 +252,21 @@ class FedMetaNAS(GumbelSupernetMethod):
         return self.meta.warming_up(round_)
 
     def init_global(self) -> GlobalModel:
-        return super().init_global(
+        model = super().init_global(
             {"temperature": torch.tensor(self.temperature(0), dtype=torch.float64)}
         )
+        model.server_state.update(self.arch_opt.init_state(model.state))
+        if self.z_rule:
+            model.server_state.update(strike_state(model.spec))
+        return model
+
+    def measures_noise(self, spec: dict) -> bool:
+        """Whether the round's clients report their logits' moments (``prune_rule: z``,
+        while the search goes on)."""
+        return self.z_rule and ArchSpec.of(spec).genotype is None
+
+    def aux_shapes(self, model: GlobalModel) -> dict[str, tuple[int, ...]]:
+        return dispersion.aux_shapes(model.state) if self.measures_noise(model.spec) else {}
 
     # ------------------------------------------------------------ client
     def learners(self, weights: list, arch: list, round_: int) -> tuple[TaskLearner, MetaLearner]:
@@ -254,10 +306,12 @@ class FedMetaNAS(GumbelSupernetMethod):
         local_acc = float("nan")
         if ctx.is_due(f.local_eval_every):
             _, local_acc = evaluate(net, data.eval_x, data.eval_y)
+        state, weight = state_of(net), float(data.num_train)
         return ClientResult(
-            state_of(net),
-            float(data.num_train),
+            state,
+            weight,
             {"train_loss": q_sum / steps, "support_loss": s_sum / steps, "local_acc": local_acc},
+            aux=dispersion.client_aux(state, weight) if self.measures_noise(model.spec) else {},
         )
 
     # ------------------------------------------------------------ server
@@ -268,12 +322,42 @@ class FedMetaNAS(GumbelSupernetMethod):
         done = ctx.round + 1
         lam = self.temperature(ctx.round)
         spec, arch = model.spec, ArchSpec.of(model.spec)
+        server = {"temperature": torch.tensor(lam, dtype=torch.float64)}
+        noise = None
+        if self.measures_noise(spec):
+            averaged, aux = dispersion.split(averaged)
+            noise = dispersion.dispersion(aux, metrics["client_weight"])
+            metrics["n_eff"] = noise["normal"].n_eff
+        if self.arch_opt.on:
+            # FedAdam/FedYogi on the averaged change of the logits while they are searched
+            # (not in the warm-up, where they are frozen, nor after the derivation); pruning
+            # and the derivation then read the stepped logits.
+            server.update(self.arch_opt.carried(model.server_state))
+            if arch.genotype is None and not self.warming_up(ctx.round):
+                averaged, moments, moved = self.arch_opt.step(
+                    model.state, averaged, model.server_state, self.live_logits(spec)
+                )
+                server.update(moments)
+                metrics.update(moved)
+        if self.z_rule:
+            server.update(carried_strikes(model.server_state))
         if arch.genotype is None:
             if done >= self.search_rounds:
-                spec = final_spec(self.space, arch, averaged).to_dict()
+                spec = final_spec(self.space, arch, averaged, noise, f.prune_z).to_dict()
+                if noise is not None:
+                    metrics.update(_undecided(ArchSpec.of(spec).genotype))
             elif (gaps := self.prune_gaps(ctx.round)) is not None:
-                spec, pruned = soft_prune(self.space, spec, averaged, *gaps, ctx.round)
-                metrics.update(pruned, prune_gap=gaps[0])
+                if noise is not None:
+                    # the z rule reads only the schedule: z never shrinks in the settle
+                    # window (a shrinking z would cut inside the noise again)
+                    spec, struck, pruned = noise_prune(
+                        self.space, spec, averaged, noise, server, f.prune_z, ctx.round
+                    )
+                    server.update(struck)
+                    metrics.update(pruned, prune_z=f.prune_z)
+                else:
+                    spec, pruned = soft_prune(self.space, spec, averaged, *gaps, ctx.round)
+                    metrics.update(pruned, prune_gap=gaps[0])
         state = averaged
         if spec is not model.spec:
             state = self.restrict(spec, averaged)
@@ -282,7 +366,17 @@ class FedMetaNAS(GumbelSupernetMethod):
             weight_lr=f.meta_lr_w * self.weight_lr_scale(ctx.round),
             **self.arch_metrics(spec, state, lam),
         )
-        return GlobalModel(spec, state, {"temperature": torch.tensor(lam, dtype=torch.float64)})
+        return GlobalModel(spec, state, server)
+
+
+def _undecided(genotype: Genotype) -> dict[str, float]:
+    """How many of the derivation's choices lie inside the noise: edges' ops, nodes'
+    input combinations."""
+    nodes = [n for cell in genotype.cells.values() for n in cell.nodes]
+    return {
+        "undecided_ops": float(sum(bool(x.undecided) for n in nodes for x in n.inputs)),
+        "undecided_nodes": float(sum(bool(n.undecided) for n in nodes)),
+    }
 
 
 def _loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):

@@ -10,6 +10,10 @@ mixed-level update:
 
 The server averages w and alpha by sample counts (the runtime's FedAvg; no clipping
 of alpha gradients and a true average of the alphas, unlike FedML's implementation).
+With ``arch_update: server`` (``common.server_opt``) the clients' alpha step is plain
+SGD (``client_arch_lr``, the same L2 term) and the server steps the alphas by
+FedAdam/FedYogi on their averaged change in every search round; the derivation reads
+the stepped alphas.
 
 Hard pruning: after ``search_rounds`` the server derives the DARTS genotype (per node
 the k strongest inputs, per edge the strongest op other than ``none``), builds the
@@ -34,12 +38,15 @@ from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.maml import clip_grad_norm
 from .common.schedules import cosine_lr
+from .common.server_opt import ServerArchConfig, ServerArchOptimizer
 from .common.supernet import SupernetMethod, state_of
 from .common.training import client_epochs, evaluate, minibatches
 
 
 @dataclass(kw_only=True)
-class FedNASConfig:
+class FedNASConfig(ServerArchConfig):
+    """FedNAS's keys, and where its alphas are optimised (``arch_update``)."""
+
     search_rounds: int = option(
         0,
         "Rounds of MiLeNAS search before hard pruning; the rest of "
@@ -61,14 +68,21 @@ class FedNASConfig:
     )
     arch_lr: float = option(
         0.03,
-        "Alphas: Adam learning rate. Adam moves a logit by at most about arch_lr per "
-        "step, so the total movement is bounded by arch_lr x (search steps): DARTS's "
-        "3e-4 suits its ~20k steps (the paper configs keep it), while the CPU configs' "
-        "~100 steps need ~0.03 for the alphas to move beyond their noise.",
+        "Alphas: Adam learning rate (arch_update: client). Adam moves a logit by at most "
+        "about arch_lr per step, so the total movement is bounded by arch_lr x (search "
+        "steps): DARTS's 3e-4 suits its ~20k steps (the paper configs keep it), while the "
+        "CPU configs' ~100 steps need ~0.03 for the alphas to move beyond their noise.",
         gt=0.0,
     )
-    arch_betas: list[float] = option([0.5, 0.999], "Alphas: Adam betas.", min_len=2)
-    arch_weight_decay: float = option(1e-3, "Alphas: Adam weight decay.", ge=0.0)
+    arch_betas: list[float] = option(
+        [0.5, 0.999], "Alphas: Adam betas (arch_update: client).", min_len=2
+    )
+    arch_weight_decay: float = option(
+        1e-3,
+        "Alphas: L2 weight decay of the clients' optimiser (Adam, or with arch_update: "
+        "server plain SGD).",
+        ge=0.0,
+    )
     milenas_lambda: float = option(
         1.0,
         "MiLeNAS mixed-level weight: the alpha gradient is grad L_val + lambda * grad L_train.",
@@ -84,18 +98,19 @@ class FedNASConfig:
     def cross_checks(self, cfg) -> list[str]:
         """Problems of this section against the rest of the run's config."""
         rounds = cfg.run.rounds
+        problems = self.server_arch_problems("algorithm.fednas")
         if rounds < 2:
-            return [
+            return problems + [
                 f"run.rounds = {rounds}: fednas needs at least 2 rounds (search, then "
                 f"retrain the derived network)"
             ]
         if self.search_rounds >= rounds:
-            return [
+            return problems + [
                 f"algorithm.fednas.search_rounds = {self.search_rounds}: leaves no round to "
                 f"retrain (run.rounds = {rounds}); use a value below run.rounds, or 0 for "
                 f"half of them"
             ]
-        return []
+        return problems
 
 
 def milenas_grads(
@@ -120,6 +135,15 @@ class FedNAS(SupernetMethod):
     name = "fednas"
     inputs = "sum"
     client_metrics = ("train_loss", "val_loss", "local_acc")
+
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        self.arch_opt = ServerArchOptimizer(cfg.algorithm.fednas)
+
+    def init_global(self) -> GlobalModel:
+        model = super().init_global()
+        model.server_state.update(self.arch_opt.init_state(model.state))
+        return model
 
     @property
     def search_rounds(self) -> int:
@@ -173,9 +197,12 @@ class FedNAS(SupernetMethod):
         w_opt = torch.optim.SGD(
             weights, lr=self.lr(ctx.round), momentum=f.momentum, weight_decay=f.weight_decay
         )
-        a_opt = torch.optim.Adam(
-            arch, lr=f.arch_lr, betas=tuple(f.arch_betas), weight_decay=f.arch_weight_decay
-        )
+        if self.arch_opt.on:  # the server keeps the moments (common.server_opt)
+            a_opt = torch.optim.SGD(arch, lr=f.client_arch_lr, weight_decay=f.arch_weight_decay)
+        else:
+            a_opt = torch.optim.Adam(
+                arch, lr=f.arch_lr, betas=tuple(f.arch_betas), weight_decay=f.arch_weight_decay
+            )
         # The validation half comes from the client's own data, never the server's test set.
         perm = torch.randperm(data.num_train, generator=g)
         half = max(1, data.num_train // 2)
@@ -211,13 +238,19 @@ class FedNAS(SupernetMethod):
     def server_step(
         self, model: GlobalModel, averaged: State, metrics: dict[str, float], ctx: RoundContext
     ) -> GlobalModel:
-        spec, state = model.spec, averaged
+        spec, state, server = model.spec, averaged, model.server_state
+        if self.arch_opt.on and ctx.stage == "search":
+            # FedAdam/FedYogi on the averaged change of the alphas; the derivation reads
+            # the stepped ones
+            state, moments, moved = self.arch_opt.step(model.state, averaged, server)
+            server = {**server, **moments}
+            metrics.update(moved)
         if ctx.stage == "search" and ctx.round + 1 == self.search_rounds:
-            spec = darts_spec(self.space, ArchSpec.of(spec), averaged).to_dict()
+            spec = darts_spec(self.space, ArchSpec.of(spec), state).to_dict()
             # Retraining starts from scratch: a fresh, seeded initialisation.
             state = state_of(self.fresh(spec, "fednas.retrain.init"))
         metrics.update(lr=self.lr(ctx.round), **self.arch_metrics(spec, state, 1.0))
-        return GlobalModel(spec, state, model.server_state)
+        return GlobalModel(spec, state, server)
 
     def evaluate(self, model: GlobalModel, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         net = self._net(model)

@@ -17,7 +17,7 @@ from .base import Algorithm
 from .fedavg import FedAvg
 from .fedbabu import FedBABU, FedBABUConfig
 from .feddsnas import FedDSNAS, FedDSNASConfig
-from .fedmetanas import FedMetaNAS, FedMetaNASConfig
+from .fedmetanas import FedMetaNAS, FedMetaNASConfig, MetaSearchConfig
 from .fednas import FedNAS, FedNASConfig
 from .fedpnas import FedPNAS, FedPNASConfig, MetaFedPNAS, PersonalSplitConfig
 from .fedrep import FedRep, FedRepConfig
@@ -97,14 +97,14 @@ METHODS = (
         "meta_fedpnas",
         MetaFedPNAS,
         nas=True,
-        sections={"fedpnas": PersonalSplitConfig, "fedmetanas": FedMetaNASConfig},
+        sections={"fedpnas": PersonalSplitConfig, "fedmetanas": MetaSearchConfig},
         personal=True,
     ),
     Method(
         "meta_perfedrlnas",
         MetaPerFedRLNAS,
         nas=True,
-        sections={"perfedrlnas": PerFedRLNASConfig, "fedmetanas": FedMetaNASConfig},
+        sections={"perfedrlnas": PerFedRLNASConfig, "fedmetanas": MetaSearchConfig},
         path=True,
         personal=True,
     ),

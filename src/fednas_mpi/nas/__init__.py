@@ -1,8 +1,10 @@
 """Search space as plain modules and data: primitives, Gumbel-softmax mixing, cells, the
-network forward, the typed architecture spec and genotype, and every derivation (pruning,
-final, DARTS, argmax child). Imports nothing distributed."""
+network forward, the typed architecture spec and genotype, every derivation (pruning,
+final, DARTS, argmax child) and the noise logit gaps are measured against. Imports
+nothing distributed."""
 
 from .derive import (
+    NoisePruned,
     Pruned,
     argmax_choices,
     child_spec,
@@ -11,10 +13,13 @@ from .derive import (
     final_spec,
     finalize,
     prune,
+    prune_z,
+    remove,
     restrict_state,
     sample_genotype,
     sampled_spec,
 )
+from .margins import Dispersion, covariance, effective_clients
 from .mixing import gumbel_noise, relaxed_weights, weighted_sum
 from .network import SearchCell, SearchNetwork
 from .operations import OPS, PRIMITIVES
@@ -40,16 +45,20 @@ __all__ = [
     "CellGenotype",
     "CellMasks",
     "CellSpace",
+    "Dispersion",
     "EdgeChoice",
     "Genotype",
     "NodeGenotype",
+    "NoisePruned",
     "Pruned",
     "SearchCell",
     "SearchNetwork",
     "argmax_choices",
     "child_spec",
+    "covariance",
     "darts_spec",
     "derive_darts",
+    "effective_clients",
     "final_spec",
     "finalize",
     "genotype_of",
@@ -57,7 +66,9 @@ __all__ = [
     "gumbel_noise",
     "logit_signal",
     "prune",
+    "prune_z",
     "relaxed_weights",
+    "remove",
     "restrict_state",
     "sample_genotype",
     "sampled_spec",

@@ -10,12 +10,14 @@ derived spec.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
 from ..kernels import hard_index
+from .margins import Dispersion, margin, outside, row_gaps, z_of
 from .mixing import relaxed_weights
 from .space import CellSpace
 from .spec import CELL_TYPES, ArchSpec, CellMasks, Genotype
@@ -63,10 +65,33 @@ def prune(
     Never drops an edge's strongest op other than ``none`` (so every edge keeps a real
     op) nor a node's strongest combination. ``beta=None``: combinations stay as they are.
     """
+    om = torch.tensor(op_mask)
+    op_out = _gaps(alpha, om) > op_gap if op_gap > 0 else torch.zeros_like(om)
+    combo_out = torch.zeros(len(combo_mask), dtype=torch.bool)
+    if beta is not None and combo_gap > 0:
+        cm = torch.tensor(combo_mask)
+        for seg in _node_segments(space):
+            combo_out[seg] = _gaps(beta[seg], cm[seg]) > combo_gap
+    return remove(space, alpha, beta, op_mask, combo_mask, op_out, combo_out)
+
+
+def remove(
+    space: CellSpace,
+    alpha: torch.Tensor,
+    beta: torch.Tensor | None,
+    op_mask: list[list[bool]],
+    combo_mask: list[bool],
+    op_out: torch.Tensor,
+    combo_out: torch.Tensor,
+) -> Pruned:
+    """Remove the live ops and combinations a pruning rule condemned (``op_out`` [E, P],
+    ``combo_out`` [C], boolean), never an edge's strongest op other than ``none`` nor a
+    node's strongest combination; each removal with its logit gap to the best live entry
+    of its edge (node). ``beta=None``: combinations stay as they are."""
     none = space.primitives.index("none") if "none" in space.primitives else -1
     om = torch.tensor(op_mask)
     gap = _gaps(alpha, om)
-    keep = om & ~(gap > op_gap) if op_gap > 0 else om.clone()
+    keep = om & ~op_out
     real = alpha.detach().double().masked_fill(~om, float("-inf"))
     if none >= 0:
         real[:, none] = float("-inf")
@@ -76,17 +101,80 @@ def prune(
     cm = torch.tensor(combo_mask)
     ckeep = cm.clone()
     removed_c: list[tuple[int, int, float]] = []
-    if beta is not None and combo_gap > 0:
-        for j, combos in enumerate(space.combos):
-            seg = slice(space.combo_offsets[j], space.combo_offsets[j] + len(combos))
+    if beta is not None:
+        for j, seg in enumerate(_node_segments(space)):
             g = _gaps(beta[seg], cm[seg])
-            node_keep = cm[seg] & ~(g > combo_gap)
+            node_keep = cm[seg] & ~combo_out[seg]
             node_keep[int(g.argmin())] = True
             ckeep[seg] = node_keep
             removed_c += [
                 (j, c, float(g[c])) for c in (cm[seg] & ~node_keep).nonzero().flatten().tolist()
             ]
     return Pruned(keep.tolist(), ckeep.tolist(), removed, removed_c)
+
+
+def _node_segments(space: CellSpace) -> list[slice]:
+    """Each node's slice of the flattened input combinations."""
+    return [
+        slice(space.combo_offsets[j], space.combo_offsets[j] + len(combos))
+        for j, combos in enumerate(space.combos)
+    ]
+
+
+@dataclass(frozen=True)
+class NoisePruned:
+    """One check of the z rule (``prune_z``): what it removed (``pruned``), the standard
+    error of each entry's gap to its row's best live entry (``op_se`` [E][P], ``combo_se``
+    [C]; for the log) and which live entries now stand at a first strike."""
+
+    pruned: Pruned
+    op_se: list[list[float]]
+    combo_se: list[float]
+    op_struck: list[list[bool]]
+    combo_struck: list[bool]
+
+
+def prune_z(
+    space: CellSpace,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    noise: Dispersion,
+    op_mask: list[list[bool]],
+    combo_mask: list[bool],
+    op_struck: list[list[bool]],
+    combo_struck: list[bool],
+    z: float,
+) -> NoisePruned:
+    """Soft pruning outside the noise: an op (input combination) goes when its logit lies
+    more than ``z`` standard errors of the clients' disagreement (``nas.margins``) below
+    the best live op of its edge (combination of its node) at this check and was there at
+    the previous check too (``*_struck``: the first strikes the previous check left). A
+    strike lapses when the entry falls back inside the noise. The protections of
+    ``remove`` hold: an edge keeps its strongest real op, a node its best combination."""
+    om, cm = torch.tensor(op_mask), torch.tensor(combo_mask)
+    gap, se = row_gaps(alpha, noise.alpha_cov, om, noise.n_eff)
+    op_now = outside(gap, se, z) & om
+    combo_now = torch.zeros_like(cm)
+    combo_se = torch.full((len(combo_mask),), math.inf, dtype=torch.float64)
+    for seg in _node_segments(space):
+        g, s = row_gaps(beta[seg][None], noise.beta_cov[seg, seg][None], cm[seg][None], noise.n_eff)
+        combo_now[seg], combo_se[seg] = outside(g, s, z)[0] & cm[seg], s[0]
+    r = remove(
+        space,
+        alpha,
+        beta,
+        op_mask,
+        combo_mask,
+        op_now & torch.tensor(op_struck),
+        combo_now & torch.tensor(combo_struck),
+    )
+    return NoisePruned(
+        r,
+        se.tolist(),
+        combo_se.tolist(),
+        (op_now & torch.tensor(r.ops)).tolist(),
+        (combo_now & torch.tensor(r.combos)).tolist(),
+    )
 
 
 def sample_genotype(
@@ -121,24 +209,36 @@ def finalize(
     beta: torch.Tensor,
     op_mask: list[list[bool]],
     combo_mask: list[bool],
+    noise: Dispersion | None = None,
+    z: float = 2.0,
 ) -> tuple[dict, list, list]:
     """The genotype (strongest surviving combination per node, strongest real op per
     edge in it, from probabilities softmax(log alpha) and softmax(beta) over the
     survivors) and the masks that keep exactly that. Op rows of edges outside the
-    chosen combinations are all False: those edges get no module at all."""
+    chosen combinations are all False: those edges get no module at all.
+
+    With ``noise`` (the clients' dispersion, ``nas.margins``) every chosen input and
+    every node also reports ``margin_z``, the logit gap of its choice over the runner-up
+    (the strongest other live real op; the node's next live combination) in standard
+    errors, and ``undecided``: whether that gap lies within ``z`` of them. The choice
+    is kept either way (the argmax is still the best guess); the flag says it is one.
+    """
     om, cm = torch.tensor(op_mask), torch.tensor(combo_mask)
     p_ops = _masked_probs(alpha, om, 1.0)
     # Reported: each chosen op's probability softmax(log alpha) over all the edge's ops.
     p_all = torch.softmax(alpha.detach().double(), dim=-1)
     real = p_ops.clone()
+    real_ops = torch.ones(len(space.primitives), dtype=torch.bool)
     if "none" in space.primitives:
         real[:, space.primitives.index("none")] = -1.0
+        real_ops[space.primitives.index("none")] = False
     new_op = torch.zeros_like(om)
     new_combo = torch.zeros_like(cm)
     nodes = []
     for j, combos in enumerate(space.combos):
         lo = space.combo_offsets[j]
-        q = _masked_probs(beta[lo : lo + len(combos)], cm[lo : lo + len(combos)], 1.0)
+        seg = slice(lo, lo + len(combos))
+        q = _masked_probs(beta[seg], cm[seg], 1.0)
         c = int(q.argmax())
         new_combo[lo + c] = True
         chosen = []
@@ -146,16 +246,40 @@ def finalize(
             e = space.edge(j, i)
             k = int(real[e].masked_fill(~om[e], -1.0).argmax())
             new_op[e, k] = True
-            chosen.append(
-                {"op": space.primitives[k], "input": i, "p_op": round(float(p_all[e, k]), 4)}
-            )
-        p_combo = torch.softmax(beta[lo : lo + len(combos)].detach().double(), dim=-1)
-        nodes.append({"inputs": chosen, "p_combo": round(float(p_combo[c]), 4)})
+            pick = {"op": space.primitives[k], "input": i, "p_op": round(float(p_all[e, k]), 4)}
+            if noise is not None:
+                pick.update(
+                    _margin_keys(alpha[e], noise.alpha_cov[e], om[e] & real_ops, k, noise, z)
+                )
+            chosen.append(pick)
+        p_combo = torch.softmax(beta[seg].detach().double(), dim=-1)
+        node = {"inputs": chosen, "p_combo": round(float(p_combo[c]), 4)}
+        if noise is not None:
+            node.update(_margin_keys(beta[seg], noise.beta_cov[seg, seg], cm[seg], c, noise, z))
+        nodes.append(node)
     return (
         {"nodes": nodes, "concat": list(range(2, space.nodes + 2))},
         new_op.tolist(),
         new_combo.tolist(),
     )
+
+
+def _margin_keys(
+    logits: torch.Tensor,
+    cov: torch.Tensor,
+    candidates: torch.Tensor,
+    chosen: int,
+    noise: Dispersion,
+    z: float,
+) -> dict:
+    """``margin_z`` (None: no rival, or no finite ratio) and ``undecided`` of one choice."""
+    m = margin(logits, cov, candidates, chosen, noise.n_eff)
+    if m is None:
+        return {"margin_z": None, "undecided": False}
+    gap, se = m
+    ratio = z_of(gap, se)
+    decided = bool(outside(torch.tensor(gap), torch.tensor(se), z))
+    return {"margin_z": None if ratio is None else round(ratio, 2), "undecided": not decided}
 
 
 def derive_darts(
@@ -244,13 +368,26 @@ def child_masks(
 # ------------------------------------------------------------------ whole specs
 
 
-def final_spec(space: CellSpace, spec: ArchSpec, state: Mapping[str, torch.Tensor]) -> ArchSpec:
-    """FedMetaNAS's final derivation (``finalize``) of both cell types."""
+def final_spec(
+    space: CellSpace,
+    spec: ArchSpec,
+    state: Mapping[str, torch.Tensor],
+    noise: Mapping[str, Dispersion] | None = None,
+    z: float = 2.0,
+) -> ArchSpec:
+    """FedMetaNAS's final derivation (``finalize``) of both cell types; ``noise``: per
+    cell type the clients' dispersion, to report the choices' margins."""
     masks, cells = {}, {}
     for c in CELL_TYPES:
         m = spec.masks[c]
         cells[c], ops, combos = finalize(
-            space, state[f"alpha_{c}"], state[f"beta_{c}"], m.ops, m.combos
+            space,
+            state[f"alpha_{c}"],
+            state[f"beta_{c}"],
+            m.ops,
+            m.combos,
+            None if noise is None else noise[c],
+            z,
         )
         masks[c] = CellMasks(ops, combos)
     return spec.derived(masks, Genotype.from_dict(cells))

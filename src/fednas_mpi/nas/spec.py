@@ -46,39 +46,63 @@ class CellMasks:
 @dataclass(frozen=True)
 class EdgeChoice:
     """One input of a derived node: ``op`` applied to state ``input``, and the op's
-    probability softmax(log alpha) over its edge when the derivation reports it."""
+    probability softmax(log alpha) over its edge when the derivation reports it; with
+    the clients' dispersion (``prune_rule: z``) also ``margin_z``, the op's logit gap
+    over the edge's runner-up in standard errors, and ``undecided``, whether that gap
+    lies inside the noise."""
 
     op: str
     input: int
     p_op: float | None = None
+    margin_z: float | None = None
+    undecided: bool | None = None
 
     def to_dict(self) -> dict:
         d: dict = {"op": self.op, "input": self.input}
         if self.p_op is not None:
             d["p_op"] = self.p_op
-        return d
+        return _with_margin(d, self.margin_z, self.undecided)
 
 
 @dataclass(frozen=True)
 class NodeGenotype:
     """A derived node: the edges it sums, and the probability of their combination
-    (softmax(beta) over the node's combinations) where the derivation chose one."""
+    (softmax(beta) over the node's combinations) where the derivation chose one; the
+    combination's ``margin_z`` and ``undecided`` as ``EdgeChoice``'s."""
 
     inputs: list[EdgeChoice]
     p_combo: float | None = None
+    margin_z: float | None = None
+    undecided: bool | None = None
 
     def to_dict(self) -> dict:
         d: dict = {"inputs": [x.to_dict() for x in self.inputs]}
         if self.p_combo is not None:
             d["p_combo"] = self.p_combo
-        return d
+        return _with_margin(d, self.margin_z, self.undecided)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> NodeGenotype:
         return cls(
-            [EdgeChoice(x["op"], int(x["input"]), x.get("p_op")) for x in d["inputs"]],
+            [
+                EdgeChoice(
+                    x["op"], int(x["input"]), x.get("p_op"), x.get("margin_z"), x.get("undecided")
+                )
+                for x in d["inputs"]
+            ],
             d.get("p_combo"),
+            d.get("margin_z"),
+            d.get("undecided"),
         )
+
+
+def _with_margin(d: dict, margin_z: float | None, undecided: bool | None) -> dict:
+    """``d`` with the margin keys where the derivation measured them (additive: files
+    without them read as before, and derivations without them write what they did)."""
+    if undecided is not None:
+        d["margin_z"] = margin_z
+        d["undecided"] = undecided
+    return d
 
 
 @dataclass(frozen=True)
@@ -114,6 +138,28 @@ class Genotype:
             ]
             lines.append(f"{c}: " + "; ".join(f"s{j + 2} = {n}" for j, n in enumerate(nodes)))
         return "\n".join(lines)
+
+    @property
+    def undecided(self) -> list[str]:
+        """The choices the derivation flagged as inside the noise, one line each:
+        ``normal s3 <- s0: sep_conv_3x3 (margin 1.2 se)`` for an edge's op,
+        ``normal s3: inputs s0, s2 (margin 0.4 se)`` for a node's combination."""
+
+        def why(m: float | None) -> str:
+            return "(no measurable dispersion)" if m is None else f"(margin {m:g} se)"
+
+        out = []
+        for c in CELL_TYPES:
+            for j, n in enumerate(self.cells.get(c, CellGenotype([], [])).nodes):
+                if n.undecided:
+                    ins = ", ".join(f"s{x.input}" for x in n.inputs)
+                    out.append(f"{c} s{j + 2}: inputs {ins} {why(n.margin_z)}")
+                out += [
+                    f"{c} s{j + 2} <- s{x.input}: {x.op} {why(x.margin_z)}"
+                    for x in n.inputs
+                    if x.undecided
+                ]
+        return out
 
     def to_dict(self) -> dict:
         """``{"normal": cell, "reduce": cell, "text": ...}`` (genotype.json's form)."""

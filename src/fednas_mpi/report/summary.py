@@ -128,6 +128,8 @@ def summary(run: Run) -> dict:
         },
         "genotype": None if genotype is None else genotype.to_dict(),
         "genotype_text": None if genotype is None else genotype.text,
+        # choices the derivation made inside the clients' noise (prune_rule: z)
+        "undecided": (genotype.undecided or None) if genotype is not None else None,
         "client_subnets": len(run.client_subnets) or None,
         "distinct_client_subnets": len(
             {json.dumps(v, sort_keys=True) for v in run.client_subnets.values()}
@@ -258,6 +260,7 @@ def summary_row(s: dict) -> dict:
         row[f"time_stage_{stage}"] = t
     for part, t in s["time_parts"].items():
         row[f"time_{part}"] = t
+    row["undecided"] = "; ".join(s["undecided"]) if s["undecided"] else None
     change = s["arch_change"] or {}
     row["arch_change_round"] = change.get("round")
     row["acc_before_change"] = change.get("acc_before")
@@ -336,6 +339,9 @@ def summary_text(s: dict) -> str:
         text = s["genotype_text"].splitlines()
         lines.append(f"genotype    {text[0]}")
         lines += [f"            {t}" for t in text[1:]]
+        if s["undecided"]:
+            lines.append(f"undecided   {s['undecided'][0]}")
+            lines += [f"            {t}" for t in s["undecided"][1:]]
     elif s["client_subnets"]:
         lines.append(
             f"subnets     one per client: {s['client_subnets']} clients, "

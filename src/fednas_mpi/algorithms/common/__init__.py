@@ -11,5 +11,6 @@
 - ``subnet``: base of the single-path methods (FedDSNAS, the RL family): the argmax
   child, training one path, folding subnet updates into the supernet;
 - ``policy``: REINFORCE on per-edge categorical policies;
+- ``server_opt``: FedAdam/FedYogi on the architecture logits, moments in the server state;
 - ``fixed``: base of the fixed-architecture methods.
 """

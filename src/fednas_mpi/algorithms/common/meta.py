@@ -18,6 +18,7 @@ from ...nas import temperature_at
 from .maml import MetaLearner, TaskLearner
 from .pruning import SoftPruning
 from .schedules import cosine_lr
+from .server_opt import ServerArchConfig
 
 
 class MetaSearch:
@@ -49,6 +50,13 @@ class MetaSearch:
         """Cosine factor of both weight learning rates: 1 in round 1, ``weight_lr_min`` in
         the last (FedNAS's weights decay the same way)."""
         return cosine_lr(round_, self.cfg.run.rounds, 1.0, self.conf.weight_lr_min)
+
+    @property
+    def server_arch(self) -> bool:
+        """Whether the server optimises the logits (``arch_update: server``, FedMetaNAS
+        only: the meta variants' section has no such key); the clients then take plain
+        SGD meta steps on them."""
+        return isinstance(self.conf, ServerArchConfig) and self.conf.arch_update == "server"
 
     def warming_up(self, round_: int) -> bool:
         return round_ < self.conf.arch_warmup_rounds
@@ -84,7 +92,10 @@ class MetaSearch:
         """The task and meta learners of eq. 9-10 over (weights, architecture parameters),
         with this section's learning rates: the weights' decayed by ``weight_lr_scale``,
         the alphas' frozen during the warm-up and stepped by their own meta optimiser
-        (Adam by default: see ``arch_optimizer``)."""
+        (Adam by default: see ``arch_optimizer``), or, when the server optimises them
+        (``server_arch``), by plain SGD at ``client_arch_lr``: a per-client Adam rebuilt
+        every round would take sign steps (Adam's first bias-corrected steps are about
+        lr * sign(g)) and discard its moments."""
         f = self.conf
         warm = self.warming_up(round_)
         scale = self.weight_lr_scale(round_)
@@ -99,7 +110,9 @@ class MetaSearch:
         else:
             opts = [torch.optim.SGD(w_group, momentum=f.meta_momentum)]
         if arch and not warm:
-            if f.arch_optimizer == "adam":
+            if self.server_arch:
+                opts.append(torch.optim.SGD(arch, lr=f.client_arch_lr))
+            elif f.arch_optimizer == "adam":
                 opts.append(torch.optim.Adam(arch, lr=f.meta_lr_alpha, betas=tuple(f.arch_betas)))
             else:
                 opts.append(torch.optim.SGD(arch, lr=f.meta_lr_alpha, momentum=f.meta_momentum))

@@ -1,4 +1,6 @@
-"""Soft pruning (section 4.4) as a component: when it runs, and one step of it on a spec.
+"""Soft pruning (section 4.4) as a component: when it runs, and one step of it on a spec,
+by either rule: a fixed logit gap (``soft_prune``) or a gap outside the clients' noise at
+two consecutive checks (``noise_prune``, ``prune_rule: z``; the math in ``nas.margins``).
 
 The "prune after this round?" test exists here only (``prunes_after``); FedMetaNAS adds
 its settle window and final derivation on top (``meta.MetaSearch.prune_gaps``), and the
@@ -7,10 +9,16 @@ meta variants of FedPNAS and PerFedRLNAS use ``SoftPruning.gaps_after`` as it is
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Literal
 
+import torch
+
+from ...config import option
 from ...flat import State
-from ...nas import CELL_TYPES, ArchSpec, CellMasks, CellSpace, prune
+from ...nas import CELL_TYPES, ArchSpec, CellMasks, CellSpace, Dispersion, Pruned, prune, prune_z
+from ...nas.margins import z_of
 
 
 def prunes_after(done: int, prune_start: int, prune_every: int, warmup: int) -> bool:
@@ -38,36 +46,145 @@ def soft_prune(
             space, state[f"alpha_{c}"], state.get(f"beta_{c}"), m.ops, m.combos, op_gap, combo_gap
         )
         masks[c] = CellMasks(r.ops, r.combos)
-        for e, k, g in r.removed_ops:
-            j, i = space.edge_nodes(e)
-            log.append(
-                {
-                    "round": round_ + 1,
-                    "cell": c,
-                    "edge": f"s{i}->s{j + 2}",
-                    "op": space.primitives[k],
-                    "gap": round(g, 4),
-                }
-            )
-        for j, k, g in r.removed_combos:
-            log.append(
-                {
-                    "round": round_ + 1,
-                    "cell": c,
-                    "node": f"s{j + 2}",
-                    "inputs": [f"s{i}" for i in space.combos[j][k]],
-                    "gap": round(g, 4),
-                }
-            )
+        log += _log(space, c, r, round_)
+    return _pruned_spec(spec, arch, masks, log), _metrics(log)
+
+
+def _log(space: CellSpace, c: str, r: Pruned, round_: int, se=None) -> list[dict]:
+    """The ``prune_log`` entries of one cell type's removals; with ``se`` (the
+    ``NoisePruned`` of the check) each also has its gap's standard error and z."""
+    out = []
+    for e, k, g in r.removed_ops:
+        j, i = space.edge_nodes(e)
+        x = {"round": round_ + 1, "cell": c, "edge": f"s{i}->s{j + 2}", "op": space.primitives[k]}
+        out.append(_with_gap(x, g, None if se is None else se.op_se[e][k]))
+    for j, k, g in r.removed_combos:
+        x = {"round": round_ + 1, "cell": c, "node": f"s{j + 2}"}
+        x["inputs"] = [f"s{i}" for i in space.combos[j][k]]
+        s = None if se is None else se.combo_se[space.combo_offsets[j] + k]
+        out.append(_with_gap(x, g, s))
+    return out
+
+
+def _with_gap(entry: dict, gap: float, se: float | None) -> dict:
+    entry["gap"] = round(gap, 4)
+    if se is not None:
+        ratio = z_of(gap, se)
+        entry["se"] = float(f"{se:.4g}")
+        entry["z"] = None if ratio is None else round(ratio, 2)
+    return entry
+
+
+def _metrics(log: list[dict]) -> dict[str, float]:
     gaps = [x["gap"] for x in log]
-    metrics = {
+    return {
         "ops_pruned": float(sum("op" in x for x in log)),
         "combos_pruned": float(sum("node" in x for x in log)),
         "pruned_gap_min": min(gaps) if gaps else float("nan"),
     }
+
+
+def _pruned_spec(spec: dict, arch: ArchSpec, masks: dict, log: list[dict]) -> dict:
+    """``spec`` itself when nothing changed, else the spec with ``masks`` and ``log``."""
     if masks == arch.masks:
-        return spec, metrics
-    return replace(arch, masks=masks, prune_log=[*arch.prune_log, *log]).to_dict(), metrics
+        return spec
+    return replace(arch, masks=masks, prune_log=[*arch.prune_log, *log]).to_dict()
+
+
+# ---------------------------------------------------------------- outside the noise
+
+
+@dataclass(kw_only=True)
+class PruneRuleConfig:
+    """How soft pruning decides; a method that supports the z rule adds these keys to
+    its section by inheriting this class."""
+
+    prune_rule: Literal["gap", "z"] = option(
+        "gap",
+        "How soft pruning condemns an op (an input combination). gap: its logit lies more "
+        "than prune_gap (combo_prune_gap) below the best live one of its edge (node). z: "
+        "that gap exceeds prune_z standard errors of the round's clients' disagreement "
+        "(Kish's effective client count; the clients send their logits and products on "
+        "the auxiliary channel) at two consecutive checks; prune_gap and combo_prune_gap "
+        "are then unread, checks run on their schedule (prune_start, prune_every, every "
+        "round of the settle window) with z never shrinking, and the final derivation "
+        "reports each choice's margin in standard errors and flags those within prune_z "
+        "as undecided (genotype.json, inspect). With arch_update: server the gap is in the "
+        "server's step units and se in the clients': z is then not calibrated.",
+    )
+    prune_z: float = option(
+        2.0,
+        "prune_rule: z: how many standard errors a gap must exceed, at two consecutive "
+        "checks, to remove an entry; a derived choice within this margin is undecided.",
+        gt=0.0,
+    )
+
+
+#: Prefix of the z rule's server-state entries: ``<P>ops_<cell>`` [E, P] and
+#: ``<P>combos_<cell>`` [C], 1 where an entry stood outside the noise at the last check.
+STRUCK = "prune.struck."
+
+
+def strike_state(spec: dict) -> State:
+    """The round-0 strikes: none (float64 zeros shaped like the masks)."""
+    masks = ArchSpec.of(spec).masks
+    out: State = {}
+    for c in CELL_TYPES:
+        out[f"{STRUCK}ops_{c}"] = torch.zeros(torch.tensor(masks[c].ops).shape, dtype=torch.float64)
+        out[f"{STRUCK}combos_{c}"] = torch.zeros(len(masks[c].combos), dtype=torch.float64)
+    return out
+
+
+def carried_strikes(server_state: Mapping[str, torch.Tensor]) -> State:
+    """The strike entries of a server state (to carry into the next one)."""
+    return {k: v for k, v in server_state.items() if k.startswith(STRUCK)}
+
+
+def noise_prune(
+    space: CellSpace,
+    spec: dict,
+    state: State,
+    noise: Mapping[str, Dispersion],
+    struck: Mapping[str, torch.Tensor],
+    z: float,
+    round_: int,
+) -> tuple[dict, State, dict[str, float]]:
+    """One check of the z rule (``nas.prune_z``) of every cell type: the gaps on the
+    logits pruning reads (``state``), their standard errors from the round's ``noise``,
+    the first strikes from ``struck`` (server state). Returns (the spec, as
+    ``soft_prune``'s with ``se`` and ``z`` in each log entry; the new strikes; metrics:
+    ``soft_prune``'s, ``pruned_z_min`` and ``ops_struck``/``combos_struck``, the live
+    entries now at a first strike)."""
+    arch = ArchSpec.of(spec)
+    masks, log, strikes = {}, [], {}
+    n_struck = [0.0, 0.0]
+    for c in CELL_TYPES:
+        m = arch.masks[c]
+        r = prune_z(
+            space,
+            state[f"alpha_{c}"],
+            state[f"beta_{c}"],
+            noise[c],
+            m.ops,
+            m.combos,
+            (struck[f"{STRUCK}ops_{c}"] > 0).tolist(),
+            (struck[f"{STRUCK}combos_{c}"] > 0).tolist(),
+            z,
+        )
+        masks[c] = CellMasks(r.pruned.ops, r.pruned.combos)
+        log += _log(space, c, r.pruned, round_, r)
+        strikes[f"{STRUCK}ops_{c}"] = torch.tensor(r.op_struck, dtype=torch.float64)
+        strikes[f"{STRUCK}combos_{c}"] = torch.tensor(r.combo_struck, dtype=torch.float64)
+        n_struck[0] += float(sum(map(sum, r.op_struck)))
+        n_struck[1] += float(sum(r.combo_struck))
+    zs = [x["z"] for x in log if x["z"] is not None]
+    metrics = {
+        **_metrics(log),
+        "pruned_z_min": min(zs) if zs else float("nan"),
+        "ops_struck": n_struck[0],
+        "combos_struck": n_struck[1],
+    }
+    return _pruned_spec(spec, arch, masks, log), strikes, metrics
 
 
 @dataclass(frozen=True)

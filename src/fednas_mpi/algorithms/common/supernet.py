@@ -20,6 +20,7 @@ from ...nas.mixing import relaxed_weights
 from ...nas.space import entropy
 from ...seeding import SERVER, SETUP, derive_seed
 from ..base import Algorithm, GlobalModel
+from .dispersion import PREFIX as NOISE_PREFIX
 from .training import evaluate
 
 
@@ -83,9 +84,23 @@ class SupernetMethod(Algorithm):
         pruning step removed ops)."""
         return restrict_state(state, self.build(spec))
 
+    @staticmethod
+    def live_logits(spec: ArchSpec | dict) -> dict[str, torch.Tensor]:
+        """Boolean masks of the logits a spec keeps, by state name: ``alpha_*`` its ops,
+        ``beta_*`` its input combinations (pruned entries are False)."""
+        masks = ArchSpec.of(spec).masks
+        out = {}
+        for c in CELL_TYPES:
+            out[f"alpha_{c}"] = torch.tensor(masks[c].ops, dtype=torch.bool)
+            out[f"beta_{c}"] = torch.tensor(masks[c].combos, dtype=torch.bool)
+        return out
+
     def _net(self, model: GlobalModel) -> SearchNetwork:
         net = self.build(model.spec)
-        missing, unexpected = net.load_state_dict(model.state, strict=False)
+        # The runtime's model "before" an architecture change is the raw average, which
+        # also carries the round's dispersion sums (``prune_rule: z``): not weights.
+        state = {k: v for k, v in model.state.items() if not k.startswith(NOISE_PREFIX)}
+        missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(
                 f"global state does not fit the network of its spec: "
