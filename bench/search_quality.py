@@ -63,7 +63,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from nas_protocol import ROOT, _sets, finished, read_run  # noqa: E402
-from tables import Runner, run_key  # noqa: E402
+from tables import Runner  # noqa: E402
 
 PATH_METHODS = ("feddsnas", "fedrlnas")  # single-path searches: DARTS rule on their logits
 
@@ -107,7 +107,7 @@ class PlanRunner(Runner):
         self.lock = threading.Lock()
 
     def __call__(self, tag: str, cfg: str, overrides: dict) -> dict:
-        out = self.root / f"{Path(cfg).stem}-{run_key(cfg, overrides)}"
+        out = self.run_dir(cfg, overrides)
         done = out / "result.json"
         if done.exists():
             r = json.loads(done.read_text())

@@ -72,8 +72,12 @@ class Runner:
         self.launch = launch  # run_one's launcher (None: mpirun)
         self.log: list[dict] = []
 
+    def run_dir(self, cfg: str, overrides: dict) -> Path:
+        """The cache directory of a run: named by its config and overrides."""
+        return self.root / f"{Path(cfg).stem}-{run_key(cfg, overrides)}"
+
     def __call__(self, tag: str, cfg: str, overrides: dict) -> dict:
-        out = self.root / f"{Path(cfg).stem}-{run_key(cfg, overrides)}"
+        out = self.run_dir(cfg, overrides)
         done = out / "result.json"
         if done.exists():
             r = json.loads(done.read_text())

@@ -196,12 +196,14 @@ def _check_genotype(cfg: Config) -> None:
     resumed one has the spec in its checkpoint and never reads the source again)."""
     if cfg.algorithm.name == "random_nas" and cfg.algorithm.random_nas.genotype:
         from .nas import CellSpace
-        from .nas.published import GenotypeError, genotype_spec, load_genotype
+        from .nas.published import GenotypeError, source_spec
 
         d = cfg.model.darts
         try:
-            genotype, where = load_genotype(cfg.algorithm.random_nas.genotype)
-            genotype_spec(CellSpace(d.nodes, d.input_k, tuple(d.primitives)), genotype, where)
+            source_spec(
+                CellSpace(d.nodes, d.input_k, tuple(d.primitives)),
+                cfg.algorithm.random_nas.genotype,
+            )
         except GenotypeError as e:
             raise UsageError(f"algorithm.random_nas.genotype: {e}") from None
 

@@ -26,7 +26,7 @@ import torch
 from ..config import option
 from ..flat import State
 from ..nas import sampled_spec
-from ..nas.published import genotype_spec, load_genotype
+from ..nas.published import source_spec
 from ..seeding import SERVER, SETUP, torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.schedules import cosine_lr
@@ -75,8 +75,7 @@ class RandomNAS(SupernetMethod):
         checkpoints keep the spec, so a resumed run never reads the source again."""
         f = self.cfg.algorithm.random_nas
         if f.genotype:
-            genotype, where = load_genotype(f.genotype)
-            return genotype_spec(self.space, genotype, where).to_dict()
+            return source_spec(self.space, f.genotype).to_dict()
         seed = f.genotype_seed
         return sampled_spec(
             self.space, torch_rng(seed, SETUP, SERVER, "random_nas.genotype")

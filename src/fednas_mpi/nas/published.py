@@ -12,7 +12,8 @@ intermediate node concatenated - and turned into our genotype form by ``darts_ce
 ``genotype.json``, a checkpoint's spec, or the bare ``{"normal": .., "reduce": ..}``
 form) or a run directory (its ``genotype.json``); ``genotype_spec`` checks that it fits a
 space and returns the spec of its discrete network (the one a search derives and
-``random_nas`` trains), or raises ``GenotypeError`` naming what does not fit.
+``random_nas`` trains), or raises ``GenotypeError`` naming what does not fit;
+``source_spec`` does both.
 """
 
 from __future__ import annotations
@@ -298,3 +299,10 @@ def genotype_spec(
             combos[space.combo_offsets[j] + space.combos[j].index(tuple(inputs))] = True
         masks[c] = CellMasks(ops, combos)
     return ArchSpec(masks, "combinations", g)
+
+
+def source_spec(space: CellSpace, source: str) -> ArchSpec:
+    """The spec of the genotype ``source`` names (``load_genotype``) in ``space``
+    (``genotype_spec``); ``GenotypeError`` names what cannot be read or does not fit."""
+    genotype, where = load_genotype(source)
+    return genotype_spec(space, genotype, where)
