@@ -124,3 +124,24 @@ def client_data(cid: int = 2, n: int = 16, n_eval: int = 8, eval_fill: float | N
     if eval_fill is not None:
         ex = torch.full_like(ex, eval_fill)
     return ClientData(cid, x, y, ex, ey)
+
+
+def darts_e2e_config(name: str, rounds: int, method: str, section: dict) -> dict:
+    """The small DARTS run of the end-to-end tests of a NAS method's options: digits over
+    6 clients of 48 + 16 images (3 a round), C=4, 2 cells of 2 nodes, seed 3, batch 8;
+    ``section``: the ``algorithm.<method>`` keys under test."""
+    return {
+        "run": {"name": name, "seed": 3, "rounds": rounds, "eval_subset": 100},
+        "data": {"name": "digits"},
+        "partition": {
+            "scheme": "dirichlet",
+            "alpha": 0.5,
+            "num_clients": 6,
+            "min_train": 8,
+            "train_size": 48,
+            "eval_size": 16,
+        },
+        "federation": {"clients_per_round": 3},
+        "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 2, "nodes": 2}},
+        "algorithm": {"name": method, "local_epochs": 1, "batch_size": 8, method: section},
+    }

@@ -10,40 +10,26 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import launch, run_per_rank_count
+from helpers import darts_e2e_config, launch, run_per_rank_count
 
 from fednas_mpi.store import list_checkpoints, read_checkpoint
 
 pytestmark = pytest.mark.slow
 
-SERVER = {
-    "run": {"name": "server_opt", "seed": 3, "rounds": 4, "eval_subset": 100},
-    "data": {"name": "digits"},
-    "partition": {
-        "scheme": "dirichlet",
-        "alpha": 0.5,
-        "num_clients": 6,
-        "min_train": 8,
-        "train_size": 48,
-        "eval_size": 16,
+SERVER = darts_e2e_config(
+    "server_opt",
+    4,
+    "fedmetanas",
+    {
+        "arch_update": "server",
+        "server_arch_lr": 0.3,
+        "arch_warmup_rounds": 1,
+        "final_round": 3,
+        "prune_gap": 0.3,
+        "combo_prune_gap": 0.3,
+        "settle_rounds": 0,
     },
-    "federation": {"clients_per_round": 3},
-    "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 2, "nodes": 2}},
-    "algorithm": {
-        "name": "fedmetanas",
-        "local_epochs": 1,
-        "batch_size": 8,
-        "fedmetanas": {
-            "arch_update": "server",
-            "server_arch_lr": 0.3,
-            "arch_warmup_rounds": 1,
-            "final_round": 3,
-            "prune_gap": 0.3,
-            "combo_prune_gap": 0.3,
-            "settle_rounds": 0,
-        },
-    },
-}
+)
 
 
 @pytest.fixture(scope="module")
