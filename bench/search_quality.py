@@ -16,9 +16,11 @@ A protocol file (``bench/protocols/search_quality/*.yaml``) names:
   only at the end, no early stopping), the learning-rate grid and the random genotypes it
   is tuned on, and ``budgets`` (the evaluation budget ladder: extra round counts at which
   the random and published cells are retrained to see whether the ranking holds);
-- ``methods``: per search method its overrides (the configuration the paper-table protocol
-  chose for it) and ``scale``: the schedule keys (warm-up, pruning start, derivation round,
-  search rounds) given for 12 rounds, multiplied by rounds/12 on the search ladder;
+- ``methods``: per search method (or named variant of one: ``config`` names the method's
+  config file when the key is not the method's own name) its overrides (the configuration
+  the paper-table protocol chose for it) and ``scale``: the schedule keys (warm-up, pruning
+  start, derivation round, search rounds) given for 12 rounds, multiplied by rounds/12 on
+  the search ladder;
 - ``search``: the overrides of every search run;
 - ``settings``: per setting its dataset (``configs/cpu/DATASET/METHOD.yaml``), its
   partition overrides, how many random cells, the search ladder (round counts) and the
@@ -298,7 +300,9 @@ def _phases(proto, settings, seeds, go, pool) -> dict:
                         "run.seed": s,
                     }
                     searches[(m, rounds, s)] = submit(
-                        f"{sname}-{m}-R{rounds}-s{s}", cfg_of(proto, st["dataset"], m), over
+                        f"{sname}-{m}-R{rounds}-s{s}",
+                        cfg_of(proto, st["dataset"], spec.get("config", m)),
+                        over,
                     )
         pending[sname] = {"tune": tune, "searches": searches, "base": base, "rcfg": rcfg}
     # phase 2
@@ -334,7 +338,7 @@ def _phases(proto, settings, seeds, go, pool) -> dict:
                     continue  # searched cells: the recipe's own budget
                 for (m, rounds, ss), r in searches.items():
                     src = searched_genotype(
-                        m,
+                        proto["methods"][m].get("config", m),
                         r,
                         go.root / "genotypes" / f"{sname}-{m}-R{rounds}-s{ss}.json",
                         int(space["model.darts.nodes"]),
