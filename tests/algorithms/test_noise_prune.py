@@ -72,9 +72,8 @@ def test_aux_sums_over_three_clients_give_the_weighted_covariance_by_hand():
     # the standard error of the gap of entry 1 to the best (entry 0)
     gap, se = row_gaps(
         aux["noise.alpha_normal"],
-        noise["normal"].alpha_cov,
+        noise["normal"].of_mean()[0],
         torch.ones(2, 2, dtype=torch.bool),
-        noise["normal"].n_eff,
     )
     assert gap[0, 1] == pytest.approx(2.0)
     assert se[0, 1] == pytest.approx(math.sqrt((1.56 + 0.16 - 2 * 0.36) / (100 / 38 - 1)))
@@ -114,7 +113,12 @@ def test_z_rule_strikes_then_removes_logs_and_flags_the_derivation():
     gm = algo.init_global()
     space = algo.space
     struck_keys = [f"{STRUCK}{p}_{c}" for c in CELL_TYPES for p in ("ops", "combos")]
-    assert sorted(gm.server_state) == sorted(["temperature", *struck_keys])
+    evidence_keys = [
+        f"{dispersion.EVIDENCE}{f}_{c}"
+        for c in CELL_TYPES
+        for f in ("alpha", "alpha_cov", "beta", "beta_cov")
+    ]
+    assert sorted(gm.server_state) == sorted(["temperature", *struck_keys, *evidence_keys])
     # every client reports what aux_shapes declares
     res = algo.client_update(gm, client_data(), _ctx(cfg, 0), None)
     shapes = algo.aux_shapes(gm)
@@ -122,11 +126,14 @@ def test_z_rule_strikes_then_removes_logs_and_flags_the_derivation():
     assert all(v.dtype == torch.float64 for v in res.aux.values())
     # check 1: op 2 (gap 1, se 1) is inside; the rest of edge 0 (gap 3, se 0.5) outside
     averaged, metrics = _averaged(gm.state)
+    averaged_first = dispersion.split(averaged)[1]
+    averaged_first = {k.removeprefix(dispersion.PREFIX): v for k, v in averaged_first.items()}
     first = algo.server_step(gm, averaged, metrics, _ctx(cfg, 0))
     assert first.spec is gm.spec and set(first.state) == set(gm.state)
     assert first.server_state[f"{STRUCK}ops_normal"][0].tolist() == [1, 0, 0, 1, 1, 1, 1, 1]
     assert metrics["ops_struck"] == 6 and metrics["ops_pruned"] == 0 and metrics["n_eff"] == 2
-    # check 2: still outside -> removed, each with gap, se and z
+    # check 2: the clients again end at ROW +- SPREAD, now from ROW: no move, so the
+    # evidence is still ROW, but with two rounds' variance (se sqrt 2 x 0.5 for the gap 3)
     averaged, metrics = _averaged(first.state)
     second = algo.server_step(first, averaged, metrics, _ctx(cfg, 1))
     assert second.spec["masks"]["normal"]["ops"][0] == [False, True, True] + [False] * 5
@@ -139,13 +146,21 @@ def test_z_rule_strikes_then_removes_logs_and_flags_the_derivation():
         "edge": "s0->s2",
         "op": "none",
         "gap": 3.0,
-        "se": 0.5,
-        "z": 6.0,
+        "se": 0.7071,
+        "z": 4.24,
     }
-    assert metrics["ops_pruned"] == 6 and metrics["pruned_z_min"] == 6.0
+    assert metrics["ops_pruned"] == 6 and metrics["pruned_z_min"] == 4.24
+    # (the moves from the initial logits, N(0, 1e-3) noise, to the clients' ROW and 0)
+    ev = second.server_state[f"{dispersion.EVIDENCE}alpha_normal"]
+    init = gm.state["alpha_normal"].double()
+    assert torch.equal(ev, averaged_first["alpha_normal"].double() - init)
+    assert ev[0].tolist() == pytest.approx(ROW, abs=1e-2)
+    var = second.server_state[f"{dispersion.EVIDENCE}alpha_cov_normal"][0].diagonal()
+    assert var.tolist() == pytest.approx([2 * s * s for s in SPREAD])
     assert not second.server_state[f"{STRUCK}ops_normal"].any()
     assert set(second.state) < set(first.state)  # the pruned ops' weights left
-    # the derivation: max_pool over avg_pool by 1 se is kept but undecided
+    # the derivation: max_pool over avg_pool by a gap of 1 whose spread (1 a round) three
+    # rounds have added up: 1 / sqrt 3 se, kept but undecided
     averaged, metrics = _averaged(second.state)
     final = algo.server_step(second, averaged, metrics, _ctx(cfg, 2))
     node = final.spec["genotype"]["normal"]["nodes"][0]
@@ -153,7 +168,7 @@ def test_z_rule_strikes_then_removes_logs_and_flags_the_derivation():
         "op": "max_pool_3x3",
         "input": 0,
         "p_op": node["inputs"][0]["p_op"],
-        "margin_z": 1.0,
+        "margin_z": round(1 / math.sqrt(3), 2),
         "undecided": True,
     }
     assert (node["margin_z"], node["undecided"]) == (None, False)  # a single combination
@@ -170,3 +185,28 @@ def test_gap_rule_sends_and_keeps_nothing_new():
     gm = algo.init_global()
     assert list(gm.server_state) == ["temperature"] and algo.aux_shapes(gm) == {}
     assert algo.client_update(gm, client_data(), _ctx(algo.cfg, 0), None).aux == {}
+
+
+def test_under_the_server_optimiser_the_evidence_is_in_the_clients_units():
+    # the same client round under two server learning rates: the stepped logits differ
+    # by the server's scale, the evidence the z rule reads (and so its decisions) not
+    out = []
+    for lr in (0.1, 1.0):
+        cfg = _cfg(
+            prune_rule="z",
+            arch_update="server",
+            server_arch_lr=lr,
+            arch_warmup_rounds=0,
+            prune_start=1,
+            final_round=3,
+        )
+        algo = FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
+        gm = algo.init_global()
+        averaged, metrics = _averaged(gm.state)
+        out.append(algo.server_step(gm, averaged, metrics, _ctx(cfg, 0)))
+    slow, fast = out
+    assert not torch.equal(slow.state["alpha_normal"], fast.state["alpha_normal"])
+    for k, v in slow.server_state.items():
+        if k.startswith(dispersion.EVIDENCE) or k.startswith(STRUCK):
+            assert torch.equal(v, fast.server_state[k]), k
+    assert slow.server_state[f"{STRUCK}ops_normal"][0].tolist() == [1, 0, 0, 1, 1, 1, 1, 1]

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from fednas_mpi.nas import CellSpace, Dispersion, Genotype, finalize, prune, prune_z
+from fednas_mpi.nas import CellSpace, Dispersion, Evidence, Genotype, finalize, prune, prune_z
 from fednas_mpi.nas.margins import covariance, effective_clients, gap_se, margin
 
 SPACE = CellSpace(nodes=2, k=2)  # 5 edges, 8 ops (none first), node combos 1 + 3
@@ -24,6 +24,15 @@ def _noise(var_ops, var_combos=None, n_eff: float = 5.0) -> Dispersion:
     return Dispersion(torch.diag_embed(a), torch.diag(b), n_eff)
 
 
+def _ev(alpha, noise: Dispersion, beta=None) -> Evidence:
+    """The evidence of one round whose clients moved the logits from 0 to ``alpha``
+    (``beta``) with this dispersion."""
+    beta = torch.zeros(SPACE.num_combos) if beta is None else beta
+    return Evidence.zeros(SPACE.num_edges, len(SPACE.primitives), SPACE.num_combos).add(
+        torch.as_tensor(alpha), torch.as_tensor(beta), noise
+    )
+
+
 def _alpha(row0):
     alpha = torch.zeros(SPACE.num_edges, len(SPACE.primitives), dtype=torch.float64)
     alpha[0] = torch.tensor(row0, dtype=torch.float64)
@@ -35,11 +44,46 @@ def _alpha(row0):
 
 def test_gap_se_by_hand_with_the_cross_term_and_n_eff_minus_one():
     cov = torch.tensor([[0.04, 0.01, -0.02], [0.01, 0.09, 0.0], [-0.02, 0.0, 0.01]])
-    se = gap_se(cov[None], torch.tensor([0]), n_eff=5.0)[0]
+    of_mean = Dispersion(cov[None], torch.zeros(1, 1), 5.0).of_mean()
+    se = gap_se(of_mean[0], torch.tensor([0]))[0]
     # (C_kk + C_bb - 2 C_bk) / (n_eff - 1)
     assert se.tolist() == pytest.approx([0.0, math.sqrt(0.11 / 4), math.sqrt(0.09 / 4)])
     # one effective client measures nothing
-    assert torch.isinf(gap_se(cov[None], torch.tensor([0]), n_eff=1.0)).all()
+    assert Dispersion(cov[None], torch.zeros(1, 1), 1.0).of_mean() is None
+
+
+def test_evidence_sums_the_rounds_moves_and_their_covariances():
+    ev = Evidence.zeros(1, 2, 1)
+    r1 = Dispersion(torch.tensor([[[0.4, -0.1], [-0.1, 0.2]]]), torch.tensor([[0.3]]), 3.0)
+    r2 = Dispersion(torch.tensor([[[0.2, 0.0], [0.0, 0.6]]]), torch.tensor([[0.1]]), 5.0)
+    ev = ev.add(torch.tensor([[1.0, 0.0]]), torch.tensor([0.5]), r1)
+    ev = ev.add(torch.tensor([[0.5, -0.5]]), torch.tensor([-0.25]), r2)
+    assert ev.alpha.tolist() == [[1.5, -0.5]] and ev.beta.tolist() == [0.25]
+    # C1 / 2 + C2 / 4
+    assert ev.alpha_cov.flatten().tolist() == pytest.approx([0.25, -0.05, -0.05, 0.25])
+    assert float(ev.beta_cov[0, 0]) == pytest.approx(0.175)
+    # gap 2 of entry 1 to entry 0: se sqrt(0.25 + 0.25 + 0.1) = sqrt(0.6)
+    se = gap_se(ev.alpha_cov, torch.tensor([0]))[0, 1]
+    assert float(se) == pytest.approx(math.sqrt(0.6))
+    # a round of one effective client adds nothing, not even its move
+    lone = Dispersion(torch.ones(1, 2, 2), torch.ones(1, 1), 1.0)
+    same = ev.add(torch.tensor([[9.0, 9.0]]), torch.tensor([9.0]), lone)
+    assert same is ev
+
+
+def test_a_long_search_on_pure_noise_stays_inside_z():
+    # 50 rounds whose clients' mean moves are pure noise of the size their spread says
+    # (variance 0.5 per entry, independent): the summed gap grows like sqrt(rounds) and
+    # so does its se; a one-round se would see ~sqrt(50) standard errors by the end
+    g = torch.Generator().manual_seed(0)
+    ev = Evidence.zeros(1, 2, 1)
+    noise = Dispersion(torch.eye(2)[None] * 2.0, torch.zeros(1, 1), 5.0)  # of the mean: 0.5
+    zs = []
+    for _ in range(50):
+        ev = ev.add(torch.randn(1, 2, generator=g) * math.sqrt(0.5), torch.zeros(1), noise)
+        gap = float((ev.alpha[0, 0] - ev.alpha[0, 1]).abs())
+        zs.append(gap / float(gap_se(ev.alpha_cov, torch.tensor([0]))[0, 1]))
+    assert max(zs) < 3.0
 
 
 def test_covariance_and_kish_from_moments():
@@ -58,11 +102,12 @@ def test_covariance_and_kish_from_moments():
 
 def _check(alpha, noise, struck_ops, struck_combos=None, beta=None, z=2.0):
     ops, combos = SPACE.full_masks()
+    beta = torch.zeros(SPACE.num_combos) if beta is None else beta
     return prune_z(
         SPACE,
         alpha,
-        torch.zeros(SPACE.num_combos) if beta is None else beta,
-        noise,
+        beta,
+        _ev(alpha, noise, beta),
         ops,
         combos,
         struck_ops,
@@ -98,7 +143,11 @@ def test_logits_no_client_moved_decide_nothing():
     r = _check(_alpha(ROW), _noise(torch.zeros(5, 8)), _all(True))
     assert r.pruned.ops == _all(True) and not any(map(any, r.op_struck))
     genotype, _, _ = finalize(
-        SPACE, _alpha(ROW), torch.zeros(4), *SPACE.full_masks(), _noise(torch.zeros(5, 8))
+        SPACE,
+        _alpha(ROW),
+        torch.zeros(4),
+        *SPACE.full_masks(),
+        _ev(_alpha(ROW), _noise(torch.zeros(5, 8))),
     )
     assert genotype["nodes"][0]["inputs"][0]["margin_z"] is None
     assert genotype["nodes"][0]["inputs"][0]["undecided"] is True
@@ -173,7 +222,7 @@ def test_derivation_flags_choices_inside_the_noise_and_keeps_them():
     for k in range(8):  # s1 -> s3 and s2 -> s3: a single live real op (no rival)
         ops[3][k] = ops[4][k] = k in (0, 3)
     noise = _noise(torch.full((5, 8), 0.02), [0.02] * 4)  # se of any gap 0.1
-    genotype, new_ops, _ = finalize(SPACE, alpha, beta, ops, combos, noise, 2.0)
+    genotype, new_ops, _ = finalize(SPACE, alpha, beta, ops, combos, _ev(alpha, noise, beta), 2.0)
     n0, n1 = genotype["nodes"]
     # margins in standard errors; the argmax is kept either way
     assert [(x["op"], x["margin_z"], x["undecided"]) for x in n0["inputs"]] == [
@@ -189,7 +238,7 @@ def test_derivation_flags_choices_inside_the_noise_and_keeps_them():
     ]
     assert new_ops[3] == [k == 3 for k in range(8)]
     # with a looser z everything is decided except the exact tie
-    loose, _, _ = finalize(SPACE, alpha, beta, ops, combos, noise, 0.5)
+    loose, _, _ = finalize(SPACE, alpha, beta, ops, combos, _ev(alpha, noise, beta), 0.5)
     assert loose["nodes"][1]["undecided"] is False
     # the keys travel through the typed genotype and back (genotype.json's form)
     g = Genotype.from_dict({"normal": genotype, "reduce": genotype})
@@ -207,7 +256,10 @@ def test_derivation_flags_choices_inside_the_noise_and_keeps_them():
 
 
 def test_margin_is_none_without_a_rival_and_uses_the_cross_term():
-    cov = torch.tensor([[0.05, 0.04], [0.04, 0.05]], dtype=torch.float64)
-    gap, se = margin(torch.tensor([1.0, 0.5]), cov, torch.tensor([True, True]), 0, 3.0)
-    assert gap == pytest.approx(0.5) and se == pytest.approx(math.sqrt(0.02 / 2))
-    assert margin(torch.tensor([1.0, 0.5]), cov, torch.tensor([True, False]), 0, 3.0) is None
+    cov = torch.tensor([[0.025, 0.02], [0.02, 0.025]], dtype=torch.float64)
+    gap, se = margin(torch.tensor([1.0, 0.5]), cov, torch.tensor([True, True]), 0)
+    assert gap == pytest.approx(0.5) and se == pytest.approx(math.sqrt(0.01))
+    assert margin(torch.tensor([1.0, 0.5]), cov, torch.tensor([True, False]), 0) is None
+    # the evidence may favour the rival: a negative margin, undecided
+    gap, _ = margin(torch.tensor([0.2, 0.5]), cov, torch.tensor([True, True]), 0)
+    assert gap == pytest.approx(-0.3)

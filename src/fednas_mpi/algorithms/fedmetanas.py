@@ -28,8 +28,9 @@ products on the auxiliary channel, so the server knows the round's weighted cova
 the clients' logits; an op or combination is pruned only when its gap to the best live
 entry exceeds ``prune_z`` standard errors at two consecutive checks (the first strikes in
 the server state: ``prune.struck.*``), and the derivation flags the choices it made inside
-the noise. The gap is read on the logits pruning reads (stepped by the server under
-``arch_update: server``), the noise is that of the clients' own logits of the round.
+the noise. Gaps and standard errors are read on the search's evidence (``nas.margins``:
+the clients' moves summed over the rounds, kept in ``prune.evidence.*``), in the clients'
+own units, so the rule means the same with and without ``arch_update: server``.
 """
 
 from __future__ import annotations
@@ -258,6 +259,7 @@ class FedMetaNAS(GumbelSupernetMethod):
         model.server_state.update(self.arch_opt.init_state(model.state))
         if self.z_rule:
             model.server_state.update(strike_state(model.spec))
+            model.server_state.update(dispersion.evidence_state(model.state))
         return model
 
     def measures_noise(self, spec: dict) -> bool:
@@ -323,11 +325,14 @@ class FedMetaNAS(GumbelSupernetMethod):
         lam = self.temperature(ctx.round)
         spec, arch = model.spec, ArchSpec.of(model.spec)
         server = {"temperature": torch.tensor(lam, dtype=torch.float64)}
-        noise = None
+        evidence = None
         if self.measures_noise(spec):
             averaged, aux = dispersion.split(averaged)
             noise = dispersion.dispersion(aux, metrics["client_weight"])
             metrics["n_eff"] = noise["normal"].n_eff
+            evidence = dispersion.accumulate(
+                dispersion.evidence_of(model.server_state, model.state), aux, noise, model.state
+            )
         if self.arch_opt.on:
             # FedAdam/FedYogi on the averaged change of the logits while they are searched
             # (not in the warm-up, where they are frozen, nor after the derivation); pruning
@@ -341,17 +346,21 @@ class FedMetaNAS(GumbelSupernetMethod):
                 metrics.update(moved)
         if self.z_rule:
             server.update(carried_strikes(model.server_state))
+            if evidence is None:  # after the derivation: the final evidence, for inspection
+                server.update(dispersion.carried_evidence(model.server_state))
+            else:
+                server.update(dispersion.evidence_entries(evidence))
         if arch.genotype is None:
             if done >= self.search_rounds:
-                spec = final_spec(self.space, arch, averaged, noise, f.prune_z).to_dict()
-                if noise is not None:
+                spec = final_spec(self.space, arch, averaged, evidence, f.prune_z).to_dict()
+                if evidence is not None:
                     metrics.update(_undecided(ArchSpec.of(spec).genotype))
             elif (gaps := self.prune_gaps(ctx.round)) is not None:
-                if noise is not None:
+                if evidence is not None:
                     # the z rule reads only the schedule: z never shrinks in the settle
                     # window (a shrinking z would cut inside the noise again)
                     spec, struck, pruned = noise_prune(
-                        self.space, spec, averaged, noise, server, f.prune_z, ctx.round
+                        self.space, spec, averaged, evidence, server, f.prune_z, ctx.round
                     )
                     server.update(struck)
                     metrics.update(pruned, prune_z=f.prune_z)

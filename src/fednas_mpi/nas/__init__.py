@@ -19,7 +19,7 @@ from .derive import (
     sample_genotype,
     sampled_spec,
 )
-from .margins import Dispersion, covariance, effective_clients
+from .margins import Dispersion, Evidence, covariance, effective_clients
 from .mixing import gumbel_noise, relaxed_weights, weighted_sum
 from .network import SearchCell, SearchNetwork
 from .operations import OPS, PRIMITIVES
@@ -47,6 +47,7 @@ __all__ = [
     "CellSpace",
     "Dispersion",
     "EdgeChoice",
+    "Evidence",
     "Genotype",
     "NodeGenotype",
     "NoisePruned",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..kernels import hard_index
-from .margins import Dispersion, margin, outside, row_gaps, z_of
+from .margins import Evidence, margin, outside, row_gaps, z_of
 from .mixing import relaxed_weights
 from .space import CellSpace
 from .spec import CELL_TYPES, ArchSpec, CellMasks, Genotype
@@ -138,26 +138,28 @@ def prune_z(
     space: CellSpace,
     alpha: torch.Tensor,
     beta: torch.Tensor,
-    noise: Dispersion,
+    evidence: Evidence,
     op_mask: list[list[bool]],
     combo_mask: list[bool],
     op_struck: list[list[bool]],
     combo_struck: list[bool],
     z: float,
 ) -> NoisePruned:
-    """Soft pruning outside the noise: an op (input combination) goes when its logit lies
-    more than ``z`` standard errors of the clients' disagreement (``nas.margins``) below
-    the best live op of its edge (combination of its node) at this check and was there at
-    the previous check too (``*_struck``: the first strikes the previous check left). A
-    strike lapses when the entry falls back inside the noise. The protections of
-    ``remove`` hold: an edge keeps its strongest real op, a node its best combination."""
+    """Soft pruning outside the noise: an op (input combination) goes when the search's
+    evidence for it (``nas.margins.Evidence``: the clients' summed moves) lies more than
+    ``z`` standard errors below the best live op of its edge (combination of its node) at
+    this check and was there at the previous check too (``*_struck``: the first strikes
+    the previous check left). A strike lapses when the entry falls back inside the noise.
+    The protections of ``remove`` hold on the logits: an edge keeps its strongest real
+    op, a node its best combination."""
     om, cm = torch.tensor(op_mask), torch.tensor(combo_mask)
-    gap, se = row_gaps(alpha, noise.alpha_cov, om, noise.n_eff)
+    gap, se = row_gaps(evidence.alpha, evidence.alpha_cov, om)
     op_now = outside(gap, se, z) & om
     combo_now = torch.zeros_like(cm)
     combo_se = torch.full((len(combo_mask),), math.inf, dtype=torch.float64)
+    ev_b, cov_b = evidence.beta, evidence.beta_cov
     for seg in _node_segments(space):
-        g, s = row_gaps(beta[seg][None], noise.beta_cov[seg, seg][None], cm[seg][None], noise.n_eff)
+        g, s = row_gaps(ev_b[seg][None], cov_b[seg, seg][None], cm[seg][None])
         combo_now[seg], combo_se[seg] = outside(g, s, z)[0] & cm[seg], s[0]
     r = remove(
         space,
@@ -209,7 +211,7 @@ def finalize(
     beta: torch.Tensor,
     op_mask: list[list[bool]],
     combo_mask: list[bool],
-    noise: Dispersion | None = None,
+    evidence: Evidence | None = None,
     z: float = 2.0,
 ) -> tuple[dict, list, list]:
     """The genotype (strongest surviving combination per node, strongest real op per
@@ -217,11 +219,12 @@ def finalize(
     survivors) and the masks that keep exactly that. Op rows of edges outside the
     chosen combinations are all False: those edges get no module at all.
 
-    With ``noise`` (the clients' dispersion, ``nas.margins``) every chosen input and
-    every node also reports ``margin_z``, the logit gap of its choice over the runner-up
-    (the strongest other live real op; the node's next live combination) in standard
-    errors, and ``undecided``: whether that gap lies within ``z`` of them. The choice
-    is kept either way (the argmax is still the best guess); the flag says it is one.
+    With ``evidence`` (the search's summed client moves and their covariance,
+    ``nas.margins.Evidence``) every chosen input and every node also reports
+    ``margin_z``, the evidence gap of its choice over the runner-up (the strongest other
+    live real op; the node's next live combination) in standard errors, and
+    ``undecided``: whether that gap lies within ``z`` of them. The choice is kept either
+    way (the argmax is still the best guess); the flag says it is one.
     """
     om, cm = torch.tensor(op_mask), torch.tensor(combo_mask)
     p_ops = _masked_probs(alpha, om, 1.0)
@@ -247,15 +250,17 @@ def finalize(
             k = int(real[e].masked_fill(~om[e], -1.0).argmax())
             new_op[e, k] = True
             pick = {"op": space.primitives[k], "input": i, "p_op": round(float(p_all[e, k]), 4)}
-            if noise is not None:
+            if evidence is not None:
                 pick.update(
-                    _margin_keys(alpha[e], noise.alpha_cov[e], om[e] & real_ops, k, noise, z)
+                    _margin_keys(evidence.alpha[e], evidence.alpha_cov[e], om[e] & real_ops, k, z)
                 )
             chosen.append(pick)
         p_combo = torch.softmax(beta[seg].detach().double(), dim=-1)
         node = {"inputs": chosen, "p_combo": round(float(p_combo[c]), 4)}
-        if noise is not None:
-            node.update(_margin_keys(beta[seg], noise.beta_cov[seg, seg], cm[seg], c, noise, z))
+        if evidence is not None:
+            node.update(
+                _margin_keys(evidence.beta[seg], evidence.beta_cov[seg, seg], cm[seg], c, z)
+            )
         nodes.append(node)
     return (
         {"nodes": nodes, "concat": list(range(2, space.nodes + 2))},
@@ -265,15 +270,10 @@ def finalize(
 
 
 def _margin_keys(
-    logits: torch.Tensor,
-    cov: torch.Tensor,
-    candidates: torch.Tensor,
-    chosen: int,
-    noise: Dispersion,
-    z: float,
+    values: torch.Tensor, cov: torch.Tensor, candidates: torch.Tensor, chosen: int, z: float
 ) -> dict:
     """``margin_z`` (None: no rival, or no finite ratio) and ``undecided`` of one choice."""
-    m = margin(logits, cov, candidates, chosen, noise.n_eff)
+    m = margin(values, cov, candidates, chosen)
     if m is None:
         return {"margin_z": None, "undecided": False}
     gap, se = m
@@ -372,11 +372,11 @@ def final_spec(
     space: CellSpace,
     spec: ArchSpec,
     state: Mapping[str, torch.Tensor],
-    noise: Mapping[str, Dispersion] | None = None,
+    evidence: Mapping[str, Evidence] | None = None,
     z: float = 2.0,
 ) -> ArchSpec:
-    """FedMetaNAS's final derivation (``finalize``) of both cell types; ``noise``: per
-    cell type the clients' dispersion, to report the choices' margins."""
+    """FedMetaNAS's final derivation (``finalize``) of both cell types; ``evidence``: per
+    cell type the search's evidence (``nas.margins``), to report the choices' margins."""
     masks, cells = {}, {}
     for c in CELL_TYPES:
         m = spec.masks[c]
@@ -386,7 +386,7 @@ def final_spec(
             state[f"beta_{c}"],
             m.ops,
             m.combos,
-            None if noise is None else noise[c],
+            None if evidence is None else evidence[c],
             z,
         )
         masks[c] = CellMasks(ops, combos)

@@ -20,19 +20,24 @@ to a shift of its row, so a plain SGD step leaves the row's sum where it was and
 entry gains the others lose (negative covariance); treating the entries as independent
 (se^2 = (var_k + var_b) / n) would understate the gap's noise by up to sqrt 2.
 
-Caveats, said once. The standard error is the one of this round's mean over its sampled
-clients (they all start from the same global logits, so it is the spread of their local
-moves), not the noise accumulated by the logits over the rounds before (under
-independent rounds that grows like sqrt(rounds), so over a long search the rule is less
-strict than its z says); a non-IID client population's genuine disagreement counts as
-noise, which is the point. Where a server optimiser steps the logits (``arch_update:
-server``) the gap is read on the stepped logits, which move by about the server's
-learning rate per round whatever the clients' scale, while se stays in the clients' units
-(their SGD steps): the ratio then mixes two scales and z is no calibrated count of
-standard errors. With
-n_eff <= 1 (one client, or all weight on one) nothing is measurable: se = inf and no gap
-lies outside the noise; neither does one whose clients all sent the same logits (se = 0:
-nobody moved them).
+What is tested: the evidence of the whole search so far, not one round (``Evidence``).
+The logits a search derives from are the sum of its rounds' averaged moves, so a
+decision should weigh that sum against its own noise: the server keeps, per entry, the
+sum over rounds of the clients' weighted mean move (their logits after the local steps
+minus the global logits they started from) and, rounds being independent draws of
+clients and noise, the sum of the rounds' covariances of that mean, C_t / (n_eff,t - 1).
+Gaps and standard errors are both read there, in the clients' own units. Two things
+follow. A long search is as strict as its z says (a one-round se against a gap
+accumulated over many rounds would let the ratio grow like sqrt(rounds) on pure noise).
+And where a server optimiser steps the logits (``arch_update: server``) the test does not
+depend on it: the server's step (about its learning rate per round whatever the clients'
+scale) shapes the logits the clients train with, while the evidence stays in the units of
+the clients' SGD moves, so z remains a count of standard errors. Under the per-client
+optimiser (``arch_update: client``) the evidence is the logits' movement since
+initialisation: the logits minus their small random start. A non-IID client
+population's genuine disagreement counts as noise, which is the point. A round with
+n_eff <= 1 (one client, or all weight on one) measures nothing and adds nothing; an entry
+whose clients never moved it has se = 0 and is never decided on (nobody moved it).
 """
 
 from __future__ import annotations
@@ -54,6 +59,52 @@ class Dispersion:
     beta_cov: torch.Tensor
     n_eff: float
 
+    def of_mean(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(alpha, beta) covariances of the round's weighted mean: C / (n_eff - 1); None
+        where nothing is measurable (n_eff <= 1)."""
+        if self.n_eff <= 1:
+            return None
+        return self.alpha_cov.double() / (self.n_eff - 1), self.beta_cov.double() / (self.n_eff - 1)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a search's rounds so far say about one cell type's logits: ``alpha`` [E, P]
+    and ``beta`` [C], the sums over rounds of the clients' weighted mean move, and
+    ``alpha_cov`` [E, P, P], ``beta_cov`` [C, C], the covariances of those sums (float64).
+    Gaps and their standard errors are read here (module docstring)."""
+
+    alpha: torch.Tensor
+    beta: torch.Tensor
+    alpha_cov: torch.Tensor
+    beta_cov: torch.Tensor
+
+    @staticmethod
+    def zeros(edges: int, ops: int, combos: int) -> Evidence:
+        """No rounds yet."""
+        f = torch.float64
+        return Evidence(
+            torch.zeros(edges, ops, dtype=f),
+            torch.zeros(combos, dtype=f),
+            torch.zeros(edges, ops, ops, dtype=f),
+            torch.zeros(combos, combos, dtype=f),
+        )
+
+    def add(
+        self, alpha_move: torch.Tensor, beta_move: torch.Tensor, round_: Dispersion
+    ) -> Evidence:
+        """The evidence with one more round: its clients' weighted mean moves and their
+        dispersion; a round that measures nothing (n_eff <= 1) adds nothing."""
+        of_mean = round_.of_mean()
+        if of_mean is None:
+            return self
+        return Evidence(
+            self.alpha + alpha_move.double(),
+            self.beta + beta_move.double(),
+            self.alpha_cov + of_mean[0],
+            self.beta_cov + of_mean[1],
+        )
+
 
 def covariance(mean: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """Weighted (biased) covariance E[a a^T] - E[a] E[a]^T of each row of ``mean``
@@ -68,30 +119,29 @@ def effective_clients(total_weight: float, mean_weight: float) -> float:
     return total_weight / mean_weight if mean_weight > 0 else 0.0
 
 
-def gap_se(cov: torch.Tensor, best: torch.Tensor, n_eff: float) -> torch.Tensor:
+def gap_se(cov: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     """Per entry k of each row, the standard error of its gap to entry ``best`` of the
-    row (module docstring): ``cov`` [..., P, P], ``best`` [...] indices; [..., P]."""
+    row, sqrt(C_kk + C_bb - 2 C_kb) (module docstring): ``cov`` [..., P, P] the
+    covariance of the estimates, ``best`` [...] indices; [..., P]."""
     cov = cov.double()
-    if n_eff <= 1:
-        return torch.full(cov.shape[:-1], math.inf, dtype=torch.float64)
     diag = cov.diagonal(dim1=-2, dim2=-1)
     b = best.long().unsqueeze(-1)
     c_bb = diag.gather(-1, b)
     c_bk = cov.gather(-2, b.unsqueeze(-1).expand(*cov.shape[:-2], 1, cov.shape[-1])).squeeze(-2)
     # float rounding can leave a tiny negative variance where all clients agree
-    return ((diag + c_bb - 2 * c_bk).clamp_min(0.0) / (n_eff - 1)).sqrt()
+    return (diag + c_bb - 2 * c_bk).clamp_min(0.0).sqrt()
 
 
 def row_gaps(
-    logits: torch.Tensor, cov: torch.Tensor, mask: torch.Tensor, n_eff: float
+    values: torch.Tensor, cov: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gap, se) per entry of each row ([R, P] logits, [R, P, P] cov, [R, P] mask): how
-    far its logit lies below the best live logit of its row and the standard error of
-    that gap; masked entries get gap +inf."""
-    z = logits.detach().double().masked_fill(~mask, float("-inf"))
+    """(gap, se) per entry of each row ([R, P] values, [R, P, P] their covariance, [R, P]
+    mask): how far its value lies below the best live value of its row and the standard
+    error of that gap; masked entries get gap +inf."""
+    z = values.detach().double().masked_fill(~mask, float("-inf"))
     top = z.max(dim=-1, keepdim=True)
     gap = (top.values - z).masked_fill(~mask, float("inf"))
-    return gap, gap_se(cov, top.indices.squeeze(-1), n_eff)
+    return gap, gap_se(cov, top.indices.squeeze(-1))
 
 
 def outside(gap: torch.Tensor, se: torch.Tensor, z: float) -> torch.Tensor:
@@ -114,16 +164,17 @@ def z_of(gap: float, se: float) -> float | None:
 
 
 def margin(
-    logits: torch.Tensor, cov: torch.Tensor, candidates: torch.Tensor, chosen: int, n_eff: float
+    values: torch.Tensor, cov: torch.Tensor, candidates: torch.Tensor, chosen: int
 ) -> tuple[float, float] | None:
     """(gap, se) of the ``chosen`` entry of one row over the strongest other candidate
-    (``candidates``: boolean [P]); None when it has no rival."""
+    (``candidates``: boolean [P]) by ``values`` with covariance ``cov``; None when it has
+    no rival. The gap is negative where the evidence favours the rival."""
     rivals = candidates.clone()
     rivals[chosen] = False
     if not bool(rivals.any()):
         return None
-    z = logits.detach().double().masked_fill(~rivals, float("-inf"))
+    z = values.detach().double().masked_fill(~rivals, float("-inf"))
     runner = int(z.argmax())
-    gap = float(logits[chosen].double() - logits[runner].double())
-    se = gap_se(cov.unsqueeze(0), torch.tensor([chosen]), n_eff)[0, runner]
+    gap = float(values[chosen].double() - values[runner].double())
+    se = gap_se(cov.unsqueeze(0), torch.tensor([chosen]))[0, runner]
     return gap, float(se)

@@ -11,6 +11,11 @@ and its outer product [C, C] (the margins read only a node's own block; C is 20 
 4-node DARTS cell, so the whole square costs less than cutting it). The float64 means are
 the clients' own; the state's averaged logits (float32, and stepped by the server under
 ``arch_update: server``) are not used for the spread.
+
+The decisions read the search's evidence (``nas.margins.Evidence``), kept in the server
+state (``prune.evidence.*``, hence in every checkpoint): per cell type the sums over the
+rounds of the clients' mean move E_w[a] - a_global (a_global: the logits the round's
+clients started from) and of the covariances of that mean.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Mapping
 import torch
 
 from ...flat import State
-from ...nas import CELL_TYPES, Dispersion, covariance, effective_clients
+from ...nas import CELL_TYPES, Dispersion, Evidence, covariance, effective_clients
 
 #: Prefix of the aux entries (none is a global state entry).
 PREFIX = "noise."
@@ -70,3 +75,60 @@ def dispersion(aux: Mapping[str, torch.Tensor], total_weight: float) -> dict[str
         )
         for c in CELL_TYPES
     }
+
+
+#: Prefix of the evidence's server-state entries: ``<P>alpha_<cell>``, ``<P>alpha_cov_<cell>``,
+#: ``<P>beta_<cell>``, ``<P>beta_cov_<cell>``.
+EVIDENCE = "prune.evidence."
+_FIELDS = ("alpha", "alpha_cov", "beta", "beta_cov")
+
+
+def evidence_state(state: Mapping[str, torch.Tensor]) -> State:
+    """The round-0 evidence (zeros) for a global ``state``'s logits."""
+    out: State = {}
+    for c in CELL_TYPES:
+        (e, p), (n,) = state[f"alpha_{c}"].shape, state[f"beta_{c}"].shape
+        out.update(evidence_entries({c: Evidence.zeros(e, p, n)}))
+    return out
+
+
+def evidence_entries(evidence: Mapping[str, Evidence]) -> State:
+    """Server-state entries of per-cell-type evidence."""
+    return {f"{EVIDENCE}{f}_{c}": getattr(ev, f) for c, ev in evidence.items() for f in _FIELDS}
+
+
+def carried_evidence(server_state: Mapping[str, torch.Tensor]) -> State:
+    """The evidence entries of a server state (to carry into the next one unchanged)."""
+    return {k: v for k, v in server_state.items() if k.startswith(EVIDENCE)}
+
+
+def evidence_of(
+    server_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+) -> dict[str, Evidence]:
+    """Per cell type the evidence a server state carries; zeros where it carries none (a
+    checkpoint of the z rule written before the evidence was kept: it counts from the
+    round it resumes at)."""
+    if f"{EVIDENCE}alpha_{CELL_TYPES[0]}" not in server_state:
+        server_state = evidence_state(state)
+    return {
+        c: Evidence(**{f: server_state[f"{EVIDENCE}{f}_{c}"].double() for f in _FIELDS})
+        for c in CELL_TYPES
+    }
+
+
+def accumulate(
+    evidence: Mapping[str, Evidence],
+    aux: Mapping[str, torch.Tensor],
+    noise: Mapping[str, Dispersion],
+    started: Mapping[str, torch.Tensor],
+) -> dict[str, Evidence]:
+    """The evidence with this round added: the clients' weighted mean logits (``aux``)
+    minus the global logits they ``started`` from, with the round's ``noise``."""
+    out = {}
+    for c in CELL_TYPES:
+        moves = [
+            aux[f"{PREFIX}{p}_{c}"].double() - started[f"{p}_{c}"].detach().to("cpu").double()
+            for p in ("alpha", "beta")
+        ]
+        out[c] = evidence[c].add(*moves, noise[c])
+    return out

@@ -17,7 +17,7 @@ import torch
 
 from ...config import option
 from ...flat import State
-from ...nas import CELL_TYPES, ArchSpec, CellMasks, CellSpace, Dispersion, Pruned, prune, prune_z
+from ...nas import CELL_TYPES, ArchSpec, CellMasks, CellSpace, Evidence, Pruned, prune, prune_z
 from ...nas.margins import z_of
 
 
@@ -103,14 +103,16 @@ class PruneRuleConfig:
         "gap",
         "How soft pruning condemns an op (an input combination). gap: its logit lies more "
         "than prune_gap (combo_prune_gap) below the best live one of its edge (node). z: "
-        "that gap exceeds prune_z standard errors of the round's clients' disagreement "
-        "(Kish's effective client count; the clients send their logits and products on "
-        "the auxiliary channel) at two consecutive checks; prune_gap and combo_prune_gap "
-        "are then unread, checks run on their schedule (prune_start, prune_every, every "
-        "round of the settle window) with z never shrinking, and the final derivation "
-        "reports each choice's margin in standard errors and flags those within prune_z "
-        "as undecided (genotype.json, inspect). With arch_update: server the gap is in the "
-        "server's step units and se in the clients': z is then not calibrated.",
+        "the search's evidence for it (the clients' moves summed over the rounds; the "
+        "clients send their logits and products on the auxiliary channel) lies more than "
+        "prune_z standard errors (from each round's covariance of the clients' weighted "
+        "mean, Kish's effective client count) below the best live one at two consecutive "
+        "checks; prune_gap and combo_prune_gap are then unread, checks run on their "
+        "schedule (prune_start, prune_every, every round of the settle window) with z never "
+        "shrinking, and the final derivation reports each choice's margin in standard "
+        "errors and flags those within prune_z as undecided (genotype.json, inspect). Gap "
+        "and se are both in the clients' units, so z stays calibrated under arch_update: "
+        "server.",
     )
     prune_z: float = option(
         2.0,
@@ -144,14 +146,14 @@ def noise_prune(
     space: CellSpace,
     spec: dict,
     state: State,
-    noise: Mapping[str, Dispersion],
+    evidence: Mapping[str, Evidence],
     struck: Mapping[str, torch.Tensor],
     z: float,
     round_: int,
 ) -> tuple[dict, State, dict[str, float]]:
-    """One check of the z rule (``nas.prune_z``) of every cell type: the gaps on the
-    logits pruning reads (``state``), their standard errors from the round's ``noise``,
-    the first strikes from ``struck`` (server state). Returns (the spec, as
+    """One check of the z rule (``nas.prune_z``) of every cell type: the gaps and their
+    standard errors read on the search's ``evidence``, the protections on the logits
+    (``state``), the first strikes from ``struck`` (server state). Returns (the spec, as
     ``soft_prune``'s with ``se`` and ``z`` in each log entry; the new strikes; metrics:
     ``soft_prune``'s, ``pruned_z_min`` and ``ops_struck``/``combos_struck``, the live
     entries now at a first strike)."""
@@ -164,7 +166,7 @@ def noise_prune(
             space,
             state[f"alpha_{c}"],
             state[f"beta_{c}"],
-            noise[c],
+            evidence[c],
             m.ops,
             m.combos,
             (struck[f"{STRUCK}ops_{c}"] > 0).tolist(),
