@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -428,6 +429,22 @@ def summarise(proto: dict, raw: dict, seeds: list[int]) -> dict:
     return doc
 
 
+PARAM_FREE = ("max_pool_3x3", "avg_pool_3x3", "skip_connect")
+
+
+def param_free_share(genotype: str) -> dict[str, float]:
+    """Per cell type the share of a genotype's ops (its text form, ``normal: s2 = op(s0)
+    + ...``) that have no parameters: pools and skips (3 of the 7 real ops, so 43 % for a
+    uniform draw). Searches that favour them early are the failure issue 26 describes."""
+    out = {}
+    for line in genotype.splitlines():
+        cell, _, body = line.partition(":")
+        ops = re.findall(r"([a-z_0-9]+)\(s\d+\)", body)
+        if ops:
+            out[cell.strip()] = sum(o in PARAM_FREE for o in ops) / len(ops)
+    return out
+
+
 def method_rows(bdoc: dict) -> dict:
     """Per (method, search rounds): the mean percentile of its searched cells and more."""
     rows: dict[tuple, dict] = {}
@@ -445,6 +462,10 @@ def method_rows(bdoc: dict) -> dict:
             "method_time": float(np.mean([e["method_time"] for e in es])),
             "search_time": float(np.mean([e["search_time"] for e in es])),
             "pcts_test": [round(e["test_acc"]["percentile"]) for e in es],
+            "param_free": {
+                c: float(np.mean([param_free_share(e["genotype"]).get(c, np.nan) for e in es]))
+                for c in ("normal", "reduce")
+            },
         }
     return out
 
@@ -495,15 +516,16 @@ def markdown(proto: dict, doc: dict, raw: dict, seeds: list[int], args) -> str:
             "",
             "| method | search rounds | cells | percentile val / test (per cell, test) "
             "| cells >= 70th pct (test) | retrained test % | end-to-end test % "
-            "| method time s | search stage s |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| method time s | search stage s | parameter-free ops normal / reduce % |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for (m, rounds), x in rows.items():
             lines.append(
                 f"| {m} | {rounds} | {x['n']} | {x['pct_val']:.0f} / {x['pct_test']:.0f} "
                 f"({', '.join(map(str, x['pcts_test']))}) | {x['at_or_above_70_test']} of "
                 f"{x['n']} | {100 * x['retrain_test']:.2f} | {100 * x['end_to_end']:.2f} "
-                f"| {x['method_time']:.1f} | {x['search_time']:.1f} |"
+                f"| {x['method_time']:.1f} | {x['search_time']:.1f} "
+                f"| {100 * x['param_free']['normal']:.0f} / {100 * x['param_free']['reduce']:.0f} |"
             )
         lines += ["", "Searched genotypes:", ""]
         for key, e in sdoc["budgets"][b0]["searched"].items():

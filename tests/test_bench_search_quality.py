@@ -271,3 +271,37 @@ def test_commands_mode_plans_each_phase_then_reports_from_finished_runs(sq, tmp_
     raw = sq.run_setting_phases(proto, ["a"], seeds, go, 1)  # everything has finished
     assert not go.plan and raw["a"]["lr"] == 0.05
     assert sq.summarise(proto, raw, seeds)["a"]["budgets"]["E12"]["random"]["val_acc"]["n"] == 4
+
+
+def test_a_variant_runs_its_methods_config_with_its_own_overrides(sq, tmp_path):
+    proto = {
+        **PROTO,
+        "methods": {
+            "fednas": PROTO["methods"]["fednas"],
+            "fednas_server": {
+                "config": "fednas",
+                "overrides": {"algorithm.fednas.arch_update": "server"},
+                "scale": {"algorithm.fednas.search_rounds": 6},
+            },
+        },
+        "settings": {"a": {**PROTO["settings"]["a"], "ladder": [12], "eval_budgets": []}},
+    }
+    go = FakeGo(tmp_path)
+    raw = sq.run_setting_phases(proto, ["a"], [0], go, jobs=1)
+    calls = {tag: (cfg, over) for tag, cfg, over in go.calls}
+    cfg, over = calls["a-fednas_server-R12-s0"]
+    assert cfg == "configs/cpu/digits/fednas.yaml"
+    assert over["algorithm.fednas.arch_update"] == "server"
+    assert "algorithm.fednas.arch_update" not in calls["a-fednas-R12-s0"][1]
+    src = calls["a-fednas_server-R12-s0-retrain-E12-s0"][1]["algorithm.random_nas.genotype"]
+    assert src == str(tmp_path / "a-fednas_server-R12-s0")  # its own search's genotype.json
+    rows = sq.method_rows(sq.summarise(proto, raw, [0])["a"]["budgets"]["E12"])
+    assert set(rows) == {("fednas", 12), ("fednas_server", 12)}
+
+
+def test_parameter_free_share_per_cell_type(sq):
+    g = (
+        "normal: s2 = sep_conv_3x3(s0) + skip_connect(s1); s3 = max_pool_3x3(s0) + "
+        "dil_conv_5x5(s2)\nreduce: s2 = avg_pool_3x3(s0) + max_pool_3x3(s1)"
+    )
+    assert sq.param_free_share(g) == {"normal": 0.5, "reduce": 1.0}
