@@ -415,6 +415,11 @@ def summarise(proto: dict, raw: dict, seeds: list[int]) -> dict:
                     "search_time": search["method_time_per_stage"].get(
                         "search", search["method_time"]
                     ),
+                    # test accuracy lost at the last architecture change (derivation or
+                    # pruning; None for searches without one), percentage points
+                    "derivation_drop": None
+                    if search.get("acc_before") is None
+                    else 100 * (search["acc_before"] - search["acc_after"]),
                 }
                 for m in rand:
                     a = acc("searched", key, m)
@@ -462,6 +467,16 @@ def method_rows(bdoc: dict) -> dict:
             "method_time": float(np.mean([e["method_time"] for e in es])),
             "search_time": float(np.mean([e["search_time"] for e in es])),
             "pcts_test": [round(e["test_acc"]["percentile"]) for e in es],
+            "derivation_drop": float(
+                np.nanmean(
+                    [
+                        np.nan if e.get("derivation_drop") is None else e["derivation_drop"]
+                        for e in es
+                    ]
+                )
+            )
+            if any(e.get("derivation_drop") is not None for e in es)
+            else float("nan"),
             "param_free": {
                 c: float(np.mean([param_free_share(e["genotype"]).get(c, np.nan) for e in es]))
                 for c in ("normal", "reduce")
@@ -516,8 +531,9 @@ def markdown(proto: dict, doc: dict, raw: dict, seeds: list[int], args) -> str:
             "",
             "| method | search rounds | cells | percentile val / test (per cell, test) "
             "| cells >= 70th pct (test) | retrained test % | end-to-end test % "
-            "| method time s | search stage s | parameter-free ops normal / reduce % |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| method time s | search stage s | parameter-free ops normal / reduce % "
+            "| drop at the last architecture change, pt |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for (m, rounds), x in rows.items():
             lines.append(
@@ -525,7 +541,8 @@ def markdown(proto: dict, doc: dict, raw: dict, seeds: list[int], args) -> str:
                 f"({', '.join(map(str, x['pcts_test']))}) | {x['at_or_above_70_test']} of "
                 f"{x['n']} | {100 * x['retrain_test']:.2f} | {100 * x['end_to_end']:.2f} "
                 f"| {x['method_time']:.1f} | {x['search_time']:.1f} "
-                f"| {100 * x['param_free']['normal']:.0f} / {100 * x['param_free']['reduce']:.0f} |"
+                f"| {100 * x['param_free']['normal']:.0f} / {100 * x['param_free']['reduce']:.0f} "
+                f"| {x['derivation_drop']:.1f} |"
             )
         lines += ["", "Searched genotypes:", ""]
         for key, e in sdoc["budgets"][b0]["searched"].items():
