@@ -40,7 +40,9 @@ Procedure, per setting:
    search proposes in the one space of the comparison.
 3. **Retraining**: ``random_cells`` uniform genotypes, the published cells and every
    searched cell are retrained with the recipe on every seed (paired: cell g on seed s and
-   the searched cell on seed s see the same partition and initialisation stream).
+   the searched cell on seed s see the same partition and initialisation stream). A
+   screening protocol (``searched_retrain: same_seed``) retrains each searched cell on its
+   search's seed only and places it among the random cells' accuracies on that seed.
 
 Reported per setting: the random cells' seed-mean accuracy (validation and test) - median,
 interquartile range - and how reliably the recipe ranks them (Kendall tau between seeds,
@@ -338,6 +340,8 @@ def _phases(proto, settings, seeds, go, pool) -> dict:
                 if b != next(iter(budgets)):
                     continue  # searched cells: the recipe's own budget
                 for (m, rounds, ss), r in searches.items():
+                    if proto.get("searched_retrain") == "same_seed" and ss != s:
+                        continue
                     src = searched_genotype(
                         proto["methods"][m].get("config", m),
                         r,
@@ -408,7 +412,11 @@ def summarise(proto: dict, raw: dict, seeds: list[int]) -> dict:
                     "method": m_name,
                     "rounds": rounds,
                     "search_seed": ss,
-                    "genotype": r["cells"][("searched", key, b, seeds[0])]["genotype"],
+                    "genotype": next(
+                        v["genotype"]
+                        for k, v in r["cells"].items()
+                        if k[0] == "searched" and k[1] == key and k[2] == b
+                    ),
                     "end_to_end_test_acc": search["test_acc"],
                     "end_to_end_val_acc": search["val_acc"],
                     "method_time": search["method_time"],
@@ -422,12 +430,16 @@ def summarise(proto: dict, raw: dict, seeds: list[int]) -> dict:
                     else 100 * (search["acc_before"] - search["acc_after"]),
                 }
                 for m in rand:
-                    a = acc("searched", key, m)
-                    entry[m] = {
-                        "mean": float(a.mean()),
-                        "per_seed": a.tolist(),
-                        "percentile": percentile(a.mean(), rmean[m]),
-                    }
+                    if proto.get("searched_retrain") == "same_seed":
+                        # one retrain, on its search's seed: placed among the random
+                        # cells' accuracies on that seed
+                        i = seeds.index(ss)
+                        a = np.array([r["cells"][("searched", key, b, ss)][m]], float)
+                        pct = percentile(float(a[0]), rand[m][:, i])
+                    else:
+                        a = acc("searched", key, m)
+                        pct = percentile(a.mean(), rmean[m])
+                    entry[m] = {"mean": float(a.mean()), "per_seed": a.tolist(), "percentile": pct}
                 bdoc["searched"][f"{m_name}-R{rounds}-s{ss}"] = entry
             sdoc["budgets"][b] = bdoc
         doc[sname] = sdoc

@@ -305,3 +305,22 @@ def test_parameter_free_share_per_cell_type(sq):
         "dil_conv_5x5(s2)\nreduce: s2 = avg_pool_3x3(s0) + max_pool_3x3(s1)"
     )
     assert sq.param_free_share(g) == {"normal": 0.5, "reduce": 1.0}
+
+
+def test_screening_retrains_a_searched_cell_on_its_own_seed_only(sq, tmp_path):
+    proto = {
+        **PROTO,
+        "searched_retrain": "same_seed",
+        "methods": {"fednas": PROTO["methods"]["fednas"]},
+        "settings": {"a": {**PROTO["settings"]["a"], "ladder": [12], "eval_budgets": []}},
+    }
+    go = FakeGo(tmp_path)
+    seeds = [0, 1, 2]
+    raw = sq.run_setting_phases(proto, ["a"], seeds, go, jobs=1)
+    retrains = sorted(t for t, _, _ in go.calls if "-retrain-" in t)
+    assert retrains == [f"a-fednas-R12-s{s}-retrain-E12-s{s}" for s in seeds]
+    b12 = sq.summarise(proto, raw, seeds)["a"]["budgets"]["E12"]
+    for s in seeds:
+        e = b12["searched"][f"fednas-R12-s{s}"]
+        # 0.505 against the seed's random cells 0.50 + 0.001 s, 0.51 + ...: above one of four
+        assert e["val_acc"]["per_seed"] == [0.505] and e["val_acc"]["percentile"] == 25.0
