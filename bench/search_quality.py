@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -68,7 +69,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from nas_protocol import ROOT, _sets, finished, read_run  # noqa: E402
-from tables import Runner  # noqa: E402
+from tables import Runner, stale_keys  # noqa: E402
 
 PATH_METHODS = ("feddsnas", "fedrlnas")  # single-path searches: DARTS rule on their logits
 
@@ -114,6 +115,9 @@ class PlanRunner(Runner):
     def __call__(self, tag: str, cfg: str, overrides: dict) -> dict:
         out = self.run_dir(cfg, overrides)
         done = out / "result.json"
+        if (done.exists() or finished(out)) and (stale := stale_keys(cfg, overrides, out)):
+            print(f"{tag}: the cached run {out} ran another config ({stale}): planned again")
+            shutil.rmtree(out)
         if done.exists():
             r = json.loads(done.read_text())
         elif finished(out):

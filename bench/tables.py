@@ -50,7 +50,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nas_protocol import ROOT, fmt, run_one, stats  # noqa: E402
+from nas_protocol import ROOT, _sets, fmt, run_one, stats  # noqa: E402
 
 METRICS = {
     # table metric -> (reported per run, selection per run, plotted per round)
@@ -62,6 +62,24 @@ METRICS = {
 def run_key(cfg: str, overrides: dict) -> str:
     text = json.dumps([cfg, sorted(overrides.items())], default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def stale_keys(cfg: str, overrides: dict, out: Path) -> list[str]:
+    """The result-affecting keys on which a cached run (``out/config.yaml``, as the run
+    stored it) differs from what ``cfg`` with ``overrides`` resolves to now: the cache is
+    keyed by the config's path and the overrides, so an edited config file (a new shipped
+    default) would otherwise be answered from runs of the old one. Keys added since, at
+    their defaults, agree (a stored config is read with them). Runs without a stored
+    config (fakes in tests) are taken as they are."""
+    stored = out / "config.yaml"
+    if not stored.exists():
+        return []
+    from fednas_mpi.config import from_stored, load, result_affecting_differences
+
+    sets = _sets(overrides)[1::2]
+    now = load(ROOT / cfg, sets)
+    then = from_stored(yaml.safe_load(stored.read_text()))
+    return result_affecting_differences(then, now)
 
 
 class Runner:
@@ -79,6 +97,10 @@ class Runner:
     def __call__(self, tag: str, cfg: str, overrides: dict) -> dict:
         out = self.run_dir(cfg, overrides)
         done = out / "result.json"
+        stale = stale_keys(cfg, overrides, out) if done.exists() else []
+        if stale:
+            print(f"{tag}: the cached run {out} ran another config ({stale}): running again")
+            done.unlink()
         if done.exists():
             r = json.loads(done.read_text())
             r["reused"] = True

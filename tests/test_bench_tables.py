@@ -185,3 +185,27 @@ def test_the_table_protocols_load_and_share_table2s_runs():
     assert list(protos["table4"]["settings"])[0] == "dir0.1"
     assert protos["table4"]["settings"]["dir0.1"] == {}
     assert protos["table5"]["metric"] == "personal"
+
+
+def test_a_cached_run_of_an_edited_config_runs_again(tables, tmp_path, monkeypatch):
+    from fednas_mpi.config import load, to_yaml
+
+    cfg = "configs/cpu/digits/fedavg.yaml"
+    over = {"run.rounds": 4, "run.seed": 0}
+    calls = []
+    monkeypatch.setattr(tables, "run_one", fake_run_one(calls))
+    go = tables.Runner(tmp_path, 3, 1.0)
+    go("t", cfg, over)
+    out = go.run_dir(cfg, over)
+    # the run stored the config it ran: as resolved now, nothing is stale
+    (out / "config.yaml").write_text(to_yaml(load(ROOT / cfg, ["run.rounds=4", "run.seed=0"])))
+    assert tables.stale_keys(cfg, over, out) == []
+    go("t", cfg, over)
+    assert len(calls) == 1 and go.log[-1]["reused"]
+    # the same path and overrides, but the file's learning rate was another when it ran
+    old = load(ROOT / cfg, ["run.rounds=4", "run.seed=0", "algorithm.lr=0.777"])
+    (out / "config.yaml").write_text(to_yaml(old))
+    assert tables.stale_keys(cfg, over, out) == ["algorithm.lr"]
+    monkeypatch.setattr(tables, "run_one", fake_run_one(calls))
+    go("t", cfg, over)
+    assert len(calls) == 2 and not go.log[-1]["reused"]
