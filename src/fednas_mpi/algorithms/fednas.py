@@ -36,11 +36,12 @@ from ..flat import State
 from ..nas import ArchSpec, darts_spec
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
+from .common.derived import recipe_epochs
 from .common.maml import clip_grad_norm
 from .common.schedules import cosine_lr
 from .common.server_opt import ServerArchConfig, ServerArchOptimizer
 from .common.supernet import SupernetMethod, state_of
-from .common.training import client_epochs, evaluate, minibatches
+from .common.training import evaluate, minibatches
 
 
 @dataclass(kw_only=True)
@@ -172,14 +173,18 @@ class FedNAS(SupernetMethod):
         if ctx.stage == "search":
             train_loss, val_loss = self._search(net, data, ctx, g)
         else:
+            # retraining: the evaluation recipe, as every genotype is retrained
             f, a = self.cfg.algorithm.fednas, self.cfg.algorithm
-            opt = torch.optim.SGD(
-                net.weight_parameters(),
-                lr=self.lr(ctx.round),
-                momentum=f.momentum,
-                weight_decay=f.weight_decay,
+            train_loss = recipe_epochs(
+                net,
+                data,
+                self.lr(ctx.round),
+                f.momentum,
+                f.weight_decay,
+                a.batch_size,
+                a.local_epochs,
+                g,
             )
-            train_loss = client_epochs(net, data, opt, a.batch_size, a.local_epochs, g)
             val_loss = float("nan")
         local_acc = float("nan")
         every = self.cfg.algorithm.fednas.local_eval_every

@@ -29,9 +29,10 @@ from ..nas import sampled_spec
 from ..nas.published import source_spec
 from ..seeding import SERVER, SETUP, torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
+from .common.derived import recipe_epochs
 from .common.schedules import cosine_lr
 from .common.supernet import SupernetMethod, state_of
-from .common.training import client_epochs, evaluate
+from .common.training import evaluate
 
 
 @dataclass(kw_only=True)
@@ -94,15 +95,17 @@ class RandomNAS(SupernetMethod):
     ) -> ClientResult:
         f, a = self.cfg.algorithm.random_nas, self.cfg.algorithm
         net = self._net(model)
-        net.set_sampling(1.0, None)
-        opt = torch.optim.SGD(
-            net.weight_parameters(),
-            lr=self.lr(ctx.round),
-            momentum=f.momentum,
-            weight_decay=f.weight_decay,
-        )
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "random_nas.batches")
-        train_loss = client_epochs(net, data, opt, a.batch_size, a.local_epochs, g)
+        train_loss = recipe_epochs(
+            net,
+            data,
+            self.lr(ctx.round),
+            f.momentum,
+            f.weight_decay,
+            a.batch_size,
+            a.local_epochs,
+            g,
+        )
         local_acc = float("nan")
         if ctx.is_due(f.local_eval_every):
             _, local_acc = evaluate(net, data.eval_x, data.eval_y)
