@@ -649,3 +649,141 @@ def test_final_round_derives_the_genotype_and_the_discrete_model_evaluates():
     assert all(torch.isfinite(v).all() for v in res2.state.values())
     after = algo.server_step(new, res2.state, {}, _ctx(cfg, 1))
     assert after.spec is new.spec and after.state is res2.state
+
+
+# ---------------------------------------------------------------- the derived stage
+
+
+def _derived_model(algo: FedMetaNAS):
+    """The global model after the final derivation: rounds up to ``search_rounds`` with
+    one client's result as the round's average."""
+    gm = algo.init_global()
+    for r in range(algo.search_rounds):
+        ctx = _ctx(algo.cfg, r)
+        gm = algo.server_step(gm, algo.client_update(gm, client_data(), ctx, None).state, {}, ctx)
+    assert gm.spec["genotype"] is not None
+    return gm
+
+
+def _reference_recipe(cfg, model: GlobalModel, data: ClientData, ctx: RoundContext, lr: float):
+    """The evaluation recipe by hand on a network built apart from the method: per epoch a
+    seeded shuffle into batches, cross-entropy, and SGD with momentum and weight decay
+    written out (d = g + wd p; buf = d, then mu buf + d; p -= lr buf) on the weights only."""
+    f, d = cfg.algorithm.fedmetanas, cfg.model.darts
+    space = CellSpace(d.nodes, d.input_k, tuple(d.primitives))
+    net = SearchNetwork(
+        1, 10, d.init_channels, d.layers, space, d.stem_multiplier, model.spec["masks"]
+    )
+    net.load_state_dict({k: v.clone() for k, v in model.state.items()}, strict=False)
+    net.train()
+    net.set_sampling(1.0, None)
+    weights = net.weight_parameters()
+    bufs: list[torch.Tensor | None] = [None] * len(weights)
+    g = torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.derived.batches")
+    total, count = 0.0, 0
+    for _ in range(cfg.algorithm.local_epochs):
+        perm = torch.randperm(data.num_train, generator=g)
+        for idx in perm.split(cfg.algorithm.batch_size):
+            loss = F.cross_entropy(net(data.train_x[idx]), data.train_y[idx])
+            grads = torch.autograd.grad(loss, weights, allow_unused=True)
+            with torch.no_grad():
+                for i, (p, gr) in enumerate(zip(weights, grads)):
+                    if gr is None:
+                        continue
+                    step = gr + f.derived_weight_decay * p
+                    bufs[i] = step if bufs[i] is None else f.derived_momentum * bufs[i] + step
+                    p -= lr * bufs[i]
+            total, count = total + loss.item() * len(idx), count + len(idx)
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    return state, total / count
+
+
+def test_derived_sgd_client_update_matches_a_plain_sgd_reference():
+    # 5 rounds, derived after round 2: rounds 2, 3, 4 train the derived network with the
+    # recipe, whose cosine runs over those three rounds alone
+    cfg = _cfg(
+        rounds=5,
+        final_round=2,
+        derived_training="sgd",
+        derived_lr=0.04,
+        derived_lr_min=0.004,
+        derived_momentum=0.8,
+        derived_weight_decay=0.01,
+        prune_gap=0.0,
+        combo_prune_gap=0.0,
+    )
+    algo = FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
+    gm = _derived_model(algo)
+    data = client_data(n=20)  # 20 images in batches of 4: five steps, the momentum matters
+    lrs = {2: 0.04, 3: 0.004 + 0.5 * 0.036 * (1 + math.cos(math.pi / 2)), 4: 0.004}
+    for r, lr in lrs.items():
+        ctx = _ctx(cfg, r)
+        assert algo.stage(r) == "derived" and algo.weight_lr(r) == pytest.approx(lr, rel=1e-12)
+        res = algo.client_update(gm, data, ctx, None)
+        ref, loss = _reference_recipe(cfg, gm, data, ctx, lr)
+        assert set(ref) == set(res.state)
+        for k, v in ref.items():
+            torch.testing.assert_close(res.state[k], v, rtol=1e-5, atol=1e-6, msg=k)
+        # the logits are the genotype's data: unchanged; the weights trained
+        for k in ARCH:
+            assert torch.equal(res.state[k], gm.state[k]), k
+        assert not torch.equal(res.state["classifier.weight"], gm.state["classifier.weight"])
+        assert res.metrics["train_loss"] == pytest.approx(loss, rel=1e-5)
+        assert math.isnan(res.metrics["support_loss"])
+        metrics: dict[str, float] = {}
+        algo.server_step(gm, res.state, metrics, ctx)
+        assert metrics["weight_lr"] == pytest.approx(lr, rel=1e-12)
+    # the search rounds are untouched by the option: the same as the default's
+    default = FedMetaNAS(_cfg(rounds=5, final_round=2), DataInfo((1, 8, 8), 10))
+    a = algo.client_update(algo.init_global(), data, _ctx(cfg, 1), None)
+    b = default.client_update(default.init_global(), data, _ctx(cfg, 1), None)
+    assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+def test_derived_maml_is_the_default_and_continues_algorithm_1():
+    cfg = _cfg(rounds=4, final_round=2, prune_gap=0.0, combo_prune_gap=0.0)
+    assert cfg.algorithm.fedmetanas.derived_training == "maml"
+    algo = FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
+    gm = _derived_model(algo)
+    data, ctx = client_data(), _ctx(cfg, 2)
+    res = algo.client_update(gm, data, ctx, None)
+    # the hand-written first-order MAML of the search, on the derived network
+    ref, s_mean, q_mean = _reference_client(cfg, gm, data, ctx, algo.temperature(2))
+    for k, v in ref.items():
+        torch.testing.assert_close(res.state[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    assert res.metrics["support_loss"] == pytest.approx(s_mean, rel=1e-4)
+    metrics: dict[str, float] = {}
+    algo.server_step(gm, res.state, metrics, ctx)
+    f = cfg.algorithm.fedmetanas
+    assert metrics["weight_lr"] == pytest.approx(f.meta_lr_w * algo.weight_lr_scale(2))
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [
+        (
+            {"derived_lr": 0.1},
+            "algorithm.fedmetanas.derived_lr = 0.1: read only with derived_training: sgd "
+            "(this run's is maml)",
+        ),
+        (
+            {"derived_training": "sgd"},
+            "algorithm.fedmetanas.derived_training = sgd: no round follows the final "
+            "derivation (final_round = 3 of run.rounds = 3); set final_round below "
+            "run.rounds, or derived_training: maml",
+        ),
+        (
+            {"derived_training": "sgd", "final_round": 3},
+            "algorithm.fedmetanas.derived_training = sgd: no round follows the final "
+            "derivation (final_round = 3 of run.rounds = 3); set final_round below "
+            "run.rounds, or derived_training: maml",
+        ),
+    ],
+)
+def test_derived_keys_that_do_not_apply_are_refused(keys, problem):
+    from fednas_mpi.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        _cfg(rounds=3, **keys)
+    assert e.value.problems == [problem]
+    assert _cfg(rounds=3, final_round=2, derived_training="sgd", derived_lr=0.1)

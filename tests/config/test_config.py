@@ -97,6 +97,11 @@ ALL_KEYS = [
             "settle_rounds",
             "final_round",
             "local_eval_every",
+            "derived_training",
+            "derived_lr",
+            "derived_lr_min",
+            "derived_momentum",
+            "derived_weight_decay",
             "prune_rule",
             "prune_z",
         )

@@ -266,7 +266,8 @@ def test_report_reads_an_old_style_stored_config_like_a_new_one():
     # keys added after the fixture was written read as their defaults, which keep the
     # old behaviour (run.test_subset 0: the whole test set; arch_update client: the
     # clients' own optimiser of the logits, the server_arch keys unread; prune_rule gap:
-    # the fixed logit gap, prune_z unread)
+    # the fixed logit gap, prune_z unread; derived_training maml: Algorithm 1 goes on after
+    # the derivation, the recipe's keys unread)
     added = {
         "run.test_subset": 0,
         "algorithm.fedmetanas.arch_update": "client",
@@ -277,6 +278,11 @@ def test_report_reads_an_old_style_stored_config_like_a_new_one():
         "algorithm.fedmetanas.server_arch_tau": 1e-3,
         "algorithm.fedmetanas.prune_rule": "gap",
         "algorithm.fedmetanas.prune_z": 2.0,
+        "algorithm.fedmetanas.derived_training": "maml",
+        "algorithm.fedmetanas.derived_lr": 0.025,
+        "algorithm.fedmetanas.derived_lr_min": 0.001,
+        "algorithm.fedmetanas.derived_momentum": 0.9,
+        "algorithm.fedmetanas.derived_weight_decay": 3e-4,
     }
     assert {k: v for k, v in new.items() if k not in added} == config_mod.flatten(old)
     assert {k: new[k] for k in added} == added

@@ -47,6 +47,7 @@ from ..nas import ArchSpec, Genotype, final_spec
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common import dispersion
+from .common.derived import DerivedTrainingConfig, recipe_epochs
 from .common.maml import MetaLearner, TaskLearner
 from .common.meta import MetaSearch
 from .common.pruning import (
@@ -204,20 +205,32 @@ class MetaSearchConfig:
 
 
 @dataclass(kw_only=True)
-class FedMetaNASConfig(PruneRuleConfig, MetaSearchConfig, ServerArchConfig):
-    """FedMetaNAS: the local search, where its logits are optimised (``arch_update``) and
-    how pruning decides (``prune_rule``); the last two not wired into the meta variants,
-    which read ``MetaSearchConfig`` alone."""
+class FedMetaNASConfig(PruneRuleConfig, DerivedTrainingConfig, MetaSearchConfig, ServerArchConfig):
+    """FedMetaNAS: the local search, where its logits are optimised (``arch_update``),
+    how pruning decides (``prune_rule``) and how the derived network trains
+    (``derived_training``); the last two not wired into the meta variants."""
 
     def cross_checks(self, cfg) -> list[str]:
-        return super().cross_checks(cfg) + self.server_arch_problems("algorithm.fedmetanas")
+        section = "algorithm.fedmetanas"
+        first = self.final_round or cfg.run.rounds  # the first derived round, 0-based
+        return (
+            super().cross_checks(cfg)
+            + self.server_arch_problems(section)
+            + self.derived_problems(section, first, cfg.run.rounds)
+        )
 
 
 class FedMetaNAS(GumbelSupernetMethod):
     """Single stage: ``arch_warmup_rounds`` of deterministic warm-up (weights only), the
     search with soft pruning up to ``final_round``, the final derivation, then the same
     run trains the derived network with the weights it inherited (no re-initialisation).
-    The weights' learning rates follow a cosine over the whole run."""
+    The weights' learning rates follow a cosine over the whole run.
+
+    How the derived network trains (``derived_training``): by default the search's
+    first-order MAML goes on (Algorithm 1 runs the same client loop in every round);
+    ``sgd`` trains it with the evaluation recipe every genotype is retrained with
+    (``common.derived``: plain SGD, its own cosine ``derived_lr`` over the derived
+    rounds), so the derived network's accuracy is comparable with the random cells'."""
 
     name = "fedmetanas"
     client_metrics = ("train_loss", "support_loss", "local_acc")
@@ -280,6 +293,8 @@ class FedMetaNAS(GumbelSupernetMethod):
     ) -> ClientResult:
         f, a = self.cfg.algorithm.fedmetanas, self.cfg.algorithm
         net = self._net(model)
+        if f.derived_training == "sgd" and self.stage(ctx.round) == "derived":
+            return self._derived_sgd(net, data, ctx)
         net.train()
         # The warm-up is deterministic: no Gumbel noise, every op in the same mixture.
         gumbel = (
@@ -315,6 +330,44 @@ class FedMetaNAS(GumbelSupernetMethod):
             {"train_loss": q_sum / steps, "support_loss": s_sum / steps, "local_acc": local_acc},
             aux=dispersion.client_aux(state, weight) if self.measures_noise(model.spec) else {},
         )
+
+    def _derived_sgd(self, net, data: ClientData, ctx: RoundContext) -> ClientResult:
+        """``derived_training: sgd``: the derived network's inherited weights train with
+        the evaluation recipe (``common.derived``) instead of Algorithm 1's MAML; its
+        logits are fixed by the genotype. No support task: ``support_loss`` is nan."""
+        f, a = self.cfg.algorithm.fedmetanas, self.cfg.algorithm
+        g = torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.derived.batches")
+        train_loss = recipe_epochs(
+            net,
+            data,
+            self.derived_lr(ctx.round),
+            f.derived_momentum,
+            f.derived_weight_decay,
+            a.batch_size,
+            a.local_epochs,
+            g,
+        )
+        local_acc = float("nan")
+        if ctx.is_due(f.local_eval_every):
+            _, local_acc = evaluate(net, data.eval_x, data.eval_y)
+        return ClientResult(
+            state_of(net),
+            float(data.num_train),
+            {"train_loss": train_loss, "support_loss": float("nan"), "local_acc": local_acc},
+        )
+
+    def derived_lr(self, round_: int) -> float:
+        """``derived_training: sgd``: the recipe's cosine over the derived rounds."""
+        f = self.cfg.algorithm.fedmetanas
+        return f.derived_lr_at(round_, self.search_rounds, self.cfg.run.rounds)
+
+    def weight_lr(self, round_: int) -> float:
+        """The weights' learning rate of a round: the meta learner's, or the recipe's in
+        the derived rounds of ``derived_training: sgd``."""
+        f = self.cfg.algorithm.fedmetanas
+        if f.derived_training == "sgd" and self.stage(round_) == "derived":
+            return self.derived_lr(round_)
+        return f.meta_lr_w * self.weight_lr_scale(round_)
 
     # ------------------------------------------------------------ server
     def server_step(
@@ -372,7 +425,7 @@ class FedMetaNAS(GumbelSupernetMethod):
             state = self.restrict(spec, averaged)
         metrics.update(
             temperature=lam,
-            weight_lr=f.meta_lr_w * self.weight_lr_scale(ctx.round),
+            weight_lr=self.weight_lr(ctx.round),
             **self.arch_metrics(spec, state, lam),
         )
         return GlobalModel(spec, state, server)
