@@ -720,9 +720,14 @@ def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
         unread = _unread_model_keys(raw, path)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    # a section may name keys it refuses and why (e.g. a method whose logits no gradient
+    # steps has no use for another method's optimiser of them): clearer than "unknown"
+    refused = getattr(cls, "refused_keys", {})
     for key in raw:
         if key in unread:
             problems.append(unread[key])
+        elif key in refused and key not in fields:
+            problems.append(f"{path + '.' if path else ''}{key}: {refused[key]}")
         elif key not in fields:
             known = ", ".join(sorted(fields))
             problems.append(

@@ -191,28 +191,147 @@ def test_a_server_state_without_moments_is_a_clear_error():
 # ---------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("method", ["fedmetanas", "fednas", "feddsnas"])
-def test_each_wired_method_owns_the_keys_and_checks_the_betas(method):
+#: (method, the section holding its arch_update): every method whose logits clients step
+WIRED = [
+    ("fedmetanas", "fedmetanas"),
+    ("fednas", "fednas"),
+    ("feddsnas", "feddsnas"),
+    ("fedpnas", "fedpnas"),
+    ("meta_fedpnas", "fedmetanas"),
+]
+
+
+@pytest.mark.parametrize(("method", "section"), WIRED)
+def test_each_wired_method_owns_the_keys_and_checks_the_betas(method, section):
     raw = {"model": {"name": "darts"}, "algorithm": {"name": method}}
-    cfg = from_dict(raw, [f"algorithm.{method}.arch_update=server"])
-    section = getattr(cfg.algorithm, method)
-    assert section.arch_update == "server" and section.server_arch_optimizer == "adam"
-    assert from_dict(raw).algorithm.__dict__[method].arch_update == "client"
+    cfg = from_dict(raw, [f"algorithm.{section}.arch_update=server"])
+    conf = getattr(cfg.algorithm, section)
+    assert conf.arch_update == "server" and conf.server_arch_optimizer == "adam"
+    assert getattr(from_dict(raw).algorithm, section).arch_update == "client"
     with pytest.raises(ConfigError) as e:
-        from_dict(raw, [f"algorithm.{method}.server_arch_betas=[0.9, 1.0]"])
+        from_dict(raw, [f"algorithm.{section}.server_arch_betas=[0.9, 1.0]"])
     assert e.value.problems == [
-        f"algorithm.{method}.server_arch_betas = [0.9, 1.0]: expected two numbers in [0, 1)"
+        f"algorithm.{section}.server_arch_betas = [0.9, 1.0]: expected two numbers in [0, 1)"
     ]
     with pytest.raises(ConfigError, match="expected one of 'adam', 'yogi'"):
-        from_dict(raw, [f"algorithm.{method}.server_arch_optimizer=sgd"])
+        from_dict(raw, [f"algorithm.{section}.server_arch_optimizer=sgd"])
 
 
-@pytest.mark.parametrize("method", ["meta_fedpnas", "meta_perfedrlnas"])
-def test_the_meta_variants_do_not_read_arch_update(method):
-    # they compose FedMetaNAS's local search but not its server optimiser: the key is an
-    # error there, not a silent no-op
-    raw = {"model": {"name": "darts"}, "algorithm": {"name": method}}
+@pytest.mark.parametrize("key", ["arch_update", "server_arch_lr"])
+def test_meta_perfedrlnas_refuses_the_server_optimiser_and_says_why(key):
+    # its logits are REINFORCE policies stepped on the server from rewards: no client
+    # gradient step to average, so the keys are an error with the reason, not a no-op
+    raw = {"model": {"name": "darts"}, "algorithm": {"name": "meta_perfedrlnas"}}
+    value = "server" if key == "arch_update" else "0.2"
     with pytest.raises(ConfigError) as e:
-        from_dict(raw, ["algorithm.fedmetanas.arch_update=server"])
+        from_dict(raw, [f"algorithm.fedmetanas.{key}={value}"])
     (line,) = e.value.problems
-    assert line.startswith("algorithm.fedmetanas.arch_update: unknown key")
+    assert line.startswith(f"algorithm.fedmetanas.{key}: not read by meta_perfedrlnas: ")
+    assert "REINFORCE" in line and "nothing for arch_update: server to average" in line
+
+
+def test_meta_fedpnas_reads_arch_update_from_its_fedmetanas_section():
+    raw = {"model": {"name": "darts"}, "algorithm": {"name": "meta_fedpnas"}}
+    with pytest.raises(ConfigError) as e:
+        from_dict(raw, ["algorithm.fedpnas.arch_update=server"])
+    assert e.value.problems == [
+        "algorithm.fedpnas.arch_update: meta_fedpnas reads the server optimiser's keys "
+        "from algorithm.fedmetanas (its local search is FedMetaNAS's)"
+    ]
+
+
+# ---------------------------------------------------------------- FedPNAS, meta-FedPNAS
+
+PNAS_SHARED = ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
+
+
+def _pnas(method: str, **keys):
+    """FedPNAS or meta-FedPNAS on the unit-test supernet, one support/query pair per
+    round (one meta step: the logits' client step is a single, comparable step)."""
+    from helpers import darts_unit_config
+
+    from fednas_mpi.algorithms import DataInfo
+    from fednas_mpi.algorithms.fedpnas import FedPNAS, MetaFedPNAS
+
+    section = "fedpnas" if method == "fedpnas" else "fedmetanas"
+    cfg = darts_unit_config(method, 3, **{section: {"tasks_per_epoch": 1, **keys}})
+    cls = FedPNAS if method == "fedpnas" else MetaFedPNAS
+    return cls(cfg, DataInfo((1, 8, 8), 10))
+
+
+@pytest.mark.parametrize("method", ["fedpnas", "meta_fedpnas"])
+def test_pnas_server_mode_client_step_is_plain_sgd_on_the_shared_logits_only(method):
+    from helpers import client_data
+
+    from fednas_mpi.algorithms import RoundContext
+
+    ctx, data = RoundContext(0, 3, 5, "search"), client_data(1)
+    client = _pnas(method)
+    gm = client.init_global()
+    assert list(gm.server_state) == ["temperature"]  # client mode: no moments
+    base = client.client_update(gm, data, ctx, None)
+    steps = {}
+    for lr in (0.2, 0.4):
+        algo = _pnas(method, arch_update="server", client_arch_lr=lr)
+        g = algo.init_global()
+        assert float(g.server_state[f"{PREFIX}t"]) == 0.0
+        assert all(torch.equal(g.state[k], gm.state[k]) for k in gm.state)
+        res = algo.client_update(g, data, ctx, None)
+        # the weights and the personalised part (its logits too: the client's own Adam)
+        # are exactly client mode's; only the shared logits took another step
+        for k in res.state:
+            if k not in PNAS_SHARED:
+                assert torch.equal(res.state[k], base.state[k]), k
+        for k in res.client_state:
+            assert torch.equal(res.client_state[k], base.client_state[k]), k
+        steps[lr] = {k: res.state[k].double() - gm.state[k].double() for k in PNAS_SHARED}
+    for k in PNAS_SHARED:
+        # one plain SGD step, -lr * g: twice the rate, twice the step (an Adam's first step
+        # would be about lr * sign(g), the same size on every entry it touches)
+        torch.testing.assert_close(2 * steps[0.2][k], steps[0.4][k], rtol=1e-3, atol=1e-7)
+    moved = torch.cat([steps[0.2][k].flatten().abs() for k in PNAS_SHARED])
+    moved = moved[moved > 0]
+    assert moved.numel() > 1 and float(moved.max()) > 2 * float(moved.min())
+
+
+@pytest.mark.parametrize("method", ["fedpnas", "meta_fedpnas"])
+def test_pnas_server_step_applies_and_keeps_the_moments(method):
+    from fednas_mpi.algorithms import RoundContext
+
+    # meta-FedPNAS: a warm-up round, and no pruning to keep every logit live
+    meta = {"arch_warmup_rounds": 1, "prune_every": 0} if method == "meta_fedpnas" else {}
+    algo = _pnas(method, arch_update="server", server_arch_lr=0.2, **meta)
+    gm = algo.init_global()
+    conf = algo.arch_conf
+    b1, b2 = conf.server_arch_betas
+    model, d, t = gm, 0.01, 0
+    for r in range(3):
+        averaged = {k: v.clone() for k, v in model.state.items()}
+        for k in PNAS_SHARED:
+            averaged[k] = averaged[k] + d
+        metrics: dict[str, float] = {}
+        new = algo.server_step(model, averaged, metrics, RoundContext(r, 3, 5, "search"))
+        assert list(new.server_state) == list(gm.server_state)
+        assert float(new.server_state["temperature"]) == algo.temperature(r)
+        if method == "meta_fedpnas" and r == 0:  # the warm-up: logits frozen, no step
+            assert "server_arch_step" not in metrics
+            assert all(torch.equal(new.state[k], averaged[k]) for k in new.state)
+            model = new
+            continue
+        t += 1
+        assert float(new.server_state[f"{PREFIX}t"]) == t
+        # the same delta every round: m_hat = d, v_hat = d^2 after bias correction
+        step = conf.server_arch_lr * d / (d + conf.server_arch_tau)
+        for k in new.state:
+            if k in PNAS_SHARED:
+                moved = new.state[k].double() - model.state[k].double()
+                torch.testing.assert_close(moved, torch.full_like(moved, step), rtol=1e-5, atol=0)
+                m = new.server_state[f"{PREFIX}m.{k}"]
+                torch.testing.assert_close(
+                    m, torch.full_like(m, (1 - b1**t) * d), rtol=1e-5, atol=0
+                )
+            else:
+                assert torch.equal(new.state[k], averaged[k]), k
+        assert metrics["server_arch_step"] == pytest.approx(step, rel=1e-4)
+        model = new
+    assert b2 < 1.0

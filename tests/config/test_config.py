@@ -188,6 +188,12 @@ ALL_KEYS = [
     *(
         f"algorithm.fedpnas.{k}"
         for k in (
+            "arch_update",
+            "client_arch_lr",
+            "server_arch_optimizer",
+            "server_arch_lr",
+            "server_arch_betas",
+            "server_arch_tau",
             "personal_layers",
             "inner_steps",
             "inner_lr_w",

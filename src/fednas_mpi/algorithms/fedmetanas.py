@@ -36,7 +36,7 @@ own units, so the rule means the same with and without ``arch_update: server``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch.nn import functional as F
@@ -111,8 +111,9 @@ class MetaSearchConfig:
         "Meta optimiser of alphas and betas (eq. 7/10). adam (betas arch_betas) moves "
         "each logit by about meta_lr_alpha per meta step whatever the scale of its "
         "gradient, which at CPU scale is 1e-3..1e-2: plain SGD needs a step size "
-        "tuned to that scale; sgd uses meta_momentum. Unread with arch_update: server "
-        "(plain SGD at client_arch_lr).",
+        "tuned to that scale; sgd uses meta_momentum. With arch_update: server the "
+        "shared logits take plain SGD at client_arch_lr (meta_fedpnas's personalised "
+        "logits keep this optimiser).",
     )
     meta_lr_alpha: float = option(
         0.03,
@@ -218,6 +219,34 @@ class FedMetaNASConfig(PruneRuleConfig, DerivedTrainingConfig, MetaSearchConfig,
             + self.server_arch_problems(section)
             + self.derived_problems(section, first, cfg.run.rounds)
         )
+
+
+@dataclass(kw_only=True)
+class MetaSearchArchConfig(MetaSearchConfig, ServerArchConfig):
+    """What meta-FedPNAS reads of ``algorithm.fedmetanas``: the local search, and who
+    steps its global logits (``arch_update``; its personalised logits stay the clients')."""
+
+    def cross_checks(self, cfg) -> list[str]:
+        return super().cross_checks(cfg) + self.server_arch_problems("algorithm.fedmetanas")
+
+
+@dataclass(kw_only=True)
+class MetaSearchPolicyConfig(MetaSearchConfig):
+    """What meta-PerFedRLNAS reads of ``algorithm.fedmetanas``: the local search alone. Its
+    logits are the clients' REINFORCE policies, stepped from rewards by a server-side
+    Adam whose moments persist in each client's state; no gradient steps them on a
+    client, so there is no averaged change for a server optimiser to step."""
+
+    refused_keys: ClassVar[dict[str, str]] = {
+        k: (
+            "not read by meta_perfedrlnas: its architecture logits are per-client "
+            "REINFORCE policies, stepped on the server from rewards by an Adam whose "
+            "moments already persist (perfedrlnas.arch_lr, arch_betas); the clients take "
+            "no gradient step on them, so there is nothing for arch_update: server to "
+            "average"
+        )
+        for k in ServerArchConfig.__dataclass_fields__
+    }
 
 
 class FedMetaNAS(GumbelSupernetMethod):

@@ -25,11 +25,19 @@ stem, the other cells and the global alphas/betas the base.
   global logits). ``local_acc`` is each client's personalised model on its eval split
   after its local step; ``personal_acc`` (Table 5, every client on the server) is the
   same model - the current global base with the client's kept personalised part.
+- ``arch_update: server`` (``common.server_opt``, Reddi et al. 2021; FedPNAS's section,
+  meta-FedPNAS's fedmetanas section): the shared logits (``alpha_*``, ``beta_*``), which
+  FedPNAS's base steps with a per-client Adam rebuilt every round (meta-FedPNAS: its meta
+  optimiser), take plain SGD steps at ``client_arch_lr`` on the clients instead, and the
+  server steps their averaged change with FedAdam/FedYogi moments kept in its state
+  (meta-FedPNAS: after the warm-up, before soft pruning, which reads the stepped logits).
+  The personalised logits never reach the server: they keep the clients' own steps.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -42,6 +50,7 @@ from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.maml import TaskLearner, clip_present
 from .common.meta import MetaSearch
+from .common.server_opt import ServerArchConfig, ServerArchOptimizer
 from .common.supernet import GumbelSupernetMethod, state_of
 from .common.tasks import task_pairs
 from .common.training import evaluate
@@ -51,6 +60,12 @@ from .common.training import evaluate
 class PersonalSplitConfig:
     """Where a client's personalised part begins: all meta-FedPNAS reads of ``fedpnas``
     (its local search and pruning are FedMetaNAS's), so its other keys are an error there."""
+
+    refused_keys: ClassVar[dict[str, str]] = {
+        k: "meta_fedpnas reads the server optimiser's keys from algorithm.fedmetanas "
+        "(its local search is FedMetaNAS's)"
+        for k in ServerArchConfig.__dataclass_fields__
+    }
 
     personal_layers: int = option(
         1,
@@ -62,7 +77,7 @@ class PersonalSplitConfig:
 
 
 @dataclass(kw_only=True)
-class FedPNASConfig(PersonalSplitConfig):
+class FedPNASConfig(PersonalSplitConfig, ServerArchConfig):
     inner_steps: int = option(1, "SGD steps of the personalised part on each support task.", ge=1)
     inner_lr_w: float = option(
         0.05, "Personalised weights: learning rate of the inner steps.", gt=0.0
@@ -75,7 +90,9 @@ class FedPNASConfig(PersonalSplitConfig):
     )
     momentum: float = option(0.9, "Base weights: SGD momentum.", ge=0.0, lt=1.0)
     weight_decay: float = option(3e-4, "Base weights: SGD weight decay.", ge=0.0)
-    arch_lr: float = option(3e-3, "Base logits: Adam learning rate of the meta step.", ge=0.0)
+    arch_lr: float = option(
+        3e-3, "Base logits: Adam learning rate of the meta step (arch_update: client).", ge=0.0
+    )
     grad_clip: float = option(5.0, "Gradient norm clip of both steps (0 = off).", ge=0.0)
     temperature_start: float = option(
         1.0, "SNAS sampler: Gumbel-softmax temperature in round 1.", gt=0.0
@@ -95,6 +112,9 @@ class FedPNASConfig(PersonalSplitConfig):
         "splits every N rounds (and in the last).",
         ge=1,
     )
+
+    def cross_checks(self, cfg) -> list[str]:
+        return self.server_arch_problems("algorithm.fedpnas")
 
 
 ARCH_NAMES = ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
@@ -127,9 +147,18 @@ class FedPNAS(GumbelSupernetMethod):
     name = "fedpnas"
     client_metrics = ("train_loss", "support_loss", "local_acc")
 
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        self.arch_opt = ServerArchOptimizer(self.arch_conf)
+
     @property
     def conf(self):
         return self.cfg.algorithm.fedpnas
+
+    @property
+    def arch_conf(self) -> ServerArchConfig:
+        """The section that says who steps the shared logits (``arch_update``)."""
+        return self.conf
 
     def stage(self, round_: int) -> str:
         return "search"
@@ -152,9 +181,11 @@ class FedPNAS(GumbelSupernetMethod):
         )
 
     def init_global(self) -> GlobalModel:
-        return super().init_global(
+        model = super().init_global(
             {"temperature": torch.tensor(self.temperature(0), dtype=torch.float64)}
         )
+        model.server_state.update(self.arch_opt.init_state(model.state))
+        return model
 
     # ------------------------------------------------------------ client
     def personal_state(self, model: GlobalModel, client_state: State | None) -> State:
@@ -261,7 +292,10 @@ class FedPNAS(GumbelSupernetMethod):
             [(pers_w, f.inner_lr_w), (pers_a, f.inner_lr_alpha)], f.inner_steps, f.grad_clip
         )
         w_opt = torch.optim.SGD(base_w, lr=f.lr, momentum=f.momentum, weight_decay=f.weight_decay)
-        a_opt = torch.optim.Adam(base_a, lr=f.arch_lr, betas=(0.5, 0.999))
+        if self.arch_opt.on:  # the server keeps the moments (common.server_opt)
+            a_opt = torch.optim.SGD(base_a, lr=f.client_arch_lr)
+        else:
+            a_opt = torch.optim.Adam(base_a, lr=f.arch_lr, betas=(0.5, 0.999))
         base = base_w + base_a
 
         def step(support, query) -> tuple[float, float]:
@@ -284,10 +318,27 @@ class FedPNAS(GumbelSupernetMethod):
         self, model: GlobalModel, averaged: State, metrics: dict[str, float], ctx: RoundContext
     ) -> GlobalModel:
         lam = self.temperature(ctx.round)
-        metrics.update(temperature=lam, **self.arch_metrics(model.spec, averaged, lam))
-        return GlobalModel(
-            model.spec, averaged, {"temperature": torch.tensor(lam, dtype=torch.float64)}
+        state, server = self.server_arch_step(model, averaged, metrics, True)
+        metrics.update(temperature=lam, **self.arch_metrics(model.spec, state, lam))
+        server = {"temperature": torch.tensor(lam, dtype=torch.float64), **server}
+        return GlobalModel(model.spec, state, server)
+
+    def server_arch_step(
+        self, model: GlobalModel, averaged: State, metrics: dict[str, float], due: bool
+    ) -> tuple[State, State]:
+        """With ``arch_update: server``: the averaged state with the shared logits stepped
+        by FedAdam/FedYogi on their averaged change when ``due``, and the server state
+        entries to keep (the moments); otherwise ``averaged`` and nothing."""
+        if not self.arch_opt.on:
+            return averaged, {}
+        server = self.arch_opt.carried(model.server_state)
+        if not due:
+            return averaged, server
+        state, moments, moved = self.arch_opt.step(
+            model.state, averaged, model.server_state, self.live_logits(model.spec)
         )
+        metrics.update(moved)
+        return state, {**server, **moments}
 
 
 class MetaFedPNAS(FedPNAS):
@@ -299,6 +350,10 @@ class MetaFedPNAS(FedPNAS):
         super().__init__(cfg, info)
         self.meta = MetaSearch(cfg)
         self.pruning = self.meta.pruning()
+
+    @property
+    def arch_conf(self) -> ServerArchConfig:
+        return self.cfg.algorithm.fedmetanas
 
     def temperature(self, round_: int) -> float:
         return self.meta.temperature(round_)
@@ -312,13 +367,18 @@ class MetaFedPNAS(FedPNAS):
         return self.cfg.algorithm.fedmetanas.local_eval_every
 
     def local_step(self, base_w, pers_w, base_a, pers_a, round_: int):
-        task, meta = self.meta.learners(base_w + pers_w, base_a + pers_a, round_)
+        # the personalised logits are the client's own: never stepped by the server
+        task, meta = self.meta.learners(base_w + pers_w, base_a, round_, own_arch=pers_a)
         return lambda support, query: meta.step(task, support, query)
 
     def server_step(
         self, model: GlobalModel, averaged: State, metrics: dict[str, float], ctx: RoundContext
     ) -> GlobalModel:
         lam = self.temperature(ctx.round)
+        # the logits are frozen in the warm-up: no server step there; pruning reads the
+        # stepped logits
+        warm = self.meta.warming_up(ctx.round)
+        averaged, server = self.server_arch_step(model, averaged, metrics, not warm)
         spec, state = model.spec, averaged
         if (gaps := self.pruning.gaps_after(ctx.round + 1)) is not None:
             spec, pruned = self.pruning.step(self.space, spec, averaged, gaps, ctx.round)
@@ -326,4 +386,5 @@ class MetaFedPNAS(FedPNAS):
             if spec is not model.spec:
                 state = self.restrict(spec, averaged)
         metrics.update(temperature=lam, **self.arch_metrics(spec, state, lam))
-        return GlobalModel(spec, state, {"temperature": torch.tensor(lam, dtype=torch.float64)})
+        server = {"temperature": torch.tensor(lam, dtype=torch.float64), **server}
+        return GlobalModel(spec, state, server)

@@ -232,7 +232,10 @@ class MetaPerFedRLNAS(PerFedRLNAS):
     Local step: the sampled path's weights are trained by FedMetaNAS's first-order MAML
     (``common.meta.MetaSearch.learners``: support/query task pairs, M inner steps, meta
     update; ops off the path get no gradient and are not touched). The policies stay the
-    server's REINFORCE business. Server: after the fold, FedMetaNAS's soft pruning
+    server's REINFORCE business: no gradient steps a logit on a client and the policies'
+    Adam already keeps its moments (in each client's state), so ``arch_update: server``
+    (``common.server_opt``) does not apply and the config refuses its keys
+    (``fedmetanas.MetaSearchPolicyConfig``). Server: after the fold, FedMetaNAS's soft pruning
     (``common.pruning``, ops only) on the mean policy of the round's clients (its
     temperature and threshold schedule): an op pruned there leaves the supernet and
     every client's sampling for good.

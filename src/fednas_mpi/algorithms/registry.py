@@ -17,7 +17,12 @@ from .base import Algorithm
 from .fedavg import FedAvg
 from .fedbabu import FedBABU, FedBABUConfig
 from .feddsnas import FedDSNAS, FedDSNASConfig
-from .fedmetanas import FedMetaNAS, FedMetaNASConfig, MetaSearchConfig
+from .fedmetanas import (
+    FedMetaNAS,
+    FedMetaNASConfig,
+    MetaSearchArchConfig,
+    MetaSearchPolicyConfig,
+)
 from .fednas import FedNAS, FedNASConfig
 from .fedpnas import FedPNAS, FedPNASConfig, MetaFedPNAS, PersonalSplitConfig
 from .fedrep import FedRep, FedRepConfig
@@ -97,14 +102,14 @@ METHODS = (
         "meta_fedpnas",
         MetaFedPNAS,
         nas=True,
-        sections={"fedpnas": PersonalSplitConfig, "fedmetanas": MetaSearchConfig},
+        sections={"fedpnas": PersonalSplitConfig, "fedmetanas": MetaSearchArchConfig},
         personal=True,
     ),
     Method(
         "meta_perfedrlnas",
         MetaPerFedRLNAS,
         nas=True,
-        sections={"perfedrlnas": PerFedRLNASConfig, "fedmetanas": MetaSearchConfig},
+        sections={"perfedrlnas": PerFedRLNASConfig, "fedmetanas": MetaSearchPolicyConfig},
         path=True,
         personal=True,
     ),

@@ -53,9 +53,9 @@ class MetaSearch:
 
     @property
     def server_arch(self) -> bool:
-        """Whether the server optimises the logits (``arch_update: server``, FedMetaNAS
-        only: the meta variants' section has no such key); the clients then take plain
-        SGD meta steps on them."""
+        """Whether the server optimises the logits (``arch_update: server``: FedMetaNAS
+        and meta-FedPNAS; meta-PerFedRLNAS's section refuses the key); the clients then
+        take plain SGD meta steps on the shared ones."""
         return isinstance(self.conf, ServerArchConfig) and self.conf.arch_update == "server"
 
     def warming_up(self, round_: int) -> bool:
@@ -88,19 +88,24 @@ class MetaSearch:
             return f.prune_gap * scale, f.combo_prune_gap * scale
         return self.pruning().gaps_after(done)
 
-    def learners(self, weights: list, arch: list, round_: int) -> tuple[TaskLearner, MetaLearner]:
+    def learners(
+        self, weights: list, arch: list, round_: int, own_arch: list | None = None
+    ) -> tuple[TaskLearner, MetaLearner]:
         """The task and meta learners of eq. 9-10 over (weights, architecture parameters),
         with this section's learning rates: the weights' decayed by ``weight_lr_scale``,
         the alphas' frozen during the warm-up and stepped by their own meta optimiser
         (Adam by default: see ``arch_optimizer``), or, when the server optimises them
         (``server_arch``), by plain SGD at ``client_arch_lr``: a per-client Adam rebuilt
         every round would take sign steps (Adam's first bias-corrected steps are about
-        lr * sign(g)) and discard its moments."""
+        lr * sign(g)) and discard its moments. ``own_arch``: logits the client keeps for
+        itself (meta-FedPNAS's personalised ones), never averaged, so no server steps
+        them: they take the same task steps and always the client's own meta optimiser."""
         f = self.conf
         warm = self.warming_up(round_)
         scale = self.weight_lr_scale(round_)
+        own = list(own_arch or [])
         task = TaskLearner(
-            [(weights, f.task_lr_w * scale), (arch, 0.0 if warm else f.task_lr_alpha)],
+            [(weights, f.task_lr_w * scale), (arch + own, 0.0 if warm else f.task_lr_alpha)],
             f.inner_steps,
             f.grad_clip,
         )
@@ -109,12 +114,14 @@ class MetaSearch:
             opts = [torch.optim.Adam(w_group, betas=(f.meta_momentum, 0.999))]
         else:
             opts = [torch.optim.SGD(w_group, momentum=f.meta_momentum)]
-        if arch and not warm:
-            if self.server_arch:
+        if not warm:
+            # in client mode shared and own logits share one optimiser, as they always did
+            client = own if self.server_arch else arch + own
+            if arch and self.server_arch:
                 opts.append(torch.optim.SGD(arch, lr=f.client_arch_lr))
-            elif f.arch_optimizer == "adam":
-                opts.append(torch.optim.Adam(arch, lr=f.meta_lr_alpha, betas=tuple(f.arch_betas)))
-            else:
-                opts.append(torch.optim.SGD(arch, lr=f.meta_lr_alpha, momentum=f.meta_momentum))
+            if client and f.arch_optimizer == "adam":
+                opts.append(torch.optim.Adam(client, lr=f.meta_lr_alpha, betas=tuple(f.arch_betas)))
+            elif client:
+                opts.append(torch.optim.SGD(client, lr=f.meta_lr_alpha, momentum=f.meta_momentum))
         # frozen alphas (warm-up) get no step at all: their gradient is dropped
-        return task, MetaLearner(weights + arch, opts, f.grad_clip)
+        return task, MetaLearner(weights + arch + own, opts, f.grad_clip)
