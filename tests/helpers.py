@@ -126,10 +126,13 @@ def client_data(cid: int = 2, n: int = 16, n_eval: int = 8, eval_fill: float | N
     return ClientData(cid, x, y, ex, ey)
 
 
-def darts_e2e_config(name: str, rounds: int, method: str, section: dict) -> dict:
+def darts_e2e_config(
+    name: str, rounds: int, method: str, section: dict, section_name: str | None = None
+) -> dict:
     """The small DARTS run of the end-to-end tests of a NAS method's options: digits over
     6 clients of 48 + 16 images (3 a round), C=4, 2 cells of 2 nodes, seed 3, batch 8;
-    ``section``: the ``algorithm.<method>`` keys under test."""
+    ``section``: the keys under test, of ``algorithm.<section_name>`` (default: the
+    method's own section; e.g. fedmetanas for meta_fedpnas)."""
     return {
         "run": {"name": name, "seed": 3, "rounds": rounds, "eval_subset": 100},
         "data": {"name": "digits"},
@@ -143,5 +146,10 @@ def darts_e2e_config(name: str, rounds: int, method: str, section: dict) -> dict
         },
         "federation": {"clients_per_round": 3},
         "model": {"name": "darts", "darts": {"init_channels": 4, "layers": 2, "nodes": 2}},
-        "algorithm": {"name": method, "local_epochs": 1, "batch_size": 8, method: section},
+        "algorithm": {
+            "name": method,
+            "local_epochs": 1,
+            "batch_size": 8,
+            section_name or method: section,
+        },
     }
