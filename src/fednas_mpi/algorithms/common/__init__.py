@@ -12,5 +12,7 @@
   child, training one path, folding subnet updates into the supernet;
 - ``policy``: REINFORCE on per-edge categorical policies;
 - ``server_opt``: FedAdam/FedYogi on the architecture logits, moments in the server state;
+- ``derived``: the evaluation recipe's training of a fixed network (random_nas, FedNAS's
+  retraining, FedMetaNAS's ``derived_training: sgd``) and the keys of that option;
 - ``fixed``: base of the fixed-architecture methods.
 """
