@@ -655,6 +655,11 @@ def main() -> None:
         help="run only these search-ladder rungs (round counts) of every setting's ladder",
     )
     p.add_argument(
+        "--methods",
+        nargs="+",
+        help="run only these search methods (or variants) of the protocol (default: all)",
+    )
+    p.add_argument(
         "--budgets",
         nargs="+",
         help="run only these extra evaluation budgets (by name: E24, L6, ...) beside the "
@@ -691,6 +696,12 @@ def main() -> None:
             ]
     if a.budgets:
         proto["only_budgets"] = list(a.budgets)
+    if a.methods:
+        missing = [m for m in a.methods if m not in proto["methods"]]
+        if missing:
+            have = list(proto["methods"])
+            raise SystemExit(f"unknown methods {missing}; the protocol has {have}")
+        proto["methods"] = {m: proto["methods"][m] for m in a.methods}
     if a.ladder:
         for st in proto["settings"].values():
             st["ladder"] = [r for r in st.get("ladder", [12]) if r in a.ladder]
