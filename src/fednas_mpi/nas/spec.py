@@ -49,50 +49,62 @@ class EdgeChoice:
     probability softmax(log alpha) over its edge when the derivation reports it; with
     the clients' dispersion (``prune_rule: z``) also ``margin_z``, the op's logit gap
     over the edge's runner-up in standard errors, and ``undecided``, whether that gap
-    lies inside the noise."""
+    lies inside the noise. A derivation by perturbation (``nas.perturbation``) writes
+    ``perturbation``: the accuracy ``drop`` and ``loss_rise`` when the op is removed
+    from the supernet's mixture, the ``runner_up`` op and its ``runner_up_drop`` (and,
+    for DARTS's sum, ``input_drop``: the drop when the whole edge is removed)."""
 
     op: str
     input: int
     p_op: float | None = None
     margin_z: float | None = None
     undecided: bool | None = None
+    perturbation: dict | None = None
 
     def to_dict(self) -> dict:
         d: dict = {"op": self.op, "input": self.input}
         if self.p_op is not None:
             d["p_op"] = self.p_op
-        return _with_margin(d, self.margin_z, self.undecided)
+        return _with_perturbation(_with_margin(d, self.margin_z, self.undecided), self.perturbation)
 
 
 @dataclass(frozen=True)
 class NodeGenotype:
     """A derived node: the edges it sums, and the probability of their combination
     (softmax(beta) over the node's combinations) where the derivation chose one; the
-    combination's ``margin_z`` and ``undecided`` as ``EdgeChoice``'s."""
+    combination's ``margin_z`` and ``undecided`` as ``EdgeChoice``'s; ``perturbation``
+    the decision on its inputs when a derivation by perturbation scored them."""
 
     inputs: list[EdgeChoice]
     p_combo: float | None = None
     margin_z: float | None = None
     undecided: bool | None = None
+    perturbation: dict | None = None
 
     def to_dict(self) -> dict:
         d: dict = {"inputs": [x.to_dict() for x in self.inputs]}
         if self.p_combo is not None:
             d["p_combo"] = self.p_combo
-        return _with_margin(d, self.margin_z, self.undecided)
+        return _with_perturbation(_with_margin(d, self.margin_z, self.undecided), self.perturbation)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> NodeGenotype:
         return cls(
             [
                 EdgeChoice(
-                    x["op"], int(x["input"]), x.get("p_op"), x.get("margin_z"), x.get("undecided")
+                    x["op"],
+                    int(x["input"]),
+                    x.get("p_op"),
+                    x.get("margin_z"),
+                    x.get("undecided"),
+                    x.get("perturbation"),
                 )
                 for x in d["inputs"]
             ],
             d.get("p_combo"),
             d.get("margin_z"),
             d.get("undecided"),
+            d.get("perturbation"),
         )
 
 
@@ -102,6 +114,14 @@ def _with_margin(d: dict, margin_z: float | None, undecided: bool | None) -> dic
     if undecided is not None:
         d["margin_z"] = margin_z
         d["undecided"] = undecided
+    return d
+
+
+def _with_perturbation(d: dict, perturbation: dict | None) -> dict:
+    """``d`` with a derivation by perturbation's log of the choice (additive, as the
+    margins)."""
+    if perturbation is not None:
+        d["perturbation"] = dict(perturbation)
     return d
 
 
