@@ -104,6 +104,7 @@ ALL_KEYS = [
             "derived_weight_decay",
             "prune_rule",
             "prune_z",
+            "derive_rule",
         )
     ),
     *(
@@ -115,6 +116,7 @@ ALL_KEYS = [
             "server_arch_lr",
             "server_arch_betas",
             "server_arch_tau",
+            "derive_rule",
             "search_rounds",
             "lr",
             "lr_min",

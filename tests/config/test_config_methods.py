@@ -267,7 +267,7 @@ def test_report_reads_an_old_style_stored_config_like_a_new_one():
     # old behaviour (run.test_subset 0: the whole test set; arch_update client: the
     # clients' own optimiser of the logits, the server_arch keys unread; prune_rule gap:
     # the fixed logit gap, prune_z unread; derived_training maml: Algorithm 1 goes on after
-    # the derivation, the recipe's keys unread)
+    # the derivation, the recipe's keys unread; derive_rule logits: the argmax of the logits)
     added = {
         "run.test_subset": 0,
         "algorithm.fedmetanas.arch_update": "client",
@@ -283,6 +283,7 @@ def test_report_reads_an_old_style_stored_config_like_a_new_one():
         "algorithm.fedmetanas.derived_lr_min": 0.001,
         "algorithm.fedmetanas.derived_momentum": 0.9,
         "algorithm.fedmetanas.derived_weight_decay": 3e-4,
+        "algorithm.fedmetanas.derive_rule": "logits",
     }
     assert {k: v for k, v in new.items() if k not in added} == config_mod.flatten(old)
     assert {k: new[k] for k in added} == added

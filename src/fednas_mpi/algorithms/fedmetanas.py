@@ -31,6 +31,12 @@ the server state: ``prune.struck.*``), and the derivation flags the choices it m
 the noise. Gaps and standard errors are read on the search's evidence (``nas.margins``:
 the clients' moves summed over the rounds, kept in ``prune.evidence.*``), in the clients'
 own units, so the rule means the same with and without ``arch_update: server``.
+
+``derive_rule: perturbation`` (``common.perturbation``, ``nas.perturbation``; DARTS-PT,
+Wang et al., ICLR 2021): the clients of the derivation round score the received supernet
+on their own eval splits with each live op, and each input combination, removed; the
+derivation keeps what hurts most when removed instead of the logits' argmax (one-shot:
+no re-tuning between decisions).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from .common import dispersion
 from .common.derived import DerivedTrainingConfig, recipe_epochs
 from .common.maml import MetaLearner, TaskLearner
 from .common.meta import MetaSearch
+from .common.perturbation import DeriveRuleConfig, PerturbationScoring
 from .common.pruning import (
     PruneRuleConfig,
     carried_strikes,
@@ -206,10 +213,13 @@ class MetaSearchConfig:
 
 
 @dataclass(kw_only=True)
-class FedMetaNASConfig(PruneRuleConfig, DerivedTrainingConfig, MetaSearchConfig, ServerArchConfig):
+class FedMetaNASConfig(
+    DeriveRuleConfig, PruneRuleConfig, DerivedTrainingConfig, MetaSearchConfig, ServerArchConfig
+):
     """FedMetaNAS: the local search, where its logits are optimised (``arch_update``),
-    how pruning decides (``prune_rule``) and how the derived network trains
-    (``derived_training``); the last two not wired into the meta variants."""
+    how pruning decides (``prune_rule``), how the derivation chooses (``derive_rule``)
+    and how the derived network trains (``derived_training``); the last three not wired
+    into the meta variants."""
 
     def cross_checks(self, cfg) -> list[str]:
         section = "algorithm.fedmetanas"
@@ -269,6 +279,7 @@ class FedMetaNAS(GumbelSupernetMethod):
         self.meta = MetaSearch(cfg)
         self.arch_opt = ServerArchOptimizer(cfg.algorithm.fedmetanas)
         self.z_rule = cfg.algorithm.fedmetanas.prune_rule == "z"
+        self.pt = PerturbationScoring(cfg.algorithm.fedmetanas, self.space)
 
     @property
     def search_rounds(self) -> int:
@@ -310,7 +321,8 @@ class FedMetaNAS(GumbelSupernetMethod):
         return self.z_rule and ArchSpec.of(spec).genotype is None
 
     def aux_shapes(self, model: GlobalModel) -> dict[str, tuple[int, ...]]:
-        return dispersion.aux_shapes(model.state) if self.measures_noise(model.spec) else {}
+        noise = dispersion.aux_shapes(model.state) if self.measures_noise(model.spec) else {}
+        return {**noise, **self.pt.aux_shapes(model.spec)}
 
     # ------------------------------------------------------------ client
     def learners(self, weights: list, arch: list, round_: int) -> tuple[TaskLearner, MetaLearner]:
@@ -324,6 +336,17 @@ class FedMetaNAS(GumbelSupernetMethod):
         net = self._net(model)
         if f.derived_training == "sgd" and self.stage(ctx.round) == "derived":
             return self._derived_sgd(net, data, ctx)
+        # derive_rule: perturbation: the derivation round's clients score the received
+        # supernet before their local steps (common.perturbation says why)
+        scores = self.pt.client_aux(
+            net,
+            model.spec,
+            data.eval_x,
+            data.eval_y,
+            float(data.num_train),
+            self.temperature(ctx.round),
+            ctx.round + 1 >= self.search_rounds,
+        )
         net.train()
         # The warm-up is deterministic: no Gumbel noise, every op in the same mixture.
         gumbel = (
@@ -357,7 +380,10 @@ class FedMetaNAS(GumbelSupernetMethod):
             state,
             weight,
             {"train_loss": q_sum / steps, "support_loss": s_sum / steps, "local_acc": local_acc},
-            aux=dispersion.client_aux(state, weight) if self.measures_noise(model.spec) else {},
+            aux={
+                **(dispersion.client_aux(state, weight) if self.measures_noise(model.spec) else {}),
+                **scores,
+            },
         )
 
     def _derived_sgd(self, net, data: ClientData, ctx: RoundContext) -> ClientResult:
@@ -407,6 +433,7 @@ class FedMetaNAS(GumbelSupernetMethod):
         lam = self.temperature(ctx.round)
         spec, arch = model.spec, ArchSpec.of(model.spec)
         server = {"temperature": torch.tensor(lam, dtype=torch.float64)}
+        averaged, scores = self.pt.split(averaged)
         evidence = None
         if self.measures_noise(spec):
             averaged, aux = dispersion.split(averaged)
@@ -433,7 +460,11 @@ class FedMetaNAS(GumbelSupernetMethod):
             else:
                 server.update(dispersion.evidence_entries(evidence))
         if arch.genotype is None:
-            if done >= self.search_rounds:
+            if done >= self.search_rounds and scores:
+                derived, picked = self.pt.derive(arch, averaged, scores, metrics["client_weight"])
+                spec = derived.to_dict()
+                metrics.update(picked)
+            elif done >= self.search_rounds:
                 spec = final_spec(self.space, arch, averaged, evidence, f.prune_z).to_dict()
                 if evidence is not None:
                     metrics.update(_undecided(ArchSpec.of(spec).genotype))

@@ -20,6 +20,11 @@ the k strongest inputs, per edge the strongest op other than ``none``), builds t
 discrete network and initialises it from scratch; the remaining rounds retrain it
 federatedly with plain SGD (FedAvg). The runtime records the supernet's accuracy
 before the switch and the pruned network's with the inherited weights (paper Table 3).
+
+``derive_rule: perturbation`` (``common.perturbation``; DARTS-PT, Wang et al., ICLR 2021):
+the last search round's clients score the received supernet on their eval splits with
+each live op, and each edge of each node's sum, removed; the derivation keeps per node
+the k inputs and per edge the op whose removal hurts most (one-shot).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.derived import recipe_epochs
 from .common.maml import clip_grad_norm
+from .common.perturbation import DeriveRuleConfig, PerturbationScoring
 from .common.schedules import cosine_lr
 from .common.server_opt import ServerArchConfig, ServerArchOptimizer
 from .common.supernet import SupernetMethod, state_of
@@ -45,8 +51,9 @@ from .common.training import evaluate, minibatches
 
 
 @dataclass(kw_only=True)
-class FedNASConfig(ServerArchConfig):
-    """FedNAS's keys, and where its alphas are optimised (``arch_update``)."""
+class FedNASConfig(DeriveRuleConfig, ServerArchConfig):
+    """FedNAS's keys, where its alphas are optimised (``arch_update``) and how the
+    derivation chooses (``derive_rule``)."""
 
     search_rounds: int = option(
         0,
@@ -140,11 +147,15 @@ class FedNAS(SupernetMethod):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         self.arch_opt = ServerArchOptimizer(cfg.algorithm.fednas)
+        self.pt = PerturbationScoring(cfg.algorithm.fednas, self.space)
 
     def init_global(self) -> GlobalModel:
         model = super().init_global()
         model.server_state.update(self.arch_opt.init_state(model.state))
         return model
+
+    def aux_shapes(self, model: GlobalModel) -> dict[str, tuple[int, ...]]:
+        return self.pt.aux_shapes(model.spec)
 
     @property
     def search_rounds(self) -> int:
@@ -167,6 +178,12 @@ class FedNAS(SupernetMethod):
         self, model: GlobalModel, data: ClientData, ctx: RoundContext, client_state: State | None
     ) -> ClientResult:
         net = self._net(model)
+        # derive_rule: perturbation: the last search round's clients score the received
+        # supernet before their local steps (common.perturbation says why)
+        due = ctx.stage == "search" and ctx.round + 1 == self.search_rounds
+        scores = self.pt.client_aux(
+            net, model.spec, data.eval_x, data.eval_y, float(data.num_train), 1.0, due
+        )
         net.set_sampling(1.0, None)  # plain softmax(alpha): no Gumbel noise
         net.train()
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "fednas.batches")
@@ -194,6 +211,7 @@ class FedNAS(SupernetMethod):
             state_of(net),
             float(data.num_train),
             {"train_loss": train_loss, "val_loss": val_loss, "local_acc": local_acc},
+            aux=scores,
         )
 
     def _search(self, net, data: ClientData, ctx: RoundContext, g: torch.Generator):
@@ -243,6 +261,7 @@ class FedNAS(SupernetMethod):
     def server_step(
         self, model: GlobalModel, averaged: State, metrics: dict[str, float], ctx: RoundContext
     ) -> GlobalModel:
+        averaged, scores = self.pt.split(averaged)
         spec, state, server = model.spec, averaged, model.server_state
         if self.arch_opt.on and ctx.stage == "search":
             # FedAdam/FedYogi on the averaged change of the alphas; the derivation reads
@@ -251,7 +270,12 @@ class FedNAS(SupernetMethod):
             server = {**server, **moments}
             metrics.update(moved)
         if ctx.stage == "search" and ctx.round + 1 == self.search_rounds:
-            spec = darts_spec(self.space, ArchSpec.of(spec), state).to_dict()
+            if scores:
+                derived, picked = self.pt.derive(spec, state, scores, metrics["client_weight"])
+                spec = derived.to_dict()
+                metrics.update(picked)
+            else:
+                spec = darts_spec(self.space, ArchSpec.of(spec), state).to_dict()
             # Retraining starts from scratch: a fresh, seeded initialisation.
             state = state_of(self.fresh(spec, "fednas.retrain.init"))
         metrics.update(lr=self.lr(ctx.round), **self.arch_metrics(spec, state, 1.0))

@@ -21,6 +21,7 @@ from ...nas.space import entropy
 from ...seeding import SERVER, SETUP, derive_seed
 from ..base import Algorithm, GlobalModel
 from .dispersion import PREFIX as NOISE_PREFIX
+from .perturbation import PREFIX as PT_PREFIX
 from .training import evaluate
 
 
@@ -98,8 +99,11 @@ class SupernetMethod(Algorithm):
     def _net(self, model: GlobalModel) -> SearchNetwork:
         net = self.build(model.spec)
         # The runtime's model "before" an architecture change is the raw average, which
-        # also carries the round's dispersion sums (``prune_rule: z``): not weights.
-        state = {k: v for k, v in model.state.items() if not k.startswith(NOISE_PREFIX)}
+        # also carries the round's dispersion sums (``prune_rule: z``) and perturbation
+        # scores (``derive_rule: perturbation``): not weights.
+        state = {
+            k: v for k, v in model.state.items() if not k.startswith((NOISE_PREFIX, PT_PREFIX))
+        }
         missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(
