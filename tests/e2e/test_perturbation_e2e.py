@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers import darts_e2e_config, launch, run_per_rank_count
 
+from fednas_mpi.cli import main
 from fednas_mpi.nas import Genotype
 from fednas_mpi.store import list_checkpoints, read_checkpoint
 
@@ -40,7 +41,7 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", sorted(CONFIGS))
-def test_rank_counts_agree_and_the_choices_are_logged(runs, method):
+def test_rank_counts_agree_and_the_choices_are_logged(runs, method, capsys):
     dirs = runs[method]
     a = read_checkpoint(list_checkpoints(dirs[1])[-1][1])
     b = read_checkpoint(list_checkpoints(dirs[2])[-1][1])
@@ -62,6 +63,14 @@ def test_rank_counts_agree_and_the_choices_are_logged(runs, method):
     on_disk = json.loads((dirs[1] / "genotype.json").read_text())
     assert on_disk == a.spec["genotype"]
     assert "perturbation" in on_disk["normal"]["nodes"][0]["inputs"][0]
+    # inspect lists every choice with its drop and the runner-up's
+    assert main(["inspect", str(dirs[1]), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["summary"]["by_perturbation"] == genotype.by_perturbation
+    assert len(genotype.by_perturbation) >= len(chosen)
+    assert main(["inspect", str(dirs[1])]) == 0
+    out = capsys.readouterr().out
+    assert "perturbed   " in out and all(line in out for line in genotype.by_perturbation)
 
 
 def test_fedmetanas_resumes_the_derivation_round_bit_for_bit(runs, tmp_path):

@@ -148,6 +148,11 @@ def test_the_spec_and_genotype_json_carry_the_log():
     assert back.to_dict() == d
     first = d["genotype"]["normal"]["nodes"][0]["inputs"][0]
     assert first["op"] == PRIMS[best[0]] and first["perturbation"]["drop"] == 0.2
+    # inspect's lines: every chosen input and every scored node, drops in points
+    lines = derived.genotype.by_perturbation
+    assert lines[0] == "normal s2 <- s0: sep_conv_3x3 drop 20 (runner-up skip_connect 2)"
+    assert "normal s3: inputs s0, s1 drop 5 (runner-up s1, s2 2)" in lines
+    assert len(lines) == 2 * (4 + 1)
     # a genotype without the log writes what it always did
     plain = Genotype.from_dict({c: {"nodes": [], "concat": [2]} for c in CELL_TYPES})
-    assert "perturbation" not in str(plain.to_dict())
+    assert "perturbation" not in str(plain.to_dict()) and plain.by_perturbation == []

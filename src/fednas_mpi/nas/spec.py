@@ -181,6 +181,38 @@ class Genotype:
                 ]
         return out
 
+    @property
+    def by_perturbation(self) -> list[str]:
+        """The choices a derivation by perturbation made, one line each with its accuracy
+        drop and the runner-up's, in points: ``normal s3 <- s0: sep_conv_3x3 drop 4.1
+        (runner-up skip_connect 1.2)``; a node's inputs as ``normal s3: inputs s0, s2
+        drop 2 (runner-up s1, s2 0.5)``. Empty for a derivation by the logits."""
+
+        def pts(d: float | None) -> str:
+            return "-" if d is None else f"{100 * d:.3g}"
+
+        def rival(p: dict) -> str:
+            r = p.get("runner_up")
+            name = ", ".join(r) if isinstance(r, list) else (r or "none")
+            return f"(runner-up {name} {pts(p.get('runner_up_drop'))})"
+
+        out = []
+        for c in CELL_TYPES:
+            for j, n in enumerate(self.cells.get(c, CellGenotype([], [])).nodes):
+                if n.perturbation and "drop" in n.perturbation:
+                    ins = ", ".join(f"s{x.input}" for x in n.inputs)
+                    out.append(
+                        f"{c} s{j + 2}: inputs {ins} drop {pts(n.perturbation['drop'])} "
+                        f"{rival(n.perturbation)}"
+                    )
+                out += [
+                    f"{c} s{j + 2} <- s{x.input}: {x.op} drop {pts(x.perturbation['drop'])} "
+                    f"{rival(x.perturbation)}"
+                    for x in n.inputs
+                    if x.perturbation
+                ]
+        return out
+
     def to_dict(self) -> dict:
         """``{"normal": cell, "reduce": cell, "text": ...}`` (genotype.json's form)."""
         return {**{c: g.to_dict() for c, g in self.cells.items()}, "text": self.text}

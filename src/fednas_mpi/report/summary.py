@@ -130,6 +130,8 @@ def summary(run: Run) -> dict:
         "genotype_text": None if genotype is None else genotype.text,
         # choices the derivation made inside the clients' noise (prune_rule: z)
         "undecided": (genotype.undecided or None) if genotype is not None else None,
+        # the choices of a derivation by perturbation, with their drops (derive_rule)
+        "by_perturbation": (genotype.by_perturbation or None) if genotype is not None else None,
         "client_subnets": len(run.client_subnets) or None,
         "distinct_client_subnets": len(
             {json.dumps(v, sort_keys=True) for v in run.client_subnets.values()}
@@ -261,6 +263,7 @@ def summary_row(s: dict) -> dict:
     for part, t in s["time_parts"].items():
         row[f"time_{part}"] = t
     row["undecided"] = "; ".join(s["undecided"]) if s["undecided"] else None
+    row["by_perturbation"] = "; ".join(s["by_perturbation"]) if s["by_perturbation"] else None
     change = s["arch_change"] or {}
     row["arch_change_round"] = change.get("round")
     row["acc_before_change"] = change.get("acc_before")
@@ -342,6 +345,9 @@ def summary_text(s: dict) -> str:
         if s["undecided"]:
             lines.append(f"undecided   {s['undecided'][0]}")
             lines += [f"            {t}" for t in s["undecided"][1:]]
+        if s["by_perturbation"]:  # drops in accuracy points
+            lines.append(f"perturbed   {s['by_perturbation'][0]}")
+            lines += [f"            {t}" for t in s["by_perturbation"][1:]]
     elif s["client_subnets"]:
         lines.append(
             f"subnets     one per client: {s['client_subnets']} clients, "
