@@ -148,7 +148,10 @@ class PerturbationScoring:
 
     @staticmethod
     def split(averaged: Mapping[str, torch.Tensor]) -> tuple[State, State]:
-        """(the averaged state without this channel's entries, the entries)."""
+        """(the averaged state without this channel's entries, the entries); ``averaged``
+        itself when it holds none (the rule off, or after the derivation)."""
+        if not any(k.startswith(PREFIX) for k in averaged):
+            return averaged, {}
         state = {k: v for k, v in averaged.items() if not k.startswith(PREFIX)}
         return state, {k: v for k, v in averaged.items() if k.startswith(PREFIX)}
 
