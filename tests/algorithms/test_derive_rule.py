@@ -230,6 +230,16 @@ def test_bad_derive_rules_are_refused_with_the_key(method):
                     "algorithm": {"name": method, method: {"derive_rule": bad}},
                 }
             )
+    # no eval split to score on
+    for partition in ({"eval_fraction": 0.0}, {"train_size": 40, "eval_size": 0}):
+        with pytest.raises(ConfigError, match=f"algorithm.{method}.derive_rule = perturbation"):
+            from_dict(
+                {
+                    "model": {"name": "darts"},
+                    "partition": partition,
+                    "algorithm": {"name": method, method: {"derive_rule": "perturbation"}},
+                }
+            )
     # a method that does not read it refuses the key too
     with pytest.raises(ConfigError, match="derive_rule"):
         from_dict(

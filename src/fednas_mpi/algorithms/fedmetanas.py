@@ -237,7 +237,12 @@ class MetaSearchArchConfig(MetaSearchConfig, ServerArchConfig):
     steps its global logits (``arch_update``; its personalised logits stay the clients')."""
 
     def cross_checks(self, cfg) -> list[str]:
-        return super().cross_checks(cfg) + self.server_arch_problems("algorithm.fedmetanas")
+        section = "algorithm.fedmetanas"
+        return (
+            super().cross_checks(cfg)
+            + self.server_arch_problems(section)
+            + self.derive_rule_problems(cfg, section)
+        )
 
 
 @dataclass(kw_only=True)

@@ -107,6 +107,7 @@ class FedNASConfig(DeriveRuleConfig, ServerArchConfig):
         """Problems of this section against the rest of the run's config."""
         rounds = cfg.run.rounds
         problems = self.server_arch_problems("algorithm.fednas")
+        problems += self.derive_rule_problems(cfg, "algorithm.fednas")
         if rounds < 2:
             return problems + [
                 f"run.rounds = {rounds}: fednas needs at least 2 rounds (search, then "

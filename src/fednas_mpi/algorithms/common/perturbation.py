@@ -27,8 +27,9 @@ a few hundred float64 per round), and scored only in that round.
 Cost. One forward over the client's eval split per (cell type, edge, live op other than
 ``none``) and per (cell type, input entry), in ``torch.no_grad`` and eval mode (batch
 statistics, as every evaluation here), plus the unperturbed baseline: at the CPU
-configs' 3-node cells 2 x (9 x 7 + 10) + 1 = 147 passes at most (FedMetaNAS; its pruning
-usually leaves far fewer ops), 2 x (9 x 7 + 9) + 1 = 145 for FedNAS, on 100 eval images.
+configs' 3-node cells 2 x (9 x 7 + 9) + 1 = 145 passes at most (FedNAS always; FedMetaNAS
+before any pruning, which usually leaves far fewer ops), on 100 eval images: about a
+minute per client on a busy 2-core machine, once per run.
 
 Simplifications of DARTS-PT, all for cost. One-shot: Wang et al. decide one edge at a
 time and fine-tune the supernet for a few epochs between decisions (progressive); here
@@ -76,6 +77,18 @@ class DeriveRuleConfig:
         "then loss, then logit). One-shot (no re-tuning between decisions); each choice's "
         "drop and runner-up go to genotype.json.",
     )
+
+    def derive_rule_problems(self, cfg, section: str) -> list[str]:
+        """Problems of this key against the run's config, named under ``section``: the
+        perturbation rule scores on the clients' eval splits, so they must hold images."""
+        p = cfg.partition
+        empty = p.eval_size == 0 if p.train_size > 0 else p.eval_fraction == 0.0
+        if self.derive_rule == "perturbation" and empty:
+            return [
+                f"{section}.derive_rule = perturbation: the clients have no eval split to "
+                f"score on (partition.eval_size / partition.eval_fraction is 0)"
+            ]
+        return []
 
 
 def _real_ops(space: CellSpace, op_mask: torch.Tensor) -> list[tuple[int, int]]:
