@@ -228,6 +228,7 @@ class FedMetaNASConfig(
             super().cross_checks(cfg)
             + self.server_arch_problems(section)
             + self.derived_problems(section, first, cfg.run.rounds)
+            + self.derive_rule_problems(cfg, section)
         )
 
 
@@ -237,12 +238,7 @@ class MetaSearchArchConfig(MetaSearchConfig, ServerArchConfig):
     steps its global logits (``arch_update``; its personalised logits stay the clients')."""
 
     def cross_checks(self, cfg) -> list[str]:
-        section = "algorithm.fedmetanas"
-        return (
-            super().cross_checks(cfg)
-            + self.server_arch_problems(section)
-            + self.derive_rule_problems(cfg, section)
-        )
+        return super().cross_checks(cfg) + self.server_arch_problems("algorithm.fedmetanas")
 
 
 @dataclass(kw_only=True)
