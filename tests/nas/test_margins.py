@@ -263,3 +263,41 @@ def test_margin_is_none_without_a_rival_and_uses_the_cross_term():
     # the evidence may favour the rival: a negative margin, undecided
     gap, _ = margin(torch.tensor([0.2, 0.5]), cov, torch.tensor([True, True]), 0)
     assert gap == pytest.approx(-0.3)
+
+
+def _pure_noise_removals(z: float, trials: int = 150, rounds: int = 12) -> float:
+    """The share of ops the z rule removes from rows whose clients' moves are pure noise
+    (each round's mean move N(0, 1) per op, independent, as the dispersion says), checked
+    after every round from the third on."""
+    g = torch.Generator().manual_seed(1)
+    ops_n = len(SPACE.primitives)
+    var = torch.eye(ops_n, dtype=torch.float64).expand(SPACE.num_edges, ops_n, ops_n) * 4.0
+    noise = Dispersion(var, torch.zeros(SPACE.num_combos, SPACE.num_combos), 5.0)  # mean: 1
+    removed = 0
+    for _ in range(trials):
+        ev = Evidence.zeros(SPACE.num_edges, ops_n, SPACE.num_combos)
+        ops, combos = SPACE.full_masks()
+        struck = _all(False)
+        for r in range(rounds):
+            move = torch.randn(SPACE.num_edges, ops_n, generator=g, dtype=torch.float64)
+            ev = ev.add(move, torch.zeros(SPACE.num_combos), noise)
+            if r < 2:
+                continue
+            res = prune_z(
+                SPACE, ev.alpha, ev.beta, ev, ops, combos, struck, [False] * len(combos), z
+            )
+            ops, struck = res.pruned.ops, res.op_struck
+        removed += sum(not x for row in ops for x in row)
+    return removed / (trials * SPACE.num_edges * ops_n)
+
+
+def test_pure_noise_false_removals_at_the_default_z_and_at_3():
+    # Known and documented: the rule compares each op with its row's observed best (the
+    # maximum of 8 noisy sums, biased upwards) and checks the same cumulative evidence
+    # every round, so at z = 2 a noise-only search loses about a fifth of its ops by the
+    # twelfth round; z = 3 keeps that near 1-2 %. (Each removal still had its gap beyond z
+    # standard errors at two checks: the rule is what the issue asks; its error rate on
+    # noise is what this test pins.)
+    at2, at3 = _pure_noise_removals(2.0), _pure_noise_removals(3.0)
+    assert 0.08 < at2 < 0.3
+    assert at3 < 0.04
