@@ -31,6 +31,7 @@ from ..nas.single_path import path_forward, sample_choices
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.maml import clip_present
+from .common.steploop import step_loop
 from .common.server_opt import ServerArchConfig, ServerArchOptimizer
 from .common.subnet import SinglePathMethod
 from .common.supernet import state_of
@@ -116,13 +117,14 @@ class FedDSNAS(SinglePathMethod):
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "feddsnas.batches")
         g_noise = torch_rng(ctx.seed, ctx.round, data.client_id, "feddsnas.gumbel")
         total, count = 0.0, 0
-        for _ in range(a.local_epochs):
-            for idx in minibatches(data.num_train, a.batch_size, g):
-                xb = data.train_x[idx]
-                if data.augment is not None:
-                    xb = data.augment(xb, g)
-                loss = dsnas_step(net, xb, data.train_y[idx], w_opt, a_opt, g_noise, f.grad_clip)
-                total, count = total + loss * len(idx), count + len(idx)
+        with step_loop():
+            for _ in range(a.local_epochs):
+                for idx in minibatches(data.num_train, a.batch_size, g):
+                    xb = data.train_x[idx]
+                    if data.augment is not None:
+                        xb = data.augment(xb, g)
+                    loss = dsnas_step(net, xb, data.train_y[idx], w_opt, a_opt, g_noise, f.grad_clip)
+                    total, count = total + loss * len(idx), count + len(idx)
         local_acc = float("nan")
         if ctx.is_due(f.local_eval_every):
             _, local_acc = evaluate(self.argmax_model(net), data.eval_x, data.eval_y)

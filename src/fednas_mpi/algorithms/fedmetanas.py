@@ -48,6 +48,7 @@ from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common import dispersion
 from .common.maml import MetaLearner, TaskLearner
+from .common.steploop import step_loop
 from .common.meta import MetaSearch
 from .common.pruning import (
     PruneRuleConfig,
@@ -299,12 +300,13 @@ class FedMetaNAS(GumbelSupernetMethod):
 
         s_sum = q_sum = 0.0
         steps = 0
-        for _ in range(a.local_epochs):
-            for s_idx, q_idx in task_pairs(len(y), a.batch_size, f.tasks_per_epoch, g_tasks):
-                xs, ys = batch(s_idx)
-                xq, yq = batch(q_idx)
-                s_loss, q_loss = meta.step(task, _loss(net, xs, ys), _loss(net, xq, yq))
-                s_sum, q_sum, steps = s_sum + s_loss, q_sum + q_loss, steps + 1
+        with step_loop():
+            for _ in range(a.local_epochs):
+                for s_idx, q_idx in task_pairs(len(y), a.batch_size, f.tasks_per_epoch, g_tasks):
+                    xs, ys = batch(s_idx)
+                    xq, yq = batch(q_idx)
+                    s_loss, q_loss = meta.step(task, _loss(net, xs, ys), _loss(net, xq, yq))
+                    s_sum, q_sum, steps = s_sum + s_loss, q_sum + q_loss, steps + 1
         local_acc = float("nan")
         if ctx.is_due(f.local_eval_every):
             _, local_acc = evaluate(net, data.eval_x, data.eval_y)

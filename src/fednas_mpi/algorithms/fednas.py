@@ -37,6 +37,7 @@ from ..nas import ArchSpec, darts_spec
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.maml import clip_grad_norm
+from .common.steploop import step_loop
 from .common.schedules import cosine_lr
 from .common.server_opt import ServerArchConfig, ServerArchOptimizer
 from .common.supernet import SupernetMethod, state_of
@@ -209,24 +210,25 @@ class FedNAS(SupernetMethod):
         tr, va = perm[:half], perm[half:] if data.num_train > 1 else perm
         t_sum = v_sum = 0.0
         steps = 0
-        for _ in range(a.local_epochs):
-            val_batches = minibatches(len(va), a.batch_size, g)
-            for i, bt in enumerate(minibatches(len(tr), a.batch_size, g)):
-                bv = val_batches[i % len(val_batches)]
-                xt, yt = self._batch(data, tr[bt], g)
-                xv, yv = self._batch(data, va[bv], g)
-                loss_t = F.cross_entropy(net(xt), yt)
-                loss_v = F.cross_entropy(net(xv), yv)
-                gw, ga = milenas_grads(loss_t, loss_v, weights, arch, f.milenas_lambda)
-                if f.grad_clip > 0:
-                    clip_grad_norm(gw, f.grad_clip)
-                for p, gr in zip(weights, gw):
-                    p.grad = gr
-                for p, gr in zip(arch, ga):
-                    p.grad = gr
-                a_opt.step()
-                w_opt.step()
-                t_sum, v_sum, steps = t_sum + loss_t.item(), v_sum + loss_v.item(), steps + 1
+        with step_loop():
+            for _ in range(a.local_epochs):
+                val_batches = minibatches(len(va), a.batch_size, g)
+                for i, bt in enumerate(minibatches(len(tr), a.batch_size, g)):
+                    bv = val_batches[i % len(val_batches)]
+                    xt, yt = self._batch(data, tr[bt], g)
+                    xv, yv = self._batch(data, va[bv], g)
+                    loss_t = F.cross_entropy(net(xt), yt)
+                    loss_v = F.cross_entropy(net(xv), yv)
+                    gw, ga = milenas_grads(loss_t, loss_v, weights, arch, f.milenas_lambda)
+                    if f.grad_clip > 0:
+                        clip_grad_norm(gw, f.grad_clip)
+                    for p, gr in zip(weights, gw):
+                        p.grad = gr
+                    for p, gr in zip(arch, ga):
+                        p.grad = gr
+                    a_opt.step()
+                    w_opt.step()
+                    t_sum, v_sum, steps = t_sum + loss_t.item(), v_sum + loss_v.item(), steps + 1
         return t_sum / steps, v_sum / steps
 
     @staticmethod
