@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Protocol
 
+import torch
+
 
 class Watcher(Protocol):
     def loop(self) -> AbstractContextManager: ...
@@ -57,3 +59,20 @@ def watching(watcher: Watcher) -> Iterator[Watcher]:
         yield watcher
     finally:
         _watchers.remove(watcher)
+
+
+class DeviceSums:
+    """Running sums of per-step values (losses), kept on the device in float64 - the
+    arithmetic the host did on ``float(loss)`` - and read once after the loop."""
+
+    def __init__(self, n: int, device: torch.device | str):
+        self.total = torch.zeros(n, dtype=torch.float64, device=device)
+
+    def add(self, *values: torch.Tensor, weight: int | float = 1) -> None:
+        """Add ``values`` (0-dim tensors) times ``weight`` (the same product the host
+        formed when ``weight`` is not 1)."""
+        step = torch.stack([v.detach() for v in values]).double()
+        self.total += step if weight == 1 else step * weight
+
+    def read(self) -> list[float]:
+        return self.total.tolist()
