@@ -31,7 +31,7 @@ from ..nas.mixing import gumbel_noise
 from ..nas.single_path import path_forward, sample_choices
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .common.maml import clip_present
+from .common.maml import clip_present, foreach
 from .common.server_opt import ServerArchConfig, ServerArchOptimizer
 from .common.steploop import DeviceSums, host_read, step_loop
 from .common.streams import BatchStream, GumbelStream
@@ -116,6 +116,7 @@ class FedDSNAS(SinglePathMethod):
             a_opt = torch.optim.Adam(
                 arch, lr=f.arch_lr, betas=tuple(f.arch_betas), weight_decay=f.arch_weight_decay
             )
+        foreach(w_opt, a_opt)
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "feddsnas.batches")
         g_noise = torch_rng(ctx.seed, ctx.round, data.client_id, "feddsnas.gumbel")
         # every draw staged before the loop, in the loop's order (``common.streams``)

@@ -36,7 +36,7 @@ from ..flat import State
 from ..nas import ArchSpec, darts_spec
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .common.maml import clip_grad_norm
+from .common.maml import clip_grad_norm, foreach
 from .common.schedules import cosine_lr
 from .common.server_opt import ServerArchConfig, ServerArchOptimizer
 from .common.steploop import DeviceSums, step_loop
@@ -204,6 +204,7 @@ class FedNAS(SupernetMethod):
             a_opt = torch.optim.Adam(
                 arch, lr=f.arch_lr, betas=tuple(f.arch_betas), weight_decay=f.arch_weight_decay
             )
+        foreach(w_opt, a_opt)
         # The validation half comes from the client's own data, never the server's test set.
         perm = torch.randperm(data.num_train, generator=g)
         half = max(1, data.num_train // 2)
