@@ -3,6 +3,7 @@ process, one thread (issue 17).
 
     python bench/supernet.py [--reps 15] [--configs CFG ...] [--dead 0 0.5 0.9]
                              [--client-update] [--profile] [--json OUT]
+                             [--device cpu|cuda] [--preset paper] [--warmup 3]
 
 For each config (default: the CPU FedMetaNAS and FedNAS configs of digits and
 Fashion-MNIST) and each fraction of dead ops (random op masks, seeded, at least one real
@@ -19,6 +20,13 @@ final derivation). ``--client-update`` also times one whole FedMetaNAS
 ``client_update`` (the method's loop) per path. ``--profile`` prints the top ops by
 self CPU time of both paths' steps (no dead ops). The fused mixing kernels are used when they load
 (``kernels.backend: auto``, the default).
+
+``--device cuda`` times the steps on the GPU: each step between two CUDA events, its time
+read after the end event has completed (the mix share, a CPU profile, is left out there).
+``--preset paper`` is the paper's shape (issue 27): the paper configs of FedMetaNAS and
+FedNAS on CIFAR-10 (DARTS C=16, 8 cells, 4 nodes, batch 64) on a seeded random 3x32x32
+batch of 10 classes, so no dataset is needed; on the CPU run it with ``--reps 1
+--warmup 1`` (seconds per step).
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ CONFIGS = [
     "configs/cpu/digits/fednas.yaml",
 ]
 PATHS = ("reference", "grouped")
+CPU = torch.device("cpu")
+PRESETS = {"paper": ["configs/paper/cifar10/fedmetanas.yaml", "configs/paper/cifar10/fednas.yaml"]}
 
 
 def dead_masks(algo, dead: float, seed: int = 0) -> tuple[dict, float]:
@@ -107,12 +117,12 @@ def saved_bytes(net, x, y) -> int:
     return total
 
 
-def mix_share(step, path: str) -> float:
-    """Profiler time of the mix (forward and backward) over the step's."""
+def mix_share(step, path: str, n: int = 3) -> float:
+    """Profiler time of the mix (forward and backward) over the step's, over ``n`` steps."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for _ in range(3):
+        for _ in range(n):
             step()
     ev = prof.key_averages(group_by_input_shape=True)
     total = sum(e.self_cpu_time_total for e in ev)
@@ -130,25 +140,62 @@ def mix_share(step, path: str) -> float:
     return mix / total
 
 
-def time_steps(steps: dict, reps: int) -> dict[str, list[float]]:
+def timed(step, device: torch.device) -> float:
+    """Seconds one call of ``step`` takes: wall time on the CPU; on a GPU the time between
+    two CUDA events around it, read once the end event has completed."""
+    if device.type != "cuda":
+        t = time.perf_counter()
+        step()
+        return time.perf_counter() - t
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    step()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def time_steps(steps: dict, reps: int, device: torch.device, warmup: int = 3):
     times = {p: [] for p in steps}
     for p in steps:  # warm-up (plans, allocator)
-        for _ in range(3):
+        for _ in range(warmup):
             steps[p]()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the warm-up's queued work is not timed
     for _ in range(reps):
         for p, step in steps.items():  # alternate, so drifting load hits both
-            t = time.perf_counter()
-            step()
-            times[p].append(time.perf_counter() - t)
+            times[p].append(timed(step, device))
     return times
 
 
-def bench_config(path: str, reps: int, deads: list, profile: bool) -> list[dict]:
+def synthetic(cfg, algo, seed: int = 0):
+    """A seeded random batch of the config's batch size and the method's input shape."""
+    g = torch.Generator().manual_seed(seed)
+    b, shape = cfg.algorithm.batch_size, algo.info.input_shape
+    x = torch.randn(b, *shape, generator=g)
+    return x, torch.randint(0, algo.info.num_classes, (b,), generator=g)
+
+
+def bench_config(
+    path: str,
+    reps: int,
+    deads: list,
+    profile: bool,
+    device: torch.device = CPU,
+    preset: str | None = None,
+    warmup: int = 3,
+) -> list[dict]:
     cfg = load_run(ROOT / path)
-    ds = load_dataset(cfg.data, cfg.run.seed)
-    algo = get_algorithm(cfg.algorithm.name)(cfg, DataInfo(ds.input_shape, ds.num_classes))
     b = cfg.algorithm.batch_size
-    x, y = ds.train_x[:b].contiguous(), ds.train_y[:b]
+    if preset:  # the paper's 32x32 RGB images, 10 classes, without the dataset
+        algo = get_algorithm(cfg.algorithm.name)(cfg, DataInfo((3, 32, 32), 10))
+        x, y = synthetic(cfg, algo)
+    else:
+        ds = load_dataset(cfg.data, cfg.run.seed)
+        algo = get_algorithm(cfg.algorithm.name)(cfg, DataInfo(ds.input_shape, ds.num_classes))
+        x, y = ds.train_x[:b].contiguous(), ds.train_y[:b]
+    algo.device = device
+    x, y = x.to(device), y.to(device)
     gumbel = cfg.algorithm.name != "fednas"
     rows = []
     for dead in deads:
@@ -162,13 +209,14 @@ def bench_config(path: str, reps: int, deads: list, profile: bool) -> list[dict]
             net.set_execution(p)
             net.train()
         steps = {p: client_step(algo, nets[p], x, y, gumbel) for p in PATHS}
-        times = time_steps(steps, reps)
+        times = time_steps(steps, reps, device, warmup)
         row = {
             "config": path,
+            "device": str(device),
             "dead": frac if isinstance(frac, str) else round(frac, 3),
             "weights": sum(p.numel() for p in nets["reference"].weight_parameters()),
             "batch": b,
-            "input": list(ds.input_shape),
+            "input": list(x.shape[1:]),
         }
         for p in PATHS:
             med = statistics.median(times[p])
@@ -177,7 +225,10 @@ def bench_config(path: str, reps: int, deads: list, profile: bool) -> list[dict]
                 "min_ms": 1e3 * min(times[p]),
                 "images_per_s": b / med,
                 "saved_MB": saved_bytes(nets[p], x, y) / 2**20,
-                "mix_share": mix_share(steps[p], p),
+                # a CPU profile: it says nothing of a GPU step
+                "mix_share": mix_share(steps[p], p, min(3, reps))
+                if device.type == "cpu"
+                else float("nan"),
             }
         row["speedup"] = row["reference"]["median_ms"] / row["grouped"]["median_ms"]
         rows.append(row)
@@ -252,13 +303,27 @@ def main() -> None:
     ap.add_argument("--client-update", action="store_true")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (CUDA-event timing)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="replaces --configs")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per path first")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device")
+    if args.preset and args.client_update:
+        ap.error("--client-update needs a config's dataset; not with --preset")
     torch.set_num_threads(1)
     print(
-        f"torch {torch.__version__}, 1 thread, mixing kernels: {kernels.configure('auto').backend}"
+        f"torch {torch.__version__}, 1 thread, device {device}, mixing kernels: "
+        f"{kernels.configure('auto').backend}"
     )
     deads = [*args.dead, *(["derived"] if args.derived else [])]
-    rows = [r for c in args.configs for r in bench_config(c, args.reps, deads, args.profile)]
+    configs = PRESETS[args.preset] if args.preset else args.configs
+    rows = [
+        r
+        for c in configs
+        for r in bench_config(c, args.reps, deads, args.profile, device, args.preset, args.warmup)
+    ]
     updates = []
     if args.client_update:
         updates = [bench_client_update(c) for c in args.configs if "fedmetanas" in c]

@@ -496,12 +496,13 @@ def test_temperature_annealing_and_architecture_warmup(monkeypatch):
     ref, _, _ = _reference_client(cfg, gm, data, _ctx(cfg, 0), 1.0)
     for k, v in ref.items():
         torch.testing.assert_close(warm.state[k], v, rtol=1e-4, atol=1e-5, msg=k)
-    # the warm-up is deterministic: no Gumbel noise is drawn in it, only after it
-    import fednas_mpi.nas.network as network
+    # the warm-up is deterministic: no Gumbel noise is drawn in it, only after it (staged
+    # before the step loop: common.streams)
+    import fednas_mpi.algorithms.common.streams as streams
 
     draws = []
-    real = network.gumbel_noise
-    monkeypatch.setattr(network, "gumbel_noise", lambda *a, **k: draws.append(1) or real(*a, **k))
+    real = streams.gumbel_noise
+    monkeypatch.setattr(streams, "gumbel_noise", lambda *a, **k: draws.append(1) or real(*a, **k))
     algo.client_update(gm, data, _ctx(cfg, 0), None)
     assert not draws
     later = algo.client_update(gm, data, _ctx(cfg, 2), None)

@@ -18,6 +18,7 @@ accuracy of every round is that argmax child's, with the current averaged weight
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +31,10 @@ from ..nas.mixing import gumbel_noise
 from ..nas.single_path import path_forward, sample_choices
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .common.maml import clip_present
+from .common.maml import clip_present, foreach
 from .common.server_opt import ServerArchConfig, ServerArchOptimizer
+from .common.steploop import DeviceSums, host_read, step_loop
+from .common.streams import BatchStream, GumbelStream
 from .common.subnet import SinglePathMethod
 from .common.supernet import state_of
 from .common.training import evaluate, minibatches
@@ -113,16 +116,25 @@ class FedDSNAS(SinglePathMethod):
             a_opt = torch.optim.Adam(
                 arch, lr=f.arch_lr, betas=tuple(f.arch_betas), weight_decay=f.arch_weight_decay
             )
+        foreach(w_opt, a_opt)
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "feddsnas.batches")
         g_noise = torch_rng(ctx.seed, ctx.round, data.client_id, "feddsnas.gumbel")
-        total, count = 0.0, 0
+        # every draw staged before the loop, in the loop's order (``common.streams``)
+        batches = BatchStream(data.train_x, data.train_y, data.augment)
         for _ in range(a.local_epochs):
             for idx in minibatches(data.num_train, a.batch_size, g):
-                xb = data.train_x[idx]
-                if data.augment is not None:
-                    xb = data.augment(xb, g)
-                loss = dsnas_step(net, xb, data.train_y[idx], w_opt, a_opt, g_noise, f.grad_clip)
-                total, count = total + loss * len(idx), count + len(idx)
+                batches.add(idx, g)
+        batches.stage()
+        noise = GumbelStream(net, g_noise, len(batches), betas=False)
+        sums = DeviceSums(1, data.train_x.device)  # the sample-weighted loss
+        count = 0
+        with step_loop():
+            for i in range(len(batches)):
+                xb, yb = batches.batch(i)
+                loss = dsnas_step(net, xb, yb, w_opt, a_opt, noise, f.grad_clip)
+                sums.add(loss, weight=len(yb))
+                count += len(yb)
+        (total,) = sums.read()
         local_acc = float("nan")
         if ctx.is_due(f.local_eval_every):
             _, local_acc = evaluate(self.argmax_model(net), data.eval_x, data.eval_y)
@@ -158,14 +170,19 @@ def dsnas_step(
     y: torch.Tensor,
     w_opt: torch.optim.Optimizer,
     a_opt: torch.optim.Optimizer,
-    g_noise: torch.Generator,
+    g_noise: torch.Generator | Callable[[torch.Size], torch.Tensor],
     grad_clip: float,
-) -> float:
+) -> torch.Tensor:
     """One DSNAS step: sample a path, run only it, update the sampled ops' weights and
-    all logits (the estimator's gradient). Returns the loss."""
+    all logits (the estimator's gradient). ``g_noise``: a generator, or a staged stream
+    (``common.streams.GumbelStream``). Returns the loss, detached, on the device."""
     alphas = {c: getattr(net, f"alpha_{c}") for c in CELL_TYPES}
-    noise = {c: gumbel_noise(a.shape, g_noise, a.dtype, a.device) for c, a in alphas.items()}
-    choices = sample_choices(net, noise)
+    if isinstance(g_noise, torch.Generator):
+        noise = {c: gumbel_noise(a.shape, g_noise, a.dtype, a.device) for c, a in alphas.items()}
+    else:
+        noise = {c: g_noise(a.shape) for c, a in alphas.items()}
+    with host_read("single path ops"):  # the host runs only the sampled ops
+        choices = sample_choices(net, noise)
     w_opt.zero_grad(set_to_none=True)
     a_opt.zero_grad(set_to_none=True)
     loss = F.cross_entropy(path_forward(net, x, choices, noise), y)
@@ -173,4 +190,4 @@ def dsnas_step(
     clip_present(net.weight_parameters(), grad_clip)
     w_opt.step()
     a_opt.step()
-    return float(loss.detach())
+    return loss.detach()

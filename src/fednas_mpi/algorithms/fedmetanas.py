@@ -66,6 +66,8 @@ from .common.pruning import (
     strike_state,
 )
 from .common.server_opt import ServerArchConfig, ServerArchOptimizer
+from .common.steploop import DeviceSums, step_loop
+from .common.streams import BatchStream, GumbelStream
 from .common.supernet import GumbelSupernetMethod, state_of
 from .common.tasks import task_pairs
 from .common.training import evaluate
@@ -355,24 +357,31 @@ class FedMetaNAS(GumbelSupernetMethod):
             if self.warming_up(ctx.round)
             else torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.gumbel")
         )
-        net.set_sampling(self.temperature(ctx.round), gumbel)
         task, meta = self.learners(net.weight_parameters(), net.arch_parameters(), ctx.round)
         g_tasks = torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.tasks")
         g_aug = torch_rng(ctx.seed, ctx.round, data.client_id, "fedmetanas.augment")
-        x, y = data.train_x, data.train_y
-
-        def batch(idx):
-            xb = x[idx]
-            return (data.augment(xb, g_aug) if data.augment is not None else xb), y[idx]
-
-        s_sum = q_sum = 0.0
-        steps = 0
-        for _ in range(a.local_epochs):
-            for s_idx, q_idx in task_pairs(len(y), a.batch_size, f.tasks_per_epoch, g_tasks):
-                xs, ys = batch(s_idx)
-                xq, yq = batch(q_idx)
-                s_loss, q_loss = meta.step(task, _loss(net, xs, ys), _loss(net, xq, yq))
-                s_sum, q_sum, steps = s_sum + s_loss, q_sum + q_loss, steps + 1
+        # every draw staged before the loop, in the loop's order (``common.streams``)
+        pairs = [
+            pair
+            for _ in range(a.local_epochs)
+            for pair in task_pairs(len(data.train_y), a.batch_size, f.tasks_per_epoch, g_tasks)
+        ]
+        batches = BatchStream(data.train_x, data.train_y, data.augment)
+        for s_idx, q_idx in pairs:
+            batches.add(s_idx, g_aug)
+            batches.add(q_idx, g_aug)
+        batches.stage()
+        if gumbel is not None:  # M support forwards and one query forward per meta step
+            gumbel = GumbelStream(net, gumbel, len(pairs) * (task.steps + 1))
+        net.set_sampling(self.temperature(ctx.round), gumbel)
+        sums = DeviceSums(2, data.train_x.device)  # (support, query) losses
+        with step_loop():
+            for i in range(len(pairs)):
+                xs, ys = batches.batch(2 * i)
+                xq, yq = batches.batch(2 * i + 1)
+                sums.add(*meta.update(task, _loss(net, xs, ys), _loss(net, xq, yq)))
+        s_sum, q_sum = sums.read()
+        steps = len(pairs)
         local_acc = float("nan")
         if ctx.is_due(f.local_eval_every):
             _, local_acc = evaluate(net, data.eval_x, data.eval_y)

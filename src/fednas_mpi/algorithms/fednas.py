@@ -42,10 +42,12 @@ from ..nas import ArchSpec, darts_spec
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.derived import recipe_epochs
-from .common.maml import clip_grad_norm
+from .common.maml import clip_grad_norm, foreach
 from .common.perturbation import DeriveRuleConfig, PerturbationScoring
 from .common.schedules import cosine_lr
 from .common.server_opt import ServerArchConfig, ServerArchOptimizer
+from .common.steploop import DeviceSums, step_loop
+from .common.streams import BatchStream
 from .common.supernet import SupernetMethod, state_of
 from .common.training import evaluate, minibatches
 
@@ -133,9 +135,8 @@ def milenas_grads(
     point (MiLeNAS's mixed-level gradient, first order)."""
     gw = torch.autograd.grad(loss_train, list(weights), retain_graph=True, allow_unused=True)
     ga = torch.autograd.grad(loss_val + lam * loss_train, list(arch), allow_unused=True)
-    zeros = [torch.zeros_like(p) for p in weights]
     return (
-        [z if g is None else g for g, z in zip(gw, zeros)],
+        [torch.zeros_like(p) if g is None else g for g, p in zip(gw, weights)],
         [torch.zeros_like(p) if g is None else g for g, p in zip(ga, arch)],
     )
 
@@ -227,18 +228,25 @@ class FedNAS(SupernetMethod):
             a_opt = torch.optim.Adam(
                 arch, lr=f.arch_lr, betas=tuple(f.arch_betas), weight_decay=f.arch_weight_decay
             )
+        foreach(w_opt, a_opt)
         # The validation half comes from the client's own data, never the server's test set.
         perm = torch.randperm(data.num_train, generator=g)
         half = max(1, data.num_train // 2)
         tr, va = perm[:half], perm[half:] if data.num_train > 1 else perm
-        t_sum = v_sum = 0.0
-        steps = 0
+        # every draw staged before the loop, in the loop's order (``common.streams``)
+        batches = BatchStream(data.train_x, data.train_y, data.augment)
         for _ in range(a.local_epochs):
             val_batches = minibatches(len(va), a.batch_size, g)
             for i, bt in enumerate(minibatches(len(tr), a.batch_size, g)):
-                bv = val_batches[i % len(val_batches)]
-                xt, yt = self._batch(data, tr[bt], g)
-                xv, yv = self._batch(data, va[bv], g)
+                batches.add(tr[bt], g)
+                batches.add(va[val_batches[i % len(val_batches)]], g)
+        batches.stage()
+        steps = len(batches) // 2
+        sums = DeviceSums(2, data.train_x.device)  # (train, validation) losses
+        with step_loop():
+            for i in range(steps):
+                xt, yt = batches.batch(2 * i)
+                xv, yv = batches.batch(2 * i + 1)
                 loss_t = F.cross_entropy(net(xt), yt)
                 loss_v = F.cross_entropy(net(xv), yv)
                 gw, ga = milenas_grads(loss_t, loss_v, weights, arch, f.milenas_lambda)
@@ -250,13 +258,9 @@ class FedNAS(SupernetMethod):
                     p.grad = gr
                 a_opt.step()
                 w_opt.step()
-                t_sum, v_sum, steps = t_sum + loss_t.item(), v_sum + loss_v.item(), steps + 1
+                sums.add(loss_t, loss_v)
+        t_sum, v_sum = sums.read()
         return t_sum / steps, v_sum / steps
-
-    @staticmethod
-    def _batch(data: ClientData, idx: torch.Tensor, g: torch.Generator):
-        x = data.train_x[idx]
-        return (data.augment(x, g) if data.augment is not None else x), data.train_y[idx]
 
     # ------------------------------------------------------------ server
     def server_step(

@@ -212,15 +212,17 @@ def gumbel_mix(
     noise: torch.Tensor | None = None,
     mask: torch.Tensor | Sequence[bool] | None = None,
     hard: bool = False,
+    index: int | None = None,
 ) -> torch.Tensor:
     """Eq. 1-2 as one op: softmax((logits + noise) / T) over ``mask``, mixing the outputs
     that exist (None: the zero op or a pruned one). ``hard``: the DSNAS estimator, see
-    reference.reference_gumbel_mix; compute only ``hard_index(logits, noise, mask)``'s op."""
+    reference.reference_gumbel_mix; compute only ``hard_index(logits, noise, mask)``'s op,
+    and pass it as ``index`` when known (the reference then reads nothing from the device)."""
     present = next((o for o in outputs if o is not None), None)
     if present is None:
         raise ValueError("gumbel_mix over no outputs: every input was pruned")
     if _status.backend != "fused" or not fused_supports(present):
-        return reference_gumbel_mix(outputs, logits, temperature, noise, mask, hard)
+        return reference_gumbel_mix(outputs, logits, temperature, noise, mask, hard, index)
     _check_args("gumbel_mix", outputs, logits, "logits")
     if not (temperature > 0.0 and math.isfinite(temperature)):
         raise RuntimeError(
@@ -236,7 +238,9 @@ def gumbel_mix(
     if hard:
         # Checked here as well as in C++: under torch 2.11 (the GPU image) a C++ exception
         # raised from this op crashed the process (segfault) instead of reaching Python.
-        s = hard_index(logits.detach(), None if noise is None else noise.detach(), keep)
+        s = index
+        if s is None:
+            s = hard_index(logits.detach(), None if noise is None else noise.detach(), keep)
         if outputs[s] is None:
             raise RuntimeError(
                 f"fednas::gumbel_mix(hard=True): the sampled entry {s} has no "

@@ -41,14 +41,16 @@ def reference_gumbel_mix(
     noise: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     hard: bool = False,
+    index: int | None = None,
 ) -> torch.Tensor:
     """Eq. 1 and 2: softmax((logits + noise) / T) over the mask, mixing the outputs that exist.
 
     ``hard``: the DSNAS estimator. Returns the output of s = argmax(logits + noise) and sends
-    <grad, o_s> * (onehot(s) - softmax(logits)) to the logits.
+    <grad, o_s> * (onehot(s) - softmax(logits)) to the logits; ``index``: s when the caller
+    has it already (no read of the device).
     """
     if hard:
-        s = hard_index(logits, noise, mask)
+        s = hard_index(logits, noise, mask) if index is None else index
         if outputs[s] is None:
             raise ValueError(f"gumbel_mix(hard=True): the sampled entry {s} has no output")
         logp = torch.log_softmax(masked_logits(logits, mask), 0)[s]

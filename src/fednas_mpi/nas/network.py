@@ -52,7 +52,6 @@ class SearchCell(nn.Module):
         self.space, self.reduction, self.channels = space, reduction, c
         self.execution = "auto"  # see SearchNetwork.set_execution
         self._plan = None
-        self._index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.pre0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
         self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0)
         live = space.live_edges(combo_mask)
@@ -66,29 +65,27 @@ class SearchCell(nn.Module):
                     if op_mask[e][k] and OPS[name] is not None:
                         ops[name] = OPS[name](c, stride)
                 self.edges[f"{j}_{i}"] = ops
+        # The grouped forward's mix indices live on the network's device as buffers (moved
+        # by ``.to``), so a forward never copies them from the host (issue 27).
+        try:
+            self._plan = build_plan(self)
+            edge_idx, op_idx = _mix_index(self._plan, space)
+        except ValueError as e:  # ops that do not group: only the reference forward runs
+            self._plan, edge_idx, op_idx = e, torch.zeros(0, dtype=torch.long), None
+        self.register_buffer("mix_edge_index", edge_idx, persistent=False)
+        self.register_buffer("mix_op_index", op_idx, persistent=False)
 
     @property
     def kind(self) -> str:
         """The cell type whose logits and masks this cell uses."""
         return "reduce" if self.reduction else "normal"
 
-    def grouped_plan(self, device: torch.device):
-        """The grouped forward's plan (``nas.grouped``) and its mix indices on ``device``,
-        built once: a cell's live ops never change."""
-        if self._plan is None:
-            self._plan = build_plan(self)
-        device = torch.device(device)
-        if device not in self._index:
-            flat = [f for L in self._plan for row in L.index for f in row]
-            nk, zero = len(self.space.primitives), self.space.num_edges * len(self.space.primitives)
-            # (edge, flat (edge, op)) index pairs; the zero slot maps to the appended zeros
-            self._index[device] = (
-                torch.tensor(
-                    [f // nk if f < zero else self.space.num_edges for f in flat], device=device
-                ),
-                torch.tensor(flat, device=device),
-            )
-        return self._plan, self._index[device]
+    def grouped_plan(self, device: torch.device | None = None):
+        """The grouped forward's plan (``nas.grouped``) and its mix indices (on the cell's
+        device), built with the cell: a cell's live ops never change."""
+        if isinstance(self._plan, ValueError):
+            raise self._plan
+        return self._plan, (self.mix_edge_index, self.mix_op_index)
 
     def uses_grouped(self, x: torch.Tensor) -> bool:
         """Whether a forward on ``x`` runs grouped: ``grouped``, or ``auto`` on the CPU
@@ -113,6 +110,15 @@ class SearchCell(nn.Module):
             # A node-level weighted sum over all its (edge, op) outputs: one mix per node.
             states.append(mix(outs, torch.stack(ws)))
         return torch.cat(states[2:], dim=1)
+
+
+def _mix_index(plan, space: CellSpace) -> tuple[torch.Tensor, torch.Tensor]:
+    """(edge, flat (edge, op)) index pairs of the plan's mix; the zero slot maps to the
+    appended zeros."""
+    flat = [f for L in plan for row in L.index for f in row]
+    nk, zero = len(space.primitives), space.num_edges * len(space.primitives)
+    edges = [f // nk if f < zero else space.num_edges for f in flat]
+    return torch.tensor(edges, dtype=torch.long), torch.tensor(flat, dtype=torch.long)
 
 
 class SearchNetwork(nn.Module):
@@ -147,6 +153,8 @@ class SearchNetwork(nn.Module):
             self.register_buffer(
                 f"combo_mask_{cell}", torch.tensor(masks[cell].combos), persistent=False
             )
+        for j in range(space.nodes):  # resident on the device: no copy per forward
+            self.register_buffer(f"incidence_{j}", space.incidence(j).clone(), persistent=False)
         c_cur = stem_multiplier * init_channels
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, c_cur, 3, padding=1, bias=False), batch_norm(c_cur, affine=True)
@@ -198,8 +206,13 @@ class SearchNetwork(nn.Module):
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
-    def set_sampling(self, temperature: float, generator: torch.Generator | None) -> None:
-        """Gumbel noise from ``generator`` in each forward; None = deterministic weights."""
+    def set_sampling(
+        self,
+        temperature: float,
+        generator: torch.Generator | Callable[[torch.Size], torch.Tensor] | None,
+    ) -> None:
+        """Gumbel noise from ``generator`` in each forward (or from a staged stream, see
+        ``_noise``); None = deterministic weights."""
         self.temperature, self.generator = float(temperature), generator
 
     def mixing_weights(
@@ -217,24 +230,33 @@ class SearchNetwork(nn.Module):
             alpha, beta = getattr(self, f"alpha_{cell}"), getattr(self, f"beta_{cell}", None)
         op_noise = combo_noise = None
         if noisy and self.generator is not None:
-            op_noise = gumbel_noise(alpha.shape, self.generator, alpha.dtype, alpha.device)
+            op_noise = self._noise(alpha)
             if beta is not None:
-                combo_noise = gumbel_noise(beta.shape, self.generator, beta.dtype, beta.device)
+                combo_noise = self._noise(beta)
         op_w = self.space.op_weights(
             alpha, self.temperature, op_noise, getattr(self, f"op_mask_{cell}")
         )
         combo_mask = getattr(self, f"combo_mask_{cell}")
+        incidences = [getattr(self, f"incidence_{j}") for j in range(self.space.nodes)]
         if self.inputs == "sum":
             # DARTS: a node sums its live edges (those in a surviving combination).
             coefs = [
-                (self.space.incidence(j).to(op_w) @ combo_mask[lo : lo + len(c)].to(op_w)).clamp(
-                    max=1.0
-                )
+                (incidences[j].to(op_w) @ combo_mask[lo : lo + len(c)].to(op_w)).clamp(max=1.0)
                 for j, (lo, c) in enumerate(zip(self.space.combo_offsets, self.space.combos))
             ]
         else:
-            coefs = self.space.input_coefficients(beta, self.temperature, combo_noise, combo_mask)
+            coefs = self.space.input_coefficients(
+                beta, self.temperature, combo_noise, combo_mask, incidences
+            )
         return op_w, coefs
+
+    def _noise(self, logits: torch.Tensor) -> torch.Tensor:
+        """Gumbel noise of ``logits``' shape: drawn now from a generator, or the next
+        tensor of a stream staged on the device before the step loop (a callable taking
+        the shape: ``algorithms.common.streams``), in the same order."""
+        if isinstance(self.generator, torch.Generator):
+            return gumbel_noise(logits.shape, self.generator, logits.dtype, logits.device)
+        return self.generator(logits.shape)
 
     def run_cells(self, x: torch.Tensor, cell_forward: CellForward) -> torch.Tensor:
         """Stem, each cell as ``cell_forward(layer, cell, s0, s1)`` computes it, pooling and

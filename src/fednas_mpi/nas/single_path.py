@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..kernels import gumbel_mix, hard_index
+from ..kernels import gumbel_mix
+from ..kernels.reference import masked_logits
 from .network import SearchCell, SearchNetwork
 from .spec import CELL_TYPES
 
@@ -27,16 +28,18 @@ Choices = Mapping[str, Sequence[int]]
 
 
 def sample_choices(net: SearchNetwork, noise: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
-    """The ops argmax(alpha + noise) picks per edge (a draw from softmax(alpha))."""
-    return {
-        c: [
-            hard_index(row, n, m)
-            for row, n, m in zip(
-                getattr(net, f"alpha_{c}").detach(), noise[c], getattr(net, f"op_mask_{c}")
-            )
+    """The ops argmax(alpha + noise) picks per edge (a draw from softmax(alpha)): every
+    edge of both cell types in one argmax and one read to the host (``hard_index`` row by
+    row, without a read per edge)."""
+    picks = torch.stack(
+        [
+            masked_logits(
+                getattr(net, f"alpha_{c}").detach() + noise[c], getattr(net, f"op_mask_{c}")
+            ).argmax(-1)
+            for c in CELL_TYPES
         ]
-        for c in CELL_TYPES
-    }
+    ).tolist()
+    return dict(zip(CELL_TYPES, picks))
 
 
 def path_forward(
@@ -87,7 +90,7 @@ def _cell(
             if noise is not None:
                 outs: list[torch.Tensor | None] = [None] * len(space.primitives)
                 outs[k] = out
-                out = gumbel_mix(outs, alpha[e], 1.0, noise[e], mask[e], hard=True)
+                out = gumbel_mix(outs, alpha[e], 1.0, noise[e], mask[e], hard=True, index=k)
             total = out if total is None else total + out
         if total is None:
             ref = states[1]

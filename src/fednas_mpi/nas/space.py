@@ -84,16 +84,23 @@ class CellSpace:
         return relaxed_weights(alpha, temperature, noise, op_mask)
 
     def input_coefficients(
-        self, beta: torch.Tensor, temperature: float, noise, combo_mask: torch.Tensor
+        self,
+        beta: torch.Tensor,
+        temperature: float,
+        noise,
+        combo_mask: torch.Tensor,
+        incidences: list[torch.Tensor] | None = None,
     ) -> list[torch.Tensor]:
-        """Eq. 8 per node: coefficient of each input = sum of Z over combinations holding it."""
+        """Eq. 8 per node: coefficient of each input = sum of Z over combinations holding it.
+        ``incidences``: the incidence matrices already on ``beta``'s device (a network keeps
+        them as buffers), else copied from ``incidence``."""
         out = []
         z_all = beta if noise is None else beta + noise
         for j, combos in enumerate(self.combos):
             lo = self.combo_offsets[j]
             seg = slice(lo, lo + len(combos))
             z = relaxed_weights(z_all[seg], temperature, None, combo_mask[seg])
-            incidence = self.incidence(j).to(z)
+            incidence = (self.incidence(j) if incidences is None else incidences[j]).to(z)
             out.append(incidence @ z)
         return out
 

@@ -33,22 +33,33 @@ class TaskLearner:
     def _step(self, grads: Sequence[torch.Tensor | None]) -> None:
         i = 0
         for params, lr in self.groups:
+            ps, gs = [], []
             for p in params:
                 if grads[i] is not None:
-                    p.sub_(lr * grads[i])
+                    ps.append(p)
+                    gs.append(grads[i])
                 i += 1
+            if ps:
+                # p -= lr * g: a product, then a difference, for the group at once (one fused
+                # add with alpha would round differently from the per-tensor path it replaces)
+                torch._foreach_sub_(ps, torch._foreach_mul(gs, lr))
 
-    def adapt(self, loss_fn: Loss) -> float:
-        """Run the inner loop in place; returns the last support loss."""
+    def run(self, loss_fn: Loss) -> torch.Tensor:
+        """Run the inner loop in place; returns the last support loss, detached, on the
+        device (no host read: issue 27)."""
         params = [p for ps, _ in self.groups for p in ps]
-        loss = torch.zeros(())
+        loss = params[0].new_zeros(()) if params else torch.zeros(())
         for _ in range(self.steps):
             loss = loss_fn()
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             if self.grad_clip > 0:
                 clip_grad_norm([g for g in grads if g is not None], self.grad_clip)
             self._step(grads)
-        return float(loss.detach())
+        return loss.detach()
+
+    def adapt(self, loss_fn: Loss) -> float:
+        """``run``, with the loss read to the host."""
+        return float(self.run(loss_fn))
 
 
 class MetaLearner:
@@ -63,40 +74,56 @@ class MetaLearner:
         """``optimizer``: one, or several over disjoint groups (e.g. SGD for the weights,
         Adam for the alphas); parameters no optimiser holds are restored and not stepped."""
         self.params, self.grad_clip = list(params), grad_clip
-        self.optimizers = (
-            [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
+        self.optimizers = foreach(
+            *([optimizer] if isinstance(optimizer, torch.optim.Optimizer) else optimizer)
         )
+        self._original: list[torch.Tensor] | None = None  # reused by every step
 
-    def step(self, task: TaskLearner, support_loss: Loss, query_loss: Loss) -> tuple[float, float]:
+    def update(
+        self, task: TaskLearner, support_loss: Loss, query_loss: Loss
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Adapt on the support task, take the query gradient there, update the originals.
 
         Returns (the last inner step's support loss, taken before that step's update;
-        the query loss at the adapted parameters).
+        the query loss at the adapted parameters), detached, on the device.
         """
-        original = [p.detach().clone() for p in self.params]
-        s_loss = task.adapt(support_loss)
+        with torch.no_grad():
+            if self._original is None:
+                self._original = [torch.empty_like(p) for p in self.params]
+            torch._foreach_copy_(self._original, self.params)
+        s_loss = task.run(support_loss)
         q = query_loss()
         grads = torch.autograd.grad(q, self.params, allow_unused=True)
         with torch.no_grad():
-            for p, w0, g in zip(self.params, original, grads):
-                p.copy_(w0)
-                p.grad = None if g is None else g.detach().clone()
+            torch._foreach_copy_(self.params, self._original)
+        for p, g in zip(self.params, grads):
+            # autograd.grad's results are fresh tensors of this step: no copy needed
+            p.grad = g
         if self.grad_clip > 0:
             clip_grad_norm([p.grad for p in self.params if p.grad is not None], self.grad_clip)
         for opt in self.optimizers:
             opt.step()
         for p in self.params:
             p.grad = None
-        return s_loss, float(q.detach())
+        return s_loss, q.detach()
+
+    def step(self, task: TaskLearner, support_loss: Loss, query_loss: Loss) -> tuple[float, float]:
+        """``update``, with both losses read to the host."""
+        s_loss, q_loss = self.update(task, support_loss, query_loss)
+        return float(s_loss), float(q_loss)
 
 
 def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> None:
-    """Scale gradients in place so their joint L2 norm is at most ``max_norm``."""
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    scale = max_norm / (float(norm) + 1e-6)
-    if scale < 1.0:
-        for g in grads:
-            g.mul_(scale)
+    """Scale gradients in place so their joint L2 norm is at most ``max_norm``.
+
+    No host read (issue 27): the scale max_norm / (norm + 1e-6) is formed on the device in
+    float64, the arithmetic the host did on ``float(norm)``, and a scale of 1 or more (or
+    NaN) multiplies by exactly 1, so the result is bit for bit the read-and-branch one."""
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    denom = norm.double() + 1e-6
+    scale = torch.full_like(denom, max_norm).div_(denom)
+    scale = torch.where(scale < 1.0, scale, 1.0).to(grads[0].dtype)
+    torch._foreach_mul_(grads, scale)
 
 
 def clip_present(params, max_norm: float) -> None:
@@ -104,3 +131,14 @@ def clip_present(params, max_norm: float) -> None:
     grads = [p.grad for p in params if p.grad is not None]
     if max_norm > 0 and grads:
         clip_grad_norm(grads, max_norm)
+
+
+def foreach(*optimizers: torch.optim.Optimizer) -> list[torch.optim.Optimizer]:
+    """``optimizers`` stepping every parameter group with torch's ``_foreach_*`` kernels
+    (its GPU default, per tensor on the CPU): a few launches per step instead of several per
+    parameter tensor; on the CPU bit for bit the per-tensor loop (the same ops in the same
+    order: ``tests/algorithms/test_staged_equality.py``)."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["foreach"] = True
+    return list(optimizers)
