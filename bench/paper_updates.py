@@ -202,9 +202,11 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)  # as a rank runs (runtime.threads_per_rank)
     if a.cmd == "updates":
-        device = torch.device(a.device)
-        rows = [measure(c, a.sets, device, a.reps) for c in a.configs]
-        res = {"methods": {get_method(r["config"]): r for r in rows}}
+        device, res = torch.device(a.device), {"methods": {}}
+        for c in a.configs:
+            res["methods"][get_method(c)] = measure(c, a.sets, device, a.reps)
+            if a.json:  # after each config: a step that runs out of time keeps what it has
+                a.json.write_text(json.dumps(res, indent=1))
     else:
         res = {}
         for d in a.runs:
