@@ -5,12 +5,17 @@
 # limit so a slow or failing one leaves time for the rest; logs go to $OUT (or ./gpu_out).
 #
 #   bash bench/gpu_check.sh [STEP ...]   steps: build kernels grouped kerrors methods kbench rbench
+#   bash bench/gpu_check.sh --quick [--dry-run]   the 7-minute check of issue 28 (bench/gpu_quick.sh)
 #   (METHODS_K=EXPR selects tests/gpu/test_gpu.py tests with pytest -k)
 #
 # Python packages the GPU image lacks (mpich, mpi4py built for it, pytest-mpi) are taken from
 # ./.whl when present (pip download ... -d .whl, see /work/.library/device/README.md).
 set -u
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--quick" ]; then
+    shift
+    exec bash bench/gpu_quick.sh "$@"
+fi
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 STEPS=${*:-build kernels grouped kerrors methods kbench rbench}

@@ -13,10 +13,12 @@ only the keys its method reads, and likewise only its model's ``model`` keys.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +44,8 @@ def option(default: Any, help: str, **limits: Any) -> Any:
     method modules declare their config sections with it.
 
     Limits: ``ge``, ``gt``, ``le``, ``lt`` for numbers, ``min_len`` for lists.
+    ``of_rounds=True`` on an integer round count also accepts a fraction of ``run.rounds``
+    (``resolve_rounds``), so a schedule written for a long run scales to a short one.
     """
     meta = {"help": help, **limits}
     if isinstance(default, list):
@@ -386,10 +390,12 @@ class RuntimeConfig:
         "GPU ids the workers of a node use, in order (worker i of a node "
         "takes gpus[i % len]); empty = every GPU torch sees.",
     )
-    server_device: Literal["cpu", "gpu"] = _f(
+    server_device: Literal["cpu", "gpu", "auto"] = _f(
         "cpu",
         "Rank 0 (aggregation, server evaluation) on the CPU, or on the node's first "
-        "GPU (-n 1: rank 0 is also the worker and uses runtime.device's choice).",
+        "GPU (of runtime.gpus); auto: that GPU when torch sees one and runtime.device "
+        "is not cpu, else the CPU (gpu without a GPU also falls back to the CPU). -n 1: "
+        "rank 0 is also the worker and uses runtime.device's choice.",
     )
     tf32: bool = _f(
         False,
@@ -666,6 +672,61 @@ def _check_limits(value: Any, meta: dict, path: str) -> str | None:
     return None
 
 
+ROUNDS_FRACTION_RULE = (
+    "a number strictly between 0 and 1 is that share of run.rounds, resolved once when "
+    "the config is loaded: the nearest whole round (halves up, from the decimal as "
+    "written), at least 1"
+)
+
+
+def _fraction_problem(value: float, path: str) -> str | None:
+    """Why ``value`` cannot be a share of run.rounds, or None when it can. A whole float
+    (``1.0``, ``50.0``) is refused, not read as a count: ``1.0`` may mean one round or all
+    of them, and the reader of a file cannot tell which was meant."""
+    if 0 < value < 1:
+        return None
+    if math.isfinite(value) and value == int(value) and value >= 0:
+        n = int(value)
+        hint = f"write {n} for {n} round(s)" + (
+            ", or a fraction below 1 for a share of run.rounds" if n == 1 else ""
+        )
+        return (
+            f"{path} = {value!r}: ambiguous; a round count is an integer, or a fraction "
+            f"of run.rounds strictly between 0 and 1: {hint}"
+        )
+    return (
+        f"{path} = {value!r}: expected an integer (rounds) or a fraction of run.rounds "
+        f"strictly between 0 and 1"
+    )
+
+
+def rounds_of(fraction: float, rounds: int) -> int:
+    """The round count a share ``fraction`` (in (0, 1)) of ``rounds`` resolves to: the
+    nearest whole round, halves up, at least 1. Computed on the decimal as written (0.29
+    of 50 is exactly 14.5, so 15), not on its binary float (whose product is 14.4999...)."""
+    exact = Fraction(repr(fraction)) * rounds
+    return max(1, math.floor(exact + Fraction(1, 2)))
+
+
+def _resolve_rounds(obj: Any, path: str, rounds: int, problems: list[str]) -> list[tuple]:
+    """Replace, in place, every fraction left in an ``of_rounds`` field of the built config
+    by its round count and check that count against the field's limits; returns
+    (path, fraction, count) for each, so later problems can name where a count came from."""
+    done = []
+    for f in dataclasses.fields(obj):
+        value, sub = getattr(obj, f.name), f"{path}.{f.name}" if path else f.name
+        if dataclasses.is_dataclass(value):
+            done += _resolve_rounds(value, sub, rounds, problems)
+        elif f.metadata.get("of_rounds") and isinstance(value, float):
+            count = rounds_of(value, rounds)
+            setattr(obj, f.name, count)
+            done.append((sub, value, count))
+            problem = _check_limits(count, dict(f.metadata), sub)
+            if problem:
+                problems.append(f"{problem} ({value!r} of run.rounds = {rounds})")
+    return done
+
+
 def _coerce(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     """Convert a YAML value to ``tp`` or record a problem (and return None)."""
     origin = typing.get_origin(tp)
@@ -740,6 +801,18 @@ def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
             continue
         sub = f"{path}.{name}" if path else name
         before = len(problems)
+        if f.metadata.get("of_rounds") and isinstance(raw[name], str):
+            if _FLOAT.match(raw[name].strip()):  # YAML 1.1 reads 5e-2 as a string
+                raw = {**raw, name: float(raw[name])}
+        if f.metadata.get("of_rounds") and isinstance(raw[name], float):
+            # a share of run.rounds: kept as the float until the whole config is built
+            # (run.rounds may come later, or from --set), then resolved by from_dict
+            problem = _fraction_problem(raw[name], sub)
+            if problem:
+                problems.append(problem)
+            else:
+                kwargs[name] = raw[name]
+            continue
         value = _coerce(raw[name], hints[name], sub, problems)
         if len(problems) == before and not dataclasses.is_dataclass(hints[name]):
             problem = _check_limits(value, dict(f.metadata), sub)
@@ -788,11 +861,20 @@ def from_dict(raw: Any, overrides: list[str] | tuple[str, ...] = ()) -> Config:
             _set_dotted(raw, key, value)
     problems: list[str] = []
     cfg = _build(Config, raw, "", problems)
+    resolved = _resolve_rounds(cfg, "", cfg.run.rounds, problems)
     if not problems:
-        problems += _cross_checks(cfg)
+        # a count resolved from a fraction is named as such where a check refuses it
+        problems += [_with_origin(p, resolved) for p in _cross_checks(cfg)]
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def _with_origin(problem: str, resolved: list[tuple]) -> str:
+    for path, fraction, count in resolved:
+        if problem.startswith(f"{path} = {count}"):
+            return f"{problem} ({path} was {fraction!r} of run.rounds)"
+    return problem
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -951,6 +1033,9 @@ def reference() -> list[tuple[str, str, str, str]]:
                 continue
             if cls is AlgorithmConfig and f.name == "name":
                 tp = Literal[_registry().names()]
+            type_name = _type_name(tp)
+            if f.metadata.get("of_rounds"):
+                type_name += " or a fraction of run.rounds"
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             limits = [
                 f"{s} {f.metadata[k]}"
@@ -960,7 +1045,7 @@ def reference() -> list[tuple[str, str, str, str]]:
             help_ = f.metadata.get("help", "")
             if limits:
                 help_ += f" ({', '.join(limits)})"
-            rows.append((prefix + f.name, _type_name(tp), repr(default), help_))
+            rows.append((prefix + f.name, type_name, repr(default), help_))
 
     def walk_algorithm(prefix: str) -> None:
         # the shared keys, then every registered method's keys once, in registry order

@@ -28,6 +28,14 @@ def test_nine_ranks_on_eight_gpus():
     assert _node(range(9), 8, server_device="gpu")[:2] == ["cuda:0", "cuda:0"]
 
 
+def test_server_device_auto_takes_the_first_chosen_gpu_when_there_is_one():
+    assert _node(range(9), 8, server_device="auto")[:2] == ["cuda:0", "cuda:0"]
+    assert _node(range(3), 8, server_device="auto", gpus=[5, 6]) == ["cuda:5", "cuda:5", "cuda:6"]
+    # no GPU, or the run kept off GPUs: every rank on the CPU, no error (unlike device=cuda)
+    assert _node(range(3), 0, server_device="auto") == ["cpu"] * 3
+    assert _node(range(3), 4, server_device="auto", device="cpu") == ["cpu"] * 3
+
+
 def test_a_lone_rank_is_its_own_worker():
     # -n 1: rank 0 serves and runs every client, so it computes on the first (chosen) GPU
     assert choose(0, 0, 2, _rt()) == "cuda:0"

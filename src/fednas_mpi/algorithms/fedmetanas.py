@@ -155,16 +155,19 @@ class MetaSearchConfig:
         "mixture), so parameter-free ops do not win merely because convolutions are "
         "untrained.",
         ge=0,
+        of_rounds=True,
     )
     prune_start: int = option(
         1,
         "First round (1-based) after which soft pruning may run (never during the warm-up).",
         ge=1,
+        of_rounds=True,
     )
     prune_every: int = option(
         1,
         "Soft-prune every N rounds from prune_start (0 = never; the final derivation still runs).",
         ge=0,
+        of_rounds=True,
     )
     prune_gap: float = option(
         2.0,
@@ -183,6 +186,7 @@ class MetaSearchConfig:
         "little at a time while the weights adapt, and the derivation itself removes "
         "almost nothing. 0 = no settle phase.",
         ge=0,
+        of_rounds=True,
     )
     final_round: int = option(
         0,
@@ -191,6 +195,7 @@ class MetaSearchConfig:
         "inherits, replaces the supernet; the rest of the run trains it (single stage, no "
         "re-initialisation). 0 = the last round.",
         ge=0,
+        of_rounds=True,
     )
     local_eval_every: int = option(
         1,

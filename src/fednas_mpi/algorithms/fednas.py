@@ -63,6 +63,7 @@ class FedNASConfig(DeriveRuleConfig, ServerArchConfig):
         "run.rounds retrain the derived network from scratch. "
         "0 = half of run.rounds.",
         ge=0,
+        of_rounds=True,
     )
     lr: float = option(
         0.025,

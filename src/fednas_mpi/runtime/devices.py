@@ -4,9 +4,9 @@ The ranks of a node are found with ``Split_type(COMM_TYPE_SHARED)`` (as for the 
 build). On each node the worker ranks (every rank but world rank 0) are numbered 0, 1, ...
 in rank order; worker i takes ``gpus[i % len(gpus)]`` (``runtime.gpus``, default every GPU
 torch sees), so the clients a rank simulates share its GPU and more workers than GPUs share
-them round-robin. Rank 0 stays on the CPU unless ``runtime.server_device: gpu``; alone
-(``-n 1``) it is also the worker, so it takes the first GPU. With no GPU (or
-``runtime.device: cpu``) every rank computes on the CPU.
+them round-robin. Rank 0 stays on the CPU unless ``runtime.server_device`` is ``gpu`` or
+``auto`` and the node has a GPU; alone (``-n 1``) it is also the worker, so it takes the
+first GPU. With no GPU (or ``runtime.device: cpu``) every rank computes on the CPU.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def choose(rank: int, worker_index: int, visible: int, rt: RuntimeConfig) -> str
             f"runtime.gpus = {list(rt.gpus)}: GPU(s) {missing} not visible (torch sees {visible})"
         )
     if worker_index < 0:
-        return f"cuda:{ids[0]}" if rt.server_device == "gpu" else "cpu"
+        # a GPU is visible here, so auto and gpu agree: the first of the chosen GPUs
+        return f"cuda:{ids[0]}" if rt.server_device in ("gpu", "auto") else "cpu"
     return f"cuda:{ids[worker_index % len(ids)]}"
 
 
