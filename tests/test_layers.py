@@ -1,8 +1,9 @@
 """The layering of the package, read from the import statements (``ast``, nothing is
-imported): a method module imports ``algorithms.base``, ``algorithms.common``, ``algorithms.configs``, ``nas``,
-``models`` and the layers below, never another method; ``algorithms.common`` never
-imports a method; ``nas`` imports nothing distributed and no layer above it; ``config``
-imports nothing of the package, and no import circle remains anywhere in it."""
+imported): a method module imports ``algorithms.base``, ``algorithms.common``,
+``algorithms.configs``, ``nas``, ``models`` and the layers below, never another method;
+``algorithms.common`` never imports a method; ``nas`` imports nothing distributed and no
+layer above it; ``config`` imports nothing of the package, and no import circle remains
+anywhere in it."""
 
 from __future__ import annotations
 
