@@ -1,11 +1,16 @@
 """The layering of the package, read from the import statements (``ast``, nothing is
-imported): a method module imports ``algorithms.base``, ``algorithms.common``, ``nas``,
-``models`` and the layers below, never another method; ``algorithms.common`` never
-imports a method; ``nas`` imports nothing distributed and no layer above it."""
+imported): a method module imports ``algorithms.base``, ``algorithms.common``,
+``algorithms.configs``, ``nas``, ``models`` and the layers below, never another method;
+``algorithms.common`` never imports a method; ``nas`` imports nothing distributed and no
+layer above it; ``config`` imports nothing of the package, and no import circle remains
+anywhere in it."""
 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +23,7 @@ LOWER = ("fednas_mpi.flat", "fednas_mpi.seeding", "fednas_mpi.config", "fednas_m
 METHOD_MAY_IMPORT = (
     "fednas_mpi.algorithms.base",
     "fednas_mpi.algorithms.common",
+    "fednas_mpi.algorithms.configs",
     "fednas_mpi.nas",
     "fednas_mpi.models",
     *LOWER,
@@ -123,3 +129,127 @@ def test_the_check_sees_a_method_importing_a_method():
     ):
         mods = real_modules(ours(imported_modules(path, path.read_text() + f"\n{line}\n")))
         assert not all(within(m, METHOD_MAY_IMPORT) for m in mods), line
+
+
+# ------------------------------------------------------------ config is the bottom layer
+
+CONFIG = PKG / "config.py"
+
+
+def module_paths() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+
+
+def import_edges(path: Path, source: str | None = None) -> set[str]:
+    """The package's modules ``path`` (or ``source`` read as that file) imports, itself left
+    out: ``from X import y`` is an edge to X.y where y is a submodule, else to X. A
+    package's ``__init__`` runs before its submodules for every import alike, so that
+    implicit step is no edge (else each module would close a circle with its parent)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    known = set(module_paths())
+    out: set[str] = set()
+    text = path.read_text() if source is None else source
+    for node in ast.walk(ast.parse(text, str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.update(f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod for a in node.names)
+    return ours(out) - {name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = module_paths()
+    return {m: import_edges(p) & set(paths) for m, p in paths.items()}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_config_imports_nothing_of_the_package():
+    bad = import_edges(CONFIG)
+    assert not bad, f"config.py imports {sorted(bad)}: the table of methods is handed to it"
+
+
+def test_the_config_check_sees_an_import_of_the_registry():
+    for line in (
+        "from .algorithms import registry",
+        "from .algorithms.registry import METHODS",
+        "import fednas_mpi.algorithms",
+        "from . import algorithms",
+    ):
+        assert import_edges(CONFIG, CONFIG.read_text() + f"\n{line}\n"), line
+
+
+def test_no_import_circle_in_the_package():
+    found = circles(import_graph())
+    assert not found, f"import circles: {found}"
+
+
+def test_the_circle_check_sees_a_circle():
+    graph = import_graph()
+    graph["fednas_mpi.config"] = graph["fednas_mpi.config"] | {"fednas_mpi.algorithms.registry"}
+    assert any("fednas_mpi.config" in c for c in circles(graph))
+
+
+TORCH_FREE_LOAD = """
+import sys
+import fednas_mpi.config as config
+cfg = config.load(sys.argv[1], ["run.rounds=3"])
+assert cfg.algorithm.name == "fedmetanas", cfg.algorithm.name
+try:
+    config.from_dict({"algorithm": {"name": "fedavg", "fednas": {"lr": 1}}})
+except config.ConfigError as e:
+    assert "section of method fednas" in str(e), e
+else:
+    raise AssertionError("an unread section passed")
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "numpy", "mpi4py"))
+assert not heavy, heavy
+"""
+
+
+def test_loading_and_validating_a_yaml_imports_no_torch(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("algorithm: {name: fedmetanas}\nmodel: {name: darts}\n")
+    subprocess.run(
+        [sys.executable, "-c", TORCH_FREE_LOAD, str(path)],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(PKG.parent)},
+    )

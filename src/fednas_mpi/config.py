@@ -6,8 +6,12 @@ or an out-of-range value is reported with its dotted path, the bad value and
 what is allowed.  All problems of a file are reported together.
 
 The shared sections are defined here; each method's ``algorithm`` keys come from its own
-dataclass in its module, listed in ``algorithms.registry``, so a run accepts (and stores)
-only the keys its method reads, and likewise only its model's ``model`` keys.
+dataclasses (``algorithms/configs/``), listed in ``algorithms.registry``, so a run accepts
+(and stores) only the keys its method reads, and likewise only its model's ``model`` keys.
+
+This module is the bottom layer: it imports nothing of the package. The table of methods
+is handed to it once (``use_catalogue``, called by the package's ``__init__``), so loading
+and validating a YAML imports neither torch nor any method's code.
 """
 
 from __future__ import annotations
@@ -339,19 +343,44 @@ def method_config(method: str, top: type | None, sections: dict[str, type]) -> t
     )
 
 
-def _registry():
-    # Imported here, not at the top: the registry imports the method modules (torch), which
-    # import this module; loading a config is the first thing that needs the methods.
-    from .algorithms import registry
+class Catalogue(typing.Protocol):
+    """What config needs to know of the methods: ``algorithms.registry`` is one. Each entry
+    of ``METHODS`` has ``name``, ``nas``, ``config`` (its ``algorithm`` dataclass, from
+    ``method_config``), ``keys``, ``top`` and ``sections``; ``names()`` and ``method(name)``
+    look them up."""
 
-    return registry
+    METHODS: tuple[Any, ...]
+
+    def names(self) -> tuple[str, ...]: ...
+
+    def method(self, name: str) -> Any: ...
+
+
+_catalogue: Catalogue | None = None
+
+
+def use_catalogue(catalogue: Catalogue) -> None:
+    """Hand config the table of methods. Read on every use, never copied, so a test that
+    registers a toy method in the table is seen here."""
+    global _catalogue
+    _catalogue = catalogue
+
+
+def _registry() -> Catalogue:
+    if _catalogue is None:
+        # config imports nothing above it; the package's __init__ hands it the registry
+        raise RuntimeError(
+            "fednas_mpi.config has no table of methods; import it as part of the "
+            "package (import fednas_mpi.config) or call config.use_catalogue(registry)"
+        )
+    return _catalogue
 
 
 def __getattr__(name: str) -> Any:
-    # NAS_METHODS is derived from the registry; a module attribute looked up on use keeps
-    # ``config.NAS_METHODS`` working without importing the methods at import time.
+    # NAS_METHODS is derived from the table of methods; a module attribute looked up on
+    # use keeps ``config.NAS_METHODS`` following it.
     if name == "NAS_METHODS":
-        return _registry().NAS_METHODS
+        return tuple(m.name for m in _registry().METHODS if m.nas)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -1097,4 +1126,8 @@ def reference_markdown() -> str:
 
 
 if __name__ == "__main__":
-    print(reference_markdown())
+    # run as a script this file is a second copy of the module (__main__); the package's
+    # own copy is the one the package handed the table of methods
+    from fednas_mpi import config as package_config
+
+    print(package_config.reference_markdown())

@@ -329,7 +329,7 @@ def test_every_method_config_is_a_dataclass_of_its_own_module():
     for m in registry.METHODS:
         for key, cls in m.sections.items():
             assert dataclasses.is_dataclass(cls)
-            assert cls.__module__ == f"fednas_mpi.algorithms.{key}", (m.name, key)
+            assert cls.__module__ == f"fednas_mpi.algorithms.configs.{key}", (m.name, key)
 
 
 def test_a_toy_method_is_one_module_and_one_registry_line(monkeypatch):

@@ -13,26 +13,10 @@ on the features of the global body (body fixed), then evaluated on the eval spli
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from ..config import option
 from ..flat import State
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.fixed import FixedModelMethod, clone_state
-
-
-@dataclass(kw_only=True)
-class FedBABUConfig:
-    finetune_epochs: int = option(
-        5,
-        "Personalisation before local evaluation: epochs of head "
-        "fine-tuning on the client's train split (body fixed).",
-        ge=1,
-    )
-    finetune_lr: float = option(
-        0.05, "SGD learning rate of the head fine-tuning (momentum as algorithm.momentum).", gt=0.0
-    )
 
 
 class FedBABU(FixedModelMethod):

@@ -19,12 +19,10 @@ accuracy of every round is that argmax child's, with the current averaged weight
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
-from ..config import option
 from ..flat import State
 from ..nas import CELL_TYPES, ArchSpec
 from ..nas.mixing import gumbel_noise
@@ -32,54 +30,12 @@ from ..nas.single_path import path_forward, sample_choices
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.maml import clip_present, foreach
-from .common.server_opt import ServerArchConfig, ServerArchOptimizer
+from .common.server_opt import ServerArchOptimizer
 from .common.steploop import DeviceSums, host_read, step_loop
 from .common.streams import BatchStream, GumbelStream
 from .common.subnet import SinglePathMethod
 from .common.supernet import state_of
 from .common.training import evaluate, minibatches
-
-
-@dataclass(kw_only=True)
-class FedDSNASConfig(ServerArchConfig):
-    """FedDSNAS's keys, and where its alphas are optimised (``arch_update``)."""
-
-    lr: float = option(
-        0.025, "Weights: SGD learning rate (cosine schedule over run.rounds).", gt=0.0
-    )
-    lr_min: float = option(0.001, "Weights: learning rate in the last round.", ge=0.0)
-    momentum: float = option(
-        0.9,
-        "Weights: SGD momentum (ops not sampled in a step keep their "
-        "weights and momentum untouched).",
-        ge=0.0,
-        lt=1.0,
-    )
-    weight_decay: float = option(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
-    grad_clip: float = option(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
-    arch_lr: float = option(
-        1e-3,
-        "Alphas: Adam learning rate of the DSNAS estimator's gradient (arch_update: client).",
-        gt=0.0,
-    )
-    arch_betas: list[float] = option(
-        [0.5, 0.999], "Alphas: Adam betas (arch_update: client).", min_len=2
-    )
-    arch_weight_decay: float = option(
-        1e-3,
-        "Alphas: L2 weight decay of the clients' optimiser (Adam, or with arch_update: "
-        "server plain SGD).",
-        ge=0.0,
-    )
-    local_eval_every: int = option(
-        1,
-        "Evaluate the sampled clients' argmax children on their "
-        "eval splits every N rounds (and in the last).",
-        ge=1,
-    )
-
-    def cross_checks(self, cfg) -> list[str]:
-        return self.server_arch_problems("algorithm.feddsnas")
 
 
 class FedDSNAS(SinglePathMethod):

@@ -19,34 +19,15 @@ a head (the initial head before any client has one).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from ..config import option
 from ..flat import State
 from ..models import split_state
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.fixed import FixedModelMethod, clone_state, features
 from .common.training import evaluate
-
-
-@dataclass(kw_only=True)
-class FedRepConfig:
-    head_epochs: int = option(
-        5,
-        "Epochs over the client's train split that update only the "
-        "client's head (body fixed) before algorithm.local_epochs "
-        "epochs update only the body.",
-        ge=1,
-    )
-    head_lr: float = option(
-        0.05,
-        "SGD learning rate of the head epochs (momentum and weight decay as algorithm.*).",
-        gt=0.0,
-    )
 
 
 class FedRep(FixedModelMethod):

@@ -29,32 +29,15 @@ model (with its supernet weights, no retraining) after the last round.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from ..config import option
 from ..flat import State
 from ..nas import CELL_TYPES
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.policy import adam_ascent, choices_of, onehot, score
-from .common.subnet import SubnetSearch, SubnetSearchConfig
+from .common.subnet import SubnetSearch
 from .common.supernet import state_of
-
-
-@dataclass(kw_only=True)
-class FedRLNASConfig(SubnetSearchConfig):
-    """FedRLNAS: the shared subnet-search keys and the reward baseline."""
-
-    baseline_decay: float = option(
-        0.9,
-        "Reward baseline b <- decay * b + (1 - decay) * mean "
-        "reward of the round (started at the first round's).",
-        ge=0.0,
-        lt=1.0,
-    )
-
 
 RL_KEYS = ("rl.inv_n", "rl.reward")
 

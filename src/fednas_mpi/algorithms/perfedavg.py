@@ -21,43 +21,16 @@ steps of size alpha on seeded minibatches of the client's train split.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import option
 from ..flat import State
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.fixed import FixedModelMethod, clone_state
 from .common.training import evaluate, minibatches
-
-
-@dataclass(kw_only=True)
-class PerFedAvgConfig:
-    variant: Literal["first_order", "hessian_free"] = option(
-        "first_order",
-        "Meta gradient: first_order drops the Hessian term; hessian_free "
-        "estimates it by a finite difference of gradients on a third batch.",
-    )
-    alpha: float = option(
-        0.01,
-        "Inner (adaptation) step size alpha; the outer step size beta is algorithm.lr.",
-        gt=0.0,
-    )
-    hf_delta: float = option(
-        0.001, "hessian_free: finite-difference step delta of the Hessian-vector product.", gt=0.0
-    )
-    adapt_steps: int = option(
-        1,
-        "Personalisation before local evaluation: SGD steps of size "
-        "alpha on minibatches of the client's train split.",
-        ge=1,
-    )
-
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -27,12 +27,9 @@ the same run and -n 1 equals -n 3.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch.nn import functional as F
 
-from ..config import option
 from ..flat import State
 from ..nas import CELL_TYPES
 from ..nas.single_path import path_forward
@@ -40,24 +37,10 @@ from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.meta import MetaSearch
 from .common.policy import adam_ascent, choices_of, onehot, score
-from .common.subnet import PathModel, SubnetSearch, SubnetSearchConfig, op_keys
+from .common.subnet import PathModel, SubnetSearch, op_keys
 from .common.supernet import state_of
 from .common.tasks import task_pairs
 from .common.training import evaluate
-
-
-@dataclass(kw_only=True)
-class PerFedRLNASConfig(SubnetSearchConfig):
-    """PerFedRLNAS: the shared subnet-search keys (here of each client's own policy) and
-    the time penalty of its reward."""
-
-    time_lambda: float = option(
-        0.01,
-        "lambda_time of the reward acc - mean best acc - "
-        "lambda_time * (time - fastest time of the round); time "
-        "is the deterministic cost samples x path parameters / 1e6.",
-        ge=0.0,
-    )
 
 
 def path_params(net, choices) -> int:

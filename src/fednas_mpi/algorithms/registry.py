@@ -4,37 +4,42 @@ One line per method: its ``algorithm.name``, its class, the config it reads and 
 it searches a DARTS architecture or trains a fixed model. Everything that lists methods
 derives from here: ``algorithm.name`` validation, which ``algorithm`` keys a run may set
 (and stores), ``get_algorithm``, ``NAS_METHODS``, the bench scripts, the tests and the
-README's tables. Adding a method is one module (its class and its config dataclass) and
-one line below.
+README's tables. Adding a method is one module (its class), its config dataclasses in
+``configs/`` and one line below.
+
+Torch-free: a method's class is named (``impl``, its module under ``algorithms`` and
+class) and imported on first use, so that the package can hand this table to ``config``
+(``config.use_catalogue``) and load and validate a YAML without importing torch or any
+method's code.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..config import ClientSGDConfig, method_config
-from .base import Algorithm
-from .fedavg import FedAvg
-from .fedbabu import FedBABU, FedBABUConfig
-from .feddsnas import FedDSNAS, FedDSNASConfig
-from .fedmetanas import (
-    FedMetaNAS,
-    FedMetaNASConfig,
-    MetaSearchArchConfig,
-    MetaSearchPolicyConfig,
-)
-from .fednas import FedNAS, FedNASConfig
-from .fedpnas import FedPNAS, FedPNASConfig, MetaFedPNAS, PersonalSplitConfig
-from .fedrep import FedRep, FedRepConfig
-from .fedrlnas import FedRLNAS, FedRLNASConfig
-from .perfedavg import PerFedAvg, PerFedAvgConfig
-from .perfedrlnas import MetaPerFedRLNAS, PerFedRLNAS, PerFedRLNASConfig
-from .random_nas import RandomNAS, RandomNASConfig
+from .configs.fedbabu import FedBABUConfig
+from .configs.feddsnas import FedDSNASConfig
+from .configs.fedmetanas import FedMetaNASConfig, MetaSearchArchConfig, MetaSearchPolicyConfig
+from .configs.fednas import FedNASConfig
+from .configs.fedpnas import FedPNASConfig, PersonalSplitConfig
+from .configs.fedrep import FedRepConfig
+from .configs.fedrlnas import FedRLNASConfig
+from .configs.perfedavg import PerFedAvgConfig
+from .configs.perfedrlnas import PerFedRLNASConfig
+from .configs.random_nas import RandomNASConfig
+
+if TYPE_CHECKING:  # the class is imported on use (``Method.cls``), never at import time
+    from .base import Algorithm
 
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method. ``sections``: ``algorithm.<key>`` sections it reads, each a
+    """A registered method. ``impl``: its class, as ``"module.Class"`` under
+    ``fednas_mpi.algorithms`` (or the class itself, for a test's toy method).
+    ``sections``: ``algorithm.<key>`` sections it reads, each a
     dataclass; ``top``: a dataclass whose keys it reads at ``algorithm.`` top level (beside
     name, local_epochs and batch_size, which every method reads). ``nas``: it builds a
     DARTS supernet (model.name: darts); otherwise it trains a fixed model. ``baseline``:
@@ -43,7 +48,7 @@ class Method:
     the mixture; ``personal``, each client has its own personalised model."""
 
     name: str
-    cls: type[Algorithm]
+    impl: str | type[Algorithm]
     nas: bool
     sections: dict[str, type] = field(default_factory=dict)
     top: type | None = None
@@ -52,12 +57,21 @@ class Method:
     personal: bool = False
 
     def __post_init__(self) -> None:
-        assert self.cls.name == self.name, (self.cls, self.name)
         cls = method_config(self.name, self.top, self.sections)
         # a module-level name, so that pickle finds the generated class
         cls.__module__, cls.__qualname__ = __name__, cls.__name__
         globals()[cls.__name__] = cls
         object.__setattr__(self, "_config", cls)
+
+    @property
+    def cls(self) -> type[Algorithm]:
+        """The method's class (its module imported on first use: torch and the method code)."""
+        if not isinstance(self.impl, str):
+            return self.impl
+        module, _, name = self.impl.rpartition(".")
+        cls = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+        assert cls.name == self.name, (cls, self.name)
+        return cls
 
     @property
     def config(self) -> type:
@@ -72,49 +86,73 @@ class Method:
 
 SGD = ClientSGDConfig
 METHODS = (
-    Method("fedavg", FedAvg, nas=False, top=SGD),
-    Method("fedmetanas", FedMetaNAS, nas=True, sections={"fedmetanas": FedMetaNASConfig}),
-    Method("fednas", FedNAS, nas=True, sections={"fednas": FedNASConfig}),
+    Method("fedavg", "fedavg.FedAvg", nas=False, top=SGD),
+    Method(
+        "fedmetanas", "fedmetanas.FedMetaNAS", nas=True, sections={"fedmetanas": FedMetaNASConfig}
+    ),
+    Method("fednas", "fednas.FedNAS", nas=True, sections={"fednas": FedNASConfig}),
     Method(
         "perfedavg",
-        PerFedAvg,
+        "perfedavg.PerFedAvg",
         nas=False,
         top=SGD,
         sections={"perfedavg": PerFedAvgConfig},
         personal=True,
     ),
-    Method("fedrep", FedRep, nas=False, top=SGD, sections={"fedrep": FedRepConfig}, personal=True),
     Method(
-        "fedbabu", FedBABU, nas=False, top=SGD, sections={"fedbabu": FedBABUConfig}, personal=True
+        "fedrep",
+        "fedrep.FedRep",
+        nas=False,
+        top=SGD,
+        sections={"fedrep": FedRepConfig},
+        personal=True,
     ),
-    Method("feddsnas", FedDSNAS, nas=True, sections={"feddsnas": FedDSNASConfig}, path=True),
-    Method("fedrlnas", FedRLNAS, nas=True, sections={"fedrlnas": FedRLNASConfig}, path=True),
+    Method(
+        "fedbabu",
+        "fedbabu.FedBABU",
+        nas=False,
+        top=SGD,
+        sections={"fedbabu": FedBABUConfig},
+        personal=True,
+    ),
+    Method(
+        "feddsnas", "feddsnas.FedDSNAS", nas=True, sections={"feddsnas": FedDSNASConfig}, path=True
+    ),
+    Method(
+        "fedrlnas", "fedrlnas.FedRLNAS", nas=True, sections={"fedrlnas": FedRLNASConfig}, path=True
+    ),
     Method(
         "perfedrlnas",
-        PerFedRLNAS,
+        "perfedrlnas.PerFedRLNAS",
         nas=True,
         sections={"perfedrlnas": PerFedRLNASConfig},
         path=True,
         personal=True,
     ),
-    Method("fedpnas", FedPNAS, nas=True, sections={"fedpnas": FedPNASConfig}, personal=True),
+    Method(
+        "fedpnas", "fedpnas.FedPNAS", nas=True, sections={"fedpnas": FedPNASConfig}, personal=True
+    ),
     Method(
         "meta_fedpnas",
-        MetaFedPNAS,
+        "fedpnas.MetaFedPNAS",
         nas=True,
         sections={"fedpnas": PersonalSplitConfig, "fedmetanas": MetaSearchArchConfig},
         personal=True,
     ),
     Method(
         "meta_perfedrlnas",
-        MetaPerFedRLNAS,
+        "perfedrlnas.MetaPerFedRLNAS",
         nas=True,
         sections={"perfedrlnas": PerFedRLNASConfig, "fedmetanas": MetaSearchPolicyConfig},
         path=True,
         personal=True,
     ),
     Method(
-        "random_nas", RandomNAS, nas=True, sections={"random_nas": RandomNASConfig}, baseline=True
+        "random_nas",
+        "random_nas.RandomNAS",
+        nas=True,
+        sections={"random_nas": RandomNASConfig},
+        baseline=True,
     ),
 )
 

@@ -2,7 +2,8 @@
 by either rule: a fixed logit gap (``soft_prune``) or a gap outside the clients' noise at
 two consecutive checks (``noise_prune``, ``prune_rule: z``; the math in ``nas.margins``).
 
-The "prune after this round?" test exists here only (``prunes_after``); FedMetaNAS adds
+The "prune after this round?" test exists once (``schedules.prunes_after``, torch-free so
+that the config sections can use it); FedMetaNAS adds
 its settle window and final derivation on top (``meta.MetaSearch.prune_gaps``), and the
 meta variants of FedPNAS and PerFedRLNAS use ``SoftPruning.gaps_after`` as it is.
 """
@@ -11,21 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import torch
 
-from ...config import option
 from ...flat import State
 from ...nas import CELL_TYPES, ArchSpec, CellMasks, CellSpace, Evidence, Pruned, prune, prune_z
 from ...nas.margins import z_of
-
-
-def prunes_after(done: int, prune_start: int, prune_every: int, warmup: int) -> bool:
-    """Whether soft pruning runs after 1-based round ``done``: every ``prune_every`` rounds
-    from ``prune_start`` on, never during the ``warmup`` rounds (0 = never prunes)."""
-    start = max(prune_start, warmup + 1)
-    return bool(prune_every) and done >= start and (done - start) % prune_every == 0
+from .schedules import prunes_after
 
 
 def soft_prune(
@@ -92,34 +85,6 @@ def _pruned_spec(spec: dict, arch: ArchSpec, masks: dict, log: list[dict]) -> di
 
 
 # ---------------------------------------------------------------- outside the noise
-
-
-@dataclass(kw_only=True)
-class PruneRuleConfig:
-    """How soft pruning decides; a method that supports the z rule adds these keys to
-    its section by inheriting this class."""
-
-    prune_rule: Literal["gap", "z"] = option(
-        "gap",
-        "How soft pruning condemns an op (an input combination). gap: its logit lies more "
-        "than prune_gap (combo_prune_gap) below the best live one of its edge (node). z: "
-        "the search's evidence for it (the clients' moves summed over the rounds; the "
-        "clients send their logits and products on the auxiliary channel) lies more than "
-        "prune_z standard errors (from each round's covariance of the clients' weighted "
-        "mean, Kish's effective client count) below the best live one at two consecutive "
-        "checks; prune_gap and combo_prune_gap are then unread, checks run on their "
-        "schedule (prune_start, prune_every, every round of the settle window) with z never "
-        "shrinking, and the final derivation reports each choice's margin in standard "
-        "errors and flags those within prune_z as undecided (genotype.json, inspect). Gap "
-        "and se are both in the clients' units, so z stays calibrated under arch_update: "
-        "server.",
-    )
-    prune_z: float = option(
-        2.0,
-        "prune_rule: z: how many standard errors a gap must exceed, at two consecutive "
-        "checks, to remove an entry; a derived choice within this margin is undecided.",
-        gt=0.0,
-    )
 
 
 #: Prefix of the z rule's server-state entries: ``<P>ops_<cell>`` [E, P] and

@@ -8,13 +8,11 @@ subnet updates into the supernet.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...config import option
 from ...flat import State
 from ...nas import CELL_TYPES, ArchSpec, argmax_choices, child_spec
 from ...nas.single_path import Choices, path_forward
@@ -25,48 +23,6 @@ from .schedules import cosine_lr
 from .supernet import SupernetMethod
 from .tasks import holdout
 from .training import evaluate, minibatches
-
-
-@dataclass(kw_only=True)
-class SubnetSearchConfig:
-    """What the methods that train one sampled path per client share: the path's weights
-    (SGD on a cosine over run.rounds), the policy's sampling and its Adam ascent, the
-    reward holdout. A method's config adds its own keys."""
-
-    lr: float = option(
-        0.025, "Weights: client SGD learning rate (cosine schedule over run.rounds).", gt=0.0
-    )
-    lr_min: float = option(0.001, "Weights: learning rate in the last round.", ge=0.0)
-    momentum: float = option(
-        0.9, "Weights: SGD momentum (ops off the sampled path are not touched).", ge=0.0, lt=1.0
-    )
-    weight_decay: float = option(3e-4, "Weights: SGD weight decay (sampled ops only).", ge=0.0)
-    grad_clip: float = option(5.0, "Weights: gradient norm clip (0 = off).", ge=0.0)
-    epsilon: float = option(
-        0.0,
-        "epsilon-greedy sampling: per edge, with this probability a "
-        "uniformly random op instead of a draw from the policy "
-        "softmax(alpha).",
-        ge=0.0,
-        le=1.0,
-    )
-    val_fraction: float = option(
-        0.2,
-        "Fraction of each client's train split held out to "
-        "measure the reward (the subnet's accuracy).",
-        gt=0.0,
-        lt=1.0,
-    )
-    arch_lr: float = option(
-        0.05, "Policy alpha: Adam learning rate of the REINFORCE ascent.", gt=0.0
-    )
-    arch_betas: list[float] = option([0.5, 0.999], "Policy alpha: Adam betas.", min_len=2)
-    local_eval_every: int = option(
-        1,
-        "Evaluate the clients' trained subnets on their eval "
-        "splits every N rounds (and in the last).",
-        ge=1,
-    )
 
 
 class PathModel(nn.Module):
