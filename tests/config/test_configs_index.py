@@ -131,6 +131,6 @@ def test_configs_command_lists_every_run(capsys):
     assert capsys.readouterr().out.strip() == markdown(CONFIGS)
 
 
-def test_readme_config_table_is_current():
-    readme = (ROOT / "README.md").read_text()
-    assert markdown(CONFIGS) in readme, "regenerate with: fednas-mpi configs --markdown"
+def test_docs_config_table_is_current():
+    page = (ROOT / "docs" / "data.md").read_text()
+    assert markdown(CONFIGS) in page, "regenerate with: fednas-mpi configs --markdown"

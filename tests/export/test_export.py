@@ -204,7 +204,7 @@ FRESH = textwrap.dedent("""
 """)
 
 ROOT = Path(__file__).resolve().parents[2]
-README_SNIPPET = re.compile(r"## Using the searched model.*?```python\n(.*?)```", re.S)
+DOCS_SNIPPET = re.compile(r"## Using the searched model.*?```python\n(.*?)```", re.S)
 
 TRAINED = {
     "run": {"name": "fresh", "seed": 1, "rounds": 8},
@@ -261,8 +261,8 @@ def test_exported_quickstart_model_loads_in_a_fresh_process(tmp_path):
     assert out["acc"] == pytest.approx(meta["accuracy"]["exported"], abs=1e-6)
     assert run_acc > 0.5  # a model that learned something
     assert abs(out["acc"] - run_acc) <= 0.01, (out["acc"], run_acc)
-    # the README's loading snippet, verbatim, in the same kind of fresh process
-    snippet = README_SNIPPET.search((ROOT / "README.md").read_text()).group(1)
+    # the docs' loading snippet, verbatim, in the same kind of fresh process
+    snippet = DOCS_SNIPPET.search((ROOT / "docs" / "inspect-and-export.md").read_text()).group(1)
     shutil.copy(tmp_path / "m.pt2", tmp_path / "model.pt2")
     check = "\nimport sys\nassert 'fednas_mpi' not in sys.modules\n"
     res = subprocess.run(
