@@ -508,7 +508,12 @@ def markdown(proto: dict, doc: dict, raw: dict, seeds: list[int], args) -> str:
         f"cosine learning rate to 0.001), learning rate from {proto['recipe']['lr_grid']} "
         f"tuned on random genotypes {proto['recipe']['tune_genotypes']} (seed {seeds[0]}, "
         "mean val_acc). Accuracies are seed means over the seeds; percentiles are among "
-        "the random cells' seed means.",
+        + (
+            "the random cells' seed means, except a searched cell's (retrained on its "
+            "search's seed only: among the random cells on that seed)."
+            if proto.get("searched_retrain") == "same_seed"
+            else "the random cells' seed means."
+        ),
         "",
     ]
     for sname, sdoc in doc.items():
