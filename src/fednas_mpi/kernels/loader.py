@@ -77,7 +77,7 @@ def _load(path: Path, source: str) -> LoadResult:
             source,
             str(path),
             f"{path} has kernel ABI {found}, the sources {abi_version()}: rebuild "
-            f"it (see README, Fused kernels) or delete it",
+            f"it (see docs/kernels.md) or delete it",
         )
     return LoadResult(True, source, str(path))
 
