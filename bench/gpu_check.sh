@@ -9,7 +9,7 @@
 #   (METHODS_K=EXPR selects tests/gpu/test_gpu.py tests with pytest -k)
 #
 # Python packages the GPU image lacks (mpich, mpi4py built for it, pytest-mpi) are taken from
-# ./.whl when present (pip download ... -d .whl, see /work/.library/device/README.md).
+# ./.whl when present (pip download ... -d .whl, see docs/hpc.md), installed under build/pfx.
 set -u
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--quick" ]; then
@@ -22,10 +22,10 @@ STEPS=${*:-build kernels grouped kerrors methods kbench rbench}
 PY=${PYTHON:-python3}
 if ls .whl/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --ignore-installed \
-        --prefix /tmp/pfx .whl/*.whl
-    site=$("$PY" -c 'import sys; print("/tmp/pfx/lib/python%d.%d/site-packages" % sys.version_info[:2])')
-    export PATH=/tmp/pfx/bin:$PATH PYTHONPATH=$site LD_LIBRARY_PATH=/tmp/pfx/lib:${LD_LIBRARY_PATH:-}
-    export FEDNAS_MPI_MPIRUN=/tmp/pfx/bin/mpirun
+        --prefix build/pfx .whl/*.whl
+    site=$PWD/build/pfx/lib/$("$PY" -c 'import sys; print("python%d.%d" % sys.version_info[:2])')/site-packages
+    export PATH=$PWD/build/pfx/bin:$PATH PYTHONPATH=$site LD_LIBRARY_PATH=$PWD/build/pfx/lib:${LD_LIBRARY_PATH:-}
+    export FEDNAS_MPI_MPIRUN=$PWD/build/pfx/bin/mpirun
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
