@@ -89,12 +89,15 @@ def _problems(body: str, options_of: dict[str, set[str]]) -> list[str]:
             found.append(f"{cmd}: no script {script}")
             continue
         option = None
-        for arg in args:
-            if arg.startswith("--"):
-                option = arg.split("=", 1)[0]
+        for token in args:
+            if token.startswith("--"):
+                option, _, arg = token.partition("=")
                 if interpreter == "python" and option not in options_of[script]:
                     found.append(f"{cmd}: {script} takes no {option}")
-                continue
+                if not arg:
+                    continue
+            else:
+                arg = token
             if not PATHISH.search(arg) or "=" in arg or "$" in arg:
                 continue  # a value (a seed, a --set key=value, a shell variable)
             if not _inside(arg):
@@ -125,13 +128,14 @@ def test_a_command_with_an_old_path_or_option_is_caught(options_of):
         "```\npython bench/compare_methods.py configs/fednas_digits.yaml --seeds 0 \\\n"
         "    --nas-suffix digits\npython bench/compare.py configs/quickstart.yaml\n```\n"
         "(`python bench/search_quality.py bench/protocols/search_quality/cpu.yaml --runs\n"
-        "/work/runs`)\n"
+        "/work/runs --json=/tmp/sq.json`)\n"
     )
     problems = _problems(old, options_of)
     assert any("no configs/fednas_digits.yaml" in p for p in problems), problems
     assert any("takes no --nas-suffix" in p for p in problems), problems
     assert any("no script bench/compare.py" in p for p in problems), problems
     assert any("/work/runs lies outside" in p for p in problems), problems
+    assert any("/tmp/sq.json lies outside" in p for p in problems), problems
     current = (
         "    python bench/search_quality.py \\\n"
         "        bench/protocols/search_quality/cpu.yaml --jobs 2 --settings fmnist_dir0.1\n"
