@@ -109,6 +109,38 @@ def darts_unit_config(method: str, rounds: int = 3, **algorithm):
     )
 
 
+#: The section a method's own keys go in, where it is not the method's name (the meta
+#: variants read FedMetaNAS's).
+SECTION = {"meta_fedpnas": "fedmetanas", "meta_perfedrlnas": "fedmetanas"}
+#: The methods on a fixed model (the small CNN) rather than a supernet.
+FIXED_METHODS = ("fedavg", "fedbabu", "fedrep", "perfedavg")
+
+
+def unit_config(method: str, rounds: int = 3, **keys):
+    """Any method's unit-test config: ``darts_unit_config`` for a supernet method; for a
+    fixed-model method a tiny CNN, batch 4, SGD (lr 0.1, momentum 0.9, weight decay 1e-3),
+    seed 5. ``keys``: the method's own section (``SECTION``)."""
+    if method not in FIXED_METHODS:
+        return darts_unit_config(method, rounds, **({SECTION.get(method, method): keys}))
+    from fednas_mpi.config import from_dict
+
+    return from_dict(
+        {
+            "run": {"seed": 5, "rounds": rounds},
+            "model": {"channels": [4, 6], "hidden": 10},
+            "algorithm": {
+                "name": method,
+                "local_epochs": 1,
+                "batch_size": 4,
+                "lr": 0.1,
+                "momentum": 0.9,
+                "weight_decay": 1e-3,
+                **({method: keys} if keys else {}),
+            },
+        }
+    )
+
+
 def client_data(cid: int = 2, n: int = 16, n_eval: int = 8, eval_fill: float | None = None):
     """Random 8x8 one-channel client data with 10 classes, drawn from a generator seeded by
     the client id (100 + cid), so two calls with the same id give the same client;

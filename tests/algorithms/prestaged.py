@@ -3,17 +3,29 @@ reference: every draw made inside the loop when the loop needs it (Gumbel noise 
 forward, augmentation per batch), losses and norms read to the host every step, clipping
 by a read and a branch, per-tensor MAML updates and torch's per-tensor optimiser loops.
 ``test_staged_equality`` checks that the staged, sync-free loops end bit for bit where
-these do: a random stream drawn in another order or shape would not.
+these do: a random stream drawn in another order or shape would not. A method whose
+client update only calls a shared loop (``training.sgd_epochs``, ``subnet.train_path``)
+runs its own update on the old copy of that loop (``through_old_loops``).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+from torch import nn
 from torch.nn import functional as F
 
+import fednas_mpi.algorithms.common.subnet as subnet
+import fednas_mpi.algorithms.common.training as training
+from fednas_mpi.algorithms.base import ClientResult
+from fednas_mpi.algorithms.common.maml import TaskLearner
+from fednas_mpi.algorithms.common.supernet import state_of
 from fednas_mpi.algorithms.common.tasks import task_pairs
-from fednas_mpi.algorithms.common.training import minibatches
+from fednas_mpi.algorithms.common.training import evaluate, minibatches
 from fednas_mpi.algorithms.fednas import milenas_grads
+from fednas_mpi.algorithms.fedpnas import ARCH_NAMES, MetaFedPNAS, SplitModel, split_forward
+from fednas_mpi.algorithms.perfedavg import batch_groups
 from fednas_mpi.kernels.reference import hard_index
 from fednas_mpi.nas import CELL_TYPES
 from fednas_mpi.nas.mixing import gumbel_noise
@@ -255,4 +267,282 @@ def feddsnas(algo, model, data, ctx):
     return state, {"train_loss": total / max(count, 1)}
 
 
-REFERENCES = {"fedmetanas": fedmetanas, "fednas": fednas, "feddsnas": feddsnas}
+# ------------------------------------------------------------------ the shared SGD loops
+# (the fixed-model methods, random_nas, FedNAS's retraining; the subnet methods' path)
+
+
+def _old_augment(augment):
+    if augment is None or not hasattr(augment, "padding"):
+        return augment
+    return lambda x, g: crop_flip(x, g, augment.padding, torch.tensor(augment.fill))
+
+
+def sgd_epochs(model, x, y, optimizer, batch_size, epochs, generator, augment=None):
+    """``common.training.sgd_epochs`` before issue 27's second part."""
+    _per_tensor([optimizer])
+    augment = _old_augment(augment)
+    model.train()
+    total = torch.zeros((), dtype=torch.float64, device=training.device_of(model))
+    count = 0
+    for _ in range(epochs):
+        for idx in minibatches(len(y), batch_size, generator):
+            optimizer.zero_grad(set_to_none=True)
+            xb = x[idx] if augment is None else augment(x[idx], generator)
+            loss = F.cross_entropy(model(xb), y[idx])
+            loss.backward()
+            optimizer.step()
+            total += loss.detach().double() * len(idx)
+            count += len(idx)
+    return float(total) / max(count, 1)
+
+
+def _clip_present(params, max_norm):
+    grads = [p.grad for p in params if p.grad is not None]
+    if max_norm > 0 and grads:
+        clip_grad_norm(grads, max_norm)
+
+
+def train_path(
+    net, choices, x, y, optimizer, batch_size, epochs, generator, grad_clip, augment=None
+):
+    """``common.subnet.train_path`` before issue 27's second part."""
+    _per_tensor([optimizer])
+    augment = _old_augment(augment)
+    net.train()
+    weights = net.weight_parameters()
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        for idx in minibatches(len(y), batch_size, generator):
+            optimizer.zero_grad(set_to_none=True)
+            xb = x[idx] if augment is None else augment(x[idx], generator)
+            loss = F.cross_entropy(path_forward(net, xb, choices), y[idx])
+            loss.backward()
+            _clip_present(weights, grad_clip)
+            optimizer.step()
+            total, count = total + float(loss.detach()) * len(idx), count + len(idx)
+    optimizer.zero_grad(set_to_none=True)
+    return total / max(count, 1)
+
+
+@contextmanager
+def _old_loops():
+    """The methods' own client updates with the shared loops as they were."""
+    saved = training.sgd_epochs, subnet.train_path
+    training.sgd_epochs, subnet.train_path = sgd_epochs, train_path
+    try:
+        yield
+    finally:
+        training.sgd_epochs, subnet.train_path = saved
+
+
+def through_old_loops(algo, model, data, ctx, client_state=None):
+    """The ClientResult of ``algo.client_update`` run on the old shared loops."""
+    with _old_loops():
+        return algo.client_update(model, data, ctx, client_state)
+
+
+# ------------------------------------------------------------------ per-FedAvg
+
+
+def _grad(net, params, batch):
+    loss = F.cross_entropy(net(batch[0]), batch[1])
+    return list(torch.autograd.grad(loss, params))
+
+
+def _perfedavg_step(net, params, batches, alpha, optimizer, hessian_free=False, delta=1e-3):
+    params = list(params)
+    w0 = [p.detach().clone() for p in params]
+    g_in = _grad(net, params, batches[0])
+    with torch.no_grad():
+        for p, g in zip(params, g_in):
+            p.sub_(alpha * g)
+    outer = F.cross_entropy(net(batches[1][0]), batches[1][1])
+    g = [t.detach() for t in torch.autograd.grad(outer, params)]
+    if hessian_free:
+        with torch.no_grad():
+            for p, w, d in zip(params, w0, g):
+                p.copy_(w + delta * d)
+        g_plus = _grad(net, params, batches[2])
+        with torch.no_grad():
+            for p, w, d in zip(params, w0, g):
+                p.copy_(w - delta * d)
+        g_minus = _grad(net, params, batches[2])
+        g = [d - alpha * (gp - gm) / (2 * delta) for d, gp, gm in zip(g, g_plus, g_minus)]
+    with torch.no_grad():
+        for p, w, d in zip(params, w0, g):
+            p.copy_(w)
+            p.grad = d.clone()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(outer.detach())
+
+
+def perfedavg(algo, model, data, ctx, client_state=None):
+    """(state, metrics) of the pre-staging per-FedAvg client loop."""
+    a, p = algo.cfg.algorithm, algo.cfg.algorithm.perfedavg
+    net = algo.load(model.state)
+    net.train()
+    params = list(net.parameters())
+    opt = torch.optim.SGD(params, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
+    _per_tensor([opt])
+    hf = p.variant == "hessian_free"
+    g = torch_rng(ctx.seed, ctx.round, data.client_id, "perfedavg.batches")
+    x, y, augment = data.train_x, data.train_y, _augment(data)
+
+    def batch(idx):
+        xb = x[idx] if augment is None else augment(x[idx], g)
+        return xb, y[idx]
+
+    total, steps = 0.0, 0
+    for _ in range(a.local_epochs):
+        for group in batch_groups(len(y), a.batch_size, 3 if hf else 2, g):
+            total += _perfedavg_step(
+                net, params, [batch(i) for i in group], p.alpha, opt, hf, p.hf_delta
+            )
+            steps += 1
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return state, {"train_loss": total / max(steps, 1)}
+
+
+# ------------------------------------------------------------------ FedPNAS, meta-FedPNAS
+
+
+def _fedpnas_step(algo, base_w, pers_w, base_a, pers_a, round_):
+    f = algo.conf
+    inner = TaskLearner(
+        [(pers_w, f.inner_lr_w), (pers_a, f.inner_lr_alpha)], f.inner_steps, f.grad_clip
+    )
+    w_opt = torch.optim.SGD(base_w, lr=f.lr, momentum=f.momentum, weight_decay=f.weight_decay)
+    if algo.arch_opt.on:
+        a_opt = torch.optim.SGD(base_a, lr=f.client_arch_lr)
+    else:
+        a_opt = torch.optim.Adam(base_a, lr=f.arch_lr, betas=(0.5, 0.999))
+    _per_tensor([w_opt, a_opt])
+    base = base_w + base_a
+
+    def step(support, query):
+        s_loss = _adapt(inner, support)
+        q = query()
+        grads = torch.autograd.grad(q, base, allow_unused=True)
+        for p, g in zip(base, grads):
+            p.grad = g
+        _clip_present(base_w, f.grad_clip)
+        w_opt.step()
+        a_opt.step()
+        w_opt.zero_grad(set_to_none=True)
+        a_opt.zero_grad(set_to_none=True)
+        return s_loss, float(q.detach())
+
+    return step
+
+
+def _meta_fedpnas_step(algo, base_w, pers_w, base_a, pers_a, round_):
+    task, meta = algo.meta.learners(base_w + pers_w, base_a, round_, own_arch=pers_a)
+    _per_tensor(meta.optimizers)
+    return lambda support, query: _meta_step(meta, task, support, query)
+
+
+def fedpnas(algo, model, data, ctx, client_state=None):
+    """The pre-staging FedPNAS / meta-FedPNAS client update (a ClientResult)."""
+    a = algo.cfg.algorithm
+    net = algo._net(model)
+    mine = algo.personal_state(model, client_state)
+    logits = ("palpha_", "pbeta_")
+    net.load_state_dict({k: v for k, v in mine.items() if not k.startswith(logits)}, strict=False)
+    personal = {k: nn.Parameter(v.to(algo.device)) for k, v in mine.items() if k.startswith(logits)}
+    net.train()
+    net.set_sampling(
+        algo.temperature(ctx.round),
+        torch_rng(ctx.seed, ctx.round, data.client_id, f"{algo.name}.gumbel"),
+    )
+    named = dict(net.named_parameters())
+    base_w = [p for k, p in named.items() if k not in ARCH_NAMES and not algo.is_personal(k)]
+    pers_w = [p for k, p in named.items() if k not in ARCH_NAMES and algo.is_personal(k)]
+    base_a, pers_a = net.arch_parameters(), list(personal.values())
+    local_step = _meta_fedpnas_step if isinstance(algo, MetaFedPNAS) else _fedpnas_step
+    step = local_step(algo, base_w, pers_w, base_a, pers_a, ctx.round)
+    g_tasks = torch_rng(ctx.seed, ctx.round, data.client_id, f"{algo.name}.tasks")
+    x, y, first, augment = data.train_x, data.train_y, algo.first_personal, _augment(data)
+
+    def loss(idx):
+        xb = x[idx] if augment is None else augment(x[idx], g_tasks)
+        return lambda: F.cross_entropy(split_forward(net, xb, personal, first), y[idx])
+
+    s_sum = q_sum = 0.0
+    steps = 0
+    for _ in range(a.local_epochs):
+        for s_idx, q_idx in task_pairs(len(y), a.batch_size, algo.tasks_per_epoch, g_tasks):
+            s_loss, q_loss = step(loss(s_idx), loss(q_idx))
+            s_sum, q_sum, steps = s_sum + s_loss, q_sum + q_loss, steps + 1
+    local_acc = float("nan")
+    if ctx.is_due(algo.local_eval_every):
+        _, local_acc = evaluate(SplitModel(net, personal, first), data.eval_x, data.eval_y)
+    state = state_of(net)
+    kept = {k: v for k, v in state.items() if algo.is_personal(k)}
+    kept.update({k: p.detach().clone() for k, p in personal.items()})
+    return ClientResult(
+        state,
+        float(data.num_train),
+        {"train_loss": q_sum / steps, "support_loss": s_sum / steps, "local_acc": local_acc},
+        client_state=kept,
+    )
+
+
+# ------------------------------------------------------------------ meta-PerFedRLNAS
+
+
+def _meta_path_train(algo, net, choices, data, tr, ctx):
+    """``MetaPerFedRLNAS.local_train`` before issue 27's second part."""
+    a, f = algo.cfg.algorithm, algo.cfg.algorithm.fedmetanas
+    net.train()
+    task, meta = algo.meta.learners(net.weight_parameters(), [], ctx.round)
+    _per_tensor(meta.optimizers)
+    g = torch_rng(ctx.seed, ctx.round, data.client_id, f"{algo.purpose}.tasks")
+    x, y, augment = data.train_x[tr], data.train_y[tr], _augment(data)
+
+    def loss(idx):
+        xb = x[idx] if augment is None else augment(x[idx], g)
+        return lambda: F.cross_entropy(path_forward(net, xb, choices), y[idx])
+
+    total, steps = 0.0, 0
+    for _ in range(a.local_epochs):
+        for s_idx, q_idx in task_pairs(len(y), a.batch_size, f.tasks_per_epoch, g):
+            _, q_loss = _meta_step(meta, task, loss(s_idx), loss(q_idx))
+            total, steps = total + q_loss, steps + 1
+    return total / max(steps, 1)
+
+
+def meta_perfedrlnas(algo, model, data, ctx, client_state=None):
+    """The pre-staging meta-PerFedRLNAS client update (a ClientResult)."""
+    own = algo.local_train
+    algo.local_train = lambda net, choices, data, tr, ctx: _meta_path_train(
+        algo, net, choices, data, tr, ctx
+    )
+    try:
+        return algo.client_update(model, data, ctx, client_state)
+    finally:
+        algo.local_train = own
+
+
+REFERENCES = {
+    "fedmetanas": fedmetanas,
+    "fednas": fednas,
+    "feddsnas": feddsnas,
+    "perfedavg": perfedavg,
+    "fedpnas": fedpnas,
+    "meta_fedpnas": fedpnas,
+    "meta_perfedrlnas": meta_perfedrlnas,
+    # these call a shared loop, replaced by its old copy
+    **{
+        m: through_old_loops
+        for m in (
+            "fedavg",
+            "fedbabu",
+            "fedrep",
+            "random_nas",
+            "fednas-retrain",
+            "fedrlnas",
+            "perfedrlnas",
+        )
+    },
+}

@@ -1,6 +1,7 @@
 """Issue 27: inside the step loop of a client update nothing waits on the device and nothing
-is drawn or copied from the host (``syncguard``): FedMetaNAS, FedNAS (search) and FedDSNAS,
-with augmentation, on both supernet forwards. The loop is what the method marks with
+is drawn or copied from the host (``syncguard``): every method's client update (FedNAS's
+search and retraining stages), with augmentation, on both supernet forwards where a
+method runs the mixture. The loop is what the method marks with
 ``steploop.step_loop``: staging before it and one read of the losses after it are allowed.
 FedDSNAS must know its sampled path on the host: one declared read per step, no more.
 On a GPU the same loops also run under ``torch.cuda.set_sync_debug_mode("error")``."""
@@ -9,33 +10,37 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import client_data, darts_unit_config
+from helpers import FIXED_METHODS, client_data, unit_config
 from syncguard import SyncGuard
 
-from fednas_mpi.algorithms import DataInfo, RoundContext
+from fednas_mpi.algorithms import DataInfo, RoundContext, get_algorithm
 from fednas_mpi.algorithms.common.steploop import watching
-from fednas_mpi.algorithms.feddsnas import FedDSNAS
-from fednas_mpi.algorithms.fedmetanas import FedMetaNAS
-from fednas_mpi.algorithms.fednas import FedNAS
 from fednas_mpi.data.augment import CropFlip
 
 METHODS = {
-    # (class, algorithm keys, round): FedMetaNAS after its warm-up (Gumbel noise on) with
-    # clipping that bites, FedNAS in its search stage
-    "fedmetanas": (FedMetaNAS, {"fedmetanas": {"grad_clip": 0.05, "inner_steps": 2}}, 1),
-    "fednas": (FedNAS, {"fednas": {"search_rounds": 2, "grad_clip": 0.05}}, 0),
-    "feddsnas": (FedDSNAS, {"feddsnas": {"grad_clip": 0.05}}, 0),
+    # name: (method, its section's keys, round, marked loops): FedMetaNAS after its
+    # warm-up (Gumbel noise on) with clipping that bites, FedNAS in its search stage and
+    # (search_rounds 1, round 1) in its retraining, FedRep's head and body loops
+    "fedmetanas": ("fedmetanas", {"grad_clip": 0.05, "inner_steps": 2}, 1, 1),
+    "fednas": ("fednas", {"search_rounds": 2, "grad_clip": 0.05}, 0, 1),
+    "feddsnas": ("feddsnas", {"grad_clip": 0.05}, 0, 1),
 }
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+#: the methods that run only single paths (whatever kernels.supernet says) or no supernet
+ONE_FORWARD = {"feddsnas", "fedrlnas", "perfedrlnas", "meta_perfedrlnas", *FIXED_METHODS}
 
 
-def _run(method: str, supernet: str, device: str):
-    cls, keys, round_ = METHODS[method]
-    cfg = darts_unit_config(method, 3, **keys)
+def _run(name: str, supernet: str, device: str):
+    method, keys, round_, _ = METHODS[name]
+    cfg = unit_config(method, 3, **keys)
     cfg.kernels.supernet = supernet
-    algo = cls(cfg, DataInfo((1, 8, 8), 10))
+    algo = get_algorithm(method)(cfg, DataInfo((1, 8, 8), 10))
     algo.device = torch.device(device)
     model = algo.init_global()
+    if name == "fednas-retrain":  # the derived network, as the server makes it
+        model = algo.server_step(
+            model, model.state, {"client_weight": 1.0}, RoundContext(0, 3, 5, "search")
+        )
     data = client_data(n=20)
     data = type(data)(**{**data.__dict__, "augment": CropFlip(1, (0.0,))}).to(device)
     ctx = RoundContext(round_, 3, 5, algo.stage(round_))
@@ -44,12 +49,12 @@ def _run(method: str, supernet: str, device: str):
     return guard, result
 
 
-# FedDSNAS runs the single-path forward whatever kernels.supernet says: one case of it
+# one case of the methods whose forward does not depend on kernels.supernet
 CASES = [
     (m, s)
     for m in sorted(METHODS)
     for s in ("grouped", "reference")
-    if (m, s) != ("feddsnas", "grouped")
+    if not (METHODS[m][0] in ONE_FORWARD and s == "grouped")
 ]
 
 
@@ -57,11 +62,11 @@ CASES = [
 @pytest.mark.parametrize(("method", "supernet"), CASES)
 def test_step_loop_has_no_host_syncs(method, supernet, device):
     guard, result = _run(method, supernet, device)
-    assert guard.loops == 1  # the method marked its loop
+    assert guard.loops == METHODS[method][3]  # the method marked its loops
     assert not guard.violations, "\n".join(
         f"{n} x {kind} {op} at {where}" for (kind, op, where), n in guard.summary().items()
     )
-    steps = 20 // 4  # batch 4, one local epoch
+    steps = 20 // 4  # batch 4, one local epoch (DSNAS: one read per step)
     if method == "feddsnas":
         assert dict(guard.allowed_reads) == {"single path ops": steps}
     else:
