@@ -142,3 +142,19 @@ def test_a_shifted_stream_is_caught(case, monkeypatch):
     monkeypatch.setattr(streams, "gumbel_noise", gumbel_noise)
     with pytest.raises(AssertionError, match="tensors differ"):
         _assert_bit_equal(*_setup(case))
+
+
+@pytest.mark.parametrize("case", ["fedavg"])
+def test_a_shifted_batch_stream_is_caught(case, monkeypatch):
+    """The same for the minibatch streams: one extra draw before the first batch's
+    augmentation is recorded shifts every crop after it."""
+    real = streams.BatchStream.add
+
+    def add(self, idx, generator=None):
+        if not len(self) and generator is not None:
+            torch.rand((), generator=generator)
+        return real(self, idx, generator)
+
+    monkeypatch.setattr(streams.BatchStream, "add", add)
+    with pytest.raises(AssertionError, match="tensors differ"):
+        _assert_bit_equal(*_setup(case))

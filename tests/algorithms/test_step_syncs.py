@@ -23,7 +23,12 @@ METHODS = {
     # (search_rounds 1, round 1) in its retraining, FedRep's head and body loops
     "fedmetanas": ("fedmetanas", {"grad_clip": 0.05, "inner_steps": 2}, 1, 1),
     "fednas": ("fednas", {"search_rounds": 2, "grad_clip": 0.05}, 0, 1),
+    "fednas-retrain": ("fednas", {"search_rounds": 1}, 1, 1),
     "feddsnas": ("feddsnas", {"grad_clip": 0.05}, 0, 1),
+    "fedavg": ("fedavg", {}, 0, 1),
+    "fedbabu": ("fedbabu", {}, 0, 1),
+    "fedrep": ("fedrep", {}, 0, 2),
+    "random_nas": ("random_nas", {}, 0, 1),
 }
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 #: the methods that run only single paths (whatever kernels.supernet says) or no supernet

@@ -9,6 +9,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .maml import foreach
+from .steploop import DeviceSums, step_loop
+from .streams import BatchStream
+
 if TYPE_CHECKING:
     from ..base import ClientData
 
@@ -32,22 +36,31 @@ def sgd_epochs(
     """Plain supervised epochs; returns the sample-weighted mean training loss.
 
     ``augment`` (if given) transforms each minibatch, drawing from ``generator``
-    after the epoch's shuffle, so the run stays a function of the seed.
+    after the epoch's shuffle, so the run stays a function of the seed. Every draw is
+    made and staged before the step loop, in the loop's order (``streams.BatchStream``),
+    the optimiser steps with ``_foreach_*`` kernels and the loss is summed on the device:
+    the loop never waits on the host (issue 27), with the same result on the CPU.
     """
     model.train()
-    # kept on the model's device: no host sync per step on a GPU
-    total = torch.zeros((), dtype=torch.float64, device=device_of(model))
-    count = 0
+    batches = BatchStream(x, y, augment)
     for _ in range(epochs):
         for idx in minibatches(len(y), batch_size, generator):
+            batches.add(idx, generator)
+    batches.stage()
+    foreach(optimizer)
+    sums = DeviceSums(1, device_of(model))  # the sample-weighted loss
+    count = 0
+    with step_loop():
+        for i in range(len(batches)):
+            xb, yb = batches.batch(i)
             optimizer.zero_grad(set_to_none=True)
-            xb = x[idx] if augment is None else augment(x[idx], generator)
-            loss = F.cross_entropy(model(xb), y[idx])
+            loss = F.cross_entropy(model(xb), yb)
             loss.backward()
             optimizer.step()
-            total += loss.detach().double() * len(idx)
-            count += len(idx)
-    return float(total) / max(count, 1)
+            sums.add(loss, weight=len(yb))
+            count += len(yb)
+    (total,) = sums.read()
+    return total / max(count, 1)
 
 
 @torch.no_grad()
