@@ -28,6 +28,7 @@ METHODS = {
     "fedavg": ("fedavg", {}, 0, 1),
     "fedbabu": ("fedbabu", {}, 0, 1),
     "fedrep": ("fedrep", {}, 0, 2),
+    "perfedavg": ("perfedavg", {"variant": "hessian_free"}, 0, 1),
     "random_nas": ("random_nas", {}, 0, 1),
 }
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -30,6 +30,9 @@ from ..flat import State
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.fixed import FixedModelMethod, clone_state
+from .common.maml import foreach
+from .common.steploop import DeviceSums, step_loop
+from .common.streams import BatchStream
 from .common.training import evaluate, minibatches
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -63,33 +66,42 @@ def meta_step(
     optimizer: torch.optim.Optimizer,
     hessian_free: bool = False,
     delta: float = 1e-3,
-) -> float:
-    """One per-FedAvg local step on (D, D'[, D'']); returns the loss on D' at w_tmp."""
+) -> torch.Tensor:
+    """One per-FedAvg local step on (D, D'[, D'']); returns the loss on D' at w_tmp,
+    detached, on the device (no host read: issue 27).
+
+    The updates are ``_foreach_*`` ops over all tensors, each the per-tensor expression
+    it replaces in the same order of operations (w - alpha * g as a product, then a
+    difference), so the result is bit for bit the per-tensor loop's on the CPU."""
     params = list(params)
-    w0 = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        w0 = torch._foreach_mul(params, 1.0)  # a copy of every tensor in one call
     g_in = _grad(net, params, batches[0])
     with torch.no_grad():
-        for p, g in zip(params, g_in):
-            p.sub_(alpha * g)
+        torch._foreach_sub_(params, torch._foreach_mul(g_in, alpha))
     outer = F.cross_entropy(net(batches[1][0]), batches[1][1])
     g = [t.detach() for t in torch.autograd.grad(outer, params)]
     if hessian_free:
         with torch.no_grad():
-            for p, w, d in zip(params, w0, g):
-                p.copy_(w + delta * d)
+            step = torch._foreach_mul(g, delta)
+            torch._foreach_copy_(params, torch._foreach_add(w0, step))
         g_plus = _grad(net, params, batches[2])
         with torch.no_grad():
-            for p, w, d in zip(params, w0, g):
-                p.copy_(w - delta * d)
+            torch._foreach_copy_(params, torch._foreach_sub(w0, step))
         g_minus = _grad(net, params, batches[2])
-        g = [d - alpha * (gp - gm) / (2 * delta) for d, gp, gm in zip(g, g_plus, g_minus)]
+        # d - alpha * (g+ - g-) / (2 delta), in that order
+        hg = torch._foreach_div(
+            torch._foreach_mul(torch._foreach_sub(g_plus, g_minus), alpha), 2 * delta
+        )
+        g = torch._foreach_sub(g, hg)
     with torch.no_grad():
-        for p, w, d in zip(params, w0, g):
-            p.copy_(w)
-            p.grad = d.clone()
+        torch._foreach_copy_(params, w0)
+    for p, d in zip(params, g):
+        # fresh tensors of this step (autograd's or the foreach results): no copy needed
+        p.grad = d
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(outer.detach())
+    return outer.detach()
 
 
 class PerFedAvg(FixedModelMethod):
@@ -105,22 +117,26 @@ class PerFedAvg(FixedModelMethod):
         params = list(net.parameters())
         opt = torch.optim.SGD(params, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
         hf = p.variant == "hessian_free"
+        foreach(opt)
         g = torch_rng(ctx.seed, ctx.round, data.client_id, "perfedavg.batches")
-        x, y = data.train_x, data.train_y
-
-        def batch(idx: torch.Tensor) -> Batch:
-            xb = x[idx] if data.augment is None else data.augment(x[idx], g)
-            return xb, y[idx]
-
-        total, steps = 0.0, 0
+        # every draw staged before the loop, in the loop's order (``common.streams``)
+        batches = BatchStream(data.train_x, data.train_y, data.augment)
+        groups = 0
         for _ in range(a.local_epochs):
-            for group in batch_groups(len(y), a.batch_size, 3 if hf else 2, g):
-                total += meta_step(
-                    net, params, [batch(i) for i in group], p.alpha, opt, hf, p.hf_delta
-                )
-                steps += 1
+            for group in batch_groups(len(data.train_y), a.batch_size, 3 if hf else 2, g):
+                for idx in group:
+                    batches.add(idx, g)
+                groups += 1
+        batches.stage()
+        parts = len(batches) // max(groups, 1)
+        sums = DeviceSums(1, data.train_x.device)  # the query losses
+        with step_loop():
+            for i in range(groups):
+                group = [batches.batch(i * parts + j) for j in range(parts)]
+                sums.add(meta_step(net, params, group, p.alpha, opt, hf, p.hf_delta))
+        (total,) = sums.read()
         return ClientResult(
-            clone_state(net), float(data.num_train), {"train_loss": total / max(steps, 1)}
+            clone_state(net), float(data.num_train), {"train_loss": total / max(groups, 1)}
         )
 
     def personal_accuracy(
