@@ -30,6 +30,8 @@ METHODS = {
     "fedrep": ("fedrep", {}, 0, 2),
     "perfedavg": ("perfedavg", {"variant": "hessian_free"}, 0, 1),
     "random_nas": ("random_nas", {}, 0, 1),
+    "fedrlnas": ("fedrlnas", {"grad_clip": 0.05}, 0, 1),
+    "perfedrlnas": ("perfedrlnas", {"grad_clip": 0.05}, 0, 1),
 }
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 #: the methods that run only single paths (whatever kernels.supernet says) or no supernet

@@ -18,8 +18,10 @@ from ...nas import CELL_TYPES, ArchSpec, argmax_choices, child_spec
 from ...nas.single_path import Choices, path_forward
 from ...seeding import torch_rng
 from ..base import ClientData, GlobalModel, RoundContext
-from .maml import clip_present
+from .maml import clip_present, foreach
 from .schedules import cosine_lr
+from .steploop import DeviceSums, step_loop
+from .streams import BatchStream
 from .supernet import SupernetMethod
 from .tasks import holdout
 from .training import evaluate, minibatches
@@ -185,20 +187,34 @@ def train_path(
     augment=None,
 ) -> float:
     """Plain SGD epochs on one path; ops off the path keep grad None (untouched by the
-    optimiser). Returns the sample-weighted mean training loss."""
+    optimiser). Returns the sample-weighted mean training loss.
+
+    The path is decided before the loop (on the host, by the caller), so the loop needs
+    no host read: its draws are staged before it (``streams.BatchStream``), clipping and
+    the optimiser run as ``_foreach_*`` ops and the loss is summed on the device
+    (issue 27), with the same result on the CPU."""
     net.train()
     weights = net.weight_parameters()
-    total, count = 0.0, 0
+    batches = BatchStream(x, y, augment)
     for _ in range(epochs):
         for idx in minibatches(len(y), batch_size, generator):
+            batches.add(idx, generator)
+    batches.stage()
+    foreach(optimizer)
+    sums = DeviceSums(1, x.device)  # the sample-weighted loss
+    count = 0
+    with step_loop():
+        for i in range(len(batches)):
+            xb, yb = batches.batch(i)
             optimizer.zero_grad(set_to_none=True)
-            xb = x[idx] if augment is None else augment(x[idx], generator)
-            loss = F.cross_entropy(path_forward(net, xb, choices), y[idx])
+            loss = F.cross_entropy(path_forward(net, xb, choices), yb)
             loss.backward()
             clip_present(weights, grad_clip)
             optimizer.step()
-            total, count = total + float(loss.detach()) * len(idx), count + len(idx)
+            sums.add(loss, weight=len(yb))
+            count += len(yb)
     optimizer.zero_grad(set_to_none=True)
+    (total,) = sums.read()
     return total / max(count, 1)
 
 
