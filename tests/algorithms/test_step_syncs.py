@@ -32,6 +32,8 @@ METHODS = {
     "random_nas": ("random_nas", {}, 0, 1),
     "fedrlnas": ("fedrlnas", {"grad_clip": 0.05}, 0, 1),
     "perfedrlnas": ("perfedrlnas", {"grad_clip": 0.05}, 0, 1),
+    "fedpnas": ("fedpnas", {"grad_clip": 0.05, "inner_steps": 2}, 0, 1),
+    "meta_fedpnas": ("meta_fedpnas", {"grad_clip": 0.05, "inner_steps": 2}, 1, 1),
 }
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 #: the methods that run only single paths (whatever kernels.supernet says) or no supernet

@@ -44,9 +44,11 @@ from ..flat import State
 from ..nas import CELL_TYPES, SearchNetwork, temperature_at
 from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
-from .common.maml import TaskLearner, clip_present
+from .common.maml import TaskLearner, clip_present, foreach
 from .common.meta import MetaSearch
 from .common.server_opt import ServerArchConfig, ServerArchOptimizer
+from .common.steploop import DeviceSums, step_loop
+from .common.streams import BatchStream, GumbelStream
 from .common.supernet import GumbelSupernetMethod, state_of
 from .common.tasks import task_pairs
 from .common.training import evaluate
@@ -153,28 +155,39 @@ class FedPNAS(GumbelSupernetMethod):
             k: nn.Parameter(v.to(self.device)) for k, v in mine.items() if k.startswith(logits)
         }
         net.train()
-        net.set_sampling(
-            self.temperature(ctx.round),
-            torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.name}.gumbel"),
-        )
         named = dict(net.named_parameters())
         base_w = [p for k, p in named.items() if k not in ARCH_NAMES and not self.is_personal(k)]
         pers_w = [p for k, p in named.items() if k not in ARCH_NAMES and self.is_personal(k)]
         base_a, pers_a = net.arch_parameters(), list(personal.values())
-        step = self.local_step(base_w, pers_w, base_a, pers_a, ctx.round)
+        step, forwards = self.local_step(base_w, pers_w, base_a, pers_a, ctx.round)
         g_tasks = torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.name}.tasks")
-        x, y, first = data.train_x, data.train_y, self.first_personal
-
-        def loss(idx):
-            xb = x[idx] if data.augment is None else data.augment(x[idx], g_tasks)
-            return lambda: F.cross_entropy(split_forward(net, xb, personal, first), y[idx])
-
-        s_sum = q_sum = 0.0
-        steps = 0
+        first = self.first_personal
+        # every draw staged before the loop, in the loop's order (``common.streams``): an
+        # epoch's task pairs, then each pair's augmentation (the same generator); the
+        # Gumbel noise of every split forward (two mixture forwards' worth: the global
+        # logits', then the personalised ones')
+        batches = BatchStream(data.train_x, data.train_y, data.augment)
         for _ in range(a.local_epochs):
-            for s_idx, q_idx in task_pairs(len(y), a.batch_size, self.tasks_per_epoch, g_tasks):
-                s_loss, q_loss = step(loss(s_idx), loss(q_idx))
-                s_sum, q_sum, steps = s_sum + s_loss, q_sum + q_loss, steps + 1
+            pairs = task_pairs(len(data.train_y), a.batch_size, self.tasks_per_epoch, g_tasks)
+            for s_idx, q_idx in pairs:
+                batches.add(s_idx, g_tasks)
+                batches.add(q_idx, g_tasks)
+        batches.stage()
+        steps = len(batches) // 2
+        g_noise = torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.name}.gumbel")
+        noise = GumbelStream(net, g_noise, 2 * forwards * steps)
+        net.set_sampling(self.temperature(ctx.round), noise)
+
+        def loss(xb, yb):
+            return lambda: F.cross_entropy(split_forward(net, xb, personal, first), yb)
+
+        sums = DeviceSums(2, data.train_x.device)  # (support, query) losses
+        with step_loop():
+            for i in range(steps):
+                xs, ys = batches.batch(2 * i)
+                xq, yq = batches.batch(2 * i + 1)
+                sums.add(*step(loss(xs, ys), loss(xq, yq)))
+        s_sum, q_sum = sums.read()
         local_acc = float("nan")
         every = self.local_eval_every
         if ctx.is_due(every):
@@ -220,7 +233,9 @@ class FedPNAS(GumbelSupernetMethod):
 
     def local_step(self, base_w, pers_w, base_a, pers_a, round_: int):
         """FedPNAS: the personalised part adapts on the support task and keeps it; the
-        base takes the query gradient at the adapted point (first-order meta step)."""
+        base takes the query gradient at the adapted point (first-order meta step).
+        Returns (the step: support and query loss closures -> their losses, detached, on
+        the device; the forwards a step runs)."""
         f = self.conf
         inner = TaskLearner(
             [(pers_w, f.inner_lr_w), (pers_a, f.inner_lr_alpha)], f.inner_steps, f.grad_clip
@@ -230,10 +245,11 @@ class FedPNAS(GumbelSupernetMethod):
             a_opt = torch.optim.SGD(base_a, lr=f.client_arch_lr)
         else:
             a_opt = torch.optim.Adam(base_a, lr=f.arch_lr, betas=(0.5, 0.999))
+        foreach(w_opt, a_opt)
         base = base_w + base_a
 
-        def step(support, query) -> tuple[float, float]:
-            s_loss = inner.adapt(support)
+        def step(support, query) -> tuple[torch.Tensor, torch.Tensor]:
+            s_loss = inner.run(support)
             q = query()
             grads = torch.autograd.grad(q, base, allow_unused=True)
             for p, g in zip(base, grads):
@@ -243,9 +259,9 @@ class FedPNAS(GumbelSupernetMethod):
             a_opt.step()
             w_opt.zero_grad(set_to_none=True)
             a_opt.zero_grad(set_to_none=True)
-            return s_loss, float(q.detach())
+            return s_loss, q.detach()
 
-        return step
+        return step, inner.steps + 1
 
     # ------------------------------------------------------------ server
     def server_step(
@@ -303,7 +319,7 @@ class MetaFedPNAS(FedPNAS):
     def local_step(self, base_w, pers_w, base_a, pers_a, round_: int):
         # the personalised logits are the client's own: never stepped by the server
         task, meta = self.meta.learners(base_w + pers_w, base_a, round_, own_arch=pers_a)
-        return lambda support, query: meta.step(task, support, query)
+        return (lambda support, query: meta.update(task, support, query)), task.steps + 1
 
     def server_step(
         self, model: GlobalModel, averaged: State, metrics: dict[str, float], ctx: RoundContext
