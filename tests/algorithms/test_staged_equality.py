@@ -144,7 +144,9 @@ def test_a_shifted_stream_is_caught(case, monkeypatch):
         _assert_bit_equal(*_setup(case))
 
 
-@pytest.mark.parametrize("case", ["fedavg", "perfedavg-first-order", "rlnas", "pnas"])
+@pytest.mark.parametrize(
+    "case", ["fedavg", "perfedavg-first-order", "rlnas", "pnas", "meta-perfedrlnas"]
+)
 def test_a_shifted_batch_stream_is_caught(case, monkeypatch):
     """The same for the minibatch streams: one extra draw before the first batch's
     augmentation is recorded shifts every crop after it."""

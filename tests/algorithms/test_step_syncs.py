@@ -32,6 +32,7 @@ METHODS = {
     "random_nas": ("random_nas", {}, 0, 1),
     "fedrlnas": ("fedrlnas", {"grad_clip": 0.05}, 0, 1),
     "perfedrlnas": ("perfedrlnas", {"grad_clip": 0.05}, 0, 1),
+    "meta_perfedrlnas": ("meta_perfedrlnas", {"grad_clip": 0.05, "inner_steps": 2}, 0, 1),
     "fedpnas": ("fedpnas", {"grad_clip": 0.05, "inner_steps": 2}, 0, 1),
     "meta_fedpnas": ("meta_fedpnas", {"grad_clip": 0.05, "inner_steps": 2}, 1, 1),
 }

@@ -37,10 +37,16 @@ from ..seeding import torch_rng
 from .base import ClientData, ClientResult, GlobalModel, RoundContext
 from .common.meta import MetaSearch
 from .common.policy import adam_ascent, choices_of, onehot, score
+from .common.steploop import DeviceSums, step_loop
+from .common.streams import BatchStream
 from .common.subnet import PathModel, SubnetSearch, op_keys
 from .common.supernet import state_of
 from .common.tasks import task_pairs
 from .common.training import evaluate
+
+
+def _path_loss(net, x: torch.Tensor, y: torch.Tensor, choices):
+    return lambda: F.cross_entropy(path_forward(net, x, choices), y)
 
 
 def path_params(net, choices) -> int:
@@ -238,17 +244,25 @@ class MetaPerFedRLNAS(PerFedRLNAS):
         net.train()
         task, meta = self.meta.learners(net.weight_parameters(), [], ctx.round)
         g = torch_rng(ctx.seed, ctx.round, data.client_id, f"{self.purpose}.tasks")
-        x, y = data.train_x[tr], data.train_y[tr]
-
-        def loss(idx):
-            xb = x[idx] if data.augment is None else data.augment(x[idx], g)
-            return lambda: F.cross_entropy(path_forward(net, xb, choices), y[idx])
-
-        total, steps = 0.0, 0
+        # the path is chosen before the loop; every draw staged before it, in the loop's
+        # order: an epoch's task pairs, then each pair's augmentation (``common.streams``)
+        batches = BatchStream(data.train_x[tr], data.train_y[tr], data.augment)
         for _ in range(a.local_epochs):
-            for s_idx, q_idx in task_pairs(len(y), a.batch_size, f.tasks_per_epoch, g):
-                _, q_loss = meta.step(task, loss(s_idx), loss(q_idx))
-                total, steps = total + q_loss, steps + 1
+            for s_idx, q_idx in task_pairs(len(tr), a.batch_size, f.tasks_per_epoch, g):
+                batches.add(s_idx, g)
+                batches.add(q_idx, g)
+        batches.stage()
+        steps = len(batches) // 2
+        sums = DeviceSums(1, data.train_x.device)  # the query losses
+        with step_loop():
+            for i in range(steps):
+                xs, ys = batches.batch(2 * i)
+                xq, yq = batches.batch(2 * i + 1)
+                _, q_loss = meta.update(
+                    task, _path_loss(net, xs, ys, choices), _path_loss(net, xq, yq, choices)
+                )
+                sums.add(q_loss)
+        (total,) = sums.read()
         return total / max(steps, 1)
 
     def server_step(
