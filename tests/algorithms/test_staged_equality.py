@@ -127,7 +127,7 @@ def test_staged_loop_equals_the_loop_before_it_on_the_reference_forward(case):
     _assert_bit_equal(*_setup(case, "reference"))
 
 
-@pytest.mark.parametrize("case", ["metanas-search", "dsnas-adam"])
+@pytest.mark.parametrize("case", ["metanas-search", "dsnas-adam", "pnas"])
 def test_a_shifted_stream_is_caught(case, monkeypatch):
     """The comparison is sensitive to the streams' order: one extra draw before the Gumbel
     noise is staged shifts every sample after it, and the states part."""
