@@ -75,7 +75,7 @@ def meta_step(
     difference), so the result is bit for bit the per-tensor loop's on the CPU."""
     params = list(params)
     with torch.no_grad():
-        w0 = torch._foreach_mul(params, 1.0)  # a copy of every tensor in one call
+        w0 = torch._foreach_mul(params, 1.0)  # an exact copy of every tensor, in one call
     g_in = _grad(net, params, batches[0])
     with torch.no_grad():
         torch._foreach_sub_(params, torch._foreach_mul(g_in, alpha))
