@@ -31,7 +31,7 @@ T0=$(date +%s)
 # Per step: seconds allowed (the GPU node's, then the dry run's). They add up to ~7.4 min
 # (a ceiling: steps that finish early leave it unspent).
 if [ $DRY = 1 ]; then
-    declare -A LIMIT=([env]=20 [wheels]=5 [data]=20 [supernet]=40 [compiled]=30 [updates]=40
+    declare -A LIMIT=([env]=20 [wheels]=5 [data]=20 [supernet]=40 [compiled]=40 [updates]=40
         [run_fedmetanas]=40 [run_fednas]=40 [stages]=20 [project]=15)
 else
     declare -A LIMIT=([env]=15 [wheels]=30 [data]=30 [supernet]=60 [compiled]=65 [updates]=80
@@ -68,7 +68,9 @@ if [ $DRY = 1 ]; then
     UPDATE_SETS=("${TOY[@]}" --set partition.train_size=16 --set algorithm.local_epochs=1)
     RUN_SETS=("${TOY[@]}" --set partition.train_size=4 --set partition.eval_size=4
         --set runtime.device=cpu)
-    SUPERNET=(--device cpu --configs configs/cpu/digits/fedmetanas.yaml --reps 1)  # a plumbing check: 2 reps took 38 of its 40 s
+    # a plumbing check: 2 reps took 38 of its 40 s
+    SUPERNET=(--device cpu --configs configs/cpu/digits/fedmetanas.yaml --reps 1
+        --paths reference grouped)
     # the compile plumbing without code generation (inductor's gcc takes minutes on a CPU)
     COMPILED=(--device cpu --configs configs/cpu/digits/fedmetanas.yaml --reps 1 --warmup 1
         --paths grouped compiled --compile-backend aot_eager)
