@@ -9,8 +9,9 @@
 # "GPU check"), data (synthetic CIFAR-10 in the real on-disk format), supernet (reference vs
 # grouped step at the paper shape: bench/supernet.py --device cuda --preset paper, skipped
 # when it lacks those flags), compiled (reference vs grouped vs compiled cells at 0 % dead
-# ops, FedMetaNAS at the paper shape, the compile time apart), updates (one FedMetaNAS and one FedNAS client update of 600
-# images, steps at 0/50/90 % dead ops and derived: bench/paper_updates.py), run_fedmetanas
+# ops, FedMetaNAS at the paper shape, the compile time apart), updates (one FedMetaNAS and
+# one FedNAS client update of 600 images, steps at 0/50/90 % dead ops and derived:
+# bench/paper_updates.py), run_fedmetanas
 # and run_fednas (6 rounds of the paper config under mpirun -n 3, seconds per round by
 # stage), project (hours of the paper's protocol on one 8-GPU node beside Table 2:
 # bench/project_paper.py). Everything lands in ONE archive, $OUT/gpu_quick.tar.gz (logs,
