@@ -8,8 +8,10 @@
 # Steps: env, wheels (mpich, mpi4py, pytest-mpi from ./.whl, prepared beforehand: README,
 # "GPU check"), data (synthetic CIFAR-10 in the real on-disk format), supernet (reference vs
 # grouped step at the paper shape: bench/supernet.py --device cuda --preset paper, skipped
-# when it lacks those flags), updates (one FedMetaNAS and one FedNAS client update of 600
-# images, steps at 0/50/90 % dead ops and derived: bench/paper_updates.py), run_fedmetanas
+# when it lacks those flags), compiled (reference vs grouped vs compiled cells at 0 % dead
+# ops, FedMetaNAS at the paper shape, the compile time apart), updates (one FedMetaNAS and
+# one FedNAS client update of 600 images, steps at 0/50/90 % dead ops and derived:
+# bench/paper_updates.py), run_fedmetanas
 # and run_fednas (6 rounds of the paper config under mpirun -n 3, seconds per round by
 # stage), project (hours of the paper's protocol on one 8-GPU node beside Table 2:
 # bench/project_paper.py). Everything lands in ONE archive, $OUT/gpu_quick.tar.gz (logs,
@@ -27,12 +29,13 @@ mkdir -p "$OUT" "$RES/runs"
 export PYTHONPATH=$REPO/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 T0=$(date +%s)
 
-# Per step: seconds allowed (the GPU node's, then the dry run's). They add up to ~6.5 min.
+# Per step: seconds allowed (the GPU node's, then the dry run's). They add up to ~7.4 min
+# (a ceiling: steps that finish early leave it unspent).
 if [ $DRY = 1 ]; then
-    declare -A LIMIT=([env]=20 [wheels]=5 [data]=20 [supernet]=40 [updates]=40
+    declare -A LIMIT=([env]=20 [wheels]=5 [data]=20 [supernet]=40 [compiled]=40 [updates]=40
         [run_fedmetanas]=40 [run_fednas]=40 [stages]=20 [project]=15)
 else
-    declare -A LIMIT=([env]=15 [wheels]=30 [data]=30 [supernet]=75 [updates]=80
+    declare -A LIMIT=([env]=15 [wheels]=30 [data]=30 [supernet]=60 [compiled]=65 [updates]=80
         [run_fedmetanas]=70 [run_fednas]=70 [stages]=15 [project]=10)
 fi
 
@@ -66,7 +69,12 @@ if [ $DRY = 1 ]; then
     UPDATE_SETS=("${TOY[@]}" --set partition.train_size=16 --set algorithm.local_epochs=1)
     RUN_SETS=("${TOY[@]}" --set partition.train_size=4 --set partition.eval_size=4
         --set runtime.device=cpu)
-    SUPERNET=(--device cpu --configs configs/cpu/digits/fedmetanas.yaml --reps 1)  # a plumbing check: 2 reps took 38 of its 40 s
+    # a plumbing check: 2 reps took 38 of its 40 s
+    SUPERNET=(--device cpu --configs configs/cpu/digits/fedmetanas.yaml --reps 1
+        --paths reference grouped)
+    # the compile plumbing without code generation (inductor's gcc takes minutes on a CPU)
+    COMPILED=(--device cpu --configs configs/cpu/digits/fedmetanas.yaml --reps 1 --warmup 1
+        --paths grouped compiled --compile-backend aot_eager)
     MPIRUN=${FEDNAS_MPI_MPIRUN:-$(dirname "$PY")/mpirun}
     [ -x "$MPIRUN" ] || MPIRUN=$(command -v mpirun)
 else
@@ -74,7 +82,10 @@ else
     PER_BATCH=1000 N_TEST=10000 # a 5,000-image pool (clients draw with overlap), the real test set
     UPDATE_SETS=()
     RUN_SETS=()
-    SUPERNET=(--device cuda --preset paper --reps 10)
+    SUPERNET=(--device cuda --preset paper --reps 6 --paths reference grouped)
+    # one network (each compiles its cells once): FedMetaNAS's, no dead ops
+    COMPILED=(--device cuda --preset paper --configs configs/paper/cifar10/fedmetanas.yaml
+        --reps 5 --warmup 2)
     MPIRUN=${FEDNAS_MPI_MPIRUN:-$(command -v mpirun)}
 fi
 # The 6-round run: the paper's schedule (shares of run.rounds) with the documented
@@ -137,9 +148,12 @@ help=$("$PY" "$REPO/bench/supernet.py" --help 2>&1)
 missing=$(for f in "${need[@]}"; do grep -q -- "$f" <<<"$help" || echo "$f"; done | xargs)
 if [ -n "$missing" ]; then
     skip supernet "bench/supernet.py has no $missing yet"
+    skip compiled "bench/supernet.py has no $missing yet"
 else
     step supernet "$PY" "$REPO/bench/supernet.py" "${SUPERNET[@]}" --dead 0 0.5 0.9 --derived \
         --json "$RES/supernet.json"
+    step compiled "$PY" "$REPO/bench/supernet.py" "${COMPILED[@]}" --dead 0 \
+        --json "$RES/compiled.json"
 fi
 
 if [ $DRY = 0 ]; then # GPU utilisation and memory, once a second, over the measured steps
@@ -179,7 +193,7 @@ tar -czf "$OUT/gpu_quick.tar.gz" -C "$WORK" gpu_quick
 echo
 echo "== summary ($([ $DRY = 1 ] && echo 'dry run, CPU, toy shapes' || echo GPU), $(($(date +%s) - T0)) s)"
 column -t -s $'\t' "$RES/steps.tsv" 2>/dev/null || cat "$RES/steps.tsv"
-for f in supernet updates stages project; do
+for f in supernet compiled updates stages project; do
     [ -s "$RES/$f.log" ] && grep -E '^\||ms|->|step |evaluation:|^Projected' "$RES/$f.log" | tail -n 30
 done
 echo "archive: $OUT/gpu_quick.tar.gz"

@@ -1,20 +1,27 @@
-"""The supernet's client step on the grouped forward against the op-by-op reference, in one
-process, one thread (issue 17).
+"""The supernet's client step on the grouped forward, and on compiled cells, against the
+op-by-op reference, in one process, one thread (issues 17, 28).
 
     python bench/supernet.py [--reps 15] [--configs CFG ...] [--dead 0 0.5 0.9]
                              [--client-update] [--profile] [--json OUT]
                              [--device cpu|cuda] [--preset paper] [--warmup 3]
+                             [--paths reference grouped compiled] [--compile-backend B]
 
 For each config (default: the CPU FedMetaNAS and FedNAS configs of digits and
 Fashion-MNIST) and each fraction of dead ops (random op masks, seeded, at least one real
 op per edge), it times one client step - forward, backward and optimiser step of the
 supernet at the config's batch size with the method's relaxation: FedMetaNAS
 Gumbel-softmax at temperature 1 (the CPU configs' start), FedNAS plain softmax - on
-``kernels.supernet`` reference and grouped, alternating the two, and prints the median
-and min time, images/s, the speedup, the memory saved for backward by one forward (the
-step's activation peak: tensors autograd keeps, counted with saved-tensor hooks), and
-the share of the step the mix takes (profiler: reference = fednas::mix and its
-backward; grouped = the matmul of eq. 2 and its backward). ``--derived`` adds a random
+``kernels.supernet`` reference and grouped and on compiled cells (``kernels.compile:
+cells`` over the grouped forward), taking turns, and prints the median and min time,
+images/s, the speedups, the memory saved for backward by one forward (the step's
+activation peak: tensors autograd keeps, counted with saved-tensor hooks; not for the
+compiled path, where the hooks would force a second compile), and the share of the step
+the mix takes (profiler: reference = fednas::mix and its backward; grouped = the matmul
+of eq. 2 and its backward; not attributable inside a compiled graph). The compile is
+timed apart: ``compile_s`` is the first step (every cell compiles in it, once per cell of
+each network, as in a run after each architecture change) less a timed step, and
+``compiles`` the graphs dynamo built for it. ``--compile-backend aot_eager`` checks the
+plumbing without code generation (the dry run of bench/gpu_quick.sh). ``--derived`` adds a random
 derived network (one op per edge, one combination per node: the network after the
 final derivation). ``--client-update`` also times one whole FedMetaNAS
 ``client_update`` (the method's loop) per path. ``--profile`` prints the top ops by
@@ -48,7 +55,7 @@ from fednas_mpi import kernels  # noqa: E402
 from fednas_mpi.algorithms import ClientData, DataInfo, RoundContext, get_algorithm  # noqa: E402
 from fednas_mpi.config import load_run  # noqa: E402
 from fednas_mpi.data.datasets import load_dataset  # noqa: E402
-from fednas_mpi.nas import ArchSpec, CellMasks, sampled_spec  # noqa: E402
+from fednas_mpi.nas import ArchSpec, CellMasks, compiled, sampled_spec  # noqa: E402
 
 CONFIGS = [
     "configs/cpu/fashion_mnist/fedmetanas.yaml",
@@ -56,7 +63,10 @@ CONFIGS = [
     "configs/cpu/digits/fedmetanas.yaml",
     "configs/cpu/digits/fednas.yaml",
 ]
-PATHS = ("reference", "grouped")
+PATHS = ("reference", "grouped", "compiled")
+# each path as (kernels.supernet, kernels.compile); compiled cells run the grouped forward
+SETTINGS = {"reference": ("reference", "off"), "grouped": ("grouped", "off")}
+SETTINGS["compiled"] = ("grouped", "cells")
 CPU = torch.device("cpu")
 PRESETS = {"paper": ["configs/paper/cifar10/fedmetanas.yaml", "configs/paper/cifar10/fednas.yaml"]}
 
@@ -156,16 +166,26 @@ def timed(step, device: torch.device) -> float:
 
 
 def time_steps(steps: dict, reps: int, device: torch.device, warmup: int = 3):
-    times = {p: [] for p in steps}
-    for p in steps:  # warm-up (plans, allocator)
-        for _ in range(warmup):
-            steps[p]()
+    """({path: seconds of each timed step}, {path: seconds of its first step}): the first
+    step is also the first of the warm-up (plans, allocator; the compile, compiled)."""
+    times, first = {p: [] for p in steps}, {}
+    for p in steps:
+        for _ in range(max(warmup, 1)):
+            t = timed(steps[p], device)
+            first.setdefault(p, t)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the warm-up's queued work is not timed
     for _ in range(reps):
-        for p, step in steps.items():  # alternate, so drifting load hits both
+        for p, step in steps.items():  # alternate, so drifting load hits every path
             times[p].append(timed(step, device))
-    return times
+    return times, first
+
+
+def graphs_built() -> int:
+    """Graphs dynamo has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def synthetic(cfg, algo, seed: int = 0):
@@ -184,6 +204,7 @@ def bench_config(
     device: torch.device = CPU,
     preset: str | None = None,
     warmup: int = 3,
+    paths: tuple[str, ...] = PATHS,
 ) -> list[dict]:
     cfg = load_run(ROOT / path)
     b = cfg.algorithm.batch_size
@@ -204,49 +225,68 @@ def bench_config(
             spec, frac = ArchSpec(derived.masks, algo.inputs).to_dict(), "derived"
         else:
             spec, frac = dead_masks(algo, dead) if dead else (algo.initial_spec(), 0.0)
-        nets = {p: algo.fresh(spec) for p in PATHS}
-        for p, net in nets.items():
-            net.set_execution(p)
+        nets = {}
+        for p in paths:
+            nets[p] = net = algo.fresh(spec)
+            net.set_execution(SETTINGS[p][0])
+            net.set_compile(SETTINGS[p][1])
             net.train()
-        steps = {p: client_step(algo, nets[p], x, y, gumbel) for p in PATHS}
-        times = time_steps(steps, reps, device, warmup)
+        steps = {p: client_step(algo, nets[p], x, y, gumbel) for p in paths}
+        before = graphs_built()
+        times, first = time_steps(steps, reps, device, warmup)
         row = {
             "config": path,
             "device": str(device),
             "dead": frac if isinstance(frac, str) else round(frac, 3),
-            "weights": sum(p.numel() for p in nets["reference"].weight_parameters()),
+            "weights": sum(p.numel() for p in nets[paths[0]].weight_parameters()),
             "batch": b,
             "input": list(x.shape[1:]),
         }
-        for p in PATHS:
+        nan = float("nan")
+        for p in paths:
             med = statistics.median(times[p])
             row[p] = {
                 "median_ms": 1e3 * med,
                 "min_ms": 1e3 * min(times[p]),
                 "images_per_s": b / med,
-                "saved_MB": saved_bytes(nets[p], x, y) / 2**20,
-                # a CPU profile: it says nothing of a GPU step
+                "first_step_s": first[p],
+                # saved-tensor hooks around a compiled forward would compile it once more
+                "saved_MB": saved_bytes(nets[p], x, y) / 2**20 if p != "compiled" else nan,
+                # a CPU profile: it says nothing of a GPU step (nor of a compiled graph)
                 "mix_share": mix_share(steps[p], p, min(3, reps))
-                if device.type == "cpu"
-                else float("nan"),
+                if device.type == "cpu" and p != "compiled"
+                else nan,
             }
-        row["speedup"] = row["reference"]["median_ms"] / row["grouped"]["median_ms"]
+        if "compiled" in paths:
+            row["compiled"]["compile_s"] = first["compiled"] - statistics.median(times["compiled"])
+            row["compiled"]["compiles"] = graphs_built() - before
+        for p in paths[1:]:
+            row[f"speedup_{p}"] = row[paths[0]]["median_ms"] / row[p]["median_ms"]
+        if {"reference", "grouped"} <= set(paths):
+            row["speedup"] = row["speedup_grouped"]  # the key issue 17's readers know
         rows.append(row)
-        label = frac if isinstance(frac, str) else f"{frac:.0%}"
-        print(
-            f"{path} dead {label}: reference {row['reference']['median_ms']:.1f} ms "
-            f"(min {row['reference']['min_ms']:.1f}), grouped {row['grouped']['median_ms']:.1f}"
-            f" ms (min {row['grouped']['min_ms']:.1f}), x{row['speedup']:.2f}; images/s "
-            f"{row['reference']['images_per_s']:.0f} -> {row['grouped']['images_per_s']:.0f};"
-            f" saved for backward {row['reference']['saved_MB']:.1f} -> "
-            f"{row['grouped']['saved_MB']:.1f} MB; mix share "
-            f"{row['reference']['mix_share']:.0%} -> {row['grouped']['mix_share']:.0%}",
-            flush=True,
-        )
+        print_row(path, frac, row, paths)
         if profile and not dead:
-            for p in PATHS:
+            for p in paths:
                 print_profile(steps[p], p)
     return rows
+
+
+def print_row(path: str, frac, row: dict, paths: tuple[str, ...]) -> None:
+    label = frac if isinstance(frac, str) else f"{frac:.0%}"
+    parts = []
+    for i, p in enumerate(paths):
+        r = row[p]
+        text = f"{p} {r['median_ms']:.1f} ms (min {r['min_ms']:.1f}"
+        text += f", {r['images_per_s']:.0f} images/s"
+        if i:
+            text += f", x{row[f'speedup_{p}']:.2f}"
+        if p == "compiled":
+            text += f", compile {r['compile_s']:.1f} s for {r['compiles']} graphs"
+        else:
+            text += f", saved {r['saved_MB']:.1f} MB, mix {r['mix_share']:.0%}"
+        parts.append(text + ")")
+    print(f"{path} dead {label}: " + "; ".join(parts), flush=True)
 
 
 def print_profile(step, path: str, top: int = 15) -> None:
@@ -265,11 +305,14 @@ def print_profile(step, path: str, top: int = 15) -> None:
         )
 
 
-def bench_client_update(path: str) -> dict:
-    """One whole FedMetaNAS client update (the method's own loop) per path."""
+def bench_client_update(path: str, paths: tuple[str, ...] = PATHS) -> dict:
+    """One whole FedMetaNAS client update (the method's own loop) per path; the compiled
+    path's warm-up update is where its cells compile (not timed)."""
     out = {}
-    for p in PATHS:
-        cfg = load_run(ROOT / path, [f"kernels.supernet={p}"])
+    for p in paths:
+        supernet, compile_ = SETTINGS[p]
+        sets = [f"kernels.supernet={supernet}", f"kernels.compile={compile_}"]
+        cfg = load_run(ROOT / path, sets)
         ds = load_dataset(cfg.data, cfg.run.seed)
         algo = get_algorithm(cfg.algorithm.name)(cfg, DataInfo(ds.input_shape, ds.num_classes))
         n = cfg.partition.train_size or len(ds.train_y) // cfg.partition.num_clients
@@ -286,27 +329,34 @@ def bench_client_update(path: str) -> dict:
             algo.client_update(gm, data, ctx, None)
             ts.append(time.perf_counter() - t)
         out[p] = statistics.median(ts)
-    print(
-        f"{path} client_update (round {r + 1}, {n} images): reference {out['reference']:.2f} s, "
-        f"grouped {out['grouped']:.2f} s, x{out['reference'] / out['grouped']:.2f}",
-        flush=True,
-    )
+    times = ", ".join(f"{p} {out[p]:.2f} s (x{out[paths[0]] / out[p]:.2f})" for p in paths)
+    print(f"{path} client_update (round {r + 1}, {n} images): {times}", flush=True)
     return {"config": path, **out}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--configs", nargs="*", default=CONFIGS)
+    ap.add_argument("--configs", nargs="*", help=f"default: {' '.join(CONFIGS)}")
     ap.add_argument("--dead", type=float, nargs="*", default=[0.0, 0.5, 0.9])
     ap.add_argument("--derived", action="store_true", help="also a random derived network")
     ap.add_argument("--client-update", action="store_true")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (CUDA-event timing)")
-    ap.add_argument("--preset", choices=sorted(PRESETS), help="replaces --configs")
+    ap.add_argument(
+        "--preset", choices=sorted(PRESETS), help="its configs unless --configs names some"
+    )
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per path first")
+    ap.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    ap.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compiled path (aot_eager: no code generation)",
+    )
     args = ap.parse_args()
+    compiled.BACKEND = args.compile_backend
+    paths = tuple(args.paths)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device")
@@ -318,15 +368,17 @@ def main() -> None:
         f"{kernels.configure('auto').backend}"
     )
     deads = [*args.dead, *(["derived"] if args.derived else [])]
-    configs = PRESETS[args.preset] if args.preset else args.configs
+    configs = args.configs or (PRESETS[args.preset] if args.preset else CONFIGS)
     rows = [
         r
         for c in configs
-        for r in bench_config(c, args.reps, deads, args.profile, device, args.preset, args.warmup)
+        for r in bench_config(
+            c, args.reps, deads, args.profile, device, args.preset, args.warmup, paths
+        )
     ]
     updates = []
     if args.client_update:
-        updates = [bench_client_update(c) for c in args.configs if "fedmetanas" in c]
+        updates = [bench_client_update(c, paths) for c in configs if "fedmetanas" in c]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"process peak RSS {peak:.0f} MB")
     if args.json:

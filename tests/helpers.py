@@ -185,3 +185,50 @@ def darts_e2e_config(
             section_name or method: section,
         },
     }
+
+
+def fedmetanas_three_rounds(kernels: dict):
+    """Three in-process rounds of FedMetaNAS on ``darts_unit_config``'s network and two
+    ``client_data`` clients, pruning after rounds 1 and 2 and deriving after 3, with the
+    ``kernels`` section given: (the spec after each round, the final global model)."""
+    from fednas_mpi.algorithms import DataInfo, RoundContext
+    from fednas_mpi.algorithms.fedmetanas import FedMetaNAS
+    from fednas_mpi.config import from_dict
+
+    fedmetanas = {
+        "inner_steps": 1,
+        "prune_start": 1,
+        "prune_gap": 0.01,
+        "combo_prune_gap": 0.01,
+        "meta_lr_alpha": 0.3,
+        "final_round": 3,
+        "settle_rounds": 0,
+    }
+    cfg = from_dict(
+        {
+            "run": {"seed": 5, "rounds": 3},
+            "model": {"name": "darts", "darts": dict(TINY_DARTS)},
+            "algorithm": {
+                "name": "fedmetanas",
+                "local_epochs": 1,
+                "batch_size": 4,
+                "fedmetanas": fedmetanas,
+            },
+            "partition": {"num_clients": 4},
+            "federation": {"clients_per_round": 2},
+            "kernels": kernels,
+        }
+    )
+    algo = FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
+    gm, specs = algo.init_global(), []
+    for r in range(3):
+        ctx = RoundContext(r, 3, cfg.run.seed, algo.stage(r))
+        results = [algo.client_update(gm, client_data(c), ctx, None) for c in (0, 3)]
+        total = sum(res.weight for res in results)
+        avg = {
+            k: sum(res.state[k].double() * res.weight for res in results).div(total).to(v.dtype)
+            for k, v in results[0].state.items()
+        }
+        gm = algo.server_step(gm, avg, {}, ctx)
+        specs.append(gm.spec)
+    return specs, gm

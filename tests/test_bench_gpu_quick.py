@@ -20,6 +20,7 @@ STEPS = [
     "wheels",
     "data",
     "supernet",
+    "compiled",
     "updates",
     "run_fedmetanas",
     "run_fednas",
@@ -62,6 +63,10 @@ def test_dry_run_runs_every_step_on_the_cpu(tmp_path):
         # bench/supernet.py without --device yet: skipped with a message, never failed
         assert verdicts["supernet"] == "ok" or verdicts["supernet"].startswith("skipped")
         assert all(v == "ok" for k, v in verdicts.items() if k not in ("wheels", "supernet"))
+        # the compiled cells' step beside the grouped one, its compile time apart
+        (row,) = json.loads(read("compiled.json"))["steps"]
+        assert row["compiled"]["compiles"] == 3  # the digits network's three cells
+        assert row["compiled"]["compile_s"] > 0 and row["compiled"]["median_ms"] > 0
 
         updates = json.loads(read("updates.json"))["methods"]
         assert set(updates) == {"fedmetanas", "fednas"}

@@ -460,6 +460,15 @@ class KernelsConfig:
         "bit, so a run resumes with the value it started with. The single-path forward "
         "(FedDSNAS, FedRLNAS) always runs op by op.",
     )
+    compile: Literal["off", "cells"] = _f(
+        "off",
+        "cells: torch.compile each search cell on its own (regional compilation) on its "
+        "first training forward; a new architecture (pruning, derivation) builds new cells "
+        "and compiles once more, evaluation stays eager. Costs a compile per cell and "
+        "architecture (minutes on a CPU, needs a C++ compiler there; docs/kernels.md), "
+        "so it pays where the architecture stays fixed for many steps. Results agree with "
+        "off to float rounding, not bit for bit. off: eager cells.",
+    )
 
 
 @dataclass(kw_only=True)

@@ -233,6 +233,7 @@ ALL_KEYS = [
     "runtime.transport",
     "kernels.backend",
     "kernels.supernet",
+    "kernels.compile",
     "store.keep",
     "store.tensorboard",
 ]

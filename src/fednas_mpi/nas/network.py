@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..kernels import mix
+from .compiled import COMPILE_MODES, compile_forward
 from .grouped import build_plan, grouped_cell_forward
 from .mixing import gumbel_noise
 from .operations import OPS, FactorizedReduce, ReLUConvBN, batch_norm
@@ -51,6 +52,7 @@ class SearchCell(nn.Module):
         super().__init__()
         self.space, self.reduction, self.channels = space, reduction, c
         self.execution = "auto"  # see SearchNetwork.set_execution
+        self.compiled: Callable | None = None  # see SearchNetwork.set_compile
         self._plan = None
         self.pre0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
         self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0)
@@ -93,6 +95,13 @@ class SearchCell(nn.Module):
         return self.execution == "grouped" or (self.execution == "auto" and x.device.type == "cpu")
 
     def forward(self, s0, s1, op_w: torch.Tensor, coefs: list[torch.Tensor]) -> torch.Tensor:
+        # evaluation (no autograd) stays eager: no second graph per cell for a measurement
+        if self.compiled is not None and torch.is_grad_enabled():
+            return self.compiled(self, s0, s1, op_w, coefs)
+        return self.eager_forward(s0, s1, op_w, coefs)
+
+    def eager_forward(self, s0, s1, op_w: torch.Tensor, coefs: list[torch.Tensor]) -> torch.Tensor:
+        """The cell's output by its execution (grouped or op by op), without compiling."""
         if self.uses_grouped(s1):
             return grouped_cell_forward(self, s0, s1, op_w, coefs)
         states = [self.pre0(s0), self.pre1(s1)]
@@ -197,6 +206,18 @@ class SearchNetwork(nn.Module):
             raise ValueError(f"execution must be one of {EXECUTIONS}, not {execution!r}")
         for cell in self.cells:
             cell.execution = execution
+
+    def set_compile(self, mode: str) -> None:
+        """``kernels.compile``: ``cells`` compiles each cell's training forward on its own
+        (``nas.compiled``), once per cell: a cell keeps its compiled forward when this is
+        called again (a cached network reused); ``off`` runs every cell eagerly."""
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, not {mode!r}")
+        for cell in self.cells:
+            if mode == "off":
+                cell.compiled = None
+            elif cell.compiled is None:
+                cell.compiled = compile_forward(SearchCell.eager_forward)
 
     def arch_parameters(self) -> list[nn.Parameter]:
         betas = [self.beta_normal, self.beta_reduce] if self.inputs == "combinations" else []

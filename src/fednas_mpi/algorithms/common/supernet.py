@@ -72,12 +72,14 @@ class SupernetMethod(Algorithm):
         overwritten on load (``load_state_dict`` copies CPU states to the device)."""
         net = _build(ArchSpec.of(spec).to_json(), self._model_key(), "model.init")
         net.set_execution(self.cfg.kernels.supernet)  # the cache is shared by every config
+        net.set_compile(self.cfg.kernels.compile)  # keeps a cell's compiled forward
         return net.to(self.device)
 
     def fresh(self, spec: ArchSpec | dict, purpose: str = "model.init") -> SearchNetwork:
         """A newly initialised network of a spec, from the stream (seed, purpose)."""
         net = _build.__wrapped__(ArchSpec.of(spec).to_json(), self._model_key(), purpose)
         net.set_execution(self.cfg.kernels.supernet)
+        net.set_compile(self.cfg.kernels.compile)
         return net.to(self.device)
 
     def restrict(self, spec: ArchSpec | dict, state: State) -> State:
