@@ -29,14 +29,14 @@ mkdir -p "$OUT" "$RES/runs"
 export PYTHONPATH=$REPO/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 T0=$(date +%s)
 
-# Per step: seconds allowed (the GPU node's, then the dry run's). They add up to ~7.4 min
+# Per step: seconds allowed (the GPU node's, then the dry run's). They add up to 7 min
 # (a ceiling: steps that finish early leave it unspent).
 if [ $DRY = 1 ]; then
     declare -A LIMIT=([env]=20 [wheels]=5 [data]=20 [supernet]=40 [compiled]=40 [updates]=40
         [run_fedmetanas]=40 [run_fednas]=40 [stages]=20 [project]=15)
 else
-    declare -A LIMIT=([env]=15 [wheels]=30 [data]=30 [supernet]=60 [compiled]=65 [updates]=80
-        [run_fedmetanas]=70 [run_fednas]=70 [stages]=15 [project]=10)
+    declare -A LIMIT=([env]=15 [wheels]=25 [data]=30 [supernet]=55 [compiled]=65 [updates]=70
+        [run_fedmetanas]=70 [run_fednas]=65 [stages]=15 [project]=10)
 fi
 
 # step NAME CMD...: run under its limit from $WORK, log to $RES/NAME.log, record the outcome
