@@ -481,8 +481,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     sim.placements = placements
     stop = StopRequest(run_dir, rank)
     if rank != 0:
-        sim.work_loop()
-        return sim.exit_code
+        return sim.work_loop()
     if stop.path.exists():
         print(
             f"fednas-mpi: warning: {stop.path} exists: the run stops after its next round; "

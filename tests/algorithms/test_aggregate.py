@@ -140,7 +140,7 @@ def test_per_client_history_grows_by_rounds_and_pads_runs_from_before_it():
 def test_aux_means_travel_in_the_state_buffer_and_leave_it_unchanged():
     """ClientResult.aux entries are summed behind the state's in one buffer: the state's
     average is bit for bit what it is without them, the aux means are the weighted ones."""
-    from fednas_mpi.runtime.simulation import summed_layout
+    from fednas_mpi.runtime.protocol import summed_layout
 
     states = [{"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, -1.0])}]
     aux = [

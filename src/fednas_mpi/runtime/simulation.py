@@ -37,7 +37,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -55,27 +55,11 @@ from ..flat import Layout, State
 from ..nas.spec import genotype_of
 from ..store import Checkpoint, write_checkpoint
 from ..store.checkpoint import prune_old
-from . import comm as mpi
-from . import guards
+from . import guards, protocol
 from .devices import Placement, to_json
+from .protocol import summed_layout
 from .schedule import assign, eval_subset, patience_exhausted, sample_clients
 from .transport import make_transport
-
-# 11 is the partial sums' tag (transport.TAG_PARTIAL)
-TAG_STATES_META, TAG_STATES_OUT, TAG_STATES_IN = 12, 13, 14
-
-
-@dataclass
-class Plan:
-    """What the server broadcasts at the start of a round (small; pickled)."""
-
-    round: int | None  # None tells workers to stop
-    stage: str = ""
-    assignment: list[list[int]] = field(default_factory=list)  # per worker, client ids
-    spec_json: str | None = None  # set when the model spec or layout changed
-    layout_meta: list | None = None
-    incoming: dict[int, list] = field(default_factory=dict)  # worker -> [(client, layout)]
-    exit_code: int = 0  # with round None: the run failed on the server, workers exit with it
 
 
 def versions() -> str:
@@ -90,51 +74,6 @@ def versions() -> str:
             "mpi": MPI.Get_library_version().splitlines()[0].strip(),
         }
     )
-
-
-def _concat(states: list[tuple[int, State]]) -> tuple[list, np.ndarray]:
-    meta = [(cid, Layout.of(s).to_meta()) for cid, s in states]
-    parts = [Layout.of(s).pack(s, dtype=np.dtype(np.float64)) for _, s in states]
-    return meta, (np.concatenate(parts) if parts else np.empty(0))
-
-
-def fold_in_order(
-    reqs: list[MPI.Request], bufs: list[np.ndarray], size: int, poll_s: float
-) -> tuple[np.ndarray, float]:
-    """Sum ``bufs[i][:size]`` in index order, each folded in as soon as it and every
-    buffer before it have arrived (non-blocking), so folding overlaps the slower
-    senders' work while the float64 result is the same for any arrival order.
-    Returns (total, seconds spent folding after the last arrival)."""
-    total = np.zeros(size, dtype=np.float64)
-    arrived = [False] * len(reqs)
-    pending = list(range(len(reqs)))
-    nxt = 0
-    tail = 0.0
-    while nxt < len(reqs):
-        done = [i for i in pending if reqs[i].Test()]
-        if not done:
-            if poll_s > 0:
-                time.sleep(poll_s)
-            continue
-        for i in done:
-            arrived[i] = True
-            pending.remove(i)
-        t0 = time.perf_counter()
-        while nxt < len(reqs) and arrived[nxt]:
-            total += bufs[nxt][:size]
-            nxt += 1
-        if not pending:
-            tail += time.perf_counter() - t0
-    return total, tail
-
-
-def _split(meta: list, buf: np.ndarray) -> dict[int, State]:
-    out, pos = {}, 0
-    for cid, lm in meta:
-        layout = Layout.from_meta(lm)
-        out[int(cid)] = layout.unpack(buf[pos : pos + layout.size])
-        pos += layout.size
-    return out
 
 
 def _append_clients(
@@ -166,20 +105,6 @@ def _on_cpu(model: GlobalModel) -> GlobalModel:
     return GlobalModel(model.spec, on_cpu(model.state), on_cpu(model.server_state))
 
 
-def summed_layout(state: State, aux_shapes: dict[str, tuple[int, ...]]) -> Layout:
-    """What a round's client results are summed in: the state's entries, then the
-    method's mean-reduced aux entries (float64), so both take one pre-reduced buffer."""
-    clash = sorted(set(state) & set(aux_shapes))
-    if clash:
-        raise ValueError(f"aux entries {clash[:3]} have the names of global state entries")
-    base = Layout.of(state)
-    return Layout(
-        base.names + tuple(aux_shapes),
-        base.shapes + tuple(tuple(s) for s in aux_shapes.values()),
-        base.dtypes + (torch.float64,) * len(aux_shapes),
-    )
-
-
 def _method_times(metrics: dict[str, float], times: dict[str, float], aggregate: float) -> None:
     """The round's cost components (module docstring); ``aggregate``: the seconds from
     the reports' arrival through the server step."""
@@ -205,17 +130,6 @@ class _Run:
     sent: tuple | None = None  # (spec JSON, layout) the workers hold
 
 
-@dataclass
-class _Reports:
-    """A round's client results as they reach the server."""
-
-    layout: Layout  # of the summed part (summed_layout)
-    total: np.ndarray  # the folded pre-reduced sums (ClientSums buffer)
-    states: dict[int, State]  # updated per-client states
-    aux: dict[int, State]  # each client's ClientResult.client_aux
-    times: dict[str, float]  # compute, comm, fold (seconds)
-
-
 class Simulation:
     def __init__(
         self,
@@ -237,9 +151,6 @@ class Simulation:
         self._test: tuple[torch.Tensor, torch.Tensor] | None = None
         self._test_sub: tuple[torch.Tensor, torch.Tensor] | None = None
         self._val: tuple[torch.Tensor, torch.Tensor] | None = None
-        # clients of the current round left out for a non-finite result (client -> why)
-        self.dropped: dict[int, str] = {}
-        self.exit_code = 0  # a worker's: what the server's last plan said
 
     def _open_transport(self) -> None:
         """Collective (serve and work_loop start together): the runtime.transport."""
@@ -272,11 +183,12 @@ class Simulation:
         ctx: RoundContext,
         states_in: dict[int, State],
         round_clients: list[int],
-    ) -> tuple[ClientSums, dict[int, State], dict[int, State], float]:
+    ) -> tuple[ClientSums, dict[int, State], dict[int, State], dict[int, str], float]:
         """Run the client update of each client in turn; pre-reduce the results (state and
         mean-reduced aux in one buffer). ``round_clients`` (all of the round's clients,
         sorted) fixes the per-client slots. Returns (sums, updated client states, each
-        client's ``client_aux``, seconds)."""
+        client's ``client_aux``, the clients left out for a non-finite result (client ->
+        why), seconds): ``protocol.RunClients``."""
         t0 = time.perf_counter()
         declared = self.algorithm.aux_shapes(model)
         sums = ClientSums(
@@ -284,7 +196,7 @@ class Simulation:
         )
         states_out: dict[int, State] = {}
         aux_out: dict[int, State] = {}
-        self.dropped = {}
+        dropped: dict[int, str] = {}
         for cid in clients:
             res = self.algorithm.client_update(
                 model, self.client_data(cid), ctx, states_in.get(cid)
@@ -304,7 +216,7 @@ class Simulation:
                 {"aux": aux, "client aux": client_aux},
             )
             if bad is not None:  # never folded in; the server applies run.on_nonfinite
-                self.dropped[cid] = bad
+                dropped[cid] = bad
                 continue
             sums.add(
                 {**state, **{k: aux[k] for k in declared}}, res.weight, res.metrics, client=cid
@@ -313,7 +225,7 @@ class Simulation:
                 states_out[cid] = on_cpu(res.client_state)
             if client_aux:
                 aux_out[cid] = client_aux
-        return sums, states_out, aux_out, time.perf_counter() - t0
+        return sums, states_out, aux_out, dropped, time.perf_counter() - t0
 
     def context(self, round_: int, stage: str | None = None) -> RoundContext:
         return RoundContext(
@@ -408,31 +320,42 @@ class Simulation:
         }
         return {"config_yaml": to_yaml(cfg), "partition": partition, "attrs": attrs}
 
-    def _client_updates(self, ctx: RoundContext, run: _Run, clients: list[int]) -> _Reports:
+    def _client_updates(self, ctx: RoundContext, run: _Run, clients: list[int]) -> protocol.Reports:
         """Broadcast the global model and run the round's client updates (Algorithm 1,
         lines 4-6), here or on the workers; their results come back folded."""
         assignment = assign(clients, self.work[clients], self.num_workers)
         layout = Layout.of(run.model.state)
         sent = (run.model.spec_json(), layout)
-        reports = self._dispatch(
-            ctx, run.model, layout, assignment, run.client_states, spec_changed=sent != run.sent
+        reports = protocol.dispatch(
+            self.comm,
+            self.transport,
+            self.poll,
+            self.run_clients,
+            ctx,
+            run.model,
+            layout,
+            summed_layout(run.model.state, self.algorithm.aux_shapes(run.model)),
+            self.algorithm.client_metrics,
+            assignment,
+            run.client_states,
+            spec_changed=sent != run.sent,
         )
         run.sent = sent
         return reports
 
     def _aggregate(
-        self, ctx: RoundContext, run: _Run, clients: list[int], reports: _Reports
+        self, ctx: RoundContext, run: _Run, clients: list[int], reports: protocol.Reports
     ) -> tuple[State, dict[str, float]]:
         """FedAvg of the reports (Algorithm 1, lines 7-8; aux means included), each
         client's own metrics, its new stored state and the method's per-client server
         update. Returns (averaged, the round's metrics so far)."""
-        cfg = self.cfg
-        guards.judge_round(cfg.run.on_nonfinite, ctx.round, clients, self.dropped)
+        cfg, dropped = self.cfg, reports.dropped
+        guards.judge_round(cfg.run.on_nonfinite, ctx.round, clients, dropped)
         sums = ClientSums(reports.layout, self.algorithm.client_metrics, clients)
         averaged, metrics = sums.finish(reports.total)
         run.per_client = _append_clients(
             run.per_client,
-            guards.mark_dropped(sums.per_client(reports.total), self.dropped, cfg.run.on_nonfinite),
+            guards.mark_dropped(sums.per_client(reports.total), dropped, cfg.run.on_nonfinite),
             len(run.stages),
             cfg.partition.num_clients,
         )
@@ -441,7 +364,7 @@ class Simulation:
             run.client_states, sorted(int(c) for c in clients), reports.aux, metrics, ctx
         )
         run.client_states.update({c: on_cpu(st) for c, st in updated.items()})
-        metrics.update(guards.round_metrics(cfg.run.on_nonfinite, self.dropped))
+        metrics.update(guards.round_metrics(cfg.run.on_nonfinite, dropped))
         return averaged, metrics
 
     def _server_step(
@@ -549,8 +472,7 @@ class Simulation:
         """End the workers' loops (they exit with ``exit_code``) and close the transport.
         Also the way out after a failed round (non-finite result, storage error): the
         workers then wait for the next plan, so they end cleanly, never by MPI_Abort."""
-        if self.comm.Get_size() > 1:
-            mpi.bcast_object(self.comm, Plan(round=None, exit_code=exit_code), self.poll)
+        protocol.release_workers(self.comm, self.poll, exit_code)
         self._close_transport()
 
     def _test_set(self, whole: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -621,115 +543,14 @@ class Simulation:
             acc_after = float("nan")
         return {"acc_before_prune": acc_before, "acc_after_prune": acc_after}
 
-    def _dispatch(
-        self,
-        ctx: RoundContext,
-        model: GlobalModel,
-        layout: Layout,
-        assignment: list[list[int]],
-        client_states: dict[int, State],
-        spec_changed: bool,
-    ) -> _Reports:
-        """Run a round's clients (here or on the workers) and fold their partial sums.
-
-        Returns the reports with times ``compute`` (slowest worker), ``comm`` (the rest of
-        the wait) and ``fold`` (folding not overlapped with the workers' compute)."""
-        round_clients = sorted(c for cs in assignment for c in cs)
-        summed = summed_layout(model.state, self.algorithm.aux_shapes(model))
-        size = ClientSums.buffer_size(summed, self.algorithm.client_metrics, len(round_clients))
-        if self.comm.Get_size() == 1:
-            sums, states, aux, seconds = self.run_clients(
-                model, assignment[0], ctx, client_states, round_clients
-            )  # sets self.dropped
-            t0 = time.perf_counter()
-            total = np.zeros(size, dtype=np.float64)
-            total += sums.buffer  # as the server adds worker buffers: 0 + p_1 (bit-equal)
-            return _Reports(
-                summed,
-                total,
-                states,
-                aux,
-                {"compute": seconds, "comm": 0.0, "fold": time.perf_counter() - t0},
-            )
-        comm, poll = self.comm, self.poll
-        t_start = time.perf_counter()
-        incoming = {
-            w: [(c, client_states[c]) for c in cs if c in client_states]
-            for w, cs in enumerate(assignment)
-        }
-        incoming = {w: v for w, v in incoming.items() if v}
-        packed = {w: _concat(v) for w, v in incoming.items()}
-        plan = Plan(
-            round=ctx.round,
-            stage=ctx.stage,
-            assignment=assignment,
-            spec_json=model.spec_json() if spec_changed else None,
-            layout_meta=layout.to_meta() if spec_changed else None,
-            incoming={w: meta for w, (meta, _) in packed.items()},
-        )
-        busy = [w for w, cs in enumerate(assignment) if cs]
-        # Post the receives before anything else so early finishers never wait on us.
-        bufs = {w: np.empty(size + 1, dtype=np.float64) for w in busy}
-        reqs = [self.transport.irecv(bufs[w], w + 1) for w in busy]
-        mpi.bcast_object(comm, plan, poll)
-        self.transport.bcast(np.ascontiguousarray(layout.pack(model.state)))
-        for w, (_, buf) in packed.items():
-            mpi.send_array(comm, buf, w + 1, TAG_STATES_IN, poll)
-        total, fold_tail = fold_in_order(reqs, [bufs[w] for w in busy], size, poll)
-        t_arrived = time.perf_counter() - fold_tail
-        states: dict[int, State] = {}
-        aux: dict[int, State] = {}
-        self.dropped = {}
-        for w in busy:
-            meta, aux_meta, dropped = mpi.recv_object(comm, w + 1, TAG_STATES_META, poll)
-            self.dropped.update(dropped)
-            if meta or aux_meta:
-                buf = np.empty(sum(Layout.from_meta(m).size for _, m in meta + aux_meta))
-                mpi.recv_array(comm, buf, w + 1, TAG_STATES_OUT, poll)
-                states.update(_split(meta, buf))
-                aux.update(_split(aux_meta, buf[sum(Layout.from_meta(m).size for _, m in meta) :]))
-        compute = max((float(bufs[w][-1]) for w in busy), default=0.0)
-        t_end = time.perf_counter()
-        comm_s = max(t_arrived - t_start - compute, 0.0) + (t_end - t_arrived - fold_tail)
-        return _Reports(
-            summed, total, states, aux, {"compute": compute, "comm": comm_s, "fold": fold_tail}
-        )
-
     # ------------------------------------------------------------ worker
-    def work_loop(self) -> None:
-        comm, poll, me = self.comm, self.poll, self.comm.Get_rank() - 1
-        spec: dict = {}
-        layout: Layout | None = None
+    def work_loop(self) -> int:
+        """A worker's rounds until the server releases it; returns the exit status the
+        server's last plan carries."""
         self._open_transport()
-        while True:
-            plan: Plan = mpi.bcast_object(comm, None, poll)
-            if plan.round is None:
-                self.exit_code = plan.exit_code
-                self._close_transport()
-                return
-            if plan.spec_json is not None:
-                spec, layout = json.loads(plan.spec_json), Layout.from_meta(plan.layout_meta)
-            assert layout is not None, "first plan of a run must carry the layout"
-            buf = np.empty(layout.size, dtype=layout.wire_dtype())
-            self.transport.bcast(buf)
-            states_in: dict[int, State] = {}
-            if me in plan.incoming:
-                meta = plan.incoming[me]
-                sbuf = np.empty(sum(Layout.from_meta(m).size for _, m in meta))
-                mpi.recv_array(comm, sbuf, 0, TAG_STATES_IN, poll)
-                states_in = _split(meta, sbuf)
-            mine = plan.assignment[me]
-            if not mine:
-                continue
-            model = GlobalModel(spec, layout.unpack(buf))
-            ctx = self.context(plan.round, plan.stage)
-            sums, states_out, aux_out, seconds = self.run_clients(
-                model, mine, ctx, states_in, sorted(c for cs in plan.assignment for c in cs)
+        try:
+            return protocol.work_loop(
+                self.comm, self.transport, self.poll, self.run_clients, self.context
             )
-            self.transport.send(np.append(sums.buffer, seconds), 0)
-            # the updated client states, then the clients' own aux, in one array
-            meta, out = _concat(sorted(states_out.items()))
-            aux_meta, aux_buf = _concat(sorted(aux_out.items()))
-            mpi.send_object(comm, (meta, aux_meta, self.dropped), 0, TAG_STATES_META, poll)
-            if meta or aux_meta:
-                mpi.send_array(comm, np.concatenate([out, aux_buf]), 0, TAG_STATES_OUT, poll)
+        finally:
+            self._close_transport()
