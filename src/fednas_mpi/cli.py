@@ -447,7 +447,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
         if rank == 0:
             print(f"fednas-mpi: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    mine, placements, error = place(comm, cfg.runtime)
+    _, placements, error = place(comm, cfg.runtime)
     if error:
         if rank == 0:
             print(f"fednas-mpi: error: {error}", file=sys.stderr)
@@ -476,9 +476,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     algorithm = get_algorithm(cfg.algorithm.name)(
         cfg, DataInfo(dataset.input_shape, dataset.num_classes)
     )
-    algorithm.device = torch.device(mine.device)
-    sim = Simulation(cfg, comm, dataset, partition, algorithm)
-    sim.placements = placements
+    sim = Simulation(cfg, comm, dataset, partition, algorithm, placements)
     stop = StopRequest(run_dir, rank)
     if rank != 0:
         return sim.work_loop()
@@ -513,22 +511,22 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
             watch(r, metrics)
 
     try:
-        code = _serve(sim, run_dir, ckpt, on_round, stop)
+        code, outcome = _serve(sim, run_dir, ckpt, on_round, stop)
     finally:
         if board is not None:
             board.close()
     if code:
         return code
-    if sim.stopped_after is not None:
+    if outcome.stopped_after is not None:
         print(
-            f"stopped on request after round {sim.stopped_after} (SIGUSR1 or {stop.path}); "
+            f"stopped on request after round {outcome.stopped_after} (SIGUSR1 or {stop.path}); "
             f"its checkpoint is complete: fednas-mpi --resume {run_dir} continues",
             flush=True,
         )
         return EXIT_STOPPED
-    if sim.stopped_early is not None:
+    if outcome.stopped_early is not None:
         print(
-            f"stopped early after round {sim.stopped_early}: val_acc did not improve for "
+            f"stopped early after round {outcome.stopped_early}: val_acc did not improve for "
             f"{cfg.run.patience} validations (run.patience)",
             flush=True,
         )
@@ -542,15 +540,15 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     return 0
 
 
-def _serve(sim, run_dir: Path, ckpt, on_round, stop) -> int:
-    """Rank 0's rounds; a non-finite result or a failed checkpoint write is reported here,
-    once, and every rank exits with its status (the workers are released, not aborted)."""
+def _serve(sim, run_dir: Path, ckpt, on_round, stop) -> tuple[int, object]:
+    """Rank 0's rounds: (0, their ``Outcome``); a non-finite result or a failed checkpoint
+    write is reported here, once, and every rank exits with its status (the workers are
+    released, not aborted): (that status, None)."""
     from .runtime.guards import NonFiniteError
     from .store import StorageError
 
     try:
-        sim.serve(run_dir, ckpt, on_round=on_round, should_stop=stop)
-        return 0
+        return 0, sim.serve(run_dir, ckpt, on_round=on_round, should_stop=stop)
     except NonFiniteError as e:
         print(
             f"\nfednas-mpi: error: {e}\nThe checkpoints of the earlier rounds are intact: "
@@ -576,7 +574,7 @@ def _serve(sim, run_dir: Path, ckpt, on_round, stop) -> int:
         )
         code = EXIT_STORAGE
     sim.release_workers(code)
-    return code
+    return code, None
 
 
 def _prefetch(cfg: Config) -> str | None:

@@ -111,7 +111,7 @@ def _simulate_unguarded(comm, algo_cls, cfg, out_dir):
     algo = algo_cls(cfg, DataInfo(dataset.input_shape, dataset.num_classes))
     sim = Simulation(cfg, comm, dataset, partition, algo)
     if comm.Get_rank() == 0:
-        return sim.serve(out_dir), partition
+        return sim.serve(out_dir).model, partition
     sim.work_loop()
     return None, partition
 

@@ -139,7 +139,7 @@ def _run(tmp_path, policy, bad, rounds=3):
     algo = Shift(cfg, DataInfo(dataset.input_shape, 4))
     algo.BAD = bad
     sim = Simulation(cfg, MPI.COMM_SELF, dataset, partition, algo)
-    return cfg, partition, sim.serve(tmp_path)
+    return cfg, partition, sim.serve(tmp_path).model
 
 
 def _expected(cfg, partition, bad, rounds):
