@@ -253,7 +253,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     from .data import DataError, load_dataset, make_partition
     from .runtime.comm import agree, default_threads
     from .runtime.devices import describe, place
-    from .runtime.kernels import setup_kernels
+    from .runtime.mixing_backend import setup_kernels
     from .runtime.preempt import EXIT_STOPPED, StopRequest
     from .runtime.progress import Progress
     from .runtime.simulation import Simulation
