@@ -89,7 +89,7 @@ class Simulation:
 
     ``placements``: every rank's device (``runtime.devices.place``), the same on all
     ranks; empty (tests, CPU-only callers): the algorithm's own device, the CPU. This
-    rank's device is pinned on the algorithm here, before it builds anything."""
+    rank's device is pinned on the algorithm here, before any client update or evaluation."""
 
     def __init__(
         self,
