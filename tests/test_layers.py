@@ -253,3 +253,51 @@ def test_loading_and_validating_a_yaml_imports_no_torch(tmp_path):
         check=True,
         env={**os.environ, "PYTHONPATH": str(PKG.parent)},
     )
+
+
+# ------------------------------------------------------------ the runtime's jobs
+
+TORCH_FREE_DECISION = """
+import sys
+from fednas_mpi import cli
+try:
+    cli.decide(cli.build_parser().parse_args(["--resume"]))
+except cli.UsageError as e:
+    assert "--resume needs the run directory" in str(e), e
+else:
+    raise AssertionError("a bare --resume passed")
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "h5py", "mpi4py"))
+assert not heavy, heavy
+"""
+
+
+def test_the_run_directory_decision_imports_no_torch():
+    """Rank 0 decides on the run directory (store/rundir.py) while the other ranks wait:
+    the CLI and the store package load torch and h5py only once a checkpoint is read."""
+    subprocess.run(
+        [sys.executable, "-c", TORCH_FREE_DECISION],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(PKG.parent)},
+    )
+
+
+def message_tags(path: Path) -> set[str]:
+    """The ``TAG_*`` names ``path`` assigns at module level."""
+    tree = ast.parse(path.read_text(), str(path))
+    return {
+        t.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name) and t.id.startswith("TAG_")
+    }
+
+
+def test_every_message_tag_is_the_protocols():
+    """The wire protocol is one module: no other module defines a message tag."""
+    owners = {module_name(p): message_tags(p) for p in sorted(PKG.rglob("*.py"))}
+    owners = {m: tags for m, tags in owners.items() if tags}
+    assert list(owners) == ["fednas_mpi.runtime.protocol"], owners
+    assert {"TAG_PARTIAL", "TAG_STATES_META", "TAG_STATES_OUT", "TAG_STATES_IN"} <= owners[
+        "fednas_mpi.runtime.protocol"
+    ]

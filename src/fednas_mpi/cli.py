@@ -16,25 +16,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 from . import __version__
 from . import config as config_mod
 from .config import Config, ConfigError
+from .store import rundir
+from .store.rundir import UsageError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 EXIT_NONFINITE = 4  # a NaN/Inf client result, global model or test loss (run.on_nonfinite)
 EXIT_STORAGE = 5  # a checkpoint could not be written (full disk, I/O error, permission)
-
-
-class UsageError(Exception):
-    """A problem with the command line, the run directory or a checkpoint."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,55 +99,19 @@ class Decision:
     resume: bool = False
 
 
-_OURS = ("round_", ".round_", "config.yaml")
-# what a run directory may hold when a run starts in it with --resume (nothing else)
-_RUN_FILES = (*_OURS, "STOP", "genotype.json")
-
-
-def _check_new_run_dir(path: Path, overwrite: bool) -> None:
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--out {path}: exists and is not a directory; choose another --out")
-    if path.is_dir():
-        # config.yaml alone: a start that failed before its first round, nothing to lose
-        entries = sorted(set(os.listdir(path)) - {"config.yaml"})
-        if entries and not overwrite:
-            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-            raise UsageError(
-                f"--out {path}: directory is not empty ({shown}); pass --resume {path} to "
-                f"continue that run, --overwrite to replace it, or choose another --out"
-            )
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise UsageError(
-            f"--out {path}: cannot write there ({e.strerror}); choose a writable --out"
-        ) from None
-    if overwrite:
-        for name in os.listdir(path):
-            if name.startswith(_OURS):
-                (path / name).unlink()
-
-
 def decide(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
-    """Validate everything rank 0 can check before training. Raises ConfigError/UsageError."""
+    """Validate everything rank 0 can check before training (the run-directory and resume
+    policy is ``store/rundir.py``'s). Raises ConfigError/UsageError."""
     _check_not_moved(args)
-    if args.resume is not None:
-        return _decide_resume(args)
-    if not args.config:
-        raise UsageError("missing config file: fednas-mpi CFG.yaml (or --resume RUN_DIR)")
-    cfg = config_mod.load_run(args.config, args.overrides)
+    return rundir.decide(args, _check_config)
+
+
+def _check_config(cfg: Config, starting: bool) -> None:
+    """What ``rundir.decide`` checks of a config beyond its validation: the optional
+    packages it asks for, and, for a run that starts, the genotype it names."""
     _check_extras(cfg)
-    _check_genotype(cfg)
-    run_dir = (
-        Path(args.out)
-        if args.out
-        else Path("runs") / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    _check_new_run_dir(run_dir, args.overwrite)
-    _begin(run_dir, cfg)
-    return cfg, run_dir, None
+    if starting:
+        _check_genotype(cfg)
 
 
 def _check_not_moved(args: argparse.Namespace) -> None:
@@ -208,135 +166,6 @@ def _check_genotype(cfg: Config) -> None:
             raise UsageError(f"algorithm.random_nas.genotype: {e}") from None
 
 
-def _decide_resume(args: argparse.Namespace) -> tuple[Config, Path, object | None]:
-    """--resume: continue from the newest valid checkpoint, or start when there is none."""
-    if not args.resume and not args.out:
-        raise UsageError(
-            "--resume needs the run directory: --resume RUN_DIR, or CFG.yaml --out RUN_DIR --resume"
-        )
-    if args.resume and args.out and Path(args.out) != Path(args.resume):
-        raise UsageError(
-            "--out and --resume name different directories; a resumed run "
-            "continues in its own directory, so drop --out"
-        )
-    run_dir = Path(args.resume or args.out)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"--resume {run_dir}: exists and is not a directory")
-    # the store (torch, h5py) is imported only when there is something to read: rank 0
-    # decides while the other ranks wait, so a fresh start stays quick
-    ckpt, skipped = None, []
-    if _holds(run_dir, "round_"):
-        from .store import newest_readable
-
-        ckpt, skipped = newest_readable(run_dir)
-    if ckpt is None:
-        return _start_in(run_dir, args, skipped), run_dir, None
-    cfg = _agreeing(args, yaml.safe_load(ckpt.config_yaml), run_dir)
-    _check_extras(cfg)
-    for line in skipped:
-        print(f"fednas-mpi: warning: {line}", file=sys.stderr)
-    _remove_temporaries(run_dir)
-    return cfg, run_dir, ckpt
-
-
-def _agreeing(args: argparse.Namespace, stored_raw, run_dir: Path) -> Config:
-    """The run's stored config with the overrides, or CFG when given and it agrees with the
-    stored one in every field that changes results."""
-    stored = config_mod.from_stored(stored_raw, args.overrides)
-    if not args.config:
-        return stored
-    given = config_mod.load_run(args.config, args.overrides)
-    diffs = config_mod.result_affecting_differences(given, stored)
-    if diffs:
-        flat_g = config_mod.flatten(config_mod.to_dict(given))
-        flat_s = config_mod.flatten(config_mod.to_dict(stored))
-        lines = [
-            f"{k}: run has {flat_s.get(k, '(not set)')!r}, {args.config} has "
-            f"{flat_g.get(k, '(not set)')!r}"
-            for k in diffs
-        ]
-        raise ConfigError(
-            [
-                f"--resume {run_dir}: the config differs from the run's in "
-                f"fields that change results; resume without {args.config} "
-                f"or fix them:"
-            ]
-            + lines
-        )
-    return given
-
-
-def _start_in(run_dir: Path, args: argparse.Namespace, skipped: list[str]) -> Config:
-    """--resume on a directory without a valid checkpoint: start the run there, from CFG
-    (checked against a config.yaml an earlier start left) or from that config.yaml."""
-    stored = run_dir / "config.yaml"
-    if stored.is_file():
-        try:
-            raw = yaml.safe_load(stored.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise UsageError(f"--resume {run_dir}: cannot read {stored} ({e})") from None
-        cfg = _agreeing(args, raw, run_dir)
-    elif args.config:
-        cfg = config_mod.load_run(args.config, args.overrides)
-    else:
-        raise UsageError(
-            f"--resume {run_dir}: nothing to resume (no checkpoint, no "
-            f"config.yaml) and no config given; start it with: fednas-mpi "
-            f"CFG.yaml --out {run_dir} --resume"
-        )
-    _check_extras(cfg)
-    _check_genotype(cfg)
-    foreign = sorted(
-        n for n in (os.listdir(run_dir) if run_dir.is_dir() else []) if not n.startswith(_RUN_FILES)
-    )
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise UsageError(
-            f"--resume {run_dir}: holds no checkpoint and files that are not "
-            f"a fednas-mpi run's ({shown}); choose another directory"
-        )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"--resume {run_dir}: cannot create it ({e.strerror})") from None
-    for line in skipped:  # unreadable round files: kept aside, never read again
-        print(f"fednas-mpi: warning: {line}; renamed to *.broken", file=sys.stderr)
-    if skipped:
-        from .store import list_checkpoints
-
-        for _, path in list_checkpoints(run_dir):
-            path.rename(path.with_name(path.name + ".broken"))
-    print(f"fednas-mpi: {run_dir} holds no checkpoint yet: starting the run there", file=sys.stderr)
-    _begin(run_dir, cfg)
-    return cfg
-
-
-def _begin(run_dir: Path, cfg: Config) -> None:
-    """A run starts in ``run_dir``: its config.yaml is the first file it writes."""
-    _remove_temporaries(run_dir)
-    try:
-        (run_dir / "config.yaml").write_text(config_mod.to_yaml(cfg))
-    except OSError as e:
-        raise UsageError(f"cannot write {run_dir / 'config.yaml'} ({e.strerror})") from None
-
-
-def _holds(run_dir: Path, prefix: str) -> bool:
-    return run_dir.is_dir() and any(n.startswith(prefix) for n in os.listdir(run_dir))
-
-
-def _remove_temporaries(run_dir: Path) -> None:
-    """Temporary checkpoint files of a writer that was killed: never complete, removed."""
-    if not _holds(run_dir, ".round_"):
-        return
-    from .store import remove_temporaries
-
-    for path in remove_temporaries(run_dir):
-        print(
-            f"fednas-mpi: removed {path}, the unfinished checkpoint of a writer that was killed",
-            file=sys.stderr,
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["data"]:  # dataset tools: no MPI, no run
@@ -372,18 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             decision = Decision(
                 config=config_mod.to_dict(cfg), run_dir=str(run_dir), resume=ckpt is not None
             )
-            if ckpt is not None and ckpt.attrs.get("stopped_early"):
-                decision.done_message = (
-                    f"{run_dir}: the run stopped early after round "
-                    f"{ckpt.round} (run.patience: validation accuracy "
-                    f"stopped improving); nothing to resume."
-                )
-            elif ckpt is not None and ckpt.round >= cfg.run.rounds:
-                decision.done_message = (
-                    f"{run_dir}: all {cfg.run.rounds} rounds are done "
-                    f"(checkpoint round {ckpt.round}); nothing to resume. "
-                    f"Raise run.rounds with --set to extend the run."
-                )
+            decision.done_message = rundir.nothing_to_resume(ckpt, cfg, run_dir)
         except (ConfigError, UsageError) as e:
             decision = Decision(error=str(e))
     # Polling, not MPI's spinning bcast: the other ranks would take cores from rank 0 while it
@@ -435,7 +253,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     from .data import DataError, load_dataset, make_partition
     from .runtime.comm import agree, default_threads
     from .runtime.devices import describe, place
-    from .runtime.kernels import setup_kernels
+    from .runtime.mixing_backend import setup_kernels
     from .runtime.preempt import EXIT_STOPPED, StopRequest
     from .runtime.progress import Progress
     from .runtime.simulation import Simulation
@@ -447,7 +265,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
         if rank == 0:
             print(f"fednas-mpi: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    mine, placements, error = place(comm, cfg.runtime)
+    _, placements, error = place(comm, cfg.runtime)
     if error:
         if rank == 0:
             print(f"fednas-mpi: error: {error}", file=sys.stderr)
@@ -476,13 +294,10 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     algorithm = get_algorithm(cfg.algorithm.name)(
         cfg, DataInfo(dataset.input_shape, dataset.num_classes)
     )
-    algorithm.device = torch.device(mine.device)
-    sim = Simulation(cfg, comm, dataset, partition, algorithm)
-    sim.placements = placements
+    sim = Simulation(cfg, comm, dataset, partition, algorithm, placements)
     stop = StopRequest(run_dir, rank)
     if rank != 0:
-        sim.work_loop()
-        return sim.exit_code
+        return sim.work_loop()
     if stop.path.exists():
         print(
             f"fednas-mpi: warning: {stop.path} exists: the run stops after its next round; "
@@ -514,22 +329,22 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
             watch(r, metrics)
 
     try:
-        code = _serve(sim, run_dir, ckpt, on_round, stop)
+        code, outcome = _serve(sim, run_dir, ckpt, on_round, stop)
     finally:
         if board is not None:
             board.close()
     if code:
         return code
-    if sim.stopped_after is not None:
+    if outcome.stopped_after is not None:
         print(
-            f"stopped on request after round {sim.stopped_after} (SIGUSR1 or {stop.path}); "
+            f"stopped on request after round {outcome.stopped_after} (SIGUSR1 or {stop.path}); "
             f"its checkpoint is complete: fednas-mpi --resume {run_dir} continues",
             flush=True,
         )
         return EXIT_STOPPED
-    if sim.stopped_early is not None:
+    if outcome.stopped_early is not None:
         print(
-            f"stopped early after round {sim.stopped_early}: val_acc did not improve for "
+            f"stopped early after round {outcome.stopped_early}: val_acc did not improve for "
             f"{cfg.run.patience} validations (run.patience)",
             flush=True,
         )
@@ -543,15 +358,15 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     return 0
 
 
-def _serve(sim, run_dir: Path, ckpt, on_round, stop) -> int:
-    """Rank 0's rounds; a non-finite result or a failed checkpoint write is reported here,
-    once, and every rank exits with its status (the workers are released, not aborted)."""
+def _serve(sim, run_dir: Path, ckpt, on_round, stop) -> tuple[int, object]:
+    """Rank 0's rounds: (0, their ``Outcome``); a non-finite result or a failed checkpoint
+    write is reported here, once, and every rank exits with its status (the workers are
+    released, not aborted): (that status, None)."""
     from .runtime.guards import NonFiniteError
     from .store import StorageError
 
     try:
-        sim.serve(run_dir, ckpt, on_round=on_round, should_stop=stop)
-        return 0
+        return 0, sim.serve(run_dir, ckpt, on_round=on_round, should_stop=stop)
     except NonFiniteError as e:
         print(
             f"\nfednas-mpi: error: {e}\nThe checkpoints of the earlier rounds are intact: "
@@ -577,7 +392,7 @@ def _serve(sim, run_dir: Path, ckpt, on_round, stop) -> int:
         )
         code = EXIT_STORAGE
     sim.release_workers(code)
-    return code
+    return code, None
 
 
 def _prefetch(cfg: Config) -> str | None:

@@ -1,8 +1,10 @@
 """Test-only fault hooks, read from the environment in this one place.
 
 They let the fault-injection suite (``tests/faults/``) break real runs in ways that are
-otherwise hard to time. Unset (the normal case) they cost a dictionary lookup per client
-and per checkpoint.
+otherwise hard to time. The client-result hook is installed once, when a rank's
+``Simulation`` is built (``client_result_hook``): unset (every real run) there is none, and
+the client loop only tests it for None. The checkpoint hook costs a dictionary lookup per
+checkpoint.
 
 ``FEDNAS_FAULT_NAN_CLIENT=R:C[,R:C...]``
     client ``C``'s result in round ``R`` (1-based) gets a NaN in its first floating
@@ -19,9 +21,12 @@ from __future__ import annotations
 import errno
 import os
 import signal
+from collections.abc import Callable
 from functools import cache
 
 import torch
+
+from .flat import State
 
 NAN_CLIENT = "FEDNAS_FAULT_NAN_CLIENT"
 CHECKPOINT = "FEDNAS_FAULT_CHECKPOINT"
@@ -51,6 +56,11 @@ def checkpoint_faults() -> dict[int, str]:
     if bad:
         raise ValueError(f"{CHECKPOINT}: unknown action(s) {sorted(bad)}")
     return faults
+
+
+def client_result_hook() -> Callable[[int, int, State], State] | None:
+    """``poison_client`` when ``FEDNAS_FAULT_NAN_CLIENT`` names a client, else None."""
+    return poison_client if nan_clients() else None
 
 
 def poison_client(

@@ -125,14 +125,14 @@ def test_client_sums_keep_each_clients_own_values_across_workers():
 
 
 def test_per_client_history_grows_by_rounds_and_pads_runs_from_before_it():
-    from fednas_mpi.runtime.simulation import _append_clients
+    from fednas_mpi.store.record import append_clients
 
     # resumed from a checkpoint without /client_metrics: earlier rounds become NaN rows
-    h = _append_clients({}, {"weight": {1: 5.0, 3: 7.0}, "acc": {1: 0.5, 3: np.nan}}, 2, 4)
+    h = append_clients({}, {"weight": {1: 5.0, 3: 7.0}, "acc": {1: 0.5, 3: np.nan}}, 2, 4)
     assert sorted(h) == ["acc", "weight"] and h["weight"].shape == (3, 4)
     assert np.isnan(h["weight"][:2]).all()
     np.testing.assert_array_equal(h["weight"][2], [np.nan, 5.0, np.nan, 7.0])
-    h = _append_clients(h, {"weight": {0: 1.0}, "acc": {0: 0.25}}, 3, 4)
+    h = append_clients(h, {"weight": {0: 1.0}, "acc": {0: 0.25}}, 3, 4)
     assert h["acc"].shape == (4, 4) and h["acc"][3, 0] == 0.25
     np.testing.assert_array_equal(h["acc"][2], [np.nan, 0.5, np.nan, np.nan])
 
@@ -140,7 +140,7 @@ def test_per_client_history_grows_by_rounds_and_pads_runs_from_before_it():
 def test_aux_means_travel_in_the_state_buffer_and_leave_it_unchanged():
     """ClientResult.aux entries are summed behind the state's in one buffer: the state's
     average is bit for bit what it is without them, the aux means are the weighted ones."""
-    from fednas_mpi.runtime.simulation import summed_layout
+    from fednas_mpi.runtime.protocol import summed_layout
 
     states = [{"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, -1.0])}]
     aux = [

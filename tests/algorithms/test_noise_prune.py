@@ -18,7 +18,7 @@ from fednas_mpi.algorithms.common.pruning import STRUCK
 from fednas_mpi.algorithms.fedmetanas import FedMetaNAS
 from fednas_mpi.nas import CELL_TYPES
 from fednas_mpi.nas.margins import row_gaps
-from fednas_mpi.runtime.simulation import summed_layout
+from fednas_mpi.runtime.protocol import summed_layout
 
 ARCH = [f"{p}_{c}" for p in ("alpha", "beta") for c in CELL_TYPES]
 

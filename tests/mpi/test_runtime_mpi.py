@@ -21,8 +21,9 @@ from fednas_mpi.algorithms.fedavg import FedAvg
 from fednas_mpi.config import from_dict
 from fednas_mpi.data import Dataset, make_partition
 from fednas_mpi.runtime import comm as mpi
+from fednas_mpi.runtime.protocol import fold_in_order
 from fednas_mpi.runtime.schedule import sample_clients
-from fednas_mpi.runtime.simulation import Simulation, fold_in_order
+from fednas_mpi.runtime.simulation import Simulation
 from fednas_mpi.store import read_checkpoint
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(120, method="thread")]
@@ -110,7 +111,7 @@ def _simulate_unguarded(comm, algo_cls, cfg, out_dir):
     algo = algo_cls(cfg, DataInfo(dataset.input_shape, dataset.num_classes))
     sim = Simulation(cfg, comm, dataset, partition, algo)
     if comm.Get_rank() == 0:
-        return sim.serve(out_dir), partition
+        return sim.serve(out_dir).model, partition
     sim.work_loop()
     return None, partition
 
@@ -397,6 +398,6 @@ def test_abort_on_a_worker_result_releases_every_rank_with_status_4(tmp_path):
         ok = ok and files == ["round_00001.h5"]
         msg += f" files {files}"
     else:
-        sim.work_loop()
-        ok, msg = sim.exit_code == 4, f"worker exit code {sim.exit_code}"
+        code = sim.work_loop()
+        ok, msg = code == 4, f"worker exit code {code}"
     collective(ok, msg)

@@ -123,7 +123,7 @@ class Shift(Algorithm):
         return float(model.state["w"].sum()), 0.5
 
 
-def _run(tmp_path, policy, bad, rounds=3):
+def _simulation(policy, bad, rounds=3):
     cfg = from_dict(
         {
             "run": {"seed": 3, "rounds": rounds, "on_nonfinite": policy},
@@ -138,8 +138,12 @@ def _run(tmp_path, policy, bad, rounds=3):
     partition = make_partition(y.numpy(), cfg.partition, cfg.run.seed)
     algo = Shift(cfg, DataInfo(dataset.input_shape, 4))
     algo.BAD = bad
-    sim = Simulation(cfg, MPI.COMM_SELF, dataset, partition, algo)
-    return cfg, partition, sim.serve(tmp_path)
+    return cfg, partition, Simulation(cfg, MPI.COMM_SELF, dataset, partition, algo)
+
+
+def _run(tmp_path, policy, bad, rounds=3):
+    cfg, partition, sim = _simulation(policy, bad, rounds)
+    return cfg, partition, sim.serve(tmp_path).model
 
 
 def _expected(cfg, partition, bad, rounds):
@@ -178,3 +182,32 @@ def test_abort_names_round_client_tensor_and_writes_no_checkpoint(tmp_path):
         _run(tmp_path, "abort", bad)
     assert [r for r, _ in list_checkpoints(tmp_path)] == [1]
     assert "dropped_clients" not in read_checkpoint(tmp_path / "round_00001.h5").metrics
+
+
+def test_no_client_hook_without_the_fault_variable(monkeypatch, tmp_path):
+    """Unset (every real run) the client loop holds no hook, so the test-only poisoning
+    costs nothing: it is never called. Set, the named client of the named round is
+    poisoned and, under skip_client, dropped, as the outcome of serve says."""
+    calls = []
+    monkeypatch.setattr(faults, "poison_client", lambda *a: calls.append(a) or a[2])
+    monkeypatch.delenv(faults.NAN_CLIENT, raising=False)
+    faults.nan_clients.cache_clear()
+    try:
+        _, _, sim = _simulation("skip_client", bad=None)
+        assert sim.poison is None
+        outcome = sim.serve(tmp_path / "clean")
+        assert calls == [] and outcome.dropped == {}
+        assert (outcome.rounds_done, outcome.rounds_run, outcome.stopped_after) == (3, 3, None)
+
+        monkeypatch.undo()  # the real poison_client
+        victim = int(sample_clients(3, 1, 6, 3)[2])
+        monkeypatch.setenv(faults.NAN_CLIENT, f"2:{victim}")
+        faults.nan_clients.cache_clear()
+        _, _, sim = _simulation("skip_client", bad=None)
+        assert sim.poison is faults.poison_client
+        outcome = sim.serve(tmp_path / "poisoned")
+        assert list(outcome.dropped) == [2] and list(outcome.dropped[2]) == [victim]
+        assert "state tensor 'w'" in outcome.dropped[2][victim]
+    finally:
+        monkeypatch.delenv(faults.NAN_CLIENT, raising=False)
+        faults.nan_clients.cache_clear()

@@ -29,8 +29,7 @@ import torch
 from mpi4py import MPI
 
 from . import comm as mpi
-
-TAG_PARTIAL = 11
+from .protocol import TAG_PARTIAL  # every tag of the protocol is there
 
 
 class MpiTransport:

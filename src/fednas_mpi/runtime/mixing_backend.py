@@ -1,4 +1,5 @@
-"""Choose the mixing backend for a whole job: one rank per node builds, all ranks agree."""
+"""The mixing backend of a whole job (the kernels themselves are the ``kernels`` package):
+one rank per node builds the fused library, all ranks agree on the backend."""
 
 from __future__ import annotations
 
