@@ -8,7 +8,7 @@ reported once, by rank 0, and every rank exits with status 2 before round 1.
 ``fednas-mpi data stats|download ...`` are dataset tools without MPI (``data/cli.py``);
 ``fednas-mpi inspect|compare|plot ...`` read runs from their checkpoints (``report/cli.py``);
 ``fednas-mpi export RUN_DIR --out FILE`` writes a run's model for torch alone (``export/``);
-``fednas-mpi configs`` lists the shipped run configs (``configs_index.py``).
+``fednas-mpi configs`` lists the shipped run configs (``shipped_configs.py``).
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def _check_not_moved(args: argparse.Namespace) -> None:
     used it, and a run's command line never names a file that does not exist."""
     if not args.config or Path(args.config).exists():
         return
-    from .configs_index import moved_to
+    from .shipped_configs import moved_to
 
     new = moved_to(args.config)
     if new is None:
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return report_main(argv)
     if argv[:1] == ["configs"]:  # the index of the shipped configs: no MPI
-        from .configs_index import main as configs_main
+        from .shipped_configs import main as configs_main
 
         return configs_main(argv[1:])
     if argv[:1] == ["export"]:  # a run's model as a torch.export file: no MPI

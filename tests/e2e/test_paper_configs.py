@@ -21,8 +21,8 @@ from datafiles import mnist_arrays, write_cifar10, write_cifar100, write_mnist
 
 from fednas_mpi.algorithms import DataInfo, get_algorithm
 from fednas_mpi.config import load, to_dict
-from fednas_mpi.configs_index import runs
 from fednas_mpi.harness import ForkCLI
+from fednas_mpi.shipped_configs import runs
 from fednas_mpi.store import list_checkpoints, read_checkpoint
 
 pytestmark = pytest.mark.slow
