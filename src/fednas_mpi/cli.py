@@ -432,7 +432,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     import torch
 
     from .algorithms import DataInfo, get_algorithm
-    from .data import DataError, load_dataset, make_partition
+    from .data import DataError, dataset_and_partition
     from .runtime.comm import agree, default_threads
     from .runtime.devices import describe, place
     from .runtime.kernels import setup_kernels
@@ -458,13 +458,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
         error = agree(comm, _prefetch(cfg) if rank == 0 else None)
     if error is None:
         try:
-            dataset = load_dataset(cfg.data, cfg.run.seed)
-            partition = make_partition(
-                dataset.train_y.numpy(),
-                cfg.partition,
-                cfg.run.seed,
-                num_classes=dataset.num_classes,
-            )
+            dataset, partition = dataset_and_partition(cfg)
         except DataError as e:
             error = f"[rank {rank}] {e}"
         error = agree(comm, error)
