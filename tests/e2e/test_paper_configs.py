@@ -17,11 +17,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from datafiles import mnist_arrays, write_cifar10, write_cifar100, write_mnist
 
 from fednas_mpi.algorithms import DataInfo, get_algorithm
 from fednas_mpi.config import load, to_dict
 from fednas_mpi.harness import ForkCLI
+from fednas_mpi.harness.datafiles import mnist_arrays, write_cifar10, write_cifar100, write_mnist
 from fednas_mpi.shipped_configs import runs
 from fednas_mpi.store import list_checkpoints, read_checkpoint
 

@@ -3,7 +3,8 @@ the tests launch runs through these; a run itself never imports them.
 
 - ``mpirun()``: which MPI launcher to start runs with;
 - ``ForkCLI``: many ``python -m fednas_mpi`` commands forked from one process that has
-  imported torch once.
+  imported torch once;
+- ``datafiles``: small dataset files in the real on-disk formats (MNIST IDX, CIFAR pickles).
 """
 
 from .forkcli import ForkCLI
