@@ -35,7 +35,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# pages whose commands are records, not instructions
+EXCLUDED_PAGES = {
+    "results-archive.md": "superseded results with the commands of their time (config paths "
+    "before the configs/ move, which configs/MOVED.yaml maps)",
+}
+PAGES = [
+    ROOT / "README.md",
+    *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name not in EXCLUDED_PAGES),
+]
 FENCE = re.compile(r"^( *)```(\w*)\n(.*?)^ *```", re.S | re.M)
 SHELL = {"", "bash", "sh", "shell", "console"}
 # a run's first line of output (the quickstart's, shown as what it prints), not a command
@@ -302,6 +310,11 @@ def classify(c: Command) -> str:
     if c in CMAKE:
         return "cmake"
     return "unknown"
+
+
+def test_the_excluded_pages_exist():
+    for name in EXCLUDED_PAGES:
+        assert (ROOT / "docs" / name).is_file(), f"docs/{name} is gone: drop it from EXCLUDED_PAGES"
 
 
 def test_every_documented_command_is_classified():
