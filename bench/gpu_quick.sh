@@ -130,9 +130,9 @@ fi
 export FEDNAS_MPI_MPIRUN=$MPIRUN
 
 write_data() {
-    "$PY" -c "import sys, time; sys.path.insert(0, '$REPO/tests'); t = time.time()
+    "$PY" -c "import time; t = time.time()
 from pathlib import Path
-from datafiles import write_cifar10
+from fednas_mpi.harness.datafiles import write_cifar10
 write_cifar10(Path('$DATA'), per_batch=$PER_BATCH, n_test=$N_TEST)
 print('synthetic CIFAR-10 (cifar-10-batches-py, python pickles): 5 x $PER_BATCH train,',
       '$N_TEST test images in %.1f s' % (time.time() - t))"

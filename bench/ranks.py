@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from helpers import mpirun  # noqa: E402
+from fednas_mpi.harness import mpirun
+from fednas_mpi.store import list_checkpoints, read_checkpoint
 
-from fednas_mpi.store import list_checkpoints, read_checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(n: int, cfg: str, rounds: int, poll: float, out: Path) -> dict:

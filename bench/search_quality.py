@@ -67,7 +67,6 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from nas_protocol import ROOT, _sets, finished, read_run  # noqa: E402
 from tables import Runner, stale_keys  # noqa: E402
 
@@ -76,14 +75,14 @@ PATH_METHODS = ("feddsnas", "fedrlnas")  # single-path searches: DARTS rule on t
 
 class ForkLauncher:
     """Runs ``fednas-mpi ARGV`` in one process forked from a helper that imported torch
-    once (tests/forkcli.py), one helper per thread: a 12-round CPU run is ~20 s, of which
-    the imports of a fresh process would be ~6 s."""
+    once (``fednas_mpi.harness.ForkCLI``), one helper per thread: a 12-round CPU run is
+    ~20 s, of which the imports of a fresh process would be ~6 s."""
 
     def __init__(self, scratch: Path):
         self.scratch, self.local, self.all = scratch, threading.local(), []
 
     def __call__(self, argv: list[str]) -> tuple[int, str]:
-        from forkcli import ForkCLI
+        from fednas_mpi.harness import ForkCLI
 
         if not hasattr(self.local, "cli"):
             self.local.cli = ForkCLI()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from fednas_mpi.harness import mpirun
 
 TINY = {
     "run": {"name": "tiny", "seed": 7, "rounds": 4},
@@ -20,14 +21,6 @@ TINY = {
     "model": {"channels": [8, 16], "hidden": 32},
     "algorithm": {"name": "fedavg", "local_epochs": 1, "batch_size": 16, "lr": 0.05},
 }
-
-
-def mpirun() -> str:
-    """The launcher: $FEDNAS_MPI_MPIRUN, the one beside this Python (PyPI mpich), or PATH's."""
-    if os.environ.get("FEDNAS_MPI_MPIRUN"):
-        return os.environ["FEDNAS_MPI_MPIRUN"]
-    beside = Path(sys.executable).parent / "mpirun"
-    return str(beside) if beside.exists() else (shutil.which("mpirun") or "mpirun")
 
 
 def write_config(path: Path, base: dict | None = None, **sections) -> Path:

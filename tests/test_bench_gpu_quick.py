@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import mpirun
+
+from fednas_mpi.harness import mpirun
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = [

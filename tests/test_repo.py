@@ -47,9 +47,9 @@ def test_quickstart_config_is_valid():
 
 def test_every_shipped_run_config_loads():
     from fednas_mpi.config import load
-    from fednas_mpi.configs_index import runs
+    from fednas_mpi.shipped_configs import runs
 
-    # the fragments (data/, partition/, model/, */setup.yaml): tests/config/test_configs_index.py
+    # the fragments (data/, partition/, model/, */setup.yaml): tests/config/test_shipped_configs.py
     files = [ROOT / "configs" / r.path for r in runs(ROOT / "configs")]
     assert len(files) > 20
     for f in files:

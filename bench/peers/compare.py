@@ -41,10 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
+from fednas_mpi.harness.datafiles import write_cifar10
 
-from datafiles import write_cifar10  # noqa: E402  (the tests' CIFAR writer)
+ROOT = Path(__file__).resolve().parents[2]
 
 HERE = Path(__file__).resolve().parent
 BASE_CONFIG = "configs/cpu/fashion_mnist/fednas.yaml"

@@ -8,7 +8,7 @@ reported once, by rank 0, and every rank exits with status 2 before round 1.
 ``fednas-mpi data stats|download ...`` are dataset tools without MPI (``data/cli.py``);
 ``fednas-mpi inspect|compare|plot ...`` read runs from their checkpoints (``report/cli.py``);
 ``fednas-mpi export RUN_DIR --out FILE`` writes a run's model for torch alone (``export/``);
-``fednas-mpi configs`` lists the shipped run configs (``configs_index.py``).
+``fednas-mpi configs`` lists the shipped run configs (``shipped_configs.py``).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def _check_not_moved(args: argparse.Namespace) -> None:
     used it, and a run's command line never names a file that does not exist."""
     if not args.config or Path(args.config).exists():
         return
-    from .configs_index import moved_to
+    from .shipped_configs import moved_to
 
     new = moved_to(args.config)
     if new is None:
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return report_main(argv)
     if argv[:1] == ["configs"]:  # the index of the shipped configs: no MPI
-        from .configs_index import main as configs_main
+        from .shipped_configs import main as configs_main
 
         return configs_main(argv[1:])
     if argv[:1] == ["export"]:  # a run's model as a torch.export file: no MPI
@@ -250,7 +250,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
     import torch
 
     from .algorithms import DataInfo, get_algorithm
-    from .data import DataError, load_dataset, make_partition
+    from .data import DataError, dataset_and_partition
     from .runtime.comm import agree, default_threads
     from .runtime.devices import describe, place
     from .runtime.mixing_backend import setup_kernels
@@ -276,13 +276,7 @@ def run(cfg: Config, comm, run_dir: Path, ckpt) -> int:
         error = agree(comm, _prefetch(cfg) if rank == 0 else None)
     if error is None:
         try:
-            dataset = load_dataset(cfg.data, cfg.run.seed)
-            partition = make_partition(
-                dataset.train_y.numpy(),
-                cfg.partition,
-                cfg.run.seed,
-                num_classes=dataset.num_classes,
-            )
+            dataset, partition = dataset_and_partition(cfg)
         except DataError as e:
             error = f"[rank {rank}] {e}"
         error = agree(comm, error)

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from datafiles import write_cifar10
 from PIL import Image
 
 from fednas_mpi import config as config_mod
 from fednas_mpi.cli import main
 from fednas_mpi.data import load_dataset, make_partition
 from fednas_mpi.data.stats import describe, table
+from fednas_mpi.harness.datafiles import write_cifar10
 from fednas_mpi.store import write_checkpoint
 
 HIST = np.array([[3, 0, 12], [0, 5, 0]])

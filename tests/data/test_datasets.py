@@ -10,20 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datafiles import (
-    mnist_arrays,
-    need_fashion_mnist,
-    py2_pickle,
-    write_cifar10,
-    write_cifar100,
-    write_mnist,
-)
+from debian_data import need_fashion_mnist
 
 from fednas_mpi.algorithms.common.training import sgd_epochs
 from fednas_mpi.config import DataConfig, PartitionConfig
 from fednas_mpi.data import DataError, Dataset, load_dataset, make_partition, vision
 from fednas_mpi.data.augment import CropFlip, random_crop_flip
 from fednas_mpi.data.datasets import resize_images
+from fednas_mpi.harness.datafiles import (
+    mnist_arrays,
+    py2_pickle,
+    write_cifar10,
+    write_cifar100,
+    write_mnist,
+)
 
 MNIST_FILES = [
     "train-images-idx3-ubyte",

@@ -11,7 +11,13 @@ import torch
 from sklearn.datasets import load_digits
 
 from fednas_mpi.config import ConfigError, DataConfig, PartitionConfig, from_dict
-from fednas_mpi.data import DataError, Partition, load_dataset, make_partition
+from fednas_mpi.data import (
+    DataError,
+    Partition,
+    dataset_and_partition,
+    load_dataset,
+    make_partition,
+)
 from fednas_mpi.data.partition import (
     apportion,
     choose_classes,
@@ -632,3 +638,18 @@ def test_num_classes_of_the_dataset_sets_the_histogram_width():
     assert part.num_classes == 6 and part.histograms(labels).shape == (2, 6)
     with pytest.raises(DataError, match=r"partition.tau = 7: .* has 6"):
         make_partition(labels, pcfg(scheme="label_skew", tau=7), 0, num_classes=6)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_a_configs_dataset_and_partition_follow_its_seed(digits, seed):
+    """What run, export and ``data stats`` all partition: cfg.data's dataset with its
+    holdout drawn by run.seed, and cfg.partition over its train split seeded alike."""
+    cfg = from_dict({"run": {"seed": seed}, "partition": {"scheme": "dirichlet", "num_clients": 6}})
+    dataset, part = dataset_and_partition(cfg)
+    expected = load_dataset(DataConfig(), seed)
+    assert torch.equal(dataset.train_y, expected.train_y)
+    assert torch.equal(dataset.test_x, expected.test_x)
+    labels = expected.train_y.numpy()
+    check_partition(part, labels, cfg.partition, 1, 5)
+    assert same(part, make_partition(labels, cfg.partition, seed))
+    assert not same(part, make_partition(labels, cfg.partition, seed + 1))

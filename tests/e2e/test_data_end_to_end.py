@@ -5,7 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from datafiles import need_fashion_mnist
+from debian_data import need_fashion_mnist
 from helpers import launch, write_config
 
 from fednas_mpi.cli import main

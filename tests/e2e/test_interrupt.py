@@ -10,8 +10,9 @@ import sys
 import time
 
 import pytest
-from helpers import TINY, launch, mpirun, write_config
+from helpers import TINY, launch, write_config
 
+from fednas_mpi.harness import mpirun
 from fednas_mpi.store import list_checkpoints, read_checkpoint
 
 pytestmark = pytest.mark.slow

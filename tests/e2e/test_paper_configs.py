@@ -6,8 +6,8 @@ batch 2, a test split of 4 images), with ``--set`` as a user would; the model se
 each config is left as it is, and the test checks that the run built the model that config
 describes.
 The runs go through ``python -m fednas_mpi`` in a fresh process each, forked from one
-helper that has imported torch already (tests/forkcli.py): the imports, not the runs,
-would otherwise take most of the time.
+helper that has imported torch already (``fednas_mpi.harness.ForkCLI``): the imports, not
+the runs, would otherwise take most of the time.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from datafiles import mnist_arrays, write_cifar10, write_cifar100, write_mnist
-from forkcli import ForkCLI
 
 from fednas_mpi.algorithms import DataInfo, get_algorithm
 from fednas_mpi.config import load, to_dict
-from fednas_mpi.configs_index import runs
+from fednas_mpi.harness import ForkCLI
+from fednas_mpi.harness.datafiles import mnist_arrays, write_cifar10, write_cifar100, write_mnist
+from fednas_mpi.shipped_configs import runs
 from fednas_mpi.store import list_checkpoints, read_checkpoint
 
 pytestmark = pytest.mark.slow

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from datafiles import write_cifar10
-from forkcli import ForkCLI
 
 from fednas_mpi.algorithms import DataInfo, get_algorithm
 from fednas_mpi.config import load
+from fednas_mpi.harness import ForkCLI
+from fednas_mpi.harness.datafiles import write_cifar10
 from fednas_mpi.store import list_checkpoints, read_checkpoint
 
 PAPER = Path(__file__).resolve().parents[2] / "configs" / "paper" / "cifar10"

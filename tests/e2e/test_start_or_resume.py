@@ -11,7 +11,7 @@ from helpers import TINY, write_config
 
 from fednas_mpi import cli
 from fednas_mpi.config import ConfigError, from_dict, load_run, to_dict
-from fednas_mpi.configs_index import runs
+from fednas_mpi.shipped_configs import runs
 from fednas_mpi.store import write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]

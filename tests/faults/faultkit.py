@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from helpers import mpirun
 
+from fednas_mpi.harness import mpirun
 from fednas_mpi.store import list_checkpoints, read_checkpoint
 
 EXIT_LIMIT_S = 30.0  # a broken job must be gone this soon after the fault

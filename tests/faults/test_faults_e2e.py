@@ -31,9 +31,10 @@ from faultkit import (
     wait_exit,
     wait_for,
 )
-from helpers import TINY, mpirun, write_config
+from helpers import TINY, write_config
 from tmpfs import mounted_tmpfs
 
+from fednas_mpi.harness import mpirun
 from fednas_mpi.runtime.schedule import sample_clients
 from fednas_mpi.store import list_checkpoints, read_checkpoint
 

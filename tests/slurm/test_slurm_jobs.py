@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import launch, mpirun, write_config
+from helpers import launch, write_config
 
+from fednas_mpi.harness import mpirun
 from fednas_mpi.store import list_checkpoints, read_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]

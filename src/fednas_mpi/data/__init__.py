@@ -1,6 +1,7 @@
 """Datasets and per-client partitions. No training code lives here."""
 
 from .datasets import DataError, Dataset, load_dataset, prefetch
+from .federated import dataset_and_partition
 from .partition import ClientSplit, Partition, make_partition
 
 __all__ = [
@@ -11,4 +12,5 @@ __all__ = [
     "ClientSplit",
     "Partition",
     "make_partition",
+    "dataset_and_partition",
 ]

@@ -137,10 +137,7 @@ def from_run(run_dir: str | Path, part: str) -> tuple[np.ndarray, Config, Path]:
 
 def from_config(cfg: Config, part: str) -> np.ndarray:
     """The histogram of the partition a run with ``cfg`` would use (loads the dataset)."""
-    from .datasets import load_dataset
-    from .partition import make_partition
+    from .federated import dataset_and_partition
 
-    dataset = load_dataset(cfg.data, cfg.run.seed)
-    labels = dataset.train_y.numpy()
-    partition = make_partition(labels, cfg.partition, cfg.run.seed, num_classes=dataset.num_classes)
-    return partition.histograms(labels, part)
+    dataset, partition = dataset_and_partition(cfg)
+    return partition.histograms(dataset.train_y.numpy(), part)

@@ -1,4 +1,5 @@
-"""Small dataset files in the real on-disk formats, and the rule for tests on real data.
+"""Small dataset files in the real on-disk formats, for the tests and for benchmarks on machines
+without the datasets (``bench/gpu_quick.sh``, ``bench/peers``).
 
 MNIST/Fashion-MNIST: IDX files (gzip) as torchvision keeps them under
 ROOT/MNIST/raw/. CIFAR: the python pickles of ROOT/cifar-10-batches-py/ and
@@ -10,21 +11,10 @@ encoding latin1).
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
-import pytest
-
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-def need_fashion_mnist() -> Path:
-    """The Debian Fashion-MNIST directory; skip without it, except in CI where it must exist."""
-    if not DEBIAN_FASHION_MNIST.is_dir() and not os.environ.get("CI"):
-        pytest.skip(f"{DEBIAN_FASHION_MNIST} missing (apt-get install dataset-fashion-mnist)")
-    return DEBIAN_FASHION_MNIST
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -3,8 +3,9 @@
 The tree is ``configs/SCALE/DATASET/METHOD[-VARIANT].yaml``; a file is a *run* when it names
 its method (``algorithm.name``, possibly through ``base:``), anything else is a fragment
 (``data/``, ``partition/``, ``model/``, ``SCALE/setup.yaml``) that runs layer together. Each
-run's first line, a ``# `` comment, is its description here. The README's table of runs is
-``markdown()`` of the same list, so the two cannot disagree (tests/config/test_configs_index.py).
+run's first line, a ``# `` comment, is its description here. The table of runs in
+docs/data.md is ``markdown()`` of the same list, so the two cannot disagree
+(tests/config/test_shipped_configs.py).
 
 ``configs/MOVED.yaml`` maps the paths of the earlier flat layout to their new files;
 ``moved_to`` finds a missing path there so the CLI can name the new one.
@@ -95,7 +96,7 @@ def moved_to(path: str | Path) -> Path | None:
 
 
 def markdown(root: Path | None = None) -> str:
-    """The table of runs as it appears in the README (paths relative to the repository)."""
+    """The table of runs as it appears in docs/data.md (paths relative to the repository)."""
     lines = ["| config | scale | dataset | method | description |", "|---|---|---|---|---|"]
     for r in runs(root):
         lines.append(
@@ -132,7 +133,9 @@ def main(argv: list[str]) -> int:
         type=Path,
         help="the configs directory (default ./configs, else the repository's)",
     )
-    p.add_argument("--markdown", action="store_true", help="print the README's table instead")
+    p.add_argument(
+        "--markdown", action="store_true", help="print the table of docs/data.md instead"
+    )
     a = p.parse_args(argv)
     root = a.dir if a.dir is not None else default_dir()
     try:

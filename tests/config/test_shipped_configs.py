@@ -1,4 +1,4 @@
-"""configs/ is SCALE/DATASET/METHOD.yaml over fragments, indexed once (configs_index.py)."""
+"""configs/ is SCALE/DATASET/METHOD.yaml over fragments, indexed once (shipped_configs.py)."""
 
 from pathlib import Path
 
@@ -9,7 +9,15 @@ from fednas_mpi import cli
 from fednas_mpi.algorithms import registry
 from fednas_mpi.cli import UsageError
 from fednas_mpi.config import load, load_raw, load_run
-from fednas_mpi.configs_index import MOVED_FILE, main, markdown, moved, moved_to, names_method, runs
+from fednas_mpi.shipped_configs import (
+    MOVED_FILE,
+    main,
+    markdown,
+    moved,
+    moved_to,
+    names_method,
+    runs,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
