@@ -26,6 +26,7 @@ import yaml
 from . import __version__
 from . import config as config_mod
 from .config import Config, ConfigError
+from .migrations import from_stored
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -231,7 +232,7 @@ def _decide_resume(args: argparse.Namespace) -> tuple[Config, Path, object | Non
         ckpt, skipped = newest_readable(run_dir)
     if ckpt is None:
         return _start_in(run_dir, args, skipped), run_dir, None
-    cfg = _agreeing(args, yaml.safe_load(ckpt.config_yaml), run_dir)
+    cfg = _agreeing(args, yaml.safe_load(ckpt.config_yaml), run_dir, ckpt.path)
     _check_extras(cfg)
     for line in skipped:
         print(f"fednas-mpi: warning: {line}", file=sys.stderr)
@@ -239,10 +240,11 @@ def _decide_resume(args: argparse.Namespace) -> tuple[Config, Path, object | Non
     return cfg, run_dir, ckpt
 
 
-def _agreeing(args: argparse.Namespace, stored_raw, run_dir: Path) -> Config:
-    """The run's stored config with the overrides, or CFG when given and it agrees with the
-    stored one in every field that changes results."""
-    stored = config_mod.from_stored(stored_raw, args.overrides)
+def _agreeing(args: argparse.Namespace, stored_raw, run_dir: Path, source: Path) -> Config:
+    """The run's stored config (read from ``source`` through the migrations) with the
+    overrides, or CFG when given and it agrees with the stored one in every field that
+    changes results."""
+    stored = from_stored(stored_raw, args.overrides, source)
     if not args.config:
         return stored
     given = config_mod.load_run(args.config, args.overrides)
@@ -275,7 +277,7 @@ def _start_in(run_dir: Path, args: argparse.Namespace, skipped: list[str]) -> Co
             raw = yaml.safe_load(stored.read_text())
         except (OSError, yaml.YAMLError) as e:
             raise UsageError(f"--resume {run_dir}: cannot read {stored} ({e})") from None
-        cfg = _agreeing(args, raw, run_dir)
+        cfg = _agreeing(args, raw, run_dir, stored)
     elif args.config:
         cfg = config_mod.load_run(args.config, args.overrides)
     else:

@@ -30,6 +30,13 @@ import yaml
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
+#: The schema version of the config defined here, stored with every resolved config
+#: (``to_yaml``: RUN_DIR/config.yaml and every checkpoint). Older stored configs are
+#: upgraded to it by ``fednas_mpi.migrations``, one step per version; a change of the
+#: schema that an absent key would misread adds a step there and bumps this.
+SCHEMA_VERSION = 15
+VERSION_KEY = "schema_version"
+
 
 class ConfigError(ValueError):
     """One or more problems in a configuration; ``problems`` holds one line each."""
@@ -302,10 +309,17 @@ class AlgorithmConfig:
     )
 
 
+def method_name(name: str) -> Any:
+    """The ``name`` field of a method's ``algorithm`` class: the shared key, with the
+    method's own name as its default (the class then needs no ``name`` to build)."""
+    return _f(name, AlgorithmConfig.__dataclass_fields__["name"].metadata["help"])
+
+
 @dataclass(kw_only=True)
-class ClientSGDConfig:
+class ClientSGDConfig(AlgorithmConfig):
     """Plain client SGD of the fixed-model methods; its keys sit at ``algorithm.`` top level
-    (``algorithm.lr``), as they always have, for the methods that register it as ``top``."""
+    (``algorithm.lr``), as they always have: the fixed-model methods' ``algorithm`` classes
+    derive from this one."""
 
     lr: float = _f(
         0.05,
@@ -321,33 +335,12 @@ class ClientSGDConfig:
     )
 
 
-def method_config(method: str, top: type | None, sections: dict[str, type]) -> type:
-    """The ``algorithm`` dataclass of one method: the shared keys, ``top``'s fields at the
-    same level and one field per section, each a dataclass the method's module owns."""
-    hints = typing.get_type_hints(top) if top is not None else {}
-    fields: list[tuple[str, Any, Any]] = [
-        ("name", str, _f(method, AlgorithmConfig.__dataclass_fields__["name"].metadata["help"]))
-    ]
-    for f in dataclasses.fields(top) if top is not None else ():
-        fields.append(
-            (
-                f.name,
-                hints[f.name],
-                field(default=f.default, default_factory=f.default_factory, metadata=f.metadata),
-            )
-        )
-    fields += [(key, cls, field(default_factory=cls)) for key, cls in sections.items()]
-    camel = "".join(part.capitalize() for part in method.split("_"))
-    return dataclasses.make_dataclass(
-        f"{camel}AlgorithmConfig", fields, bases=(AlgorithmConfig,), kw_only=True
-    )
-
-
 class Catalogue(typing.Protocol):
     """What config needs to know of the methods: ``algorithms.registry`` is one. Each entry
-    of ``METHODS`` has ``name``, ``nas``, ``config`` (its ``algorithm`` dataclass, from
-    ``method_config``), ``keys``, ``top`` and ``sections``; ``names()`` and ``method(name)``
-    look them up."""
+    of ``METHODS`` has ``name``, ``nas``, ``config`` (its ``algorithm`` class, a plain
+    subclass of ``AlgorithmConfig`` in the method's config module), ``keys`` (the
+    ``algorithm.`` keys it reads) and ``sections`` (key -> section class); ``names()`` and
+    ``method(name)`` look them up."""
 
     METHODS: tuple[Any, ...]
 
@@ -364,6 +357,11 @@ def use_catalogue(catalogue: Catalogue) -> None:
     registers a toy method in the table is seen here."""
     global _catalogue
     _catalogue = catalogue
+
+
+def catalogue() -> Catalogue:
+    """The table of methods handed to config (``use_catalogue``)."""
+    return _registry()
 
 
 def _registry() -> Catalogue:
@@ -569,6 +567,11 @@ MODEL_READS = {
 }
 
 
+def model_reads() -> dict[str, tuple[str, ...]]:
+    """The ``model.`` keys each model reads beside model.name."""
+    return MODEL_READS
+
+
 def _method_class(raw: dict, path: str, problems: list[str]) -> type | None:
     reg = _registry()
     name = raw.get("name", AlgorithmConfig.__dataclass_fields__["name"].default)
@@ -630,39 +633,6 @@ def _unread_model_keys(raw: dict, path: str) -> dict[str, str]:
                 f"{path}.{{{', '.join(('name',) + MODEL_READS[name])}}}"
             )
     return out
-
-
-def stored(raw: Any) -> Any:
-    """A config as a run stored it, without the keys this run does not read.
-
-    Runs stored before each method owned its section carry every method's section and
-    every model's keys; those changed nothing and are dropped here; runs stored before
-    ``kernels.supernet`` get the value they ran with (``reference``). Only for stored
-    configs (checkpoints, RUN_DIR/config.yaml): a user's file is checked strictly.
-    """
-    if not isinstance(raw, dict):
-        return raw
-    raw = _deepcopy_plain(raw)
-    alg, model = raw.get("algorithm"), raw.get("model")
-    reg = _registry()
-    if isinstance(alg, dict) and alg.get("name") in reg.names():
-        known = {k for m in reg.METHODS for k in m.keys}
-        keep = reg.method(alg["name"]).keys
-        raw["algorithm"] = {k: v for k, v in alg.items() if k in keep or k not in known}
-    if isinstance(model, dict) and model.get("name", "cnn") in MODEL_READS:
-        variant = {k for keys in MODEL_READS.values() for k in keys}
-        keep = MODEL_READS[model.get("name", "cnn")]
-        raw["model"] = {k: v for k, v in model.items() if k in keep or k not in variant}
-    if isinstance(raw.get("kernels", {}), dict):
-        # Runs stored before kernels.supernet existed ran the op-by-op forward: they resume
-        # on it (the grouped one agrees only to rounding).
-        raw.setdefault("kernels", {}).setdefault("supernet", "reference")
-    return raw
-
-
-def from_stored(raw: Any, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """``from_dict`` for a stored config (``stored``); the overrides are checked strictly."""
-    return from_dict(stored(raw), overrides)
 
 
 # ---------------------------------------------------------------- loading
@@ -889,6 +859,16 @@ def from_dict(raw: Any, overrides: list[str] | tuple[str, ...] = ()) -> Config:
             key, value = parse_override(text)
             _set_dotted(raw, key, value)
     problems: list[str] = []
+    if isinstance(raw, dict) and VERSION_KEY in raw:
+        # a stored config of this version is a valid config file; another version's is
+        # read through fednas_mpi.migrations (as --resume does), never guessed at here
+        version = raw.pop(VERSION_KEY)
+        if version != SCHEMA_VERSION:
+            problems.append(
+                f"{VERSION_KEY} = {version!r}: this fednas-mpi reads configs of schema "
+                f"version {SCHEMA_VERSION}; a run's stored config of another version is "
+                f"read by --resume RUN_DIR (fednas_mpi.migrations), or drop the key"
+            )
     cfg = _build(Config, raw, "", problems)
     resolved = _resolve_rounds(cfg, "", cfg.run.rounds, problems)
     if not problems:
@@ -1016,7 +996,8 @@ def to_dict(cfg: Config) -> dict:
 
 
 def to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The resolved config as it is stored, headed by its schema version."""
+    return yaml.safe_dump({VERSION_KEY: SCHEMA_VERSION, **to_dict(cfg)}, sort_keys=False)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -1056,35 +1037,43 @@ def reference() -> list[tuple[str, str, str, str]]:
             tp = hints[f.name]
             if tp is AlgorithmConfig:
                 walk_algorithm(f"{prefix}{f.name}.")
-                continue
-            if dataclasses.is_dataclass(tp):
+            elif dataclasses.is_dataclass(tp):
                 walk(tp, f"{prefix}{f.name}.")
-                continue
-            if cls is AlgorithmConfig and f.name == "name":
-                tp = Literal[_registry().names()]
-            type_name = _type_name(tp)
-            if f.metadata.get("of_rounds"):
-                type_name += " or a fraction of run.rounds"
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            limits = [
-                f"{s} {f.metadata[k]}"
-                for k, s in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-                if k in f.metadata
-            ]
-            help_ = f.metadata.get("help", "")
-            if limits:
-                help_ += f" ({', '.join(limits)})"
-            rows.append((prefix + f.name, type_name, repr(default), help_))
+            else:
+                walk_field(cls, f, prefix)
+
+    def walk_field(cls: type, f: dataclasses.Field, prefix: str) -> None:
+        tp = typing.get_type_hints(cls)[f.name]
+        if cls is AlgorithmConfig and f.name == "name":
+            tp = Literal[_registry().names()]
+        type_name = _type_name(tp)
+        if f.metadata.get("of_rounds"):
+            type_name += " or a fraction of run.rounds"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        limits = [
+            f"{s} {f.metadata[k]}"
+            for k, s in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+            if k in f.metadata
+        ]
+        help_ = f.metadata.get("help", "")
+        if limits:
+            help_ += f" ({', '.join(limits)})"
+        rows.append((prefix + f.name, type_name, repr(default), help_))
 
     def walk_algorithm(prefix: str) -> None:
-        # the shared keys, then every registered method's keys once, in registry order
+        # the shared keys, then every registered method's keys once, in registry order (a
+        # section several methods read is shown as its first reader's class)
         walk(AlgorithmConfig, prefix)
         seen = {f.name for f in dataclasses.fields(AlgorithmConfig)}
         for m in _registry().METHODS:
-            for key, cls in ([("", m.top)] if m.top else []) + list(m.sections.items()):
-                if key not in seen and (key or cls not in seen):
-                    seen.add(key or cls)
-                    walk(cls, f"{prefix}{key}." if key else prefix)
+            for f in dataclasses.fields(m.config):
+                if f.name in seen:
+                    continue
+                seen.add(f.name)
+                if f.name in m.sections:
+                    walk(m.sections[f.name], f"{prefix}{f.name}.")
+                else:
+                    walk_field(m.config, f, prefix)
 
     walk(Config, "")
     return rows

@@ -17,8 +17,8 @@ import torch
 import yaml
 
 from .. import __version__
-from .. import config as config_mod
 from ..config import ConfigError
+from ..migrations import from_stored
 from ..seeding import SERVER, SETUP, numpy_rng, torch_rng
 from ..store import (
     CheckpointError,
@@ -123,7 +123,7 @@ def export_run(
     run_dir, out = Path(run_dir), Path(out)
     ckpt = _checkpoint(run_dir, round_)
     try:
-        cfg = config_mod.from_stored(yaml.safe_load(ckpt.config_yaml))
+        cfg = from_stored(yaml.safe_load(ckpt.config_yaml), source=ckpt.path)
     except ConfigError as e:
         raise ExportError(
             f"{ckpt.path}: this fednas-mpi cannot read the run's config ({e})"
