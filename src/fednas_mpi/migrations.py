@@ -251,7 +251,7 @@ def v12_prune_rule(raw: dict) -> dict:
 
 
 def v13_derived_training(raw: dict) -> dict:
-    """59ede1d (2026-12-06), the evaluation recipe for the derived network:
+    """b8e7698 (2026-12-06), the evaluation recipe for the derived network:
     ``derived_training: maml``, Algorithm 1 going on after the derivation, as before
     (the ``derived_*`` recipe keys then unread)."""
     return _fill(raw, {"algorithm.fedmetanas.derived_training": "maml"})

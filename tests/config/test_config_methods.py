@@ -264,32 +264,36 @@ def test_resume_from_a_checkpoint_whose_stored_config_is_old_style(tmp_path):
 
 
 def test_report_reads_an_old_style_stored_config_like_a_new_one():
-    old = stored(yaml.safe_load(OLD_STORED.read_text()))
-    new = config_mod.flatten(to_dict(from_stored(old)))
-    # keys added after the fixture was written read as their defaults, which keep the
-    # old behaviour (run.test_subset 0: the whole test set; arch_update client: the
-    # clients' own optimiser of the logits, the server_arch keys unread; prune_rule gap:
-    # the fixed logit gap, prune_z unread; derived_training maml: Algorithm 1 goes on after
-    # the derivation, the recipe's keys unread; derive_rule logits: the argmax of the logits)
-    added = {
+    old = config_mod.flatten(stored(yaml.safe_load(OLD_STORED.read_text())))
+    new = config_mod.flatten(to_dict(from_stored(yaml.safe_load(OLD_STORED.read_text()))))
+    # keys added after the fixture was written: the migrations record the values that
+    # reproduce it (run.test_subset 0: the whole test set; arch_update client: the
+    # clients' own optimiser of the logits; prune_rule gap: the fixed logit gap;
+    # derived_training maml: Algorithm 1 goes on after the derivation; derive_rule
+    # logits: the argmax of the logits) ...
+    recorded = {
         "run.test_subset": 0,
         "algorithm.fedmetanas.arch_update": "client",
+        "algorithm.fedmetanas.prune_rule": "gap",
+        "algorithm.fedmetanas.derived_training": "maml",
+        "algorithm.fedmetanas.derive_rule": "logits",
+    }
+    # ... and the keys those switches leave unread take their defaults
+    unread = {
         "algorithm.fedmetanas.client_arch_lr": 0.5,
         "algorithm.fedmetanas.server_arch_optimizer": "adam",
         "algorithm.fedmetanas.server_arch_lr": 0.1,
         "algorithm.fedmetanas.server_arch_betas": [0.9, 0.99],
         "algorithm.fedmetanas.server_arch_tau": 1e-3,
-        "algorithm.fedmetanas.prune_rule": "gap",
         "algorithm.fedmetanas.prune_z": 2.0,
-        "algorithm.fedmetanas.derived_training": "maml",
         "algorithm.fedmetanas.derived_lr": 0.025,
         "algorithm.fedmetanas.derived_lr_min": 0.001,
         "algorithm.fedmetanas.derived_momentum": 0.9,
         "algorithm.fedmetanas.derived_weight_decay": 3e-4,
-        "algorithm.fedmetanas.derive_rule": "logits",
     }
-    assert {k: v for k, v in new.items() if k not in added} == config_mod.flatten(old)
-    assert {k: new[k] for k in added} == added
+    assert {k: old[k] for k in recorded} == recorded
+    assert {k: v for k, v in new.items() if k not in unread} == old
+    assert {k: new[k] for k in unread} == unread
 
 
 # ------------------------------------------------------------- one registry
