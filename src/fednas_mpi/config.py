@@ -274,9 +274,6 @@ class MobileNetConfig:
     )
 
 
-FIXED_MODELS = ("cnn", "mobilenet_v3_small", "mobilenet_v3_large")
-
-
 @dataclass(kw_only=True)
 class ModelConfig:
     name: Literal["cnn", "darts", "mobilenet_v3_small", "mobilenet_v3_large"] = _f(
@@ -296,8 +293,9 @@ class ModelConfig:
 @dataclass(kw_only=True)
 class AlgorithmConfig:
     """The keys every method reads. A run's ``cfg.algorithm`` is an instance of its method's
-    subclass (``method_config``), which adds the keys and sections that method reads and
-    nothing else: a key of another method has no field to land in, so it is an error."""
+    subclass (``Method.config``, a plain class in its config module), which adds the keys
+    and sections that method reads and nothing else: a key of another method has no field
+    to land in, so it is an error."""
 
     name: str = _f("fedavg", "Federated method (see the method table above).")
     local_epochs: int = _f(1, "Local epochs E per client and round (fedrep: body epochs).", ge=1)
@@ -336,13 +334,16 @@ class ClientSGDConfig(AlgorithmConfig):
 
 
 class Catalogue(typing.Protocol):
-    """What config needs to know of the methods: ``algorithms.registry`` is one. Each entry
+    """What config needs to know of the methods and models: ``algorithms.registry`` is
+    one. ``MODELS`` (``models.catalogue``) has per model its ``name``, the ``model.`` keys
+    it ``reads`` and whether it is ``fixed``. Each entry
     of ``METHODS`` has ``name``, ``nas``, ``config`` (its ``algorithm`` class, a plain
     subclass of ``AlgorithmConfig`` in the method's config module), ``keys`` (the
     ``algorithm.`` keys it reads) and ``sections`` (key -> section class); ``names()`` and
     ``method(name)`` look them up."""
 
     METHODS: tuple[Any, ...]
+    MODELS: tuple[Any, ...]
 
     def names(self) -> tuple[str, ...]: ...
 
@@ -527,10 +528,11 @@ def _cross_checks(cfg: Config) -> list[str]:
             f"model.name = {cfg.model.name!r}: algorithm.name = "
             f"{cfg.algorithm.name!r} searches an architecture; use model.name: darts"
         )
-    if not nas and cfg.model.name not in FIXED_MODELS:
+    fixed = fixed_models()
+    if not nas and cfg.model.name not in fixed:
         problems.append(
             f"model.name = {cfg.model.name!r}: {cfg.algorithm.name} trains a fixed "
-            f"model; use model.name: {' | '.join(FIXED_MODELS)}"
+            f"model; use model.name: {' | '.join(fixed)}"
         )
     prims = cfg.model.darts.primitives
     if len(set(prims)) != len(prims):
@@ -558,18 +560,17 @@ def _sections(alg: AlgorithmConfig) -> list[Any]:
 
 # ------------------------------------------------- keys the run does not read
 
-#: The ``model.`` keys each model reads beside model.name; the others belong to other models.
-MODEL_READS = {
-    "cnn": ("channels", "hidden"),
-    "darts": ("darts",),
-    "mobilenet_v3_small": ("mobilenet",),
-    "mobilenet_v3_large": ("mobilenet",),
-}
-
 
 def model_reads() -> dict[str, tuple[str, ...]]:
-    """The ``model.`` keys each model reads beside model.name."""
-    return MODEL_READS
+    """The ``model.`` keys each model reads beside model.name (the others belong to other
+    models), from the table of models the model code declares (``models.catalogue``),
+    handed in with the methods."""
+    return {m.name: tuple(m.reads) for m in _registry().MODELS}
+
+
+def fixed_models() -> tuple[str, ...]:
+    """The fixed architectures the fixed-model methods train."""
+    return tuple(m.name for m in _registry().MODELS if m.fixed)
 
 
 def _method_class(raw: dict, path: str, problems: list[str]) -> type | None:
@@ -621,16 +622,17 @@ def _unread_algorithm_keys(raw: dict, path: str) -> dict[str, str]:
 
 def _unread_model_keys(raw: dict, path: str) -> dict[str, str]:
     name = raw.get("name", ModelConfig.__dataclass_fields__["name"].default)
-    if name not in MODEL_READS:
+    reads = model_reads()
+    if name not in reads:
         return {}  # the type check reports the bad name
     out = {}
     for key in raw:
-        users = [m for m, keys in MODEL_READS.items() if key in keys]
-        if users and key not in MODEL_READS[name]:
+        users = [m for m, keys in reads.items() if key in keys]
+        if users and key not in reads[name]:
             out[key] = (
                 f"{path}.{key}: read only by model.name {' | '.join(users)}; this run's "
                 f"model is {name!r}, which reads "
-                f"{path}.{{{', '.join(('name',) + MODEL_READS[name])}}}"
+                f"{path}.{{{', '.join(('name',) + reads[name])}}}"
             )
     return out
 
@@ -985,12 +987,13 @@ def _merge(under: dict, over: dict) -> dict:
 def to_dict(cfg: Config) -> dict:
     """The resolved config: only the keys the run reads (its method's, its model's)."""
     out = dataclasses.asdict(cfg)
+    reads = model_reads()
     out["model"] = {
         k: v
         for k, v in out["model"].items()
         if k == "name"
-        or k in MODEL_READS[cfg.model.name]
-        or not any(k in keys for keys in MODEL_READS.values())
+        or k in reads[cfg.model.name]
+        or not any(k in keys for keys in reads.values())
     }
     return out
 
@@ -1090,7 +1093,7 @@ def methods_markdown() -> str:
         model = (
             "darts" + (" (baseline, no search)" if m.baseline else "")
             if m.nas
-            else " \\| ".join(FIXED_MODELS)
+            else " \\| ".join(fixed_models())
         )
         own = [f"`{k}`" for k in m.keys if k not in shared]
         lines.append(f"| `{m.name}` | {model} | {', '.join(own)} |")

@@ -152,6 +152,28 @@ def test_model_keys_of_another_model_are_errors(model, key, value):
     assert f"this run's model is {model!r}" in line
 
 
+def test_the_model_table_is_declared_with_the_models_and_handed_to_config(monkeypatch):
+    import typing
+
+    from fednas_mpi.models import catalogue
+
+    assert registry.MODELS is catalogue.MODELS and not hasattr(config_mod, "MODEL_READS")
+    names = typing.get_args(typing.get_type_hints(config_mod.ModelConfig)["name"])
+    assert [m.name for m in catalogue.MODELS] == list(names)
+    fields = {f.name for f in dataclasses.fields(config_mod.ModelConfig)}
+    assert all(set(m.reads) <= fields for m in catalogue.MODELS)
+    # config reads the table handed to it: a model that reads one more key accepts it
+    wider = tuple(
+        catalogue.Model(m.name, (*m.reads, "hidden"), m.fixed) if m.name == "darts" else m
+        for m in catalogue.MODELS
+    )
+    raw = {"algorithm": {"name": "fednas"}, "model": {"name": "darts", "hidden": 8}}
+    with pytest.raises(ConfigError, match="model.hidden: read only by model.name cnn;"):
+        from_dict(raw)
+    monkeypatch.setattr(registry, "MODELS", wider)
+    assert to_dict(from_dict(raw))["model"]["hidden"] == 8
+
+
 def test_a_method_reading_a_section_it_did_not_register_fails_loudly():
     cfg = load(QUICKSTART)
     with pytest.raises(AttributeError):

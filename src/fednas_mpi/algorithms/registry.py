@@ -21,6 +21,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..models import catalogue as models_catalogue
 from .configs.fedavg import FedAvgAlgorithmConfig
 from .configs.fedbabu import FedBABUAlgorithmConfig
 from .configs.feddsnas import FedDSNASAlgorithmConfig
@@ -113,6 +114,11 @@ METHODS = (
     ),
     Method("random_nas", "random_nas.RandomNAS", RandomNASAlgorithmConfig, nas=True, baseline=True),
 )
+
+
+#: The table of models, declared with the model code (``models.catalogue``); handed to
+#: ``config`` with the methods, whose ``nas`` flag decides which of them a run may use.
+MODELS = models_catalogue.MODELS
 
 
 def by_name() -> dict[str, Method]:
