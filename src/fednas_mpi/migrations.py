@@ -291,13 +291,13 @@ STEPS: tuple[Callable[[dict], dict], ...] = (
 # ------------------------------------------------------------------------- stored configs
 
 
-def version_of(raw: Any) -> int:
+def version_of(raw: Any, source: str | Path = "the stored config") -> int:
     """The schema version a stored config was written under; 0 when it records none."""
     if not isinstance(raw, dict) or VERSION_KEY not in raw:
         return 0
     version = raw[VERSION_KEY]
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise ConfigError([f"{VERSION_KEY} = {version!r}: expected a whole number >= 0"])
+        raise ConfigError([f"{source}: {VERSION_KEY} = {version!r}: expected a whole number >= 0"])
     return version
 
 
@@ -306,7 +306,7 @@ def upgrade(raw: Any, source: str | Path = "the stored config") -> Any:
     from its version on, in order. ``source`` names it in the error for a newer one."""
     if not isinstance(raw, dict):
         return raw
-    version = version_of(raw)
+    version = version_of(raw, source)
     if version > SCHEMA_VERSION:
         raise NewerConfigError(
             [

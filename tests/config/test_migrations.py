@@ -250,6 +250,11 @@ def test_resume_of_a_run_stored_by_a_newer_version_names_the_file(tmp_path):
     assert f"version {SCHEMA_VERSION + 3}" in line and f"({SCHEMA_VERSION})" in line
 
 
+def test_a_malformed_schema_version_is_an_error_naming_the_file():
+    with pytest.raises(ConfigError, match=r"^invalid.*\n  - RUN/config.yaml: schema_version = 'x'"):
+        from_stored({VERSION_KEY: "x"}, source="RUN/config.yaml")
+
+
 def test_a_user_file_with_another_schema_version_is_refused():
     with pytest.raises(ConfigError, match=f"{VERSION_KEY} = 0: this fednas-mpi reads"):
         from_dict({VERSION_KEY: 0, "run": {"rounds": 2}})
