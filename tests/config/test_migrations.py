@@ -279,3 +279,23 @@ def test_old_checkpoint_entries_are_dropped_by_the_migrations():
     assert migrations.drop_legacy_entries(state, "state") == {"cells.0.w": 1, "alphas": 2}
     client = {"head.w": 1, "pending.reward": 0}
     assert migrations.drop_legacy_entries(client, "client") == {"head.w": 1}
+
+
+def test_a_run_rewritten_in_the_first_shape_reads_back_as_the_same_run():
+    """What the e2e resume test (tests/e2e/test_end_to_end.py) relies on, without MPI: a
+    FedAvg run's stored config cut to the keys the first fednas-mpi stored reads back as
+    the run's config, but for kernel choices that FedAvg's CNN never uses and the
+    execution-only device (cpu, as those runs ran)."""
+    from helpers import TINY
+
+    cfg = from_dict(TINY)
+    first = set(flatten(yaml.safe_load((FIXTURES / "9605f0b_fedavg.yaml").read_text())))
+    now = flatten(yaml.safe_load(config_mod.to_yaml(cfg)))
+    old = unflatten({k: v for k, v in now.items() if k in first})
+    back = from_stored(old)
+    assert config_mod.result_affecting_differences(cfg, back) == [
+        "kernels.backend",
+        "kernels.supernet",
+    ]
+    assert (back.kernels.backend, back.kernels.supernet) == ("reference", "reference")
+    assert back.runtime.device == "cpu" and cfg.runtime.device == "auto"
