@@ -74,7 +74,8 @@ def stale_keys(cfg: str, overrides: dict, out: Path) -> list[str]:
     stored = out / "config.yaml"
     if not stored.exists():
         return []
-    from fednas_mpi.config import from_stored, load, result_affecting_differences
+    from fednas_mpi.config import load, result_affecting_differences
+    from fednas_mpi.migrations import from_stored
 
     sets = _sets(overrides)[1::2]
     now = load(ROOT / cfg, sets)

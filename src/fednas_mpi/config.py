@@ -30,6 +30,13 @@ import yaml
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
+#: The schema version of the config defined here, stored with every resolved config
+#: (``to_yaml``: RUN_DIR/config.yaml and every checkpoint). Older stored configs are
+#: upgraded to it by ``fednas_mpi.migrations``, one step per version; a change of the
+#: schema that an absent key would misread adds a step there and bumps this.
+SCHEMA_VERSION = 16
+VERSION_KEY = "schema_version"
+
 
 class ConfigError(ValueError):
     """One or more problems in a configuration; ``problems`` holds one line each."""
@@ -267,9 +274,6 @@ class MobileNetConfig:
     )
 
 
-FIXED_MODELS = ("cnn", "mobilenet_v3_small", "mobilenet_v3_large")
-
-
 @dataclass(kw_only=True)
 class ModelConfig:
     name: Literal["cnn", "darts", "mobilenet_v3_small", "mobilenet_v3_large"] = _f(
@@ -289,8 +293,9 @@ class ModelConfig:
 @dataclass(kw_only=True)
 class AlgorithmConfig:
     """The keys every method reads. A run's ``cfg.algorithm`` is an instance of its method's
-    subclass (``method_config``), which adds the keys and sections that method reads and
-    nothing else: a key of another method has no field to land in, so it is an error."""
+    subclass (``Method.config``, a plain class in its config module), which adds the keys
+    and sections that method reads and nothing else: a key of another method has no field
+    to land in, so it is an error."""
 
     name: str = _f("fedavg", "Federated method (see the method table above).")
     local_epochs: int = _f(1, "Local epochs E per client and round (fedrep: body epochs).", ge=1)
@@ -302,10 +307,17 @@ class AlgorithmConfig:
     )
 
 
+def method_name(name: str) -> Any:
+    """The ``name`` field of a method's ``algorithm`` class: the shared key, with the
+    method's own name as its default (the class then needs no ``name`` to build)."""
+    return _f(name, AlgorithmConfig.__dataclass_fields__["name"].metadata["help"])
+
+
 @dataclass(kw_only=True)
-class ClientSGDConfig:
+class ClientSGDConfig(AlgorithmConfig):
     """Plain client SGD of the fixed-model methods; its keys sit at ``algorithm.`` top level
-    (``algorithm.lr``), as they always have, for the methods that register it as ``top``."""
+    (``algorithm.lr``), as they always have: the fixed-model methods' ``algorithm`` classes
+    derive from this one."""
 
     lr: float = _f(
         0.05,
@@ -321,35 +333,17 @@ class ClientSGDConfig:
     )
 
 
-def method_config(method: str, top: type | None, sections: dict[str, type]) -> type:
-    """The ``algorithm`` dataclass of one method: the shared keys, ``top``'s fields at the
-    same level and one field per section, each a dataclass the method's module owns."""
-    hints = typing.get_type_hints(top) if top is not None else {}
-    fields: list[tuple[str, Any, Any]] = [
-        ("name", str, _f(method, AlgorithmConfig.__dataclass_fields__["name"].metadata["help"]))
-    ]
-    for f in dataclasses.fields(top) if top is not None else ():
-        fields.append(
-            (
-                f.name,
-                hints[f.name],
-                field(default=f.default, default_factory=f.default_factory, metadata=f.metadata),
-            )
-        )
-    fields += [(key, cls, field(default_factory=cls)) for key, cls in sections.items()]
-    camel = "".join(part.capitalize() for part in method.split("_"))
-    return dataclasses.make_dataclass(
-        f"{camel}AlgorithmConfig", fields, bases=(AlgorithmConfig,), kw_only=True
-    )
-
-
 class Catalogue(typing.Protocol):
-    """What config needs to know of the methods: ``algorithms.registry`` is one. Each entry
-    of ``METHODS`` has ``name``, ``nas``, ``config`` (its ``algorithm`` dataclass, from
-    ``method_config``), ``keys``, ``top`` and ``sections``; ``names()`` and ``method(name)``
-    look them up."""
+    """What config needs to know of the methods and models: ``algorithms.registry`` is
+    one. ``MODELS`` (``models.catalogue``) has per model its ``name``, the ``model.`` keys
+    it ``reads`` and whether it is ``fixed``. Each entry
+    of ``METHODS`` has ``name``, ``nas``, ``config`` (its ``algorithm`` class, a plain
+    subclass of ``AlgorithmConfig`` in the method's config module), ``keys`` (the
+    ``algorithm.`` keys it reads) and ``sections`` (key -> section class); ``names()`` and
+    ``method(name)`` look them up."""
 
     METHODS: tuple[Any, ...]
+    MODELS: tuple[Any, ...]
 
     def names(self) -> tuple[str, ...]: ...
 
@@ -364,6 +358,11 @@ def use_catalogue(catalogue: Catalogue) -> None:
     registers a toy method in the table is seen here."""
     global _catalogue
     _catalogue = catalogue
+
+
+def catalogue() -> Catalogue:
+    """The table of methods handed to config (``use_catalogue``)."""
+    return _registry()
 
 
 def _registry() -> Catalogue:
@@ -538,10 +537,11 @@ def _cross_checks(cfg: Config) -> list[str]:
             f"model.name = {cfg.model.name!r}: algorithm.name = "
             f"{cfg.algorithm.name!r} searches an architecture; use model.name: darts"
         )
-    if not nas and cfg.model.name not in FIXED_MODELS:
+    fixed = fixed_models()
+    if not nas and cfg.model.name not in fixed:
         problems.append(
             f"model.name = {cfg.model.name!r}: {cfg.algorithm.name} trains a fixed "
-            f"model; use model.name: {' | '.join(FIXED_MODELS)}"
+            f"model; use model.name: {' | '.join(fixed)}"
         )
     prims = cfg.model.darts.primitives
     if len(set(prims)) != len(prims):
@@ -569,13 +569,17 @@ def _sections(alg: AlgorithmConfig) -> list[Any]:
 
 # ------------------------------------------------- keys the run does not read
 
-#: The ``model.`` keys each model reads beside model.name; the others belong to other models.
-MODEL_READS = {
-    "cnn": ("channels", "hidden"),
-    "darts": ("darts",),
-    "mobilenet_v3_small": ("mobilenet",),
-    "mobilenet_v3_large": ("mobilenet",),
-}
+
+def model_reads() -> dict[str, tuple[str, ...]]:
+    """The ``model.`` keys each model reads beside model.name (the others belong to other
+    models), from the table of models the model code declares (``models.catalogue``),
+    handed in with the methods."""
+    return {m.name: tuple(m.reads) for m in _registry().MODELS}
+
+
+def fixed_models() -> tuple[str, ...]:
+    """The fixed architectures the fixed-model methods train."""
+    return tuple(m.name for m in _registry().MODELS if m.fixed)
 
 
 def _method_class(raw: dict, path: str, problems: list[str]) -> type | None:
@@ -627,51 +631,19 @@ def _unread_algorithm_keys(raw: dict, path: str) -> dict[str, str]:
 
 def _unread_model_keys(raw: dict, path: str) -> dict[str, str]:
     name = raw.get("name", ModelConfig.__dataclass_fields__["name"].default)
-    if name not in MODEL_READS:
+    reads = model_reads()
+    if name not in reads:
         return {}  # the type check reports the bad name
     out = {}
     for key in raw:
-        users = [m for m, keys in MODEL_READS.items() if key in keys]
-        if users and key not in MODEL_READS[name]:
+        users = [m for m, keys in reads.items() if key in keys]
+        if users and key not in reads[name]:
             out[key] = (
                 f"{path}.{key}: read only by model.name {' | '.join(users)}; this run's "
                 f"model is {name!r}, which reads "
-                f"{path}.{{{', '.join(('name',) + MODEL_READS[name])}}}"
+                f"{path}.{{{', '.join(('name',) + reads[name])}}}"
             )
     return out
-
-
-def stored(raw: Any) -> Any:
-    """A config as a run stored it, without the keys this run does not read.
-
-    Runs stored before each method owned its section carry every method's section and
-    every model's keys; those changed nothing and are dropped here; runs stored before
-    ``kernels.supernet`` get the value they ran with (``reference``). Only for stored
-    configs (checkpoints, RUN_DIR/config.yaml): a user's file is checked strictly.
-    """
-    if not isinstance(raw, dict):
-        return raw
-    raw = _deepcopy_plain(raw)
-    alg, model = raw.get("algorithm"), raw.get("model")
-    reg = _registry()
-    if isinstance(alg, dict) and alg.get("name") in reg.names():
-        known = {k for m in reg.METHODS for k in m.keys}
-        keep = reg.method(alg["name"]).keys
-        raw["algorithm"] = {k: v for k, v in alg.items() if k in keep or k not in known}
-    if isinstance(model, dict) and model.get("name", "cnn") in MODEL_READS:
-        variant = {k for keys in MODEL_READS.values() for k in keys}
-        keep = MODEL_READS[model.get("name", "cnn")]
-        raw["model"] = {k: v for k, v in model.items() if k in keep or k not in variant}
-    if isinstance(raw.get("kernels", {}), dict):
-        # Runs stored before kernels.supernet existed ran the op-by-op forward: they resume
-        # on it (the grouped one agrees only to rounding).
-        raw.setdefault("kernels", {}).setdefault("supernet", "reference")
-    return raw
-
-
-def from_stored(raw: Any, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """``from_dict`` for a stored config (``stored``); the overrides are checked strictly."""
-    return from_dict(stored(raw), overrides)
 
 
 # ---------------------------------------------------------------- loading
@@ -898,6 +870,16 @@ def from_dict(raw: Any, overrides: list[str] | tuple[str, ...] = ()) -> Config:
             key, value = parse_override(text)
             _set_dotted(raw, key, value)
     problems: list[str] = []
+    if isinstance(raw, dict) and VERSION_KEY in raw:
+        # a stored config of this version is a valid config file; another version's is
+        # read through fednas_mpi.migrations (as --resume does), never guessed at here
+        version = raw.pop(VERSION_KEY)
+        if version != SCHEMA_VERSION:
+            problems.append(
+                f"{VERSION_KEY} = {version!r}: this fednas-mpi reads configs of schema "
+                f"version {SCHEMA_VERSION}; a run's stored config of another version is "
+                f"read by --resume RUN_DIR (fednas_mpi.migrations), or drop the key"
+            )
     cfg = _build(Config, raw, "", problems)
     resolved = _resolve_rounds(cfg, "", cfg.run.rounds, problems)
     if not problems:
@@ -1014,18 +996,20 @@ def _merge(under: dict, over: dict) -> dict:
 def to_dict(cfg: Config) -> dict:
     """The resolved config: only the keys the run reads (its method's, its model's)."""
     out = dataclasses.asdict(cfg)
+    reads = model_reads()
     out["model"] = {
         k: v
         for k, v in out["model"].items()
         if k == "name"
-        or k in MODEL_READS[cfg.model.name]
-        or not any(k in keys for keys in MODEL_READS.values())
+        or k in reads[cfg.model.name]
+        or not any(k in keys for keys in reads.values())
     }
     return out
 
 
 def to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The resolved config as it is stored, headed by its schema version."""
+    return yaml.safe_dump({VERSION_KEY: SCHEMA_VERSION, **to_dict(cfg)}, sort_keys=False)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -1065,35 +1049,43 @@ def reference() -> list[tuple[str, str, str, str]]:
             tp = hints[f.name]
             if tp is AlgorithmConfig:
                 walk_algorithm(f"{prefix}{f.name}.")
-                continue
-            if dataclasses.is_dataclass(tp):
+            elif dataclasses.is_dataclass(tp):
                 walk(tp, f"{prefix}{f.name}.")
-                continue
-            if cls is AlgorithmConfig and f.name == "name":
-                tp = Literal[_registry().names()]
-            type_name = _type_name(tp)
-            if f.metadata.get("of_rounds"):
-                type_name += " or a fraction of run.rounds"
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            limits = [
-                f"{s} {f.metadata[k]}"
-                for k, s in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-                if k in f.metadata
-            ]
-            help_ = f.metadata.get("help", "")
-            if limits:
-                help_ += f" ({', '.join(limits)})"
-            rows.append((prefix + f.name, type_name, repr(default), help_))
+            else:
+                walk_field(cls, f, prefix)
+
+    def walk_field(cls: type, f: dataclasses.Field, prefix: str) -> None:
+        tp = typing.get_type_hints(cls)[f.name]
+        if cls is AlgorithmConfig and f.name == "name":
+            tp = Literal[_registry().names()]
+        type_name = _type_name(tp)
+        if f.metadata.get("of_rounds"):
+            type_name += " or a fraction of run.rounds"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        limits = [
+            f"{s} {f.metadata[k]}"
+            for k, s in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+            if k in f.metadata
+        ]
+        help_ = f.metadata.get("help", "")
+        if limits:
+            help_ += f" ({', '.join(limits)})"
+        rows.append((prefix + f.name, type_name, repr(default), help_))
 
     def walk_algorithm(prefix: str) -> None:
-        # the shared keys, then every registered method's keys once, in registry order
+        # the shared keys, then every registered method's keys once, in registry order (a
+        # section several methods read is shown as its first reader's class)
         walk(AlgorithmConfig, prefix)
         seen = {f.name for f in dataclasses.fields(AlgorithmConfig)}
         for m in _registry().METHODS:
-            for key, cls in ([("", m.top)] if m.top else []) + list(m.sections.items()):
-                if key not in seen and (key or cls not in seen):
-                    seen.add(key or cls)
-                    walk(cls, f"{prefix}{key}." if key else prefix)
+            for f in dataclasses.fields(m.config):
+                if f.name in seen:
+                    continue
+                seen.add(f.name)
+                if f.name in m.sections:
+                    walk(m.sections[f.name], f"{prefix}{f.name}.")
+                else:
+                    walk_field(m.config, f, prefix)
 
     walk(Config, "")
     return rows
@@ -1110,7 +1102,7 @@ def methods_markdown() -> str:
         model = (
             "darts" + (" (baseline, no search)" if m.baseline else "")
             if m.nas
-            else " \\| ".join(FIXED_MODELS)
+            else " \\| ".join(fixed_models())
         )
         own = [f"`{k}`" for k in m.keys if k not in shared]
         lines.append(f"| `{m.name}` | {model} | {', '.join(own)} |")

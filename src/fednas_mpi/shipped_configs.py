@@ -7,8 +7,9 @@ run's first line, a ``# `` comment, is its description here. The table of runs i
 docs/data.md is ``markdown()`` of the same list, so the two cannot disagree
 (tests/config/test_shipped_configs.py).
 
-``configs/MOVED.yaml`` maps the paths of the earlier flat layout to their new files;
-``moved_to`` finds a missing path there so the CLI can name the new one.
+``configs/MOVED.yaml`` maps the paths of the earlier flat layout to their new files; its
+reader, with the project's other compatibility rules, is ``migrations`` (``moved_to``
+finds a missing path there so the CLI can name the new one).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from . import migrations
 from .config import ConfigError, DataConfig, load, load_raw
+from .migrations import MOVED_FILE, moved_to
 
-MOVED_FILE = "MOVED.yaml"
+__all__ = ["MOVED_FILE", "Run", "main", "markdown", "moved", "moved_to", "names_method", "runs"]
 #: groups in the order shown: the files at the top of configs/ first, then the scales
 TOP = ""
 DATASETS = typing.get_args(typing.get_type_hints(DataConfig)["name"])
@@ -76,23 +77,9 @@ def runs(root: Path | None = None) -> list[Run]:
 
 
 def moved(root: Path | None = None) -> dict[str, str]:
-    """Old path -> new path, both relative to ``root``, from ``root/MOVED.yaml``."""
-    root = default_dir() if root is None else Path(root)
-    path = root / MOVED_FILE
-    return yaml.safe_load(path.read_text()) or {} if path.is_file() else {}
-
-
-def moved_to(path: str | Path) -> Path | None:
-    """The new file of a config path that no longer exists, from the nearest ``MOVED.yaml``
-    among its parent directories (so it works from any working directory); None when no
-    mapping names it."""
-    path = Path(path)
-    for directory in path.parent, *path.parent.parents:
-        if (directory / MOVED_FILE).is_file():
-            new = moved(directory).get(path.relative_to(directory).as_posix())
-            if new is not None:
-                return directory / new
-    return None
+    """Old path -> new path, both relative to ``root`` (default: ``default_dir()``), from
+    ``root/MOVED.yaml`` (read by ``migrations.moved``)."""
+    return migrations.moved(default_dir() if root is None else Path(root))
 
 
 def markdown(root: Path | None = None) -> str:

@@ -16,14 +16,16 @@ from fednas_mpi import config as config_mod
 from fednas_mpi.algorithms import REGISTRY, get_algorithm, registry
 from fednas_mpi.algorithms.base import Algorithm
 from fednas_mpi.config import (
+    AlgorithmConfig,
     ConfigError,
     from_dict,
-    from_stored,
     load,
+    method_name,
     option,
     result_affecting_differences,
     to_dict,
 )
+from fednas_mpi.migrations import from_stored, stored
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -150,6 +152,28 @@ def test_model_keys_of_another_model_are_errors(model, key, value):
     assert f"this run's model is {model!r}" in line
 
 
+def test_the_model_table_is_declared_with_the_models_and_handed_to_config(monkeypatch):
+    import typing
+
+    from fednas_mpi.models import catalogue
+
+    assert registry.MODELS is catalogue.MODELS and not hasattr(config_mod, "MODEL_READS")
+    names = typing.get_args(typing.get_type_hints(config_mod.ModelConfig)["name"])
+    assert [m.name for m in catalogue.MODELS] == list(names)
+    fields = {f.name for f in dataclasses.fields(config_mod.ModelConfig)}
+    assert all(set(m.reads) <= fields for m in catalogue.MODELS)
+    # config reads the table handed to it: a model that reads one more key accepts it
+    wider = tuple(
+        catalogue.Model(m.name, (*m.reads, "hidden"), m.fixed) if m.name == "darts" else m
+        for m in catalogue.MODELS
+    )
+    raw = {"algorithm": {"name": "fednas"}, "model": {"name": "darts", "hidden": 8}}
+    with pytest.raises(ConfigError, match="model.hidden: read only by model.name cnn;"):
+        from_dict(raw)
+    monkeypatch.setattr(registry, "MODELS", wider)
+    assert to_dict(from_dict(raw))["model"]["hidden"] == 8
+
+
 def test_a_method_reading_a_section_it_did_not_register_fails_loudly():
     cfg = load(QUICKSTART)
     with pytest.raises(AttributeError):
@@ -164,7 +188,8 @@ def test_the_resolved_config_holds_only_what_the_run_reads():
     assert set(d["algorithm"]) == {"name", "local_epochs", "batch_size", "fedmetanas"}
     assert set(d["model"]) == {"name", "darts"}
     # one method's keys (with fedmetanas's arch_update block), not every method's
-    assert len(config_mod.to_yaml(load(QUICKSTART)).splitlines()) < 115
+    # (and its schema_version and kernels.compile lines)
+    assert len(config_mod.to_yaml(load(QUICKSTART)).splitlines()) < 112
     fixed = to_dict(from_dict({"algorithm": {"name": "fedrep"}}))
     assert set(fixed["algorithm"]) == {
         "name",
@@ -261,34 +286,37 @@ def test_resume_from_a_checkpoint_whose_stored_config_is_old_style(tmp_path):
 
 
 def test_report_reads_an_old_style_stored_config_like_a_new_one():
-    old = config_mod.stored(yaml.safe_load(OLD_STORED.read_text()))
-    new = config_mod.flatten(to_dict(from_stored(old)))
-    # keys added after the fixture was written read as their defaults, which keep the
-    # old behaviour (run.test_subset 0: the whole test set; arch_update client: the
-    # clients' own optimiser of the logits, the server_arch keys unread; prune_rule gap:
-    # the fixed logit gap, prune_z unread; derived_training maml: Algorithm 1 goes on after
-    # the derivation, the recipe's keys unread; derive_rule logits: the argmax of the logits;
-    # kernels.compile off: eager cells)
-    added = {
+    old = config_mod.flatten(stored(yaml.safe_load(OLD_STORED.read_text())))
+    new = config_mod.flatten(to_dict(from_stored(yaml.safe_load(OLD_STORED.read_text()))))
+    # keys added after the fixture was written: the migrations record the values that
+    # reproduce it (run.test_subset 0: the whole test set; arch_update client: the
+    # clients' own optimiser of the logits; prune_rule gap: the fixed logit gap;
+    # derived_training maml: Algorithm 1 goes on after the derivation; derive_rule
+    # logits: the argmax of the logits; kernels.compile off: eager cells) ...
+    recorded = {
         "kernels.compile": "off",
         "run.test_subset": 0,
         "algorithm.fedmetanas.arch_update": "client",
+        "algorithm.fedmetanas.prune_rule": "gap",
+        "algorithm.fedmetanas.derived_training": "maml",
+        "algorithm.fedmetanas.derive_rule": "logits",
+    }
+    # ... and the keys those switches leave unread take their defaults
+    unread = {
         "algorithm.fedmetanas.client_arch_lr": 0.5,
         "algorithm.fedmetanas.server_arch_optimizer": "adam",
         "algorithm.fedmetanas.server_arch_lr": 0.1,
         "algorithm.fedmetanas.server_arch_betas": [0.9, 0.99],
         "algorithm.fedmetanas.server_arch_tau": 1e-3,
-        "algorithm.fedmetanas.prune_rule": "gap",
         "algorithm.fedmetanas.prune_z": 2.0,
-        "algorithm.fedmetanas.derived_training": "maml",
         "algorithm.fedmetanas.derived_lr": 0.025,
         "algorithm.fedmetanas.derived_lr_min": 0.001,
         "algorithm.fedmetanas.derived_momentum": 0.9,
         "algorithm.fedmetanas.derived_weight_decay": 3e-4,
-        "algorithm.fedmetanas.derive_rule": "logits",
     }
-    assert {k: v for k, v in new.items() if k not in added} == config_mod.flatten(old)
-    assert {k: new[k] for k in added} == added
+    assert {k: old[k] for k in recorded} == recorded
+    assert {k: v for k, v in new.items() if k not in unread} == old
+    assert {k: new[k] for k in unread} == unread
 
 
 # ------------------------------------------------------------- one registry
@@ -334,19 +362,60 @@ def test_every_method_config_is_a_dataclass_of_its_own_module():
             assert cls.__module__ == f"fednas_mpi.algorithms.configs.{key}", (m.name, key)
 
 
-def test_a_toy_method_is_one_module_and_one_registry_line(monkeypatch):
-    @dataclasses.dataclass(kw_only=True)
-    class ToyConfig:
-        steps: int = option(3, "Toy steps.", ge=1)
+def test_every_method_algorithm_config_is_a_plain_class_of_its_config_module():
+    # written in the method's config module (meta variants beside their base method's),
+    # not generated: importable by its module and name, so pickle (how a config travels
+    # between ranks) finds it
+    for m in registry.METHODS:
+        cls = m.config
+        assert issubclass(cls, AlgorithmConfig) and cls.__qualname__ == cls.__name__
+        assert cls.__module__.startswith("fednas_mpi.algorithms.configs."), m.name
+        module = __import__(cls.__module__, fromlist=[cls.__name__])
+        assert getattr(module, cls.__name__) is cls
+        assert cls().name == m.name and m.keys[:3] == ("name", "local_epochs", "batch_size")
+    made_here = [
+        n
+        for n, v in vars(registry).items()
+        if isinstance(v, type) and v.__module__ == registry.__name__
+    ]
+    assert made_here == ["Method"], f"classes made in the registry: {made_here}"
 
+
+@pytest.mark.parametrize("method", registry.names())
+def test_a_config_of_every_method_pickles_to_an_equal_config(method):
+    import pickle
+
+    nas = registry.method(method).nas
+    cfg = from_dict(
+        {"algorithm": {"name": method}, "model": {"name": "darts" if nas else "cnn"}},
+        ["run.rounds=4"],
+    )
+    back = pickle.loads(pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL))
+    assert back == cfg and type(back.algorithm) is registry.method(method).config
+    assert to_dict(back) == to_dict(cfg)
+
+
+@dataclasses.dataclass(kw_only=True)
+class ToyConfig:
+    steps: int = option(3, "Toy steps.", ge=1)
+
+
+@dataclasses.dataclass(kw_only=True)
+class ToyAlgorithmConfig(AlgorithmConfig):
+    name: str = method_name("toy")
+    toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
+
+
+def test_a_toy_method_is_one_module_and_one_registry_line(monkeypatch):
     class Toy(Algorithm):
         name = "toy"
 
     monkeypatch.setattr(
         registry,
         "METHODS",
-        (*registry.METHODS, registry.Method("toy", Toy, nas=False, sections={"toy": ToyConfig})),
+        (*registry.METHODS, registry.Method("toy", Toy, ToyAlgorithmConfig, nas=False)),
     )
+    assert registry.method("toy").sections == {"toy": ToyConfig}
     cfg = from_dict({"algorithm": {"name": "toy", "toy": {"steps": 5}}})
     assert cfg.algorithm.toy.steps == 5 and get_algorithm("toy") is Toy
     assert to_dict(cfg)["algorithm"] == {

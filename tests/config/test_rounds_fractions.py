@@ -12,13 +12,13 @@ import yaml
 from fednas_mpi.config import (
     ConfigError,
     from_dict,
-    from_stored,
     load,
     reference,
     rounds_of,
     to_dict,
     to_yaml,
 )
+from fednas_mpi.migrations import from_stored
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = ROOT / "configs" / "paper"

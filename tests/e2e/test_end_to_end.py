@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,6 +92,45 @@ def test_resume_is_bit_identical(invariance_runs, tmp_path):
     # resuming a finished run has nothing to do and says so
     again = launch(1, ["--resume", str(part)])
     assert again.returncode == 0 and "nothing to resume" in again.stdout
+
+
+def test_a_checkpoint_of_the_first_config_shape_resumes_bit_identically(invariance_runs, tmp_path):
+    """The run's round-2 checkpoint and config.yaml rewritten in the shape the first
+    fednas-mpi stored (fixtures/stored/9605f0b_fedavg.yaml: no schema_version, none of
+    the keys added since): the migrations fill what the run ran with, and it resumes to
+    the same numbers."""
+    import h5py
+    import yaml
+
+    from fednas_mpi.config import flatten
+
+    full, _ = invariance_runs[3]
+    part = tmp_path / "old"
+    shutil.copytree(full, part)
+    for r in (3, 4):
+        (part / f"round_{r:05d}.h5").unlink()
+    first = Path(__file__).parents[1] / "config" / "fixtures" / "stored" / "9605f0b_fedavg.yaml"
+    first_keys = set(flatten(yaml.safe_load(first.read_text())))
+    now = flatten(yaml.safe_load((part / "config.yaml").read_text()))
+    old: dict = {}
+    for dotted, value in now.items():
+        if dotted in first_keys:
+            section, key = dotted.split(".", 1)
+            old.setdefault(section, {})[key] = value
+    assert "schema_version" in now and "kernels" not in old and "runtime" in old
+    text = yaml.safe_dump(old, sort_keys=False)
+    (part / "config.yaml").write_text(text)
+    with h5py.File(part / "round_00002.h5", "r+") as f:
+        f.attrs["config"] = text
+    res = launch(3, ["--resume", str(part)])
+    assert res.returncode == 0, res.stderr
+    assert "resuming at round 3" in res.stdout
+    a = read_checkpoint(full / "round_00004.h5")
+    b = read_checkpoint(part / "round_00004.h5")
+    for k in a.state:
+        assert torch.equal(a.state[k], b.state[k]), k
+    for k in ("global_acc", "global_loss", "train_loss", "local_acc"):
+        np.testing.assert_array_equal(a.metrics[k], b.metrics[k])
 
 
 def test_resume_extends_with_more_rounds_and_rejects_changed_results(invariance_runs, tmp_path):

@@ -10,7 +10,14 @@ import yaml
 from helpers import TINY, write_config
 
 from fednas_mpi import cli
-from fednas_mpi.config import ConfigError, from_dict, load_run, to_dict
+from fednas_mpi.config import (
+    SCHEMA_VERSION,
+    VERSION_KEY,
+    ConfigError,
+    from_dict,
+    load_run,
+    to_dict,
+)
 from fednas_mpi.shipped_configs import runs
 from fednas_mpi.store import write_checkpoint
 
@@ -27,7 +34,8 @@ def test_starts_when_nothing_is_there_and_config_yaml_is_the_first_file(tmp_path
     cfg, run_dir, ckpt = decide(str(cfg_file), "--out", str(run), "--resume")
     assert ckpt is None and run_dir == run and cfg.algorithm.name == "fedavg"
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
-    assert yaml.safe_load((run / "config.yaml").read_text()) == to_dict(cfg)
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    assert stored == {VERSION_KEY: SCHEMA_VERSION, **to_dict(cfg)}
     # the plain start writes it first as well
     other = tmp_path / "plain"
     decide(str(cfg_file), "--out", str(other))

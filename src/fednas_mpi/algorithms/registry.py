@@ -4,8 +4,9 @@ One line per method: its ``algorithm.name``, its class, the config it reads and 
 it searches a DARTS architecture or trains a fixed model. Everything that lists methods
 derives from here: ``algorithm.name`` validation, which ``algorithm`` keys a run may set
 (and stores), ``get_algorithm``, ``NAS_METHODS``, the bench scripts, the tests and the
-README's tables. Adding a method is one module (its class), its config dataclasses in
-``configs/`` and one line below.
+README's tables. Adding a method is one module (its class), its config classes in
+``configs/`` (its sections and its ``algorithm`` class) and one line below. The table is
+data: nothing here generates or injects a class.
 
 Torch-free: a method's class is named (``impl``, its module under ``algorithms`` and
 class) and imported on first use, so that the package can hand this table to ``config``
@@ -15,21 +16,23 @@ method's code.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..config import ClientSGDConfig, method_config
-from .configs.fedbabu import FedBABUConfig
-from .configs.feddsnas import FedDSNASConfig
-from .configs.fedmetanas import FedMetaNASConfig, MetaSearchArchConfig, MetaSearchPolicyConfig
-from .configs.fednas import FedNASConfig
-from .configs.fedpnas import FedPNASConfig, PersonalSplitConfig
-from .configs.fedrep import FedRepConfig
-from .configs.fedrlnas import FedRLNASConfig
-from .configs.perfedavg import PerFedAvgConfig
-from .configs.perfedrlnas import PerFedRLNASConfig
-from .configs.random_nas import RandomNASConfig
+from ..models import catalogue as models_catalogue
+from .configs.fedavg import FedAvgAlgorithmConfig
+from .configs.fedbabu import FedBABUAlgorithmConfig
+from .configs.feddsnas import FedDSNASAlgorithmConfig
+from .configs.fedmetanas import FedMetaNASAlgorithmConfig
+from .configs.fednas import FedNASAlgorithmConfig
+from .configs.fedpnas import FedPNASAlgorithmConfig, MetaFedPNASAlgorithmConfig
+from .configs.fedrep import FedRepAlgorithmConfig
+from .configs.fedrlnas import FedRLNASAlgorithmConfig
+from .configs.perfedavg import PerFedAvgAlgorithmConfig
+from .configs.perfedrlnas import MetaPerFedRLNASAlgorithmConfig, PerFedRLNASAlgorithmConfig
+from .configs.random_nas import RandomNASAlgorithmConfig
 
 if TYPE_CHECKING:  # the class is imported on use (``Method.cls``), never at import time
     from .base import Algorithm
@@ -37,31 +40,23 @@ if TYPE_CHECKING:  # the class is imported on use (``Method.cls``), never at imp
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method. ``impl``: its class, as ``"module.Class"`` under
-    ``fednas_mpi.algorithms`` (or the class itself, for a test's toy method).
-    ``sections``: ``algorithm.<key>`` sections it reads, each a
-    dataclass; ``top``: a dataclass whose keys it reads at ``algorithm.`` top level (beside
-    name, local_epochs and batch_size, which every method reads). ``nas``: it builds a
-    DARTS supernet (model.name: darts); otherwise it trains a fixed model. ``baseline``:
-    a NAS reference point that does not search (left out of the search comparisons).
-    For export: ``path``, it evaluates a single-path child (one op per edge) rather than
-    the mixture; ``personal``, each client has its own personalised model."""
+    """A registered method: plain data. ``impl``: its class, as ``"module.Class"`` under
+    ``fednas_mpi.algorithms`` (or the class itself, for a test's toy method). ``config``:
+    the class of its ``algorithm`` section, a subclass of ``config.AlgorithmConfig`` written
+    in its config module (its fields are the keys the method reads; a field whose default is
+    a dataclass is one of its sections). ``nas``: it builds a DARTS supernet (model.name:
+    darts); otherwise it trains a fixed model. ``baseline``: a NAS reference point that does
+    not search (left out of the search comparisons). For export: ``path``, it evaluates a
+    single-path child (one op per edge) rather than the mixture; ``personal``, each client
+    has its own personalised model."""
 
     name: str
     impl: str | type[Algorithm]
+    config: type
     nas: bool
-    sections: dict[str, type] = field(default_factory=dict)
-    top: type | None = None
     baseline: bool = False
     path: bool = False
     personal: bool = False
-
-    def __post_init__(self) -> None:
-        cls = method_config(self.name, self.top, self.sections)
-        # a module-level name, so that pickle finds the generated class
-        cls.__module__, cls.__qualname__ = __name__, cls.__name__
-        globals()[cls.__name__] = cls
-        object.__setattr__(self, "_config", cls)
 
     @property
     def cls(self) -> type[Algorithm]:
@@ -74,87 +69,56 @@ class Method:
         return cls
 
     @property
-    def config(self) -> type:
-        """The dataclass of this method's ``algorithm`` section."""
-        return self._config  # type: ignore[attr-defined]
-
-    @property
     def keys(self) -> tuple[str, ...]:
         """The ``algorithm.`` keys this method reads, in config order."""
-        return tuple(f.name for f in self.config.__dataclass_fields__.values())
+        return tuple(f.name for f in dataclasses.fields(self.config))
+
+    @property
+    def sections(self) -> dict[str, type]:
+        """The ``algorithm.<key>`` sections this method reads: key -> section class."""
+        return {
+            f.name: f.default_factory
+            for f in dataclasses.fields(self.config)
+            if dataclasses.is_dataclass(f.default_factory)
+        }
 
 
-SGD = ClientSGDConfig
 METHODS = (
-    Method("fedavg", "fedavg.FedAvg", nas=False, top=SGD),
-    Method(
-        "fedmetanas", "fedmetanas.FedMetaNAS", nas=True, sections={"fedmetanas": FedMetaNASConfig}
-    ),
-    Method("fednas", "fednas.FedNAS", nas=True, sections={"fednas": FedNASConfig}),
-    Method(
-        "perfedavg",
-        "perfedavg.PerFedAvg",
-        nas=False,
-        top=SGD,
-        sections={"perfedavg": PerFedAvgConfig},
-        personal=True,
-    ),
-    Method(
-        "fedrep",
-        "fedrep.FedRep",
-        nas=False,
-        top=SGD,
-        sections={"fedrep": FedRepConfig},
-        personal=True,
-    ),
-    Method(
-        "fedbabu",
-        "fedbabu.FedBABU",
-        nas=False,
-        top=SGD,
-        sections={"fedbabu": FedBABUConfig},
-        personal=True,
-    ),
-    Method(
-        "feddsnas", "feddsnas.FedDSNAS", nas=True, sections={"feddsnas": FedDSNASConfig}, path=True
-    ),
-    Method(
-        "fedrlnas", "fedrlnas.FedRLNAS", nas=True, sections={"fedrlnas": FedRLNASConfig}, path=True
-    ),
+    Method("fedavg", "fedavg.FedAvg", FedAvgAlgorithmConfig, nas=False),
+    Method("fedmetanas", "fedmetanas.FedMetaNAS", FedMetaNASAlgorithmConfig, nas=True),
+    Method("fednas", "fednas.FedNAS", FedNASAlgorithmConfig, nas=True),
+    Method("perfedavg", "perfedavg.PerFedAvg", PerFedAvgAlgorithmConfig, nas=False, personal=True),
+    Method("fedrep", "fedrep.FedRep", FedRepAlgorithmConfig, nas=False, personal=True),
+    Method("fedbabu", "fedbabu.FedBABU", FedBABUAlgorithmConfig, nas=False, personal=True),
+    Method("feddsnas", "feddsnas.FedDSNAS", FedDSNASAlgorithmConfig, nas=True, path=True),
+    Method("fedrlnas", "fedrlnas.FedRLNAS", FedRLNASAlgorithmConfig, nas=True, path=True),
     Method(
         "perfedrlnas",
         "perfedrlnas.PerFedRLNAS",
+        PerFedRLNASAlgorithmConfig,
         nas=True,
-        sections={"perfedrlnas": PerFedRLNASConfig},
         path=True,
         personal=True,
     ),
+    Method("fedpnas", "fedpnas.FedPNAS", FedPNASAlgorithmConfig, nas=True, personal=True),
     Method(
-        "fedpnas", "fedpnas.FedPNAS", nas=True, sections={"fedpnas": FedPNASConfig}, personal=True
-    ),
-    Method(
-        "meta_fedpnas",
-        "fedpnas.MetaFedPNAS",
-        nas=True,
-        sections={"fedpnas": PersonalSplitConfig, "fedmetanas": MetaSearchArchConfig},
-        personal=True,
+        "meta_fedpnas", "fedpnas.MetaFedPNAS", MetaFedPNASAlgorithmConfig, nas=True, personal=True
     ),
     Method(
         "meta_perfedrlnas",
         "perfedrlnas.MetaPerFedRLNAS",
+        MetaPerFedRLNASAlgorithmConfig,
         nas=True,
-        sections={"perfedrlnas": PerFedRLNASConfig, "fedmetanas": MetaSearchPolicyConfig},
         path=True,
         personal=True,
     ),
-    Method(
-        "random_nas",
-        "random_nas.RandomNAS",
-        nas=True,
-        sections={"random_nas": RandomNASConfig},
-        baseline=True,
-    ),
+    Method("random_nas", "random_nas.RandomNAS", RandomNASAlgorithmConfig, nas=True, baseline=True),
 )
+
+
+#: The table of models, declared with the model code (``models.catalogue``); handed to
+#: ``config`` with the methods, whose ``nas`` flag decides which of them a run may use.
+MODELS = models_catalogue.MODELS
 
 
 def by_name() -> dict[str, Method]:

@@ -12,8 +12,8 @@ import h5py
 import numpy as np
 import yaml
 
-from .. import config as config_mod
 from ..config import Config
+from ..migrations import from_stored
 
 FIGSIZE = (9.0, 6.0)  # inches
 DPI = 100  # so a heatmap PNG is 900 x 600 pixels
@@ -131,7 +131,7 @@ def from_run(run_dir: str | Path, part: str) -> tuple[np.ndarray, Config, Path]:
     if found is None:
         raise FileNotFoundError(no_readable_message(run_dir, skipped))
     hist, ckpt = found
-    cfg = config_mod.from_stored(yaml.safe_load(ckpt.config_yaml))
+    cfg = from_stored(yaml.safe_load(ckpt.config_yaml), source=ckpt.path)
     return hist, cfg, ckpt.path
 
 

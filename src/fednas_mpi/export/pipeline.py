@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from .. import __version__
-from .. import config as config_mod
 from ..config import ConfigError
+from ..migrations import from_stored
 from . import artifact, deploy
 from .build import ExportError, build_target, client_data
 from .calibration import calibration_batches
@@ -43,7 +43,7 @@ def export_run(
     run_dir, out = Path(run_dir), Path(out)
     ckpt = checkpoint_to_export(run_dir, round_)
     try:
-        cfg = config_mod.from_stored(yaml.safe_load(ckpt.config_yaml))
+        cfg = from_stored(yaml.safe_load(ckpt.config_yaml), source=ckpt.path)
     except ConfigError as e:
         raise ExportError(
             f"{ckpt.path}: this fednas-mpi cannot read the run's config ({e})"

@@ -2,50 +2,45 @@
 
 Every model here is ``head(body(x))``: its state-dict keys start with ``body.`` (the
 shared representation) or ``head.`` (the classifier that personalised methods keep per
-client or freeze).
+client or freeze). The table of models (``catalogue``) is torch-free; the models and
+``build_model`` are imported on first use (PEP 562), so that the package can hand that
+table to ``config`` without importing torch.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from ..config import ModelConfig
-from .cnn import SmallCNN, init_from
-from .mobilenet import MobileNetV3Net, init_mobilenet
+from . import catalogue
 
-HEAD = "head."
+if TYPE_CHECKING:
+    from .build import HEAD, build_model, is_head, split_state
+    from .cnn import SmallCNN
+    from .mobilenet import MobileNetV3Net
 
-
-def build_model(
-    cfg: ModelConfig, in_shape: tuple[int, int, int], num_classes: int, generator: torch.Generator
-) -> nn.Module:
-    """Build the configured model with weights drawn from ``generator`` (not the global RNG)."""
-    if cfg.name == "cnn":
-        model = SmallCNN(in_shape, num_classes, cfg.channels, cfg.hidden)
-        init_from(model, generator)
-        return model
-    if cfg.name in ("mobilenet_v3_small", "mobilenet_v3_large"):
-        m = cfg.mobilenet
-        model = MobileNetV3Net(
-            cfg.name, in_shape, num_classes, m.width_mult, m.min_feature, m.bn_momentum
-        )
-        init_mobilenet(model, generator)
-        return model
-    raise ValueError(f"model.name {cfg.name!r} is not a fixed architecture")
+_LAZY = {
+    "HEAD": "build",
+    "build_model": "build",
+    "is_head": "build",
+    "split_state": "build",
+    "SmallCNN": "cnn",
+    "MobileNetV3Net": "mobilenet",
+}
 
 
-def is_head(key: str) -> bool:
-    return key.startswith(HEAD)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def split_state(
-    state: dict[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(body entries, head entries) of a model's state dict, each in the original order."""
-    body = {k: v for k, v in state.items() if not is_head(k)}
-    head = {k: v for k, v in state.items() if is_head(k)}
-    return body, head
-
-
-__all__ = ["HEAD", "MobileNetV3Net", "SmallCNN", "build_model", "is_head", "split_state"]
+__all__ = [
+    "HEAD",
+    "MobileNetV3Net",
+    "SmallCNN",
+    "build_model",
+    "catalogue",
+    "is_head",
+    "split_state",
+]

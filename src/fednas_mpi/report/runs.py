@@ -19,6 +19,7 @@ import yaml
 
 from .. import config as config_mod
 from ..config import Config, ConfigError
+from ..migrations import stored
 from ..store import CheckpointError, newest_readable, no_readable_message, read_checkpoint
 
 _TEMP = re.compile(r"^\.round_\d{5,}\.h5\.tmp-\d+$")
@@ -157,7 +158,7 @@ def _read_run(path: Path, directory: Path) -> Run:
     config = yaml.safe_load(ck.config_yaml) or {}
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its config attribute is not a YAML mapping")
-    config = config_mod.stored(config)  # older runs stored every method's section
+    config = stored(config, path)  # an older run's config in today's shape
     prims = config.get("model", {}).get("darts", {}).get("primitives", [])
     client_subnets = {
         c: {

@@ -3,7 +3,9 @@
 Layout of ``RUN_DIR/round_NNNNN.h5`` (NNNNN = rounds completed):
 
     /                      attrs: format, format_version, round, rounds_planned, stage,
-                                  config (resolved YAML), spec (JSON), versions (JSON),
+                                  config (resolved YAML, headed by its schema_version:
+                                  older ones are read through fednas_mpi.migrations),
+                                  spec (JSON), versions (JSON),
                                   world_size, seed, created, kernels,
                                   devices (JSON: each rank's host, node-local rank, device)
     /state/<name>          global model tensors (weights and architecture parameters)
@@ -45,6 +47,7 @@ import torch
 
 from .. import faults
 from ..flat import State
+from ..migrations import drop_legacy_entries
 
 FORMAT = "fednas-mpi-checkpoint"
 FORMAT_VERSION = 1
@@ -340,10 +343,10 @@ def read_checkpoint(path: str | Path, *, tensors: bool = True) -> Checkpoint:
             if "client_metrics" in f:
                 ck.client_metrics = {k: np.asarray(v[()]) for k, v in f["client_metrics"].items()}
             if tensors:
-                ck.state = _without(_read_tensors(f["state"]), _LEGACY_STATE)
+                ck.state = drop_legacy_entries(_read_tensors(f["state"]), "state")
                 ck.server_state = _read_tensors(f["server_state"])
                 ck.client_states = {
-                    int(c): _without(_read_tensors(g), _LEGACY_CLIENT)
+                    int(c): drop_legacy_entries(_read_tensors(g), "client")
                     for c, g in f["clients"].items()
                 }
                 ck.rng_torch_cpu = torch.from_numpy(np.asarray(f["rng/torch_cpu"][()]))
@@ -352,19 +355,6 @@ def read_checkpoint(path: str | Path, *, tensors: bool = True) -> Checkpoint:
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: unreadable or incomplete checkpoint ({e})") from None
     return ck
-
-
-# Entries of files written before the auxiliary channel (algorithms.base.ClientResult.aux):
-# FedRLNAS and PerFedRLNAS kept the round's sums in the global state as rl.* (zeros
-# between rounds, so a checkpoint's were always zero), PerFedRLNAS a client's report in its
-# state as pending.* (cleared by the server before the file was written). Dropped on read
-# so such a run resumes where it stopped, with the same numbers.
-_LEGACY_STATE = ("rl.",)
-_LEGACY_CLIENT = ("pending.",)
-
-
-def _without(tensors: State, prefixes: tuple[str, ...]) -> State:
-    return {k: v for k, v in tensors.items() if not k.startswith(prefixes)}
 
 
 def _plain(v):

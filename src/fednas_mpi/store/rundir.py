@@ -20,6 +20,7 @@ import yaml
 
 from .. import config as config_mod
 from ..config import Config, ConfigError
+from ..migrations import from_stored
 
 #: Validates a config before a run starts (``starting``) or continues; raises
 #: UsageError or ConfigError.
@@ -105,7 +106,7 @@ def _decide_resume(args: argparse.Namespace, check: Check) -> tuple[Config, Path
         ckpt, skipped = newest_readable(run_dir)
     if ckpt is None:
         return _start_in(run_dir, args, skipped, check), run_dir, None
-    cfg = _agreeing(args, yaml.safe_load(ckpt.config_yaml), run_dir)
+    cfg = _agreeing(args, yaml.safe_load(ckpt.config_yaml), run_dir, ckpt.path)
     check(cfg, False)
     for line in skipped:
         print(f"fednas-mpi: warning: {line}", file=sys.stderr)
@@ -113,10 +114,10 @@ def _decide_resume(args: argparse.Namespace, check: Check) -> tuple[Config, Path
     return cfg, run_dir, ckpt
 
 
-def _agreeing(args: argparse.Namespace, stored_raw, run_dir: Path) -> Config:
+def _agreeing(args: argparse.Namespace, stored_raw, run_dir: Path, source: Path) -> Config:
     """The run's stored config with the overrides, or CFG when given and it agrees with the
     stored one in every field that changes results."""
-    stored = config_mod.from_stored(stored_raw, args.overrides)
+    stored = from_stored(stored_raw, args.overrides, source)
     if not args.config:
         return stored
     given = config_mod.load_run(args.config, args.overrides)
@@ -149,7 +150,7 @@ def _start_in(run_dir: Path, args: argparse.Namespace, skipped: list[str], check
             raw = yaml.safe_load(stored.read_text())
         except (OSError, yaml.YAMLError) as e:
             raise UsageError(f"--resume {run_dir}: cannot read {stored} ({e})") from None
-        cfg = _agreeing(args, raw, run_dir)
+        cfg = _agreeing(args, raw, run_dir, stored)
     elif args.config:
         cfg = config_mod.load_run(args.config, args.overrides)
     else:

@@ -3,9 +3,9 @@ loading and validating a YAML imports no torch; the method code imports it from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ...config import option
+from ...config import ClientSGDConfig, method_name, option
 
 
 @dataclass(kw_only=True)
@@ -19,3 +19,12 @@ class FedBABUConfig:
     finetune_lr: float = option(
         0.05, "SGD learning rate of the head fine-tuning (momentum as algorithm.momentum).", gt=0.0
     )
+
+
+@dataclass(kw_only=True)
+class FedBABUAlgorithmConfig(ClientSGDConfig):
+    """``algorithm`` of fedbabu: the shared keys, client SGD's at its top level and its section
+    ``algorithm.fedbabu``."""
+
+    name: str = method_name("fedbabu")
+    fedbabu: FedBABUConfig = field(default_factory=FedBABUConfig)

@@ -3,9 +3,9 @@ loading and validating a YAML imports no torch; the method code imports it from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ...config import option
+from ...config import AlgorithmConfig, method_name, option
 from .server_opt import ServerArchConfig
 
 
@@ -49,3 +49,11 @@ class FedDSNASConfig(ServerArchConfig):
 
     def cross_checks(self, cfg) -> list[str]:
         return self.server_arch_problems("algorithm.feddsnas")
+
+
+@dataclass(kw_only=True)
+class FedDSNASAlgorithmConfig(AlgorithmConfig):
+    """``algorithm`` of feddsnas: the shared keys and its section ``algorithm.feddsnas``."""
+
+    name: str = method_name("feddsnas")
+    feddsnas: FedDSNASConfig = field(default_factory=FedDSNASConfig)

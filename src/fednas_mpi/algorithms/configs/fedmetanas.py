@@ -4,10 +4,10 @@ method code imports it from here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from ...config import option
+from ...config import AlgorithmConfig, method_name, option
 from ..common.schedules import prunes_after
 from .derived import DerivedTrainingConfig
 from .perturbation import DeriveRuleConfig
@@ -207,3 +207,11 @@ class MetaSearchPolicyConfig(MetaSearchConfig):
         )
         for k in ServerArchConfig.__dataclass_fields__
     }
+
+
+@dataclass(kw_only=True)
+class FedMetaNASAlgorithmConfig(AlgorithmConfig):
+    """``algorithm`` of fedmetanas: the shared keys and its section ``algorithm.fedmetanas``."""
+
+    name: str = method_name("fedmetanas")
+    fedmetanas: FedMetaNASConfig = field(default_factory=FedMetaNASConfig)

@@ -3,9 +3,9 @@ loading and validating a YAML imports no torch; the method code imports it from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ...config import option
+from ...config import AlgorithmConfig, method_name, option
 from .perturbation import DeriveRuleConfig
 from .server_opt import ServerArchConfig
 
@@ -81,3 +81,11 @@ class FedNASConfig(DeriveRuleConfig, ServerArchConfig):
                 f"half of them"
             ]
         return problems
+
+
+@dataclass(kw_only=True)
+class FedNASAlgorithmConfig(AlgorithmConfig):
+    """``algorithm`` of fednas: the shared keys and its section ``algorithm.fednas``."""
+
+    name: str = method_name("fednas")
+    fednas: FedNASConfig = field(default_factory=FedNASConfig)

@@ -3,10 +3,11 @@ loading and validating a YAML imports no torch; the method code imports it from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ...config import option
+from ...config import AlgorithmConfig, method_name, option
+from .fedmetanas import MetaSearchArchConfig
 from .server_opt import ServerArchConfig
 
 
@@ -69,3 +70,21 @@ class FedPNASConfig(PersonalSplitConfig, ServerArchConfig):
 
     def cross_checks(self, cfg) -> list[str]:
         return self.server_arch_problems("algorithm.fedpnas")
+
+
+@dataclass(kw_only=True)
+class FedPNASAlgorithmConfig(AlgorithmConfig):
+    """``algorithm`` of fedpnas: the shared keys and its section ``algorithm.fedpnas``."""
+
+    name: str = method_name("fedpnas")
+    fedpnas: FedPNASConfig = field(default_factory=FedPNASConfig)
+
+
+@dataclass(kw_only=True)
+class MetaFedPNASAlgorithmConfig(AlgorithmConfig):
+    """``algorithm`` of meta_fedpnas: the shared keys and the sections ``algorithm.fedpnas`` and
+    ``algorithm.fedmetanas`` (the part of each that it reads)."""
+
+    name: str = method_name("meta_fedpnas")
+    fedpnas: PersonalSplitConfig = field(default_factory=PersonalSplitConfig)
+    fedmetanas: MetaSearchArchConfig = field(default_factory=MetaSearchArchConfig)

@@ -3,9 +3,9 @@ loading and validating a YAML imports no torch; the method code imports it from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ...config import option
+from ...config import ClientSGDConfig, method_name, option
 
 
 @dataclass(kw_only=True)
@@ -22,3 +22,12 @@ class FedRepConfig:
         "SGD learning rate of the head epochs (momentum and weight decay as algorithm.*).",
         gt=0.0,
     )
+
+
+@dataclass(kw_only=True)
+class FedRepAlgorithmConfig(ClientSGDConfig):
+    """``algorithm`` of fedrep: the shared keys, client SGD's at its top level and its section
+    ``algorithm.fedrep``."""
+
+    name: str = method_name("fedrep")
+    fedrep: FedRepConfig = field(default_factory=FedRepConfig)

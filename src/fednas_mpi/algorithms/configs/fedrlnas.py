@@ -3,9 +3,9 @@ loading and validating a YAML imports no torch; the method code imports it from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ...config import option
+from ...config import AlgorithmConfig, method_name, option
 from .subnet import SubnetSearchConfig
 
 
@@ -20,3 +20,11 @@ class FedRLNASConfig(SubnetSearchConfig):
         ge=0.0,
         lt=1.0,
     )
+
+
+@dataclass(kw_only=True)
+class FedRLNASAlgorithmConfig(AlgorithmConfig):
+    """``algorithm`` of fedrlnas: the shared keys and its section ``algorithm.fedrlnas``."""
+
+    name: str = method_name("fedrlnas")
+    fedrlnas: FedRLNASConfig = field(default_factory=FedRLNASConfig)

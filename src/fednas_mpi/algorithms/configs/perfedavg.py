@@ -3,10 +3,10 @@ loading and validating a YAML imports no torch; the method code imports it from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from ...config import option
+from ...config import ClientSGDConfig, method_name, option
 
 
 @dataclass(kw_only=True)
@@ -30,3 +30,12 @@ class PerFedAvgConfig:
         "alpha on minibatches of the client's train split.",
         ge=1,
     )
+
+
+@dataclass(kw_only=True)
+class PerFedAvgAlgorithmConfig(ClientSGDConfig):
+    """``algorithm`` of perfedavg: the shared keys, client SGD's at its top level and its section
+    ``algorithm.perfedavg``."""
+
+    name: str = method_name("perfedavg")
+    perfedavg: PerFedAvgConfig = field(default_factory=PerFedAvgConfig)

@@ -3,9 +3,10 @@ loading and validating a YAML imports no torch; the method code imports it from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ...config import option
+from ...config import AlgorithmConfig, method_name, option
+from .fedmetanas import MetaSearchPolicyConfig
 from .subnet import SubnetSearchConfig
 
 
@@ -21,3 +22,22 @@ class PerFedRLNASConfig(SubnetSearchConfig):
         "is the deterministic cost samples x path parameters / 1e6.",
         ge=0.0,
     )
+
+
+@dataclass(kw_only=True)
+class PerFedRLNASAlgorithmConfig(AlgorithmConfig):
+    """``algorithm`` of perfedrlnas: the shared keys and its section ``algorithm.perfedrlnas``."""
+
+    name: str = method_name("perfedrlnas")
+    perfedrlnas: PerFedRLNASConfig = field(default_factory=PerFedRLNASConfig)
+
+
+@dataclass(kw_only=True)
+class MetaPerFedRLNASAlgorithmConfig(AlgorithmConfig):
+    """``algorithm`` of meta_perfedrlnas: the shared keys and the sections
+    ``algorithm.perfedrlnas`` and
+    ``algorithm.fedmetanas`` (the part of each that it reads)."""
+
+    name: str = method_name("meta_perfedrlnas")
+    perfedrlnas: PerFedRLNASConfig = field(default_factory=PerFedRLNASConfig)
+    fedmetanas: MetaSearchPolicyConfig = field(default_factory=MetaSearchPolicyConfig)

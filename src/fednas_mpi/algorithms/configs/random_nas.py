@@ -3,9 +3,9 @@ loading and validating a YAML imports no torch; the method code imports it from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ...config import option
+from ...config import AlgorithmConfig, method_name, option
 
 
 @dataclass(kw_only=True)
@@ -37,3 +37,11 @@ class RandomNASConfig:
         "every N rounds (and in the last).",
         ge=1,
     )
+
+
+@dataclass(kw_only=True)
+class RandomNASAlgorithmConfig(AlgorithmConfig):
+    """``algorithm`` of random_nas: the shared keys and its section ``algorithm.random_nas``."""
+
+    name: str = method_name("random_nas")
+    random_nas: RandomNASConfig = field(default_factory=RandomNASConfig)
