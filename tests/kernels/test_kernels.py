@@ -207,6 +207,34 @@ def test_hard_variant_is_the_dsnas_estimator(fused):
         kernels.gumbel_mix(others, logits, 0.5, noise, mask, hard=True)
 
 
+def test_hard_variant_with_a_tensor_mask_equals_the_cpp_op_and_reads_nothing(fused):
+    """Issue 27: with the sampled entry known, the hard mix leaves a mask tensor where it
+    is and reads no argmax back; its value and gradients are the C++ op's, bit for bit."""
+    from syncguard import SyncGuard
+
+    outs = rand_outputs(5, shape=(4, 3), seed=4)
+    logits = torch.randn(5, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    noise = torch.randn(5, generator=torch.Generator().manual_seed(6))
+    mask = torch.tensor([True, False, True, True, False])
+    s = kernels.hard_index(logits.detach(), noise, mask)
+    only = [o if i == s else None for i, o in enumerate(outs)]
+    upstream = torch.randn(4, 3, generator=torch.Generator().manual_seed(7))
+    guard = SyncGuard()
+    with guard.loop():
+        y = kernels.gumbel_mix(only, logits, 0.5, noise, mask, hard=True, index=s)
+        got = torch.autograd.grad(y, [logits, outs[s]], upstream)
+    assert not guard.violations, guard.violations
+    keep = [int(m) for m in mask.tolist()]
+    r = torch.ops.fednas.gumbel_mix(only, logits, 0.5, noise, keep, True)
+    want = torch.autograd.grad(r, [logits, outs[s]], upstream)
+    assert torch.equal(y, r) and torch.equal(y, outs[s])
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    # the same through the host-list mask and without the index (one read: the argmax)
+    y2 = kernels.gumbel_mix(only, logits, 0.5, noise, [bool(m) for m in keep], hard=True)
+    assert torch.equal(torch.autograd.grad(y2, logits, upstream)[0], want[0])
+
+
 def test_bad_arguments_are_clear_errors(fused):
     a, b = rand_outputs(2, grad=False)
     with pytest.raises(RuntimeError, match="one entry per output"):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import loader
-from .reference import hard_index, reference_gumbel_mix, reference_mix
+from .reference import hard_index, masked_logits, reference_gumbel_mix, reference_mix
 
 BACKENDS = ("auto", "fused", "reference")
 CPU_DTYPES = (torch.float32, torch.float64)
@@ -217,7 +217,10 @@ def gumbel_mix(
     """Eq. 1-2 as one op: softmax((logits + noise) / T) over ``mask``, mixing the outputs
     that exist (None: the zero op or a pruned one). ``hard``: the DSNAS estimator, see
     reference.reference_gumbel_mix; compute only ``hard_index(logits, noise, mask)``'s op,
-    and pass it as ``index`` when known (the reference then reads nothing from the device)."""
+    and pass it as ``index`` when known: then nothing is read from the device, and a
+    ``mask`` tensor stays where it is (pass the network's device-resident op mask). The
+    soft mix reads a ``mask`` tensor to the host once per call (it must know which outputs
+    to skip): no step loop calls it."""
     present = next((o for o in outputs if o is not None), None)
     if present is None:
         raise ValueError("gumbel_mix over no outputs: every input was pruned")
@@ -228,25 +231,35 @@ def gumbel_mix(
         raise RuntimeError(
             f"fednas::gumbel_mix: temperature must be positive and finite, got {temperature}"
         )
+    if mask is not None and len(mask) != len(outputs):
+        raise RuntimeError("fednas::gumbel_mix: mask must have one 0/1 entry per output")
+    if hard:
+        return _hard_mix(outputs, logits, noise, mask, index)
     keep = (
         None
         if mask is None
         else [int(bool(m)) for m in (mask.tolist() if torch.is_tensor(mask) else mask)]
     )
-    if keep is not None and len(keep) != len(outputs):
-        raise RuntimeError("fednas::gumbel_mix: mask must have one 0/1 entry per output")
-    if hard:
-        # Checked here as well as in C++: under torch 2.11 (the GPU image) a C++ exception
-        # raised from this op crashed the process (segfault) instead of reaching Python.
-        s = index
-        if s is None:
-            s = hard_index(logits.detach(), None if noise is None else noise.detach(), keep)
-        if outputs[s] is None:
-            raise RuntimeError(
-                f"fednas::gumbel_mix(hard=True): the sampled entry {s} has no "
-                f"output; compute the op that hard_index selects"
-            )
-    return torch.ops.fednas.gumbel_mix(list(outputs), logits, float(temperature), noise, keep, hard)
+    return torch.ops.fednas.gumbel_mix(list(outputs), logits, float(temperature), noise, keep)
+
+
+def _hard_mix(outputs, logits, noise, mask, index: int | None) -> torch.Tensor:
+    """``fednas::gumbel_mix(hard=True)``'s composite with the sampled entry known: the C++
+    op takes its mask as a host list and reads its argmax back (two host reads per edge,
+    issue 27), while here the mask is applied on the logits' device. The same ops on the
+    same values: bit-equal to the C++ op, forward and backward."""
+    s = index
+    if s is None:
+        s = hard_index(logits.detach(), None if noise is None else noise.detach(), mask)
+    # Checked here, not left to C++: under torch 2.11 (the GPU image) a C++ exception
+    # raised from these ops crashed the process (segfault) instead of reaching Python.
+    if outputs[s] is None:
+        raise RuntimeError(
+            f"fednas::gumbel_mix(hard=True): the sampled entry {s} has no "
+            f"output; compute the op that hard_index selects"
+        )
+    logp = torch.log_softmax(masked_logits(logits, mask), 0)[s]
+    return torch.ops.fednas.mix([outputs[s]], torch.exp(logp - logp.detach()).reshape(1))
 
 
 __all__ = [
