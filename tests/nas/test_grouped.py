@@ -13,8 +13,10 @@ from fednas_mpi.algorithms import DataInfo, RoundContext
 from fednas_mpi.algorithms.fedmetanas import FedMetaNAS
 from fednas_mpi.algorithms.fednas import FedNAS
 from fednas_mpi.config import ConfigError, from_dict
+from fednas_mpi.kernels import mix
 from fednas_mpi.nas import PRIMITIVES, ArchSpec, CellSpace, SearchNetwork
 from fednas_mpi.nas.depthwise import _Depthwise, depthwise_conv2d
+from fednas_mpi.nas.network import SearchCell
 
 CELLS = ("normal", "reduce")
 
@@ -115,6 +117,52 @@ def test_float32_grouped_forward_agrees_to_rounding():
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
     for name in ref_grads:
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def _per_op_forward(cell, s0, s1, op_w, coefs):
+    """The reference cell forward as it was before issue 27: one product per op weight."""
+    states = [cell.pre0(s0), cell.pre1(s1)]
+    for j in range(cell.space.nodes):
+        outs, ws = [], []
+        for i in range(cell.space.inputs_of(j)):
+            ops = cell.edges[f"{j}_{i}"] if f"{j}_{i}" in cell.edges else None
+            if ops is None:
+                continue
+            e = cell.space.edge(j, i)
+            for k, name in enumerate(cell.space.primitives):
+                if name in ops:
+                    outs.append(ops[name](states[i]))
+                    ws.append(coefs[j][i] * op_w[e, k])
+        states.append(mix(outs, torch.stack(ws)))
+    return torch.cat(states[2:], dim=1)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("inputs", ["combinations", "sum"])
+@pytest.mark.parametrize("pruned", [False, True])
+def test_reference_mixing_weights_in_one_product_equal_one_product_per_op(
+    inputs, pruned, dtype, backend, monkeypatch, request
+):
+    """Issue 27: the reference forward forms its mixing weights in one gather and one
+    product: the same products as one per op, so the forward and the weights' gradients
+    are bit-equal; the logits' gradients sum the same terms in another order."""
+    if backend == "fused":
+        request.getfixturevalue("fused")
+    net = _net(inputs, pruned, dtype=dtype)
+    x = torch.randn(3, 2, 9, 9, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    out, grads = _step(net, "reference", x, True)
+    monkeypatch.setattr(SearchCell, "forward", _per_op_forward)
+    old_out, old_grads = _step(net, "reference", x, True)
+    assert torch.equal(out, old_out)
+    assert grads.keys() == old_grads.keys() == {n for n, _ in net.named_parameters()}
+    arch = {n for n, p in net.named_parameters() if any(p is a for a in net.arch_parameters())}
+    tol = {"rtol": 1e-12, "atol": 1e-18} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-9}
+    for name in grads:
+        if name in arch:
+            torch.testing.assert_close(grads[name], old_grads[name], **tol, msg=name)
+        else:
+            assert torch.equal(grads[name], old_grads[name]), name
 
 
 def test_personalised_mixing_hook_runs_grouped_too():

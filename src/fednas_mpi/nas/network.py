@@ -76,6 +76,10 @@ class SearchCell(nn.Module):
             self._plan, edge_idx, op_idx = e, torch.zeros(0, dtype=torch.long), None
         self.register_buffer("mix_edge_index", edge_idx, persistent=False)
         self.register_buffer("mix_op_index", op_idx, persistent=False)
+        # the reference forward's (node, live op) order, for its mixing weights in one product
+        ref_edge, ref_op, self._ref_sizes = _reference_index(self)
+        self.register_buffer("ref_edge_index", ref_edge, persistent=False)
+        self.register_buffer("ref_op_index", ref_op, persistent=False)
 
     @property
     def kind(self) -> str:
@@ -105,19 +109,20 @@ class SearchCell(nn.Module):
         if self.uses_grouped(s1):
             return grouped_cell_forward(self, s0, s1, op_w, coefs)
         states = [self.pre0(s0), self.pre1(s1)]
+        # coefs[j][i] * op_w[e, k] of every live op in one product, not one per op (issue
+        # 27); the live entries only: a dead edge's op weights may be NaN
+        ws = (torch.cat(coefs)[self.ref_edge_index] * op_w.flatten()[self.ref_op_index]).split(
+            self._ref_sizes
+        )
         for j in range(self.space.nodes):
-            outs, ws = [], []
+            outs = []
             for i in range(self.space.inputs_of(j)):
                 ops = self.edges[f"{j}_{i}"] if f"{j}_{i}" in self.edges else None
                 if ops is None:
                     continue
-                e = self.space.edge(j, i)
-                for k, name in enumerate(self.space.primitives):
-                    if name in ops:
-                        outs.append(ops[name](states[i]))
-                        ws.append(coefs[j][i] * op_w[e, k])
+                outs += [ops[name](states[i]) for name in self.space.primitives if name in ops]
             # A node-level weighted sum over all its (edge, op) outputs: one mix per node.
-            states.append(mix(outs, torch.stack(ws)))
+            states.append(mix(outs, ws[j]))
         return torch.cat(states[2:], dim=1)
 
 
@@ -128,6 +133,24 @@ def _mix_index(plan, space: CellSpace) -> tuple[torch.Tensor, torch.Tensor]:
     nk, zero = len(space.primitives), space.num_edges * len(space.primitives)
     edges = [f // nk if f < zero else space.num_edges for f in flat]
     return torch.tensor(edges, dtype=torch.long), torch.tensor(flat, dtype=torch.long)
+
+
+def _reference_index(cell: SearchCell) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Per node in the reference forward's order (input i, then op k), the edge e (its
+    coefficient's place in the nodes' concatenated coefficients) and the flat e * ops + k
+    of each live op, and the number of live ops per node."""
+    space, nk = cell.space, len(cell.space.primitives)
+    edges, flats, sizes = [], [], []
+    for j in range(space.nodes):
+        n = 0
+        for i in range(space.inputs_of(j)):
+            ops, e = cell.edges[f"{j}_{i}"] if f"{j}_{i}" in cell.edges else {}, space.edge(j, i)
+            live = [k for k, name in enumerate(space.primitives) if name in ops]
+            edges += [e] * len(live)
+            flats += [e * nk + k for k in live]
+            n += len(live)
+        sizes.append(n)
+    return torch.tensor(edges, dtype=torch.long), torch.tensor(flats, dtype=torch.long), sizes
 
 
 class SearchNetwork(nn.Module):
