@@ -25,7 +25,8 @@ plumbing without code generation (the dry run of bench/gpu_quick.sh). ``--derive
 derived network (one op per edge, one combination per node: the network after the
 final derivation). ``--client-update`` also times one whole FedMetaNAS
 ``client_update`` (the method's loop) per path. ``--profile`` prints the top ops by
-self CPU time of both paths' steps (no dead ops). The fused mixing kernels are used when they load
+self CPU time of both paths' steps and the time by kind of op (``bench/opkinds.py``), at
+every fraction of dead ops. The fused mixing kernels are used when they load
 (``kernels.backend: auto``, the default).
 
 ``--device cuda`` times the steps on the GPU: each step between two CUDA events, its time
@@ -50,6 +51,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from fednas_mpi import kernels  # noqa: E402
 from fednas_mpi.algorithms import ClientData, DataInfo, RoundContext, get_algorithm  # noqa: E402
@@ -266,7 +268,7 @@ def bench_config(
             row["speedup"] = row["speedup_grouped"]  # the key issue 17's readers know
         rows.append(row)
         print_row(path, frac, row, paths)
-        if profile and not dead:
+        if profile:
             for p in paths:
                 print_profile(steps[p], p)
     return rows
@@ -289,20 +291,26 @@ def print_row(path: str, frac, row: dict, paths: tuple[str, ...]) -> None:
     print(f"{path} dead {label}: " + "; ".join(parts), flush=True)
 
 
-def print_profile(step, path: str, top: int = 15) -> None:
+def print_profile(step, path: str, top: int = 15, steps: int = 5) -> None:
+    """The top ops by self CPU time over ``steps`` steps, then the time by kind of op
+    (``bench/opkinds.py``: depthwise convs, BN, mix, optimiser, autograd overhead...)."""
+    from opkinds import format_shares, kind_times
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(5):
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
             step()
     ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in ev)
-    print(f"  {path} step, top ops by self CPU time (of {total / 5e3:.1f} ms per step):")
+    per = total / steps / 1e3
+    print(f"  {path} step, top ops by self CPU time (of {per:.1f} ms per step):")
     for e in ev[:top]:
         print(
-            f"    {e.self_cpu_time_total / 5e3:7.2f} ms {e.self_cpu_time_total / total:5.1%} "
-            f"{e.count // 5:4d} calls  {e.key}"
+            f"    {e.self_cpu_time_total / steps / 1e3:7.2f} ms "
+            f"{e.self_cpu_time_total / total:5.1%} {e.count // steps:4d} calls  {e.key}"
         )
+    print(f"  {path} step, self CPU time by kind of op:")
+    print("\n".join(format_shares(kind_times(prof.events()), steps)), flush=True)
 
 
 def bench_client_update(path: str, paths: tuple[str, ...] = PATHS) -> dict:
