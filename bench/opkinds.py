@@ -4,10 +4,13 @@ A torch.profiler trace lists hundreds of op names, most of them helpers (``aten:
 ``aten::copy_``, ``aten::reshape``) whose cost belongs to whatever called them: the copies
 inside our depthwise backward are depthwise work, the reshapes inside the mix's matrix
 product are the mix. So every event's *self* time is charged to the nearest event, itself
-first and then its callers, that names a kind; a helper with no such caller (a ``cat`` of
-the forward, the views of an autograd node) is charged to copies or autograd overhead by
-its own name. Shares of self time add up to the profiled step, so they can be read on a
-loaded machine where absolute times cannot.
+first and then its callers, that names a kind; an autograd node of the backward pass that
+names none is charged like the forward op that recorded it (the profiler's sequence
+numbers link the two: ``BmmBackward0`` is the mix's or a pointwise conv's as its forward
+``bmm`` was); a helper with neither (a ``cat`` of the forward) is charged to copies or
+autograd overhead by its own name. Shares of self time add up to the profiled step, so
+they can be read on a loaded machine where absolute times cannot (though memory-bound ops
+suffer more from neighbours than arithmetic-bound ones).
 """
 
 from __future__ import annotations
@@ -39,17 +42,15 @@ CONVS = {
 NAMED = {
     "_Depthwise": "depthwise conv",  # nas/depthwise.py's autograd function
     "_DepthwiseBackward": "depthwise conv",
-    "aten::bmm": "conv (dense, pointwise)",  # the grouped path's pointwise convs
-    "BmmBackward0": "conv (dense, pointwise)",
     "fednas::mix": "mix (eq. 2)",
     "fednas::mix_backward": "mix (eq. 2)",
-    "MmBackward0": "mix (eq. 2)",  # the grouped mix's backward (the classifier is addmm)
     "aten::relu": "relu",
     "aten::threshold_backward": "relu",
     "ReluBackward0": "relu",
 }
 PREFIXES = {
     "Optimizer.": "optimiser",
+    "GeneratedBackwardFor_fednas_mix": "mix (eq. 2)",  # the fused mix's autograd node
     "aten::max_pool2d": "pooling",
     "aten::avg_pool2d": "pooling",
     "MaxPool2DWithIndicesBackward": "pooling",
@@ -94,8 +95,12 @@ def _conv_kind(name: str, shapes) -> str:
     return "depthwise conv" if len(w) == 4 and w[1] == 1 and w[0] > 1 else "conv (dense, pointwise)"
 
 
-def specific_kind(name: str, shapes=None) -> str | None:
-    """The kind an event names by itself, or None for a helper."""
+def specific_kind(name: str, shapes=None, parent: str | None = None) -> str | None:
+    """The kind an event names by itself (``parent``: its caller's name), or None for a
+    helper."""
+    if name == "aten::bmm":
+        # the grouped mix calls bmm itself; the pointwise convs reach it through matmul
+        return "conv (dense, pointwise)" if parent == "aten::matmul" else "mix (eq. 2)"
     if name in CONVS:
         return _conv_kind(name, shapes)
     if name in NAMED:
@@ -122,23 +127,56 @@ def own_kind(name: str) -> str:
     return "other"
 
 
-def kind_of(event) -> str:
-    """The kind an event's self time is charged to (``event``: a profiler FunctionEvent,
-    with ``cpu_parent`` links)."""
+def _named_kind(event, forward: dict) -> str | None:
+    """The kind named by the event or its nearest caller, a backward node standing for the
+    forward op that recorded it."""
     e = event
     while e is not None:
-        kind = specific_kind(e.name, getattr(e, "input_shapes", None))
+        parent = e.cpu_parent.name if e.cpu_parent is not None else None
+        kind = specific_kind(e.name, getattr(e, "input_shapes", None), parent)
+        if kind is None and _is_node(e.name) and e.sequence_nr in forward:
+            kind = _named_kind(forward[e.sequence_nr], {})
         if kind is not None:
             return kind
         e = e.cpu_parent
-    return own_kind(event.name)
+    return None
+
+
+def _is_node(name: str) -> bool:
+    return "Backward" in name and not name.startswith("autograd::")
+
+
+def _in_backward(event) -> bool:
+    e = event
+    while e is not None:
+        if e.name.startswith("autograd::engine"):
+            return True
+        e = e.cpu_parent
+    return False
+
+
+def forward_ops(events) -> dict:
+    """sequence number -> the outermost forward op that carries it (its backward node
+    carries the same number)."""
+    out = {}
+    for e in events:
+        if e.sequence_nr >= 0 and e.sequence_nr not in out and not _in_backward(e):
+            out[e.sequence_nr] = e
+    return out
+
+
+def kind_of(event, forward: dict | None = None) -> str:
+    """The kind an event's self time is charged to (``event``: a profiler FunctionEvent,
+    with ``cpu_parent`` links; ``forward``: ``forward_ops`` of its trace)."""
+    return _named_kind(event, forward or {}) or own_kind(event.name)
 
 
 def kind_times(events) -> Counter:
     """Self CPU time (us) per kind over a profiler's events (``prof.events()``)."""
+    forward = forward_ops(events)
     out: Counter = Counter()
     for e in events:
-        out[kind_of(e)] += e.self_cpu_time_total
+        out[kind_of(e, forward)] += e.self_cpu_time_total
     return out
 
 

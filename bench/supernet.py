@@ -129,27 +129,18 @@ def saved_bytes(net, x, y) -> int:
     return total
 
 
-def mix_share(step, path: str, n: int = 3) -> float:
-    """Profiler time of the mix (forward and backward) over the step's, over ``n`` steps."""
+def mix_share(step, n: int = 3) -> float:
+    """Profiler share of the step in the mix (forward and backward), over ``n`` steps:
+    ``opkinds``' "mix (eq. 2)" (the reference: fednas::mix and its backward; grouped: the
+    (nodes x outputs) matrix product of eq. 2 and its backward)."""
+    from opkinds import kind_times
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(n):
             step()
-    ev = prof.key_averages(group_by_input_shape=True)
-    total = sum(e.self_cpu_time_total for e in ev)
-    if path == "grouped":
-        # the (nodes, outputs) @ (batch, outputs, C*H*W) product: a 2-D first operand (the
-        # pointwise convs' batched products have 3-D weights), and its backward (mm)
-        mix = sum(
-            e.cpu_time_total
-            for e in ev
-            if (e.key == "aten::matmul" and len(e.input_shapes[0]) == 2) or e.key == "MmBackward0"
-        )
-    else:
-        names = ("fednas::mix", "fednas::mix_backward")
-        mix = sum(e.cpu_time_total for e in ev if e.key.endswith(names))
-    return mix / total
+    times = kind_times(prof.events())
+    return times["mix (eq. 2)"] / sum(times.values())
 
 
 def timed(step, device: torch.device) -> float:
@@ -255,7 +246,7 @@ def bench_config(
                 # saved-tensor hooks around a compiled forward would compile it once more
                 "saved_MB": saved_bytes(nets[p], x, y) / 2**20 if p != "compiled" else nan,
                 # a CPU profile: it says nothing of a GPU step (nor of a compiled graph)
-                "mix_share": mix_share(steps[p], p, min(3, reps))
+                "mix_share": mix_share(steps[p], min(3, reps))
                 if device.type == "cpu" and p != "compiled"
                 else nan,
             }

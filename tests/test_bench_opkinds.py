@@ -35,13 +35,17 @@ def events():
     dw = torch.randn(4, 1, 3, 3, generator=g, requires_grad=True)  # nas.depthwise's
     dw2 = torch.randn(4, 1, 5, 5, generator=g, requires_grad=True)  # aten's own backward
     pw = torch.randn(6, 4, 1, 1, generator=g, requires_grad=True)
+    grouped_pw = torch.randn(2, 6, 3, generator=g, requires_grad=True)  # 2 groups of 6x3
     mixw = torch.randn(3, 2, generator=g, requires_grad=True)
-    opt = torch.optim.SGD([dw, dw2, pw, mixw], lr=0.1, momentum=0.9)
+    opt = torch.optim.SGD([dw, dw2, pw, grouped_pw, mixw], lr=0.1, momentum=0.9)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         y = depthwise_conv2d(F.relu(x), dw, 1, 1, 1) + F.conv2d(x, dw2, None, 1, 2, 1, 4)
         y = F.batch_norm(F.conv2d(y, pw), None, None, None, None, True, 0.0, 1e-5)
-        y = torch.cat([F.max_pool2d(y, 3, 1, 1), y], 1)  # (2, 12, 6, 6)
-        out = torch.matmul(mixw, y.reshape(2, 2, -1))  # eq. 2's shape: (3, 2) @ (2, 2, 216)
+        # nas.grouped's pointwise convs: a matmul of (groups, out, in) weights
+        y = torch.matmul(grouped_pw, y.reshape(2, 2, 3, 36)).reshape(2, 12, 6, 6)
+        y = torch.cat([F.max_pool2d(y, 3, 1, 1), y], 1)  # (2, 24, 6, 6)
+        # eq. 2 as the grouped forward forms it: (3, 2) @ (2, 2, 432), a bmm of its own
+        out = torch.bmm(mixw.expand(2, 3, 2), y.reshape(2, 2, -1))
         (out * out).sum().backward()
         opt.step()
     return prof.events()
@@ -67,15 +71,22 @@ def test_every_op_of_the_step_is_charged_to_its_kind(opkinds, events):
 
 
 def test_convolutions_by_their_weights_and_helpers_by_their_callers(opkinds, events):
+    forward = opkinds.forward_ops(events)
     kinds = {}
     for e in events:
+        kind = opkinds.kind_of(e, forward)
         if e.name == "aten::mkldnn_convolution" or e.name == "aten::convolution_backward":
             w = e.input_shapes[1 if e.name == "aten::mkldnn_convolution" else 2]
             want = "depthwise conv" if w[1] == 1 else "conv (dense, pointwise)"
-            assert opkinds.kind_of(e) == want, (e.name, w)
-        kinds.setdefault(e.name, set()).add(opkinds.kind_of(e))
+            assert kind == want, (e.name, w)
+        kinds.setdefault(e.name, set()).add(kind)
     assert kinds["aten::flip"] == {"depthwise conv"}  # inside nas.depthwise's backward
-    assert kinds["aten::mm"] >= {"mix (eq. 2)"}  # inside the matmul and its MmBackward0
+    # the backward nodes are charged as the forward ops that recorded them
+    assert kinds["ConvolutionBackward0"] == {"depthwise conv", "conv (dense, pointwise)"}
+    assert kinds["aten::bmm"] == {"mix (eq. 2)", "conv (dense, pointwise)"}
+    assert kinds["BmmBackward0"] == {"mix (eq. 2)", "conv (dense, pointwise)"}
+    assert kinds["NativeBatchNormBackward0"] == {"batchnorm"}
     assert "copies, cat, slicing" in kinds["aten::cat"]  # a forward cat has no caller
     assert opkinds.specific_kind("aten::matmul", [[3, 4], [4]]) is None  # eq. 8's
+    assert opkinds.specific_kind("aten::matmul", [[3, 2], [2, 2, 5]]) == "mix (eq. 2)"
     assert opkinds.own_kind("autograd::engine::evaluate_function: X") == "autograd overhead"
