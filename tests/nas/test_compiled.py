@@ -16,7 +16,8 @@ from torch._dynamo.utils import counters
 
 from fednas_mpi.algorithms import DataInfo
 from fednas_mpi.algorithms.fedmetanas import FedMetaNAS
-from fednas_mpi.config import ConfigError, from_dict, stored
+from fednas_mpi.config import ConfigError, from_dict
+from fednas_mpi.migrations import stored
 from fednas_mpi.nas import ArchSpec, CellSpace, SearchNetwork, compiled
 
 
