@@ -214,7 +214,11 @@ def v7_method_sections(raw: dict) -> dict:
 def v8_grouped_supernet(raw: dict) -> dict:
     """f7bf06e (2026-12-01), the grouped supernet forward: runs before
     ``kernels.supernet`` ran the op-by-op forward, ``reference`` (``auto`` takes the
-    grouped one on the CPU, equal only to rounding), and resume on it."""
+    grouped one on the CPU, equal only to rounding), and resume on it. Since a260fd9
+    (2026-12-06) the reference applies its mixing weights in one product per cell: its
+    forward and weight gradients are bit-equal to before, its logit gradients equal only
+    to rounding, so such a run resumed by today's code continues to rounding, not bit for
+    bit, from where the code that started it would have gone."""
     return _fill(raw, {"kernels.supernet": "reference"})
 
 
