@@ -33,6 +33,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from debian_data import need_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 # pages whose commands are records, not instructions
@@ -409,8 +410,7 @@ def test_the_readmes_next_commands_run(tmp_path):
     assert list_checkpoints(run_dir)[-1] == (3, checkpoint_path(run_dir, 3))
     out = _sh(compare.line, tmp_path).stdout
     assert "fednas" in out
-    if not Path("/usr/share/datasets/fashion-mnist").is_dir() and not os.environ.get("CI"):
-        pytest.skip("no Debian Fashion-MNIST for the data stats command")
+    need_fashion_mnist()  # the data stats command reads the Debian files
     out = _sh(stats.text, tmp_path).stdout
     assert "client" in out
 
