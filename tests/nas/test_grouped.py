@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import client_data, darts_unit_config
+from helpers import client_data, darts_unit_config, fedmetanas_three_rounds
 from torch import nn
 
 from fednas_mpi.algorithms import DataInfo, RoundContext
@@ -270,34 +270,9 @@ def _fedavg(results) -> dict:
     }
 
 
-def _run_fedmetanas(supernet: str):
-    """Three in-process rounds of FedMetaNAS (prune after rounds 1 and 2, derive after 3)."""
-    cfg = _cfg(
-        "fedmetanas",
-        supernet,
-        fedmetanas={
-            "inner_steps": 1,
-            "prune_start": 1,
-            "prune_gap": 0.01,
-            "combo_prune_gap": 0.01,
-            "meta_lr_alpha": 0.3,
-            "final_round": 3,
-            "settle_rounds": 0,
-        },
-    )
-    algo = FedMetaNAS(cfg, DataInfo((1, 8, 8), 10))
-    gm, specs = algo.init_global(), []
-    for r in range(3):
-        ctx = RoundContext(r, 3, cfg.run.seed, algo.stage(r))
-        results = [algo.client_update(gm, client_data(c), ctx, None) for c in (0, 3)]
-        gm = algo.server_step(gm, _fedavg(results), {}, ctx)
-        specs.append(gm.spec)
-    return specs, gm
-
-
 def test_three_fedmetanas_rounds_prune_and_derive_the_same_on_both_paths():
-    ref_specs, ref = _run_fedmetanas("reference")
-    specs, gm = _run_fedmetanas("grouped")
+    ref_specs, ref = fedmetanas_three_rounds({"supernet": "reference"})
+    specs, gm = fedmetanas_three_rounds({"supernet": "grouped"})
     first = ArchSpec.of(ref_specs[0]).masks["normal"].ops
     assert sum(map(sum, first)) < 9 * len(PRIMITIVES) - 9  # the first pruning removed ops
     assert specs == ref_specs  # same masks after every round, same genotype
