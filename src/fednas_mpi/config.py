@@ -28,6 +28,9 @@ from typing import Any, Literal
 
 import yaml
 
+# The spellings YAML 1.1 (PyYAML) reads as each boolean: a Literal option spelled so
+# (kernels.compile: off) arrives as a bool from a file or --set unless quoted.
+_YAML_BOOL = {False: ("off", "no", "n", "false"), True: ("on", "yes", "y", "true")}
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 #: The schema version of the config defined here, stored with every resolved config
@@ -743,8 +746,13 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, problems)
     if origin is Literal:
-        if value in typing.get_args(tp) and type(value) is type(typing.get_args(tp)[0]):
+        options = typing.get_args(tp)
+        if value in options and type(value) is type(options[0]):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes unquoted as booleans
+            spelled = [o for o in options if isinstance(o, str) and o.lower() in _YAML_BOOL[value]]
+            if len(spelled) == 1:
+                return spelled[0]
     elif origin is list:
         if isinstance(value, list):
             (item_tp,) = typing.get_args(tp)

@@ -1,6 +1,7 @@
 """Every compatibility rule of fednas-mpi in one place: stored configs of every shape the
-project has written, upgraded to today's step by step; old config paths; old checkpoint
-entries.
+project has written, upgraded to today's step by step; old config paths; what older
+checkpoints hold and today's do not (entries no method reads) or lack (records written
+since, the spec's ``inputs``).
 
 A run stores its resolved config (``config.to_yaml``) in ``RUN_DIR/config.yaml`` and in
 every checkpoint (attribute ``config``), with the schema version it was written under
@@ -19,13 +20,15 @@ step that fills the value those runs ran with (``tests/test_migrations.py`` chec
 the steps reach the version).
 
 This module sits at the config layer: it imports ``config`` and nothing above it, and no
-torch (the checkpoint store applies ``drop_legacy_entries`` to its tensors).
+torch or numpy (the checkpoint store applies ``drop_legacy_entries`` to its tensors and
+``checkpoint_records`` to its records, ``nas.spec`` applies ``stored_spec`` to a spec).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -393,3 +396,41 @@ def drop_legacy_entries(tensors: dict[str, Any], group: str) -> dict[str, Any]:
     'client') without the entries older files held that no method reads any more."""
     prefixes = LEGACY_ENTRIES[group]
     return {k: v for k, v in tensors.items() if not k.startswith(prefixes)}
+
+
+# What a checkpoint records per round, by the commit that started recording it. Files
+# written before it read as today's with the value unknown, so every reader (resume,
+# report, plots) sees one shape and no reader keeps a rule of its own for old files.
+
+
+def checkpoint_records(
+    metrics: Mapping[str, Sequence[float]],
+    client_metrics: Mapping[str, Any] | None,
+    rounds: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A checkpoint's per-round ``metrics`` (name -> one value per round, ``rounds`` of
+    them) and ``client_metrics`` (None: the file has no such group) in today's shape:
+
+    - no ``client_metrics`` group: a0c99ee (2026-11-25) started storing each sampled
+      client's own values; before it none were kept, so the run has no per-client rows
+      (``{}``) and a resumed run's rows start NaN for its earlier rounds
+      (``store.record.append_clients``);
+    - no ``method_time``: 806cbd2 (2026-12-01) started timing the method apart from
+      evaluation; before it only ``round_time`` (evaluation included) was recorded, so
+      the method time of those rounds is unknown: NaN, never the round time. A run with
+      unknown method time is plotted against its round time and has no method-time
+      total (``report.plots``, ``report.summary``).
+
+    Records present are returned as they are (the same objects)."""
+    out = dict(metrics)
+    if "method_time" not in out:
+        out["method_time"] = [math.nan] * rounds
+    return out, dict(client_metrics) if client_metrics is not None else {}
+
+
+def stored_spec(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A search-space spec as a checkpoint or ``genotype.json`` stored it, in today's
+    shape: specs written before DARTS's plain sum over live edges existed (1a1f73e,
+    2026-11-25) have no ``inputs`` and combined a node's inputs by eq. 8's relaxation
+    over k-combinations, "combinations"."""
+    return spec if "inputs" in spec else {**spec, "inputs": "combinations"}

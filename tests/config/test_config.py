@@ -592,6 +592,21 @@ def test_override_values_are_validated_like_file_values():
     )
 
 
+def test_an_option_yaml_reads_as_a_boolean_is_the_option(tmp_path):
+    """YAML 1.1 reads an unquoted ``off`` as False: ``kernels.compile: off`` in a file or
+    ``--set kernels.compile=off`` still means the option "off"; a boolean no option is
+    spelled as stays an error naming the options."""
+    path = tmp_path / "c.yaml"
+    path.write_text("kernels:\n  compile: off\n")
+    assert load(path).kernels.compile == "off"
+    assert from_dict({}, ["kernels.compile=off"]).kernels.compile == "off"
+    assert from_dict({}, ["kernels.compile=OFF"]).kernels.compile == "off"
+    assert from_dict({"kernels": {"compile": "cells"}}).kernels.compile == "cells"
+    assert only_problem({}, ["kernels.compile=on"]) == (
+        "kernels.compile = True: expected one of 'off', 'cells'"
+    )
+
+
 @pytest.mark.parametrize("text", ["run.rounds", "=3", "run..x=1", ".rounds=3", "run.=3"])
 def test_bad_override_syntax(text):
     with pytest.raises(ConfigError) as info:

@@ -281,6 +281,36 @@ def test_old_checkpoint_entries_are_dropped_by_the_migrations():
     assert migrations.drop_legacy_entries(client, "client") == {"head.w": 1}
 
 
+def test_old_checkpoint_records_read_in_todays_shape():
+    """Records a checkpoint stores since a0c99ee (per-client metrics) and 806cbd2 (the
+    method time) are absent from older files: unknown there, never made up."""
+    nan = float("nan")
+    metrics = {"round_time": [2.0, 3.0, 4.0], "global_acc": [0.1, nan, 0.3]}
+    upgraded, clients = migrations.checkpoint_records(metrics, None, 3)
+    assert clients == {}
+    assert upgraded["round_time"] is metrics["round_time"]
+    assert set(upgraded) == {"round_time", "global_acc", "method_time"}
+    assert len(upgraded["method_time"]) == 3
+    assert all(v != v for v in upgraded["method_time"])  # NaN, not the round time
+    assert "method_time" not in metrics  # the stored records are not changed
+    now = {"round_time": [2.0], "method_time": [1.5]}
+    per_client = {"weight": [[1.0, nan]]}
+    assert migrations.checkpoint_records(now, per_client, 1) == (now, per_client)
+
+
+def test_a_spec_from_before_plain_sums_combines_its_inputs():
+    from fednas_mpi.nas.spec import ArchSpec
+
+    masks = {c: {"ops": [[True, False]], "combos": [True]} for c in ("normal", "reduce")}
+    old = {"masks": masks, "genotype": None}
+    assert migrations.stored_spec(old) == {**old, "inputs": "combinations"}
+    assert "inputs" not in old
+    assert ArchSpec.from_dict(old).inputs == "combinations"
+    summed = {**old, "inputs": "sum"}
+    assert migrations.stored_spec(summed) is summed
+    assert ArchSpec.from_dict(summed).inputs == "sum"
+
+
 def test_a_run_rewritten_in_the_first_shape_reads_back_as_the_same_run():
     """What the e2e resume test (tests/e2e/test_end_to_end.py) relies on, without MPI: a
     FedAvg run's stored config cut to the keys the first fednas-mpi stored reads back as

@@ -337,6 +337,32 @@ def test_a_checkpoint_from_before_per_client_metrics_still_reads(runs, tmp_path,
     assert "per-client metrics not stored" in out
 
 
+def test_a_checkpoint_from_before_method_time_has_it_unknown(runs, tmp_path, capsys):
+    """Files written before the method was timed apart from evaluation (806cbd2) read with
+    the method time unknown (migrations.checkpoint_records): no total in the summary, and
+    the plot's time axis is the round time, never a partial sum."""
+    from fednas_mpi.report.plots import _elapsed
+    from fednas_mpi.report.summary import summary
+
+    run = _copy_rounds(runs["avg7"], tmp_path / "old", [3])
+    with h5py.File(run / "round_00003.h5", "a") as f:
+        del f["metrics/method_time"]
+    old = load_run(run)
+    assert np.isnan(old.metric("method_time")).all() and len(old.metric("method_time")) == 3
+    assert summary(old)["method_time"] is None
+    assert summary(load_run(runs["avg7"]))["method_time"] == pytest.approx(
+        float(np.sum(h5(runs["avg7"])["metrics"]["method_time"]))
+    )
+    elapsed, label = _elapsed([old, load_run(runs["avg8"])])
+    assert label.startswith("time in rounds")
+    by_hand = np.mean(
+        [np.cumsum(h5(runs[n])["metrics"]["round_time"]) for n in ("avg7", "avg8")], 0
+    )
+    np.testing.assert_allclose(elapsed, by_hand)
+    code, out, err = run_cli(capsys, "inspect", str(run))
+    assert code == 0, err
+
+
 def _foreign(path: Path) -> None:
     with h5py.File(path, "w") as f:
         f.create_dataset("images", data=np.zeros((2, 2)))

@@ -9,8 +9,7 @@ once one is derived, and the log of what pruning removed.
 The dict form (``to_dict``/``from_dict``) is the one checkpoints store as JSON (the
 ``spec`` attribute) and ``genotype.json`` holds: ``to_dict`` writes the keys in the
 order the methods always wrote them, so files stay byte-identical, and ``from_dict``
-reads every spec written so far (a spec without ``inputs`` is one from before DARTS's
-plain sum existed: "combinations").
+reads every spec written so far (older shapes upgraded by ``migrations.stored_spec``).
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from ..migrations import stored_spec
 
 CELL_TYPES = ("normal", "reduce")
 
@@ -251,10 +252,11 @@ class ArchSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ArchSpec:
+        d = stored_spec(d)
         g = d.get("genotype")
         return cls(
             {c: CellMasks.from_dict(d["masks"][c]) for c in CELL_TYPES},
-            d.get("inputs", "combinations"),
+            d["inputs"],
             Genotype.from_dict(g) if g else None,
             list(d.get("prune_log", [])),
         )

@@ -116,7 +116,8 @@ METRIC_LABELS = {
 def _elapsed(runs: list[Run]) -> tuple[np.ndarray, str]:
     """Cumulative time per round (mean over runs) and its axis label: the method time
     (client compute + communication + aggregation, evaluation apart) where every run
-    recorded it, the whole round time otherwise (runs from before method_time existed)."""
+    measured it in every round, the whole round time otherwise (a run stored before it
+    was measured has it unknown: ``migrations.checkpoint_records``)."""
     if all(np.isfinite(r.metric("method_time")).all() for r in runs):
         name, label = "method_time", "method time, s (evaluation apart; mean over seeds)"
     else:

@@ -52,6 +52,13 @@ def _num(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def _total_known(values: np.ndarray) -> float:
+    """The sum of a per-round time, NaN unless every round measured it (a run resumed from
+    a checkpoint stored before the time existed has it unknown for its earlier rounds:
+    ``migrations.checkpoint_records``); a partial sum would read as the run's total."""
+    return float(values.sum()) if np.isfinite(values).all() else float("nan")
+
+
 def _partition_text(run: Run) -> str:
     cfg = run.typed_config()
     return describe(cfg) if cfg is not None else str(run.config.get("partition", {}))
@@ -103,11 +110,7 @@ def summary(run: Run) -> dict:
         "local_acc_round": local_round or None,
         "stopped_early": run.attrs.get("stopped_early"),
         "val_acc": _num(finite_last(run.metric("val_acc"))[0]),
-        "method_time": _num(
-            float(np.nansum(run.metric("method_time")))
-            if "method_time" in run.metrics
-            else float("nan")
-        ),
+        "method_time": _num(_total_known(run.metric("method_time"))),
         "alpha_gap": _num(finite_last(run.metric("alpha_gap"))[0]),
         "argmax_agreement": _num(finite_last(run.metric("argmax_agreement"))[0]),
         "time_total": total,

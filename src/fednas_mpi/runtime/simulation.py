@@ -269,7 +269,7 @@ class Simulation:
             dict(resume.client_states),
             {k: list(v) for k, v in resume.metrics.items()},
             list(resume.stages),
-            dict(resume.client_metrics),  # empty from checkpoints before it existed
+            dict(resume.client_metrics),
             resume.round,
         )
 

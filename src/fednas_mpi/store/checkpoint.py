@@ -15,8 +15,8 @@ Layout of ``RUN_DIR/round_NNNNN.h5`` (NNNNN = rounds completed):
     /metrics/stage         1-D strings, the stage of each round
     /client_metrics/<name> 2-D float64 (rounds, clients): each sampled client's own value
                            (weight = its training samples, then the method's client
-                           metrics), NaN where the client was not sampled; absent in
-                           checkpoints written before it existed
+                           metrics), NaN where the client was not sampled (older
+                           files lack records: ``migrations.checkpoint_records``)
     /partition/train_sizes, eval_sizes (clients,), train_hist, eval_hist (clients, classes)
     /rng                   attrs: seed, scheme; dataset torch_cpu (rank 0 generator state)
 
@@ -47,7 +47,7 @@ import torch
 
 from .. import faults
 from ..flat import State
-from ..migrations import drop_legacy_entries
+from ..migrations import checkpoint_records, drop_legacy_entries
 
 FORMAT = "fednas-mpi-checkpoint"
 FORMAT_VERSION = 1
@@ -336,12 +336,18 @@ def read_checkpoint(path: str | Path, *, tensors: bool = True) -> Checkpoint:
                 attrs={k: _plain(v) for k, v in f.attrs.items()},
                 path=path,
             )
-            ck.metrics = {k: np.asarray(v[()]) for k, v in f["metrics"].items() if k != "stage"}
             ck.stages = [
                 s.decode() if isinstance(s, bytes) else str(s) for s in f["metrics/stage"][()]
             ]
-            if "client_metrics" in f:
-                ck.client_metrics = {k: np.asarray(v[()]) for k, v in f["client_metrics"].items()}
+            metrics, client_metrics = checkpoint_records(
+                {k: v[()] for k, v in f["metrics"].items() if k != "stage"},
+                {k: v[()] for k, v in f["client_metrics"].items()}
+                if "client_metrics" in f
+                else None,
+                len(ck.stages),
+            )
+            ck.metrics = {k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()}
+            ck.client_metrics = {k: np.asarray(v) for k, v in client_metrics.items()}
             if tensors:
                 ck.state = drop_legacy_entries(_read_tensors(f["state"]), "state")
                 ck.server_state = _read_tensors(f["server_state"])

@@ -57,7 +57,7 @@ def append_clients(
     for name in set(history) | set(values):
         old = history.get(name)
         if old is None or old.shape != (rounds_before, num_clients):
-            old = np.full((rounds_before, num_clients), np.nan)  # a run from before per-client
+            old = np.full((rounds_before, num_clients), np.nan)  # first reported now
         row = np.full((1, num_clients), np.nan)
         for c, v in values.get(name, {}).items():
             row[0, c] = v
