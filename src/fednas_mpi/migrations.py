@@ -19,6 +19,12 @@ something other than the runs before it did): bump ``config.SCHEMA_VERSION`` and
 step that fills the value those runs ran with (``tests/test_migrations.py`` checks that
 the steps reach the version).
 
+One rule needs a method's tensors to apply and lives with them, listed here so that this
+module stays the index of every rule: FedMetaNAS checkpoints of ``prune_rule: z`` written
+between 7911ed5 and 620696c (2026-12-06) carry no ``prune.evidence.*`` server entries;
+``algorithms.common.dispersion.evidence_of`` starts their evidence at zero from the round
+the run resumes at (the shapes come from the network's logits).
+
 This module sits at the config layer: it imports ``config`` and nothing above it, and no
 torch or numpy (the checkpoint store applies ``drop_legacy_entries`` to its tensors and
 ``checkpoint_records`` to its records, ``nas.spec`` applies ``stored_spec`` to a spec).
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -403,13 +410,32 @@ def drop_legacy_entries(tensors: dict[str, Any], group: str) -> dict[str, Any]:
 # report, plots) sees one shape and no reader keeps a rule of its own for old files.
 
 
+#: The schema version from which every checkpoint a run writes holds both records below;
+#: a file of this version or later reads exactly as it was written.
+RECORDS_COMPLETE = 16
+
+_VERSION_LINE = re.compile(rf"^{VERSION_KEY}:\s*(\d+)\s*$", re.MULTILINE)
+
+
+def version_in_text(config_yaml: str) -> int:
+    """The schema version a checkpoint's stored config text records (``config.to_yaml``
+    writes it as a top-level line); 0 where it records none. Read without parsing the
+    YAML, so a reader of many files (report) pays nothing and a malformed config is left
+    to the code that builds it to name."""
+    m = _VERSION_LINE.search(config_yaml)
+    return int(m.group(1)) if m else 0
+
+
 def checkpoint_records(
     metrics: Mapping[str, Sequence[float]],
     client_metrics: Mapping[str, Any] | None,
     rounds: int,
+    version: int,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A checkpoint's per-round ``metrics`` (name -> one value per round, ``rounds`` of
-    them) and ``client_metrics`` (None: the file has no such group) in today's shape:
+    them) and ``client_metrics`` (None: the file has no such group), stored under schema
+    ``version`` (``version_in_text``), in today's shape. For a file older than
+    ``RECORDS_COMPLETE``:
 
     - no ``client_metrics`` group: a0c99ee (2026-11-25) started storing each sampled
       client's own values; before it none were kept, so the run has no per-client rows
@@ -423,7 +449,7 @@ def checkpoint_records(
 
     Records present are returned as they are (the same objects)."""
     out = dict(metrics)
-    if "method_time" not in out:
+    if version < RECORDS_COMPLETE and "method_time" not in out:
         out["method_time"] = [math.nan] * rounds
     return out, dict(client_metrics) if client_metrics is not None else {}
 

@@ -286,7 +286,7 @@ def test_old_checkpoint_records_read_in_todays_shape():
     method time) are absent from older files: unknown there, never made up."""
     nan = float("nan")
     metrics = {"round_time": [2.0, 3.0, 4.0], "global_acc": [0.1, nan, 0.3]}
-    upgraded, clients = migrations.checkpoint_records(metrics, None, 3)
+    upgraded, clients = migrations.checkpoint_records(metrics, None, 3, 0)
     assert clients == {}
     assert upgraded["round_time"] is metrics["round_time"]
     assert set(upgraded) == {"round_time", "global_acc", "method_time"}
@@ -295,7 +295,12 @@ def test_old_checkpoint_records_read_in_todays_shape():
     assert "method_time" not in metrics  # the stored records are not changed
     now = {"round_time": [2.0], "method_time": [1.5]}
     per_client = {"weight": [[1.0, nan]]}
-    assert migrations.checkpoint_records(now, per_client, 1) == (now, per_client)
+    assert migrations.checkpoint_records(now, per_client, 1, 0) == (now, per_client)
+    # a file of today's schema reads as it was written, whatever it holds
+    assert migrations.checkpoint_records(metrics, None, 3, SCHEMA_VERSION) == (metrics, {})
+    assert migrations.version_in_text(config_mod.to_yaml(from_dict({}))) == SCHEMA_VERSION
+    assert migrations.version_in_text("run:\n  rounds: 3\n") == 0
+    assert migrations.version_in_text("") == 0
 
 
 def test_a_spec_from_before_plain_sums_combines_its_inputs():

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fednas_mpi import faults
+from fednas_mpi.config import SCHEMA_VERSION, VERSION_KEY
 from fednas_mpi.store import (
     CheckpointError,
     StorageError,
@@ -27,7 +28,9 @@ from fednas_mpi.store import (
 )
 from fednas_mpi.store.checkpoint import FORMAT, FORMAT_VERSION, errno_of, prune_old
 
-CONFIG_YAML = "run:\n  name: test\n  seed: 7\n"
+# a config as a run writes it today: the schema version first (older files have none, and
+# read through migrations.checkpoint_records)
+CONFIG_YAML = f"{VERSION_KEY}: {SCHEMA_VERSION}\nrun:\n  name: test\n  seed: 7\n"
 SPEC = {"kind": "cnn", "channels": [16, 32], "nested": {"a": 1.5, "b": None}}
 
 
@@ -168,7 +171,7 @@ def test_round_trip_of_empty_parts(tmp_path):
     path = write_checkpoint(
         tmp_path,
         1,
-        config_yaml="",
+        config_yaml=f"{VERSION_KEY}: {SCHEMA_VERSION}\n",
         spec={},
         state=state,
         server_state={},
@@ -182,7 +185,21 @@ def test_round_trip_of_empty_parts(tmp_path):
     assert_same_state(state, ck.state)
     assert ck.server_state == {} and ck.client_states == {}
     assert ck.metrics == {} and ck.stages == []
-    assert ck.spec == {} and ck.config_yaml == ""
+    assert ck.spec == {} and ck.config_yaml == f"{VERSION_KEY}: {SCHEMA_VERSION}\n"
+
+
+def test_a_file_from_before_the_records_reads_them_as_unknown(tmp_path):
+    """A checkpoint whose config records no schema version (written before 16) and lacks
+    the records started later reads in today's shape (migrations.checkpoint_records):
+    method time NaN per round, no per-client rows; what it holds is unchanged."""
+    kw = make_kwargs()
+    kw["config_yaml"] = "run:\n  name: test\n"
+    ck = read_checkpoint(write_checkpoint(tmp_path, 3, **kw))
+    assert sorted(ck.metrics) == ["loss", "method_time", "test_acc"]
+    assert ck.metrics["method_time"].dtype == np.float64
+    assert np.isnan(ck.metrics["method_time"]).all() and len(ck.metrics["method_time"]) == 3
+    np.testing.assert_array_equal(ck.metrics["loss"], [2.0, 1.5, 1.0])
+    assert ck.client_metrics == {}
 
 
 def test_bfloat16_and_bool_round_trip(tmp_path):

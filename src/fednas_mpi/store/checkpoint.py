@@ -47,7 +47,7 @@ import torch
 
 from .. import faults
 from ..flat import State
-from ..migrations import checkpoint_records, drop_legacy_entries
+from ..migrations import checkpoint_records, drop_legacy_entries, version_in_text
 
 FORMAT = "fednas-mpi-checkpoint"
 FORMAT_VERSION = 1
@@ -345,6 +345,7 @@ def read_checkpoint(path: str | Path, *, tensors: bool = True) -> Checkpoint:
                 if "client_metrics" in f
                 else None,
                 len(ck.stages),
+                version_in_text(ck.config_yaml),
             )
             ck.metrics = {k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()}
             ck.client_metrics = {k: np.asarray(v) for k, v in client_metrics.items()}
