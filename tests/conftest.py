@@ -19,6 +19,13 @@ def pytest_collection_modifyitems(config, items):
         parts = item.path.parts
         if "tests" in parts and parts[parts.index("tests") + 1] in SLOW_FOLDERS:
             item.add_marker(pytest.mark.slow)
+    # The files that launch jobs or build kernels first, each file's tests in their order:
+    # the README's command runs two files at a time (pytest-xdist, --dist loadfile), and
+    # with the long files handed out first the many short unit files fill the end, so
+    # both workers finish together (collected alphabetically, the GPU dry run and the
+    # documented-commands runs came last and one worker waited minutes for the other).
+    heavy = {i.path for i in items if i.get_closest_marker("slow") or i.get_closest_marker("build")}
+    items.sort(key=lambda i: i.path not in heavy)  # stable: collection order within each
 
 
 @pytest.fixture(scope="session")
